@@ -1,0 +1,10 @@
+//! kcdsync controller library: the binaries are thin layers over it.
+//!
+//! Reconcile is observe (ldap) → plan (pure) → guard (pure) → apply (ldap)
+//! → verify (ldap) → audit (store). I/O stays in `ldap` and `store`.
+
+pub mod config;
+pub mod dn;
+pub mod model;
+pub mod names;
+pub mod plan;

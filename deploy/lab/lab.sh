@@ -1,0 +1,831 @@
+#!/usr/bin/env bash
+# deploy/lab/lab.sh — a real Active Directory (Samba AD DC + its Heimdal KDC) on loopback, for
+# kcdsync's integration tests. Run `lab.sh --help` for the commands.
+#
+# HARD RULE (see LAB-NOTES): the lab stays on loopback. Samba only runs the services listed in
+# SERVER_SERVICES (no dnsupdate/nbt/wrepl/ntp_signd), binds only to `lo`, and every samba or
+# Kerberos tool runs inside a "fence": a private mount namespace where /etc/resolv.conf says
+# `nameserver 127.0.0.1` and /etc/hosts maps dc1.lab.test to 127.0.0.1, so nothing can ask the
+# machine's real resolver (which is off-box) anything.
+set -euo pipefail
+
+# --------------------------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------------------------
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
+
+LAB_DIR=${KCDSYNC_LAB_DIR:-/var/tmp/kcdsync-lab}
+# One lock for the whole machine, not per lab dir: the DC's ports (88, 389, 636, 445...) are
+# machine-wide, so two labs can never run at once whatever their directories.
+LOCK_FILE=${KCDSYNC_LAB_LOCK:-/var/tmp/kcdsync-lab.lock}
+LOCK_WAIT=${KCDSYNC_LAB_LOCK_WAIT:-600}     # seconds a caller waits for another up/seed/down
+START_WAIT=${KCDSYNC_LAB_START_WAIT:-30}    # seconds samba gets to answer LDAPS
+
+REALM=LAB.TEST
+DOMAIN=LAB
+DNS_DOMAIN=lab.test
+DC_HOST=dc1
+BASE_DN=DC=lab,DC=test
+FLEET_OU="OU=Hyper-V,$BASE_DN"
+USERS_CN="CN=Users,$BASE_DN"
+ADMIN_DN="CN=Administrator,$USERS_CN"
+SVC_USER=kcdsync-svc
+NOPRIV_USER=kcdsync-nopriv
+SVC_DN="CN=$SVC_USER,$USERS_CN"
+NOPRIV_DN="CN=$NOPRIV_USER,$USERS_CN"
+LDAPS_URL=ldaps://127.0.0.1:636
+LDAP_URL=ldap://127.0.0.1:389
+MIGRATION_SVC="Microsoft Virtual System Migration Service"
+
+# No dnsupdate (would send DNS updates to the off-box resolver), nbt/wrepl (NetBIOS broadcasts),
+# ntp_signd, dns. What is left is what an LDAP + Kerberos client needs.
+SERVER_SERVICES="s3fs, rpc, ldap, cldap, kdc, drepl, winbindd, kcc"
+
+# Packages the lab needs, and one command from each to detect a fresh machine.
+PACKAGES=(samba samba-ad-dc krb5-user winbind ldb-tools ldap-utils smbclient openssl util-linux
+          iproute2 libc-bin procps)
+NEEDED_COMMANDS=(samba samba-tool samba_spnupdate winbindd ldbadd ldbsearch ldapadd ldapmodify
+                 ldapsearch ldapdelete ldapwhoami kinit kvno klist smbclient openssl unshare
+                 flock ss iconv base64 pkill)
+
+# Paths inside the lab directory (LAB-NOTES: keep all samba state out of /var/lib, /run, /var/log).
+SMB_CONF=$LAB_DIR/etc/smb.conf
+PID_FILE=$LAB_DIR/samba.pid          # samba's own PID, written by the process that becomes samba
+RUN_DIR=$LAB_DIR/run                 # samba's pid directory, ncalrpc, winbindd/ntp_signd sockets
+FENCE_DIR=$LAB_DIR/fence             # resolv.conf/hosts/nsswitch.conf bind-mounted in the fence
+TLS_DIR=$LAB_DIR/tls
+CA_PEM=$LAB_DIR/ca.pem
+KRB5_CONF=$LAB_DIR/krb5.conf
+LAB_ENV=$LAB_DIR/lab.env             # written last: its presence marks a completed `up`
+KEYTAB_DIR=$LAB_DIR/keytabs
+SAMBA_LOG=$LAB_DIR/samba.log
+
+PROG=$(basename "$0")
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+usage() {
+    cat <<EOF
+Usage: $PROG COMMAND [ARGS]
+
+A Samba Active Directory domain controller on loopback for kcdsync's integration tests.
+Realm $REALM, NetBIOS domain $DOMAIN, DC $DC_HOST.$DNS_DOMAIN, base DN $BASE_DN.
+Lab directory: \${KCDSYNC_LAB_DIR:-/var/tmp/kcdsync-lab} (now: $LAB_DIR). Must run as root.
+
+Commands:
+  up               Start the lab (idempotent). If a healthy lab runs, prints "lab already up".
+                   A leftover lab (dead samba, half-finished up) is stopped by PID, its
+                   directory wiped, and a fresh domain provisioned: CA + server certificate,
+                   DC, $FLEET_OU,
+                   users $SVC_USER (full control on the OU + SeEnableDelegationPrivilege) and
+                   $NOPRIV_USER (full control, no privilege). Concurrent calls serialize on
+                   $LOCK_FILE; the later ones find the lab up. Installs the packages when a
+                   needed command is missing (apt-get). Then: source \$KCDSYNC_LAB_DIR/lab.env
+  down [--purge]   Stop samba by its PID (TERM, up to 10 s, then KILL). --purge also removes
+                   the lab directory. Idempotent.
+  status           Exit 0 and print one line when the lab is up and answers LDAPS; else exit 1.
+  seed [--ou NAME] (Re)create the demo fleet in OU=NAME,$FLEET_OU (default NAME=demo):
+                   Hyper-V hosts HV01..HV04 and file server FS01 with HOST/, cifs/ and
+                   migration-service SPNs, keytabs in \$KCDSYNC_LAB_DIR/keytabs/hv0N.keytab,
+                   and the BROKEN delegation kcdsync repairs: every HVn delegates to the other
+                   hosts' migration+cifs SPNs and FS01's cifs SPNs, but "Kerberos only" (no
+                   TRUSTED_TO_AUTH_FOR_DELEGATION 0x1000000); HV01 also lists HTTP/web01.$DNS_DOMAIN.
+                   Users alice (normal), bob (sensitive, NOT_DELEGATED), carol (disabled).
+  kvno SRC USER SPN
+                   Ask the KDC for S4U2Self+S4U2Proxy: as SRC\$ (keytab of HV0N), get a ticket
+                   to SPN on behalf of USER. Prints GRANTED (exit 0) or "REFUSED: <why>" (exit 1).
+                   Example: $PROG kvno HV01 alice cifs/hv02.$DNS_DOMAIN
+  exec -- CMD [ARGS...]
+                   Run CMD inside the loopback fence (private mount namespace with the lab's
+                   resolv.conf/hosts) with KRB5_CONFIG and the lab.env variables set.
+                   Example: $PROG exec -- kinit -k -t \$KCDSYNC_LAB_DIR/keytabs/hv01.keytab 'HV01\$'
+  help, --help     This text.
+
+Environment: KCDSYNC_LAB_DIR (lab directory), KCDSYNC_LAB_LOCK (lock file),
+KCDSYNC_LAB_START_WAIT (seconds to wait for LDAPS, default 30).
+Exit codes: 0 ok, 1 "no" (status: down; kvno: refused), 2 error.
+EOF
+}
+
+require_root() { [[ $EUID -eq 0 ]] || die "must run as root (samba DC, mount namespaces)"; }
+
+# Random password that satisfies AD complexity (upper, lower, digit, symbol) without shell or
+# LDIF-special characters.
+gen_password() {
+    local r
+    r=$(openssl rand -base64 48 | tr -dc 'A-Za-z0-9')
+    printf 'Kc1-%s' "${r:0:24}"
+}
+
+# write_secret FILE: a fresh random password, mode 600, no trailing newline (ldap* -y reads the
+# whole file as the password).
+write_secret() {
+    (umask 077; gen_password >"$1")
+}
+
+# unicodePwd value for LDIF: UTF-16LE of the password in double quotes, base64.
+unicode_pwd_b64() {
+    printf '"%s"' "$1" | iconv -f UTF-8 -t UTF-16LE | base64 -w0
+}
+
+# Take the machine-wide lab lock on fd 9. Every process we start while holding it must get
+# `9>&-`, or it would keep the lock after we exit (samba lives on after `up`).
+take_lock() {
+    exec 9>>"$LOCK_FILE"
+    if ! flock -w "$LOCK_WAIT" 9; then
+        die "another lab.sh holds $LOCK_FILE for more than ${LOCK_WAIT}s"
+    fi
+}
+
+# Install the packages when one of the commands is missing (fresh CI machines).
+ensure_packages() {
+    local c missing=()
+    for c in "${NEEDED_COMMANDS[@]}"; do
+        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "missing commands: ${missing[*]}; installing ${PACKAGES[*]}"
+    # Installing samba on a machine with an init system would start the distribution's smbd/nmbd/
+    # samba-ad-dc on all interfaces (NetBIOS broadcasts leave the machine, ports 445/389/88 get
+    # taken). A policy-rc.d that answers 101 stops the maintainer scripts from starting them.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from kcdsync deploy/lab/lab.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added_policy=1
+    fi
+    local rc=0
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${PACKAGES[@]}"
+    } 9>&- || rc=$?
+    ((added_policy)) && rm -f "$policy"
+    ((rc == 0)) || die "apt-get failed (rc $rc)"
+    for c in "${NEEDED_COMMANDS[@]}"; do
+        command -v "$c" >/dev/null 2>&1 || die "command $c still missing after apt-get install"
+    done
+}
+
+# --------------------------------------------------------------------------------------------
+# The loopback fence
+# --------------------------------------------------------------------------------------------
+
+# Files bind-mounted over the system's in the fence.
+write_fence_files() {
+    mkdir -p "$FENCE_DIR"
+    printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$FENCE_DIR/resolv.conf"
+    cat >"$FENCE_DIR/hosts" <<EOF
+127.0.0.1 $DC_HOST.$DNS_DOMAIN $DC_HOST localhost
+::1 localhost ip6-localhost ip6-loopback
+EOF
+    # Only local files: no nss-resolve/mdns/ldap/sss module that could reach the network or a
+    # daemon outside the namespace.
+    cat >"$FENCE_DIR/nsswitch.conf" <<EOF
+passwd: files
+group: files
+shadow: files
+hosts: files dns
+networks: files
+protocols: files
+services: files
+ethers: files
+rpc: files
+netgroup: files
+EOF
+    mkdir -p "$FENCE_DIR/empty"
+}
+
+# The bash program that runs as the first thing in the fence: mount the lab files, then exec
+# the command, so the command keeps this process's PID (start_samba relies on that).
+# A missing /etc/resolv.conf (or a dangling symlink) cannot be mounted over, but glibc then uses
+# 127.0.0.1 by itself, so skipping it is still safe. nscd's socket is hidden: a running nscd
+# would answer from outside the namespace, with the system's resolver.
+# shellcheck disable=SC2016
+FENCE_PROG='
+set -e
+f=$1; shift
+for n in resolv.conf hosts nsswitch.conf; do
+    if [ -e "/etc/$n" ]; then mount --bind "$f/$n" "/etc/$n"; fi
+done
+for d in /run/nscd /var/run/nscd; do
+    if [ -d "$d" ] && [ ! -L "$d" ]; then mount --bind "$f/empty" "$d"; fi
+done
+exec "$@"'
+
+# fence CMD [ARGS...]: run CMD in a private mount namespace with the lab's resolver files.
+fence() {
+    [[ -f $FENCE_DIR/resolv.conf ]] || die "no fence files in $FENCE_DIR (run: $PROG up)"
+    unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence "$FENCE_DIR" "$@"
+}
+
+# Kerberos tools in the fence, with the lab's krb5.conf.
+fenced_krb() {
+    fence env KRB5_CONFIG="$KRB5_CONF" "$@"
+}
+
+# --------------------------------------------------------------------------------------------
+# LDAP as one of the lab accounts (LDAPS, certificate verified against the lab CA)
+# --------------------------------------------------------------------------------------------
+
+# ldap_as ROLE TOOL [ARGS...]  — ROLE is admin, svc or nopriv.
+# Plain LDAP simple binds are refused by Samba ("Transport encryption required"): always LDAPS.
+ldap_as() {
+    local role=$1 tool=$2 dn
+    shift 2
+    case $role in
+        admin) dn=$ADMIN_DN ;;
+        svc) dn=$SVC_DN ;;
+        nopriv) dn=$NOPRIV_DN ;;
+        *) die "ldap_as: unknown role $role" ;;
+    esac
+    LDAPTLS_CACERT=$CA_PEM LDAPTLS_REQCERT=demand LDAPTLS_CERT='' LDAPTLS_KEY='' \
+        "$tool" -x -H "$LDAPS_URL" -D "$dn" -y "$LAB_DIR/$role.pass" -o nettimeout=10 "$@"
+}
+
+# dn_exists DN: 0 if the object exists (admin view).
+dn_exists() {
+    local out rc=0
+    out=$(ldap_as admin ldapsearch -LLL -s base -b "$1" dn 2>&1) || rc=$?
+    case $rc in
+        0) return 0 ;;
+        32) return 1 ;;
+        *) die "ldapsearch $1 failed (rc $rc): $out" ;;
+    esac
+}
+
+# --------------------------------------------------------------------------------------------
+# Process handling
+# --------------------------------------------------------------------------------------------
+
+# pid_is_lab_samba PID: the PID is alive and is one of samba's processes. PIDs come from pid files
+# inside the lab directory; the name check guards against a recycled PID.
+pid_is_lab_samba() {
+    local pid=$1 comm
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+    case $comm in
+        samba | smbd | winbindd) return 0 ;;
+    esac
+    return 1
+}
+
+# All PIDs of the lab's samba processes: from our pid file, samba's own pid directory, and any
+# process whose command line names this lab's exact smb.conf (children orphaned by a kill -9).
+lab_pids() {
+    local f pid
+    {
+        for f in "$PID_FILE" "$RUN_DIR"/*.pid; do
+            [[ -f $f ]] || continue
+            pid=$(tr -dc '0-9' <"$f")
+            [[ -n $pid ]] && echo "$pid"
+        done
+        for f in /proc/[0-9]*/cmdline; do
+            if tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -- "$SMB_CONF"; then
+                pid=${f#/proc/}
+                echo "${pid%/cmdline}"
+            fi
+        done
+    } | sort -un | while read -r pid; do
+        [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+        pid_is_lab_samba "$pid" && echo "$pid"
+    done
+    return 0
+}
+
+# stop_samba: TERM every lab samba process, wait up to 10 s, KILL what is left.
+stop_samba() {
+    local pids pid i
+    mapfile -t pids < <(lab_pids)
+    ((${#pids[@]} == 0)) && return 0
+    log "stopping samba (pids ${pids[*]})"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        mapfile -t pids < <(for pid in "${pids[@]}"; do pid_is_lab_samba "$pid" && echo "$pid"; done)
+        ((${#pids[@]} == 0)) && break
+        sleep 0.1
+    done
+    if ((${#pids[@]} > 0)); then
+        log "samba did not stop in 10 s; KILL ${pids[*]}"
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        sleep 0.2
+    fi
+    rm -f "$PID_FILE"
+}
+
+samba_pid() {
+    local pid
+    [[ -f $PID_FILE ]] || return 1
+    pid=$(tr -dc '0-9' <"$PID_FILE")
+    [[ -n $pid ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == samba ]] || return 1
+    echo "$pid"
+}
+
+# ldaps_bind_ok: a verified LDAPS simple bind as Administrator answers (bounded by timeout).
+ldaps_bind_ok() {
+    [[ -f $CA_PEM && -f $LAB_DIR/admin.pass ]] || return 1
+    LDAPTLS_CACERT=$CA_PEM LDAPTLS_REQCERT=demand timeout 15 \
+        ldapwhoami -x -H "$LDAPS_URL" -D "$ADMIN_DN" -y "$LAB_DIR/admin.pass" \
+        -o nettimeout=5 >/dev/null 2>&1 9>&-
+}
+
+# healthy: samba (by our pid file) alive, `up` completed, LDAPS answers a verified bind.
+healthy() {
+    samba_pid >/dev/null && [[ -f $LAB_ENV ]] && ldaps_bind_ok
+}
+
+# --------------------------------------------------------------------------------------------
+# up
+# --------------------------------------------------------------------------------------------
+
+# A CA and a server certificate with SANs: Samba's autogenerated one has no subjectAltName and
+# rustls refuses it. IP SANs make ldaps://127.0.0.1 and ldaps://[::1] verify.
+make_certs() {
+    mkdir -p "$TLS_DIR"
+    cat >"$TLS_DIR/openssl.cnf" <<EOF
+[ req ]
+distinguished_name = dn
+prompt = no
+[ dn ]
+CN = placeholder
+[ ca_ext ]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[ server_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:$DC_HOST.$DNS_DOMAIN, IP:127.0.0.1, IP:::1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+    (
+        umask 077   # key files mode 600: samba refuses keys readable by others
+        openssl req -config "$TLS_DIR/openssl.cnf" -x509 -newkey rsa:2048 -nodes -sha256 \
+            -days 3650 -subj "/CN=kcdsync lab CA" -extensions ca_ext \
+            -keyout "$TLS_DIR/ca.key" -out "$CA_PEM" 2>/dev/null
+        openssl req -config "$TLS_DIR/openssl.cnf" -new -newkey rsa:2048 -nodes -sha256 \
+            -subj "/CN=$DC_HOST.$DNS_DOMAIN" \
+            -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+        openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$CA_PEM" -CAkey "$TLS_DIR/ca.key" \
+            -set_serial "0x$(openssl rand -hex 16)" -days 825 -sha256 \
+            -extfile "$TLS_DIR/openssl.cnf" -extensions server_ext \
+            -out "$TLS_DIR/server.pem" 2>/dev/null
+    )
+    chmod 644 "$CA_PEM" "$TLS_DIR/server.pem"
+    rm -f "$TLS_DIR/server.csr"
+}
+
+provision() {
+    mkdir -p "$RUN_DIR" "$LAB_DIR/log"
+    local out
+    if ! out=$(fence samba-tool domain provision \
+        --targetdir="$LAB_DIR" \
+        --realm="$REALM" --domain="$DOMAIN" --server-role=dc \
+        --dns-backend=NONE --host-ip=127.0.0.1 --host-name="$DC_HOST" \
+        --adminpass="$(cat "$LAB_DIR/admin.pass")" \
+        --option="server services = $SERVER_SERVICES" \
+        --option="interfaces = lo" \
+        --option="bind interfaces only = yes" \
+        --option="disable netbios = yes" \
+        --option="name resolve order = host" \
+        --option="log file = $LAB_DIR/log/%m.log" \
+        --option="pid directory = $RUN_DIR" \
+        --option="ncalrpc dir = $RUN_DIR/ncalrpc" \
+        --option="winbindd socket directory = $RUN_DIR/winbindd" \
+        --option="ntp signd socket directory = $RUN_DIR/ntp_signd" \
+        --option="tls enabled = yes" \
+        --option="tls keyfile = $TLS_DIR/server.key" \
+        --option="tls certfile = $TLS_DIR/server.pem" \
+        --option="tls cafile = $CA_PEM" \
+        9>&- 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        die "samba-tool domain provision failed"
+    fi
+    printf '%s\n' "$out" >"$LAB_DIR/log/provision.log"
+}
+
+# Start samba in the fence, in the background, detached from our session, and record its PID.
+# The fence program execs into `bash -c 'echo $$ >pidfile; exec samba ...'`, so the recorded
+# PID is samba's own. fd 9 (the lock) is closed so samba does not hold it.
+start_samba() {
+    rm -f "$PID_FILE"
+    # shellcheck disable=SC2016
+    fence setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-samba "$PID_FILE" \
+        samba -s "$SMB_CONF" -F -M single --debug-stdout \
+        </dev/null >>"$SAMBA_LOG" 2>&1 9>&- &
+    disown $! 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s $PID_FILE ]] && return 0
+        sleep 0.1
+    done
+    die "samba did not start (no $PID_FILE); log: $SAMBA_LOG"
+}
+
+# Wait (bounded) for a verified LDAPS bind; fail early if samba died.
+wait_ldaps() {
+    local deadline=$((SECONDS + START_WAIT))
+    while ((SECONDS < deadline)); do
+        if ! samba_pid >/dev/null; then
+            tail -n 40 "$SAMBA_LOG" >&2 || true
+            die "samba exited during start-up (log above, full log: $SAMBA_LOG)"
+        fi
+        ldaps_bind_ok && return 0
+        sleep 0.2
+    done
+    tail -n 40 "$SAMBA_LOG" >&2 || true
+    die "LDAPS on 127.0.0.1:636 did not answer a verified bind within ${START_WAIT}s (log above)"
+}
+
+# krb5.conf for clients: no DNS anywhere, forwardable tickets (S4U2Proxy needs a forwardable
+# TGT), TCP to the KDC.
+write_krb5_conf() {
+    cat >"$KRB5_CONF" <<EOF
+[libdefaults]
+    default_realm = $REALM
+    dns_lookup_kdc = false
+    dns_lookup_realm = false
+    dns_canonicalize_hostname = false
+    rdns = false
+    forwardable = true
+    udp_preference_limit = 1
+
+[realms]
+    $REALM = {
+        kdc = 127.0.0.1
+        admin_server = 127.0.0.1
+        kpasswd_server = 127.0.0.1
+    }
+
+[domain_realm]
+    .$DNS_DOMAIN = $REALM
+    $DNS_DOMAIN = $REALM
+EOF
+    chmod 644 "$KRB5_CONF"
+}
+
+# ldif_user DN SAM UAC PASSWORD: LDIF for a user account with its password set at creation.
+ldif_user() {
+    cat <<EOF
+dn: $1
+objectClass: user
+cn: $2
+sAMAccountName: $2
+userPrincipalName: $2@$DNS_DOMAIN
+userAccountControl: $3
+unicodePwd:: $(unicode_pwd_b64 "$4")
+
+EOF
+}
+
+# object_sid DN: the objectSid as S-1-5-..., read from the local sam.ldb (ldbsearch decodes SIDs).
+object_sid() {
+    local sid
+    sid=$(fence ldbsearch -H "$LAB_DIR/private/sam.ldb" -s base -b "$1" objectSid 9>&- |
+        awk '/^objectSid: /{print $2}')
+    [[ $sid == S-1-5-* ]] || die "no objectSid for $1"
+    echo "$sid"
+}
+
+create_accounts() {
+    write_secret "$LAB_DIR/svc.pass"
+    write_secret "$LAB_DIR/nopriv.pass"
+    {
+        printf 'dn: %s\nobjectClass: organizationalUnit\nou: Hyper-V\n' "$FLEET_OU"
+        printf 'description: parent of kcdsync test fleets\n\n'
+        ldif_user "$SVC_DN" "$SVC_USER" 512 "$(cat "$LAB_DIR/svc.pass")"
+        ldif_user "$NOPRIV_DN" "$NOPRIV_USER" 512 "$(cat "$LAB_DIR/nopriv.pass")"
+    } | ldap_as admin ldapadd -q >/dev/null || die "creating OU and service accounts failed"
+
+    local svc_sid nopriv_sid
+    svc_sid=$(object_sid "$SVC_DN")
+    nopriv_sid=$(object_sid "$NOPRIV_DN")
+
+    # Full control (GA) on the fleet OU, inherited by every object below it (in AD, CI applies
+    # to all child objects).
+    fence samba-tool dsacl set -H "$LAB_DIR/private/sam.ldb" --objectdn="$FLEET_OU" \
+        --sddl="(A;CI;GA;;;$svc_sid)(A;CI;GA;;;$nopriv_sid)" 9>&- >/dev/null ||
+        die "samba-tool dsacl set failed"
+
+    # SeEnableDelegationPrivilege for kcdsync-svc only. samba-tool has no command for it; Samba
+    # reads privilege.ldb on every check, so a record added with ldbadd works at once.
+    printf 'dn: sid=%s\nprivilege: SeEnableDelegationPrivilege\n\n' "$svc_sid" |
+        fence ldbadd -H "$LAB_DIR/private/privilege.ldb" 9>&- >/dev/null ||
+        die "adding SeEnableDelegationPrivilege to privilege.ldb failed"
+    echo "$svc_sid" >"$LAB_DIR/svc.sid"
+    echo "$nopriv_sid" >"$LAB_DIR/nopriv.sid"
+}
+
+# Prove the accounts do what the tests expect: both can create and delete a computer below
+# the fleet OU; only kcdsync-svc may write msDS-AllowedToDelegateTo (rc 50 for the other).
+verify_accounts() {
+    local role dn out rc
+    for role in svc nopriv; do
+        dn="CN=lab-probe-$role,$FLEET_OU"
+        printf 'dn: %s\nobjectClass: computer\ncn: lab-probe-%s\nsAMAccountName: lab-probe-%s$\nuserAccountControl: 4098\n\n' \
+            "$dn" "$role" "$role" | ldap_as "$role" ldapadd -q >/dev/null ||
+            die "$role cannot create a computer in $FLEET_OU"
+        rc=0
+        out=$(printf 'dn: %s\nchangetype: modify\nadd: msDS-AllowedToDelegateTo\nmsDS-AllowedToDelegateTo: cifs/probe.%s\n-\n\n' \
+            "$dn" "$DNS_DOMAIN" | ldap_as "$role" ldapmodify 2>&1) || rc=$?
+        if [[ $role == svc && $rc != 0 ]]; then
+            die "kcdsync-svc cannot write msDS-AllowedToDelegateTo (rc $rc): $out"
+        elif [[ $role == nopriv && $rc != 50 ]]; then
+            die "kcdsync-nopriv writing msDS-AllowedToDelegateTo: expected rc 50, got $rc: $out"
+        fi
+        ldap_as "$role" ldapdelete "$dn" || die "$role cannot delete $dn"
+    done
+}
+
+write_lab_env() {
+    cat >"$LAB_ENV.tmp" <<EOF
+# kcdsync lab: source this file. Generated by deploy/lab/lab.sh up. Passwords are in the
+# *_PASS_FILE files (mode 600), never here.
+export KCDSYNC_LAB_DIR='$LAB_DIR'
+export KRB5_CONFIG='$KRB5_CONF'
+export LAB_LDAPS_URL='$LDAPS_URL'
+export LAB_LDAP_URL='$LDAP_URL'
+export LAB_CA='$CA_PEM'
+export LAB_BASE_DN='$BASE_DN'
+export LAB_FLEET_OU='$FLEET_OU'
+export LAB_REALM='$REALM'
+export LAB_DOMAIN='$DOMAIN'
+export LAB_DNS_DOMAIN='$DNS_DOMAIN'
+export LAB_DC_HOST='$DC_HOST.$DNS_DOMAIN'
+export LAB_ADMIN_DN='$ADMIN_DN'
+export LAB_ADMIN_PASS_FILE='$LAB_DIR/admin.pass'
+export LAB_SVC_DN='$SVC_DN'
+export LAB_SVC_PASS_FILE='$LAB_DIR/svc.pass'
+export LAB_SVC_SID='$(cat "$LAB_DIR/svc.sid")'
+export LAB_NOPRIV_DN='$NOPRIV_DN'
+export LAB_NOPRIV_PASS_FILE='$LAB_DIR/nopriv.pass'
+export LAB_NOPRIV_SID='$(cat "$LAB_DIR/nopriv.sid")'
+export LAB_KEYTAB_DIR='$KEYTAB_DIR'
+EOF
+    mv "$LAB_ENV.tmp" "$LAB_ENV"
+}
+
+cmd_up() {
+    local t0
+    t0=$(now)
+    require_root
+    take_lock
+    ensure_packages
+    if healthy; then
+        echo "lab already up ($LAB_DIR, samba pid $(samba_pid))"
+        return 0
+    fi
+    # Anything else is a leftover (dead or half-started samba, interrupted up): stop it by PID
+    # and start from an empty directory.
+    if [[ -e $LAB_DIR ]]; then
+        log "leftover lab in $LAB_DIR: stopping it and wiping the directory"
+        stop_samba
+        rm -rf "$LAB_DIR"
+    fi
+    check_ports_free
+    mkdir -p "$LAB_DIR"
+    chmod 755 "$LAB_DIR"
+    write_fence_files
+    write_secret "$LAB_DIR/admin.pass"
+    make_certs
+    provision
+    write_krb5_conf
+    start_samba
+    wait_ldaps
+    # dnsupdate is off, so the DC's own SPNs (ldap/dc1.lab.test, ...) must be written once.
+    fenced_krb samba_spnupdate -s "$SMB_CONF" 9>&- >>"$LAB_DIR/log/spnupdate.log" 2>&1 ||
+        die "samba_spnupdate failed; see $LAB_DIR/log/spnupdate.log"
+    create_accounts
+    verify_accounts
+    mkdir -p "$KEYTAB_DIR"
+    write_lab_env
+    echo "lab up in $(elapsed "$t0") s: samba pid $(samba_pid), $LDAPS_URL, realm $REALM"
+    echo "use: source $LAB_ENV"
+}
+
+# The DC's ports must be free (ours are stopped by now): anything still listening belongs to
+# someone else, e.g. the distribution's samba-ad-dc service.
+check_ports_free() {
+    local busy
+    busy=$(ss -Htlnp 2>/dev/null | awk '$4 ~ /:(88|389|636|445|464|3268|3269)$/' || true)
+    [[ -z $busy ]] || die "ports the DC needs are in use by another process:
+$busy"
+}
+
+# --------------------------------------------------------------------------------------------
+# down / status / exec
+# --------------------------------------------------------------------------------------------
+
+cmd_down() {
+    local purge=0 t0
+    t0=$(now)
+    case ${1:-} in
+        --purge) purge=1 ;;
+        '') ;;
+        *) die "down: unknown argument $1" ;;
+    esac
+    require_root
+    take_lock
+    stop_samba
+    if ((purge)); then
+        rm -rf "$LAB_DIR"
+        echo "lab down and removed ($(elapsed "$t0") s)"
+    else
+        echo "lab down ($(elapsed "$t0") s); state kept in $LAB_DIR (down --purge removes it)"
+    fi
+}
+
+cmd_status() {
+    local pid
+    if ! pid=$(samba_pid); then
+        echo "lab down: no running samba for $PID_FILE" >&2
+        return 1
+    fi
+    if [[ ! -f $LAB_ENV ]]; then
+        echo "lab not ready: samba pid $pid runs but 'up' did not finish (no $LAB_ENV)" >&2
+        return 1
+    fi
+    if ! ldaps_bind_ok; then
+        echo "lab unhealthy: samba pid $pid runs but $LDAPS_URL does not answer a verified bind" >&2
+        return 1
+    fi
+    local started
+    started=$(ps -o etimes= -p "$pid" | tr -d ' ')
+    echo "lab up: samba pid $pid, up ${started}s, $LDAPS_URL, realm $REALM, dir $LAB_DIR"
+}
+
+load_env() {
+    [[ -f $LAB_ENV ]] || die "lab is not up ($LAB_ENV missing); run: $PROG up"
+    # shellcheck disable=SC1090
+    source "$LAB_ENV"
+}
+
+cmd_exec() {
+    [[ ${1:-} == -- ]] && shift
+    (($# > 0)) || die "exec: no command (usage: $PROG exec -- CMD [ARGS...])"
+    load_env
+    exec unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence "$FENCE_DIR" "$@"
+}
+
+# --------------------------------------------------------------------------------------------
+# seed
+# --------------------------------------------------------------------------------------------
+
+# ldif_computer NAME OU_DN PASSWORD DELEGATE_TO... : a computer account (enabled workstation
+# trust, UAC 4096) with HOST/ and cifs/ SPNs; HVnn also gets the migration-service SPNs.
+ldif_computer() {
+    local name=$1 ou=$2 pw=$3 lower v
+    shift 3
+    lower=${name,,}
+    cat <<EOF
+dn: CN=$name,$ou
+objectClass: computer
+cn: $name
+sAMAccountName: $name\$
+dNSHostName: $lower.$DNS_DOMAIN
+userAccountControl: 4096
+unicodePwd:: $(unicode_pwd_b64 "$pw")
+servicePrincipalName: HOST/$lower.$DNS_DOMAIN
+servicePrincipalName: HOST/$name
+servicePrincipalName: cifs/$lower.$DNS_DOMAIN
+servicePrincipalName: cifs/$name
+EOF
+    if [[ $name == HV* ]]; then
+        printf 'servicePrincipalName: %s/%s.%s\n' "$MIGRATION_SVC" "$lower" "$DNS_DOMAIN"
+        printf 'servicePrincipalName: %s/%s\n' "$MIGRATION_SVC" "$name"
+    fi
+    for v in "$@"; do
+        printf 'msDS-AllowedToDelegateTo: %s\n' "$v"
+    done
+    echo
+}
+
+cmd_seed() {
+    local ou_name=demo t0
+    t0=$(now)
+    while (($# > 0)); do
+        case $1 in
+            --ou) ou_name=${2:?--ou needs a NAME}; shift 2 ;;
+            --ou=*) ou_name=${1#--ou=}; shift ;;
+            *) die "seed: unknown argument $1" ;;
+        esac
+    done
+    [[ $ou_name =~ ^[A-Za-z0-9._-]+$ ]] || die "seed: OU name must match [A-Za-z0-9._-]+"
+    require_root
+    take_lock
+    healthy || die "lab is not up; run: $PROG up"
+
+    local ou_dn="OU=$ou_name,$FLEET_OU"
+    local hosts=(HV01 HV02 HV03 HV04) h m lm
+
+    # Recreate from scratch: the fleet OU subtree and the three users.
+    if dn_exists "$ou_dn"; then
+        ldap_as admin ldapdelete -r "$ou_dn" || die "deleting $ou_dn failed"
+    fi
+    local u
+    for u in alice bob carol; do
+        if dn_exists "CN=$u,$USERS_CN"; then
+            ldap_as admin ldapdelete "CN=$u,$USERS_CN" || die "deleting user $u failed"
+        fi
+    done
+
+    declare -A pw
+    local ldif
+    ldif=$(
+        printf 'dn: %s\nobjectClass: organizationalUnit\nou: %s\n\n' "$ou_dn" "$ou_name"
+        for h in "${hosts[@]}" FS01; do
+            pw[$h]=$(gen_password)
+            local deleg=()
+            if [[ $h == HV* ]]; then
+                # The broken state: every other host's migration and cifs SPNs plus the file
+                # server, but "Kerberos only" (UAC stays 4096, no 0x1000000).
+                for m in "${hosts[@]}"; do
+                    [[ $m == "$h" ]] && continue
+                    lm=${m,,}
+                    deleg+=("$MIGRATION_SVC/$lm.$DNS_DOMAIN" "$MIGRATION_SVC/$m"
+                            "cifs/$lm.$DNS_DOMAIN" "cifs/$m")
+                done
+                deleg+=("cifs/fs01.$DNS_DOMAIN" "cifs/FS01")
+                # An entry kcdsync does not manage and must leave alone.
+                [[ $h == HV01 ]] && deleg+=("HTTP/web01.$DNS_DOMAIN")
+            fi
+            ldif_computer "$h" "$ou_dn" "${pw[$h]}" "${deleg[@]}"
+        done
+        ldif_user "CN=alice,$USERS_CN" alice 512 "$(gen_password)"            # normal
+        ldif_user "CN=bob,$USERS_CN" bob $((512 | 0x100000)) "$(gen_password)" # NOT_DELEGATED
+        ldif_user "CN=carol,$USERS_CN" carol 514 "$(gen_password)"            # disabled
+    )
+    printf '%s\n' "$ldif" | ldap_as admin ldapadd -q >/dev/null || die "seeding $ou_dn failed"
+
+    # Keytabs for the Hyper-V hosts, from the DC's database.
+    mkdir -p "$KEYTAB_DIR"
+    local kt n
+    for h in "${hosts[@]}"; do
+        kt="$KEYTAB_DIR/${h,,}.keytab"
+        rm -f "$kt"
+        (umask 077; fence samba-tool domain exportkeytab "$kt" --principal="$h\$@$REALM" \
+            9>&- >/dev/null) || die "exportkeytab for $h failed"
+        # exportkeytab silently writes nothing for an account without keys: check.
+        n=$(klist -k "$kt" 2>/dev/null | grep -c "$h\\\$@$REALM" || true)
+        ((n > 0)) || die "keytab $kt has no keys for $h\$@$REALM"
+    done
+    echo "seeded $ou_dn: ${hosts[*]} FS01 (Kerberos-only delegation), users alice bob carol;" \
+        "keytabs in $KEYTAB_DIR ($(elapsed "$t0") s)"
+}
+
+# --------------------------------------------------------------------------------------------
+# kvno: S4U2Self + S4U2Proxy against the real KDC
+# --------------------------------------------------------------------------------------------
+cmd_kvno() {
+    (($# == 3)) || die "usage: $PROG kvno SRC_NETBIOS USER SPN"
+    local src=${1^^} user=$2 spn=$3
+    load_env
+    local kt="$KEYTAB_DIR/${src,,}.keytab"
+    [[ -f $kt ]] || die "no keytab $kt (run: $PROG seed)"
+    local cc out rc=0
+    cc=$(mktemp /tmp/kcdsync-lab-cc.XXXXXX)
+    # shellcheck disable=SC2016
+    out=$(fence env KRB5_CONFIG="$KRB5_CONF" KRB5CCNAME="FILE:$cc" bash -c '
+        kinit -k -t "$1" "$2" || exit 100
+        kvno -U "$3" -P "$4"' lab-kvno "$kt" "$src\$@$REALM" "$user" "$spn" 2>&1) || rc=$?
+    rm -f "$cc"
+    if ((rc == 100)); then
+        printf '%s\n' "$out" >&2
+        die "kinit as $src\$@$REALM with $kt failed"
+    fi
+    # kvno prints a "kvno = N" line even on failure: judge by the exit code only.
+    if ((rc == 0)); then
+        echo "GRANTED"
+        return 0
+    fi
+    local why
+    why=$(printf '%s\n' "$out" | grep -E '^kvno: ' | tail -n 1 || true)
+    echo "REFUSED: ${why:-$out}"
+    return 1
+}
+
+# --------------------------------------------------------------------------------------------
+main() {
+    local cmd=${1:-help}
+    (($# > 0)) && shift
+    case $cmd in
+        up) (($# == 0)) || die "up takes no arguments"; cmd_up ;;
+        down) cmd_down "$@" ;;
+        status) cmd_status ;;
+        seed) cmd_seed "$@" ;;
+        kvno) cmd_kvno "$@" ;;
+        exec) cmd_exec "$@" ;;
+        help | -h | --help) usage ;;
+        *) usage >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
