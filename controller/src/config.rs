@@ -12,10 +12,7 @@ use crate::names::HostName;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -162,7 +159,8 @@ fn default_interval_secs() -> u64 {
 pub struct AdConfig {
     pub url: String,
     pub starttls: bool,
-    pub ca_file: Option<PathBuf>,
+    /// The CA that issued the DC's certificate; TLS is always verified.
+    pub ca_file: PathBuf,
     pub bind_dn: Dn,
     /// Read once at start-up; never printed (see the Debug impl).
     pub password: Secret,
@@ -272,8 +270,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
     }
     let mut scope = Vec::new();
     for (i, s) in raw.scope.base_dns.iter().enumerate() {
-        let dn =
-            Dn::parse(s).map_err(|e| invalid(format!("scope.base_dns[{i}]"), e.to_string()))?;
+        let dn = Dn::parse(s).map_err(|e| invalid(format!("scope.base_dns[{i}]"), e.to_string()))?;
         scope.push(dn);
     }
 
@@ -294,24 +291,17 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
             return Err(invalid(key("name"), "must not be empty"));
         }
         if groups.iter().any(|o| o.name.eq_ignore_ascii_case(&g.name)) {
-            return Err(invalid(
-                key("name"),
-                format!("group `{}` is defined twice", g.name),
-            ));
+            return Err(invalid(key("name"), format!("group `{}` is defined twice", g.name)));
         }
         if g.hosts.is_empty() && g.ad_group.is_none() {
             return Err(invalid(
                 key("hosts"),
-                format!(
-                    "group `{}` has no members: set `hosts` or `ad_group`",
-                    g.name
-                ),
+                format!("group `{}` has no members: set `hosts` or `ad_group`", g.name),
             ));
         }
         let mut hosts: Vec<HostName> = Vec::new();
         for (hi, h) in g.hosts.iter().enumerate() {
-            let name = HostName::parse(h)
-                .map_err(|e| invalid(format!("group[{gi}].hosts[{hi}]"), e.to_string()))?;
+            let name = HostName::parse(h).map_err(|e| invalid(format!("group[{gi}].hosts[{hi}]"), e.to_string()))?;
             if hosts.contains(&name) {
                 return Err(invalid(
                     format!("group[{gi}].hosts[{hi}]"),
@@ -328,8 +318,8 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
             .map_err(|e| invalid(key("ad_group"), e.to_string()))?;
         let mut file_servers = Vec::new();
         for (fi, f) in g.file_servers.iter().enumerate() {
-            let name = HostName::parse(f)
-                .map_err(|e| invalid(format!("group[{gi}].file_servers[{fi}]"), e.to_string()))?;
+            let name =
+                HostName::parse(f).map_err(|e| invalid(format!("group[{gi}].file_servers[{fi}]"), e.to_string()))?;
             if !name.is_fqdn() {
                 return Err(invalid(
                     format!("group[{gi}].file_servers[{fi}]"),
@@ -361,11 +351,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
 
 fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
     let url = raw.url.trim().to_owned();
-    let scheme = url
-        .split("://")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let scheme = url.split("://").next().unwrap_or_default().to_ascii_lowercase();
     match (scheme.as_str(), raw.starttls) {
         ("ldaps", false) => {}
         ("ldaps", true) => {
@@ -378,9 +364,7 @@ fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
         ("ldap", false) => {
             return Err(invalid(
                 "ad.url",
-                format!(
-                    "`{url}` would send the bind password in clear text: use ldaps:// or set ad.starttls = true"
-                ),
+                format!("`{url}` would send the bind password in clear text: use ldaps:// or set ad.starttls = true"),
             ));
         }
         _ => {
@@ -393,13 +377,16 @@ fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
         }
     }
     let bind_dn = Dn::parse(&raw.bind_dn).map_err(|e| invalid("ad.bind_dn", e.to_string()))?;
-    let ca_file = raw.ca_file.map(|p| resolve(base_dir, p));
-    if let Some(ca) = &ca_file
-        && !ca.is_file()
-    {
+    let Some(ca_file) = raw.ca_file.map(|p| resolve(base_dir, p)) else {
         return Err(invalid(
             "ad.ca_file",
-            format!("{} does not exist or is not a file", ca.display()),
+            "required: the PEM file of the CA that issued the domain controllers' certificates (TLS is always verified)",
+        ));
+    };
+    if !ca_file.is_file() {
+        return Err(invalid(
+            "ad.ca_file",
+            format!("{} does not exist or is not a file", ca_file.display()),
         ));
     }
     let password = match (raw.password_file, raw.password_env) {
@@ -475,6 +462,7 @@ mod tests {
     const AD: &str = r#"
 [ad]
 url = "ldaps://127.0.0.1"
+ca_file = "pw"
 bind_dn = "CN=svc,CN=Users,DC=lab,DC=test"
 password_file = "pw"
 [scope]
@@ -521,21 +509,13 @@ base_dns = ["OU=Hyper-V,DC=lab,DC=test"]
     fn malformed_dns_point_at_their_key() {
         let e = err(&AD.replace("OU=Hyper-V,DC=lab,DC=test", "OU=Hyper-V,,DC=lab"));
         assert!(e.contains("scope.base_dns[0]"), "{e}");
-        let e = err(&with_group(
-            "name = \"a\"\nmode = \"plan\"\nad_group = \"not a dn\"",
-        ));
+        let e = err(&with_group("name = \"a\"\nmode = \"plan\"\nad_group = \"not a dn\""));
         assert!(e.contains("group[0].ad_group"), "{e}");
     }
 
     #[test]
     fn host_names_with_filter_metacharacters_are_refused() {
-        for bad in [
-            "hv01)(objectClass=*",
-            "hv*",
-            "hv01\\\\00",
-            "a b",
-            "hv01.lab.test)",
-        ] {
+        for bad in ["hv01)(objectClass=*", "hv*", "hv01\\\\00", "a b", "hv01.lab.test)"] {
             let e = err(&with_group(&format!(
                 "name = \"a\"\nmode = \"plan\"\nhosts = [\"{bad}\"]"
             )));
@@ -547,10 +527,7 @@ base_dns = ["OU=Hyper-V,DC=lab,DC=test"]
     fn secrets_come_from_a_file_or_env_and_must_exist() {
         let e = err(&AD.replace("password_file = \"pw\"", "password_file = \"missing\""));
         assert!(e.contains("ad.password_file"), "{e}");
-        let e = err(&AD.replace(
-            "password_file = \"pw\"",
-            "password_env = \"KCDSYNC_TEST_SURELY_UNSET\"",
-        ));
+        let e = err(&AD.replace("password_file = \"pw\"", "password_env = \"KCDSYNC_TEST_SURELY_UNSET\""));
         assert!(e.contains("KCDSYNC_TEST_SURELY_UNSET is not set"), "{e}");
         let e = err(&AD.replace("password_file = \"pw\"", "password = \"inline\""));
         assert!(e.contains("unknown field `password`"), "{e}");
@@ -559,18 +536,13 @@ base_dns = ["OU=Hyper-V,DC=lab,DC=test"]
     #[test]
     fn groups_need_members_and_unique_names() {
         let e = err(&with_group("name = \"a\"\nmode = \"plan\""));
-        assert!(
-            e.contains("group[0].hosts") && e.contains("no members"),
-            "{e}"
-        );
+        assert!(e.contains("group[0].hosts") && e.contains("no members"), "{e}");
         let e = err(&format!(
             "{}\n[[group]]\nname = \"A\"\nmode = \"plan\"\nhosts = [\"hv02\"]",
             with_group("name = \"a\"\nmode = \"plan\"\nhosts = [\"hv01\"]")
         ));
         assert!(e.contains("group[1].name"), "{e}");
-        let e = err(&with_group(
-            "name = \"a\"\nmode = \"apply\"\nhosts = [\"hv01\"]",
-        ));
+        let e = err(&with_group("name = \"a\"\nmode = \"apply\"\nhosts = [\"hv01\"]"));
         assert!(e.contains("unknown variant `apply`"), "{e}");
     }
 

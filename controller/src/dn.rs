@@ -43,21 +43,16 @@ impl Dn {
                     break;
                 }
                 if !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ' ') {
-                    return Err(err(
-                        "an attribute type may hold only letters, digits, '-' and '.'",
-                    ));
+                    return Err(err("an attribute type may hold only letters, digits, '-' and '.'"));
                 }
                 ty.push(c);
                 chars.next();
             }
             let ty = ty.trim().to_ascii_lowercase();
             if ty.is_empty() {
-                return Err(err(
-                    "an RDN has no attribute type (expected e.g. `CN=name`)",
-                ));
+                return Err(err("an RDN has no attribute type (expected e.g. `CN=name`)"));
             }
-            if !ty.starts_with(|c: char| c.is_ascii_alphabetic())
-                && !ty.chars().all(|c| c.is_ascii_digit() || c == '.')
+            if !ty.starts_with(|c: char| c.is_ascii_alphabetic()) && !ty.chars().all(|c| c.is_ascii_digit() || c == '.')
             {
                 return Err(err("an attribute type must start with a letter"));
             }
@@ -77,8 +72,7 @@ impl Dn {
                             let Some(m) = chars.next().filter(|m| m.is_ascii_hexdigit()) else {
                                 return Err(err("a \\XX escape needs two hex digits"));
                             };
-                            let byte =
-                                u8::from_str_radix(&format!("{n}{m}"), 16).expect("two hex digits");
+                            let byte = u8::from_str_radix(&format!("{n}{m}"), 16).expect("two hex digits");
                             value.push(char::from(byte));
                         } else if ",+\"\\<>;=# ".contains(n) {
                             value.push(n);
@@ -133,8 +127,7 @@ impl Dn {
 
     /// True when `self` is `base` or lies below it.
     pub fn is_within(&self, base: &Dn) -> bool {
-        self.rdns.len() >= base.rdns.len()
-            && self.rdns[self.rdns.len() - base.rdns.len()..] == base.rdns[..]
+        self.rdns.len() >= base.rdns.len() && self.rdns[self.rdns.len() - base.rdns.len()..] == base.rdns[..]
     }
 
     /// The canonical lower-case form, usable as a map key.
@@ -196,11 +189,7 @@ mod tests {
     #[test]
     fn scope_containment_is_by_whole_rdns() {
         let base = Dn::parse("OU=Hyper-V,DC=lab,DC=test").unwrap();
-        assert!(
-            Dn::parse("CN=HV01,OU=Hyper-V,DC=lab,DC=test")
-                .unwrap()
-                .is_within(&base)
-        );
+        assert!(Dn::parse("CN=HV01,OU=Hyper-V,DC=lab,DC=test").unwrap().is_within(&base));
         assert!(base.is_within(&base));
         assert!(
             !Dn::parse("CN=HV01,OU=Not-Hyper-V,DC=lab,DC=test")

@@ -5,6 +5,10 @@
 
 pub mod config;
 pub mod dn;
+pub mod ldap;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod reconcile;
+pub mod report;
+pub mod store;

@@ -1,1 +1,367 @@
-fn main() {}
+//! kcdsync-controller: the binary over the controller library.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use kcdsync_controller::config::Config;
+use kcdsync_controller::ldap::Ad;
+use kcdsync_controller::reconcile::{self, Approval, Progress, RunOptions};
+use kcdsync_controller::report;
+use kcdsync_controller::store::{PlanState, Store};
+
+/// Keeps Kerberos constrained delegation for Hyper-V live migration right
+/// across a fleet.
+///
+/// Each grouped host gets "use any authentication protocol" (protocol
+/// transition) and, for every peer in its migration groups, the
+/// `Microsoft Virtual System Migration Service/` and `cifs/` entries (FQDN
+/// and NetBIOS) in msDS-AllowedToDelegateTo; entries to the group's file
+/// servers too. Entries kcdsync does not manage are never touched; removals
+/// wait for approval.
+///
+/// Typical use: `plan` to see what would change, `apply` to write the safe
+/// part, `apply --approve ID` for what the guard held, `serve` to keep the
+/// fleet right.
+#[derive(Parser)]
+#[command(name = "kcdsync-controller", version, about, long_about)]
+struct Cli {
+    /// The controller's TOML config (see deploy/controller.example.toml).
+    #[arg(
+        long,
+        short,
+        env = "KCDSYNC_CONFIG",
+        default_value = "/etc/kcdsync/controller.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log line format (logs go to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file and print what it manages; contacts nothing.
+    CheckConfig,
+    /// Dry run: read AD, show per host what would change. Writes nothing.
+    Plan {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Reconcile once: write the changes the guard allows for groups in
+    /// enforce mode, verify them, and audit them. Removals, clearing
+    /// unconstrained delegation, and plans touching more than
+    /// guard.max_hosts_per_apply hosts are held as a pending plan.
+    Apply {
+        /// Approve a pending plan and apply it, if AD still matches it.
+        #[arg(long, value_name = "PLAN_ID")]
+        approve: Option<i64>,
+        /// Who approves (recorded in the audit); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        approver: String,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Reject a pending plan; nothing is written.
+    Reject {
+        plan_id: i64,
+        #[arg(long, env = "USER", default_value = "operator")]
+        approver: String,
+    },
+    /// List stored plans, or show one with --id.
+    Plans {
+        #[arg(long)]
+        id: Option<i64>,
+        /// Only pending plans.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the audit trail of applied changes, newest first.
+    Audit {
+        /// Only this host (FQDN as shown in plans).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run continuously: reconcile every reconcile.interval_secs, and at
+    /// once on SIGHUP (which also re-reads the config).
+    Serve,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config> {
+    Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+async fn connect(cfg: &Config) -> Result<(Ad, Store)> {
+    let store = Store::open(&cfg.store_url).await?;
+    let ad = Ad::connect(&cfg.ad)
+        .await
+        .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
+    Ok((ad, store))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::CheckConfig => {
+            let cfg = load(&cli.config)?;
+            println!("{}: valid", cli.config.display());
+            println!("AD: {} as {}", cfg.ad.url, cfg.ad.bind_dn);
+            println!(
+                "scope: {}",
+                cfg.scope.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
+            );
+            println!("store: {}", kcdsync_controller::store::redact_url(&cfg.store_url));
+            for g in &cfg.groups {
+                println!(
+                    "group {} ({}): {} hosts{}{}",
+                    g.name,
+                    g.mode,
+                    g.hosts.len(),
+                    g.ad_group
+                        .as_ref()
+                        .map(|d| format!(" + members of {d}"))
+                        .unwrap_or_default(),
+                    if g.file_servers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", file servers {}",
+                            g.file_servers.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                );
+            }
+            Ok(())
+        }
+        Command::Plan { output } => {
+            let cfg = load(&cli.config)?;
+            let ad = Ad::connect(&cfg.ad)
+                .await
+                .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
+            let observed = reconcile::observe(&cfg, &ad).await?;
+            let decision = reconcile::decide(&cfg, &observed)?;
+            match output {
+                Output::Json => print_json(&serde_json::json!({
+                    "changes": decision.plan.changes,
+                    "findings": decision.plan.findings,
+                    "held": decision.guarded.held,
+                    "gate_reasons": decision.guarded.reasons,
+                }))?,
+                Output::Table => print!("{}", report::decision(&decision)),
+            }
+            ad.unbind().await;
+            Ok(())
+        }
+        Command::Apply {
+            approve,
+            approver,
+            output,
+        } => {
+            let cfg = load(&cli.config)?;
+            let (ad, store) = connect(&cfg).await?;
+            let (tx, rx) = watch::channel(Progress::default());
+            let printer = tokio::spawn(show_progress(rx));
+            let opts = RunOptions {
+                trigger: "cli".into(),
+                approve: approve.map(|plan_id| Approval { plan_id, by: approver }),
+                progress: Some(tx),
+            };
+            let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
+            printer.abort();
+            ad.unbind().await;
+            let outcome = result?;
+            match output {
+                Output::Json => print_json(&outcome)?,
+                Output::Table => print!("{}", report::outcome(&outcome)),
+            }
+            Ok(())
+        }
+        Command::Reject { plan_id, approver } => {
+            let cfg = load(&cli.config)?;
+            let store = Store::open(&cfg.store_url).await?;
+            let Some(p) = store.get_plan(plan_id).await? else {
+                bail!("plan {plan_id} does not exist: list plans with `kcdsync-controller plans`");
+            };
+            if p.state != PlanState::PendingApproval {
+                bail!("plan {plan_id} is {}, not pending approval", p.state);
+            }
+            store
+                .set_plan_state(plan_id, PlanState::Rejected, Some(&approver), None)
+                .await?;
+            println!("Plan {plan_id} rejected; nothing was written.");
+            Ok(())
+        }
+        Command::Plans {
+            id,
+            pending,
+            limit,
+            output,
+        } => {
+            let cfg = load(&cli.config)?;
+            let store = Store::open(&cfg.store_url).await?;
+            if let Some(id) = id {
+                let Some(p) = store.get_plan(id).await? else {
+                    bail!("plan {id} does not exist");
+                };
+                match output {
+                    Output::Json => print_json(&p)?,
+                    Output::Table => print!("{}", report::plan_detail(&p)),
+                }
+                return Ok(());
+            }
+            let plans = store
+                .list_plans(pending.then_some(PlanState::PendingApproval), limit)
+                .await?;
+            match output {
+                Output::Json => print_json(&plans)?,
+                Output::Table => print!("{}", report::plans(&plans)),
+            }
+            Ok(())
+        }
+        Command::Audit { host, limit, output } => {
+            let cfg = load(&cli.config)?;
+            let store = Store::open(&cfg.store_url).await?;
+            let rows = store.audit(host.as_deref(), limit).await?;
+            match output {
+                Output::Json => print_json(&rows)?,
+                Output::Table => print!("{}", report::audit(&rows)),
+            }
+            Ok(())
+        }
+        Command::Serve => serve(cli.config).await,
+    }
+}
+
+/// Prints "applied N/M hosts" at most once a second while an apply runs.
+async fn show_progress(mut rx: watch::Receiver<Progress>) {
+    let mut last = Instant::now();
+    while rx.changed().await.is_ok() {
+        let p = *rx.borrow();
+        if p.total > 0 && (last.elapsed() >= Duration::from_secs(1) || p.done == p.total) && p.total >= 20 {
+            eprintln!("applying: {}/{} hosts", p.done, p.total);
+            last = Instant::now();
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut cfg = load(&path)?;
+    let store = Store::open(&cfg.store_url).await?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut trigger = "startup".to_owned();
+    let mut failures: u32 = 0;
+    tracing::info!(config = %path.display(), interval_secs = cfg.interval.as_secs(), "serving");
+    loop {
+        let started = Instant::now();
+        let result = async {
+            let ad = Ad::connect(&cfg.ad).await?;
+            let r = reconcile::reconcile(
+                &cfg,
+                &ad,
+                &store,
+                RunOptions {
+                    trigger: trigger.clone(),
+                    ..Default::default()
+                },
+            )
+            .await;
+            ad.unbind().await;
+            r.map_err(anyhow::Error::from)
+        }
+        .await;
+        let wait = match result {
+            Ok(o) => {
+                failures = 0;
+                tracing::info!(
+                    trigger,
+                    written = o.applied.len(),
+                    pending_plan = o.pending_plan,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                cfg.interval
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = e
+                    .downcast_ref::<reconcile::ReconcileError>()
+                    .map(|r| r.retry_after(failures - 1))
+                    .unwrap_or(Duration::from_secs(5 << (failures - 1).min(6)));
+                tracing::error!(trigger, error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "reconcile failed");
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => trigger = "timer".into(),
+            _ = hup.recv() => {
+                match load(&path) {
+                    Ok(c) => { cfg = c; tracing::info!("config reloaded"); }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
+                }
+                trigger = "config".into();
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping");
+    store.close().await;
+    Ok(())
+}

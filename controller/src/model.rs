@@ -52,9 +52,7 @@ pub struct Computer {
 impl Computer {
     /// NetBIOS name: sAMAccountName without the trailing `$`, upper-cased.
     pub fn netbios(&self) -> String {
-        self.sam_account_name
-            .trim_end_matches('$')
-            .to_ascii_uppercase()
+        self.sam_account_name.trim_end_matches('$').to_ascii_uppercase()
     }
 
     /// dNSHostName lower-cased, if the object has one.
@@ -104,10 +102,7 @@ mod tests {
 
     #[test]
     fn spn_parts_split_class_and_host() {
-        assert_eq!(
-            spn_parts("cifs/hv01.lab.test"),
-            Some(("cifs", "hv01.lab.test"))
-        );
+        assert_eq!(spn_parts("cifs/hv01.lab.test"), Some(("cifs", "hv01.lab.test")));
         assert_eq!(
             spn_parts("Microsoft Virtual System Migration Service/HV01"),
             Some(("Microsoft Virtual System Migration Service", "HV01"))

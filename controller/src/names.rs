@@ -50,9 +50,7 @@ impl HostName {
             Ok(HostName::Fqdn(fqdn))
         } else {
             if input.len() > 15 {
-                return Err(err(
-                    "a NetBIOS name is at most 15 characters (give the FQDN instead)",
-                ));
+                return Err(err("a NetBIOS name is at most 15 characters (give the FQDN instead)"));
             }
             Ok(HostName::Netbios(input.to_ascii_uppercase()))
         }
@@ -72,11 +70,7 @@ impl HostName {
     /// upper-cased, cut to 15 characters.
     pub fn derived_netbios(&self) -> String {
         let first = self.as_str().split('.').next().unwrap_or_default();
-        first
-            .chars()
-            .take(15)
-            .collect::<String>()
-            .to_ascii_uppercase()
+        first.chars().take(15).collect::<String>().to_ascii_uppercase()
     }
 }
 
@@ -102,14 +96,8 @@ mod tests {
             HostName::parse("HV01.Lab.Test.").unwrap(),
             HostName::Fqdn("hv01.lab.test".into())
         );
-        assert_eq!(
-            HostName::parse("hv01").unwrap(),
-            HostName::Netbios("HV01".into())
-        );
-        assert_eq!(
-            HostName::parse("fs01.lab.test").unwrap().derived_netbios(),
-            "FS01"
-        );
+        assert_eq!(HostName::parse("hv01").unwrap(), HostName::Netbios("HV01".into()));
+        assert_eq!(HostName::parse("fs01.lab.test").unwrap().derived_netbios(), "FS01");
     }
 
     #[test]

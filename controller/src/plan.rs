@@ -34,11 +34,7 @@ pub enum PlanError {
     #[error(
         "group `{group}` lists `{host}`, which is a domain controller ({dn}); kcdsync never writes domain controllers: remove it from the group"
     )]
-    DomainControllerInGroup {
-        group: String,
-        host: String,
-        dn: String,
-    },
+    DomainControllerInGroup { group: String, host: String, dn: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,9 +82,8 @@ impl HostChange {
     }
 
     /// The part that only adds: entries and the protocol-transition bit.
-    fn additive_part(&self) -> Option<HostChange> {
-        let uac = self.uac_before
-            | (self.uac_after.unwrap_or(self.uac_before) & TRUSTED_TO_AUTH_FOR_DELEGATION);
+    pub fn additive_part(&self) -> Option<HostChange> {
+        let uac = self.uac_before | (self.uac_after.unwrap_or(self.uac_before) & TRUSTED_TO_AUTH_FOR_DELEGATION);
         let uac_after = (uac != self.uac_before).then_some(uac);
         if self.add.is_empty() && uac_after.is_none() {
             return None;
@@ -175,11 +170,7 @@ struct Member<'a> {
     netbios: String,
 }
 
-fn desired_entries_for(
-    peer_fqdn: Option<&str>,
-    peer_netbios: &str,
-    classes: &[&str],
-) -> Vec<String> {
+fn desired_entries_for(peer_fqdn: Option<&str>, peer_netbios: &str, classes: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for class in classes {
         if let Some(f) = peer_fqdn {
@@ -190,11 +181,7 @@ fn desired_entries_for(
     out
 }
 
-fn add_member<'a>(
-    g: &Group,
-    c: &'a Computer,
-    members: &mut Vec<Member<'a>>,
-) -> Result<(), PlanError> {
+fn add_member<'a>(g: &Group, c: &'a Computer, members: &mut Vec<Member<'a>>) -> Result<(), PlanError> {
     if c.is_domain_controller() {
         return Err(PlanError::DomainControllerInGroup {
             group: g.name.clone(),
@@ -274,10 +261,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 None => findings.push(Finding {
                     kind: FindingKind::AdGroupMissing,
                     host: String::new(),
-                    detail: format!(
-                        "group `{}`: AD group {adg} does not exist or cannot be read",
-                        g.name
-                    ),
+                    detail: format!("group `{}`: AD group {adg} does not exist or cannot be read", g.name),
                 }),
                 Some(dns) => {
                     for m in dns {
@@ -317,10 +301,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 findings.push(Finding {
                     kind: FindingKind::ComputerAccountDisabled,
                     host: c.display_name(),
-                    detail: format!(
-                        "{} is disabled in AD; it cannot take part in migrations",
-                        c.dn
-                    ),
+                    detail: format!("{} is disabled in AD; it cannot take part in migrations", c.dn),
                 });
             }
             let want = wants.entry(c.dn.clone()).or_insert_with(|| Want {
@@ -340,9 +321,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 if std::ptr::eq(p.computer, c) {
                     continue;
                 }
-                for e in
-                    desired_entries_for(p.fqdn.as_deref(), &p.netbios, &[MIGRATION_SERVICE, CIFS])
-                {
+                for e in desired_entries_for(p.fqdn.as_deref(), &p.netbios, &[MIGRATION_SERVICE, CIFS]) {
                     want.entries.insert(spn_key(&e), e);
                 }
             }
@@ -377,11 +356,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
     let mut changes = Vec::new();
     for want in wants.values() {
         let c = want.member.computer;
-        let current: BTreeSet<String> = c
-            .allowed_to_delegate_to
-            .iter()
-            .map(|s| spn_key(s))
-            .collect();
+        let current: BTreeSet<String> = c.allowed_to_delegate_to.iter().map(|s| spn_key(s)).collect();
         let add: Vec<String> = want
             .entries
             .iter()
@@ -408,10 +383,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
             reasons.push("set protocol transition (use any authentication protocol)".to_owned());
         }
         if !add.is_empty() {
-            reasons.push(format!(
-                "add {} delegation entries for group peers",
-                add.len()
-            ));
+            reasons.push(format!("add {} delegation entries for group peers", add.len()));
         }
         if !remove.is_empty() {
             reasons.push(format!(
@@ -467,14 +439,8 @@ pub struct Guarded {
 /// approval, and so does everything when more hosts would change than the
 /// guard allows.
 pub fn guard(changes: &[HostChange], guard: &Guard) -> Guarded {
-    let additive: Vec<HostChange> = changes
-        .iter()
-        .filter_map(HostChange::additive_part)
-        .collect();
-    let subtractive: Vec<HostChange> = changes
-        .iter()
-        .filter_map(HostChange::subtractive_part)
-        .collect();
+    let additive: Vec<HostChange> = changes.iter().filter_map(HostChange::additive_part).collect();
+    let subtractive: Vec<HostChange> = changes.iter().filter_map(HostChange::subtractive_part).collect();
     let mut out = Guarded::default();
     if additive.len() > guard.max_hosts_per_apply {
         out.reasons.push(format!(
@@ -490,21 +456,18 @@ pub fn guard(changes: &[HostChange], guard: &Guard) -> Guarded {
     let removals: usize = changes.iter().map(|c| c.remove.len()).sum();
     if removals > 0 {
         let hosts = changes.iter().filter(|c| !c.remove.is_empty()).count();
-        out.reasons.push(format!(
-            "removes {removals} delegation entries on {hosts} hosts"
-        ));
+        out.reasons
+            .push(format!("removes {removals} delegation entries on {hosts} hosts"));
     }
     let cleared = changes
         .iter()
         .filter(|c| {
-            c.uac_before & TRUSTED_FOR_DELEGATION != 0
-                && c.uac_after.is_some_and(|a| a & TRUSTED_FOR_DELEGATION == 0)
+            c.uac_before & TRUSTED_FOR_DELEGATION != 0 && c.uac_after.is_some_and(|a| a & TRUSTED_FOR_DELEGATION == 0)
         })
         .count();
     if cleared > 0 {
-        out.reasons.push(format!(
-            "clears unconstrained delegation on {cleared} hosts"
-        ));
+        out.reasons
+            .push(format!("clears unconstrained delegation on {cleared} hosts"));
     }
     out
 }
@@ -546,10 +509,7 @@ mod tests {
             mode,
             hosts: hosts.iter().map(|h| HostName::parse(h).unwrap()).collect(),
             ad_group: None,
-            file_servers: file_servers
-                .iter()
-                .map(|h| HostName::parse(h).unwrap())
-                .collect(),
+            file_servers: file_servers.iter().map(|h| HostName::parse(h).unwrap()).collect(),
         }
     }
 
@@ -570,11 +530,7 @@ mod tests {
     fn converged(name: &str, peers: &[&str]) -> Computer {
         let all: Vec<String> = peers.iter().flat_map(|p| entries_to(p)).collect();
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        computer(
-            name,
-            WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION,
-            &refs,
-        )
+        computer(name, WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION, &refs)
     }
 
     fn observed(computers: Vec<Computer>) -> Observed {
@@ -610,12 +566,7 @@ mod tests {
     #[test]
     fn a_converged_fleet_plans_nothing() {
         let p = plan(
-            &[group(
-                "a",
-                Mode::Enforce,
-                &["hv01.lab.test", "HV02", "hv03"],
-                &[],
-            )],
+            &[group("a", Mode::Enforce, &["hv01.lab.test", "HV02", "hv03"], &[])],
             &scope(),
             &observed(vec![
                 converged("HV01", &["HV02", "HV03"]),
@@ -630,12 +581,7 @@ mod tests {
     #[test]
     fn every_peer_gets_four_entries_and_file_servers_two() {
         let p = plan(
-            &[group(
-                "a",
-                Mode::Enforce,
-                &["hv01", "hv02", "hv03"],
-                &["fs01.lab.test"],
-            )],
+            &[group("a", Mode::Enforce, &["hv01", "hv02", "hv03"], &["fs01.lab.test"])],
             &scope(),
             &observed(vec![
                 computer("HV01", 4096, &[]),
@@ -646,10 +592,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.changes.len(), 3);
         let hv01 = &p.changes[0];
-        let mut want: Vec<String> = entries_to("HV02")
-            .into_iter()
-            .chain(entries_to("HV03"))
-            .collect();
+        let mut want: Vec<String> = entries_to("HV02").into_iter().chain(entries_to("HV03")).collect();
         want.push("cifs/fs01.lab.test".into());
         want.push("cifs/FS01".into());
         let mut got = hv01.add.clone();
@@ -664,10 +607,7 @@ mod tests {
 
     #[test]
     fn spns_compare_case_insensitively() {
-        let upper: Vec<String> = entries_to("HV02")
-            .iter()
-            .map(|e| e.to_uppercase())
-            .collect();
+        let upper: Vec<String> = entries_to("HV02").iter().map(|e| e.to_uppercase()).collect();
         let refs: Vec<&str> = upper.iter().map(String::as_str).collect();
         let hv01 = computer(
             "HV01",
@@ -680,10 +620,7 @@ mod tests {
             &observed(vec![hv01, converged("HV02", &["HV01"])]),
         )
         .unwrap();
-        assert!(
-            p.is_noop(),
-            "uppercase existing entries must not be re-added: {p:#?}"
-        );
+        assert!(p.is_noop(), "uppercase existing entries must not be re-added: {p:#?}");
     }
 
     #[test]
@@ -697,11 +634,7 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
-            &observed(vec![
-                hv01,
-                converged("HV02", &["HV01"]),
-                computer("HV03", 4096, &[]),
-            ]),
+            &observed(vec![hv01, converged("HV02", &["HV01"]), computer("HV03", 4096, &[])]),
         )
         .unwrap();
         assert_eq!(p.changes.len(), 1);
@@ -721,11 +654,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(
-            p.changes.len(),
-            2,
-            "HV03 is in no group and is not planned for: {p:#?}"
-        );
+        assert_eq!(p.changes.len(), 2, "HV03 is in no group and is not planned for: {p:#?}");
         for c in &p.changes {
             let mut r = c.remove.clone();
             r.sort();
@@ -757,11 +686,7 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
-            &observed(vec![
-                hv01,
-                converged("HV02", &["HV01"]),
-                computer("HV03", 4096, &[]),
-            ]),
+            &observed(vec![hv01, converged("HV02", &["HV01"]), computer("HV03", 4096, &[])]),
         )
         .unwrap();
         let c = &p.changes[0];
@@ -775,10 +700,7 @@ mod tests {
         assert_eq!(g.auto.len(), 1);
         assert_eq!(g.auto[0].add, c.add);
         assert!(g.auto[0].remove.is_empty());
-        assert_eq!(
-            g.auto[0].uac_after,
-            Some(4096 | TRUSTED_TO_AUTH_FOR_DELEGATION)
-        );
+        assert_eq!(g.auto[0].uac_after, Some(4096 | TRUSTED_TO_AUTH_FOR_DELEGATION));
         assert_eq!(g.held.len(), 1);
         assert!(g.held[0].add.is_empty());
         assert_eq!(g.held[0].remove, c.remove);
@@ -796,21 +718,11 @@ mod tests {
             &observed(names.iter().map(|n| computer(n, 4096, &[])).collect()),
         )
         .unwrap();
-        let g = guard(
-            &p.changes,
-            &Guard {
-                max_hosts_per_apply: 4,
-            },
-        );
+        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 4 });
         assert!(g.auto.is_empty());
         assert_eq!(g.held.len(), 5);
         assert!(g.reasons[0].contains("would change 5 hosts"));
-        let g = guard(
-            &p.changes,
-            &Guard {
-                max_hosts_per_apply: 5,
-            },
-        );
+        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 5 });
         assert_eq!((g.auto.len(), g.held.len()), (5, 0));
     }
 
@@ -842,10 +754,7 @@ mod tests {
         for c in plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
-            &observed(vec![
-                computer("HV01", 4096, &[]),
-                computer("HV02", 4096, &[]),
-            ]),
+            &observed(vec![computer("HV01", 4096, &[]), computer("HV02", 4096, &[])]),
         )
         .unwrap()
         .changes
@@ -871,12 +780,7 @@ mod tests {
     #[test]
     fn ungrouped_and_missing_hosts_are_not_planned() {
         let p = plan(
-            &[group(
-                "a",
-                Mode::Enforce,
-                &["hv01", "hv02", "hv09.lab.test"],
-                &[],
-            )],
+            &[group("a", Mode::Enforce, &["hv01", "hv02", "hv09.lab.test"], &[])],
             &scope(),
             &observed(vec![
                 computer("HV01", 4096, &[]),
@@ -902,24 +806,14 @@ mod tests {
     fn ad_group_membership_adds_members_and_flags_outsiders() {
         let mut g = group("a", Mode::Enforce, &["hv01"], &[]);
         g.ad_group = Some(Dn::parse("CN=HV-Cluster,OU=Groups,DC=lab,DC=test").unwrap());
-        let mut obs = observed(vec![
-            computer("HV01", 4096, &[]),
-            computer("HV02", 4096, &[]),
-        ]);
+        let mut obs = observed(vec![computer("HV01", 4096, &[]), computer("HV02", 4096, &[])]);
         obs.ad_groups.insert(
             g.ad_group.as_ref().unwrap().normalized(),
-            vec![
-                format!("cn=hv02,{BASE}"),
-                "CN=OUTSIDER,OU=Other,DC=lab,DC=test".into(),
-            ],
+            vec![format!("cn=hv02,{BASE}"), "CN=OUTSIDER,OU=Other,DC=lab,DC=test".into()],
         );
         let p = plan(&[g], &scope(), &obs).unwrap();
         assert_eq!(p.changes.len(), 2);
-        assert!(
-            p.findings
-                .iter()
-                .any(|f| f.kind == FindingKind::HostOutOfScope)
-        );
+        assert!(p.findings.iter().any(|f| f.kind == FindingKind::HostOutOfScope));
     }
 
     #[test]
@@ -937,20 +831,12 @@ mod tests {
             ]),
         )
         .unwrap();
-        let hv01 = p
-            .changes
-            .iter()
-            .find(|c| c.host == "hv01.lab.test")
-            .unwrap();
+        let hv01 = p.changes.iter().find(|c| c.host == "hv01.lab.test").unwrap();
         assert_eq!(hv01.add.len(), 8);
         assert_eq!(hv01.mode, Mode::Plan);
         assert_eq!(hv01.groups, vec!["a", "b"]);
         assert_eq!(
-            p.changes
-                .iter()
-                .find(|c| c.host == "hv02.lab.test")
-                .unwrap()
-                .mode,
+            p.changes.iter().find(|c| c.host == "hv02.lab.test").unwrap().mode,
             Mode::Enforce
         );
     }

@@ -1,0 +1,482 @@
+//! One reconcile: observe → plan → guard → apply → verify → audit.
+//!
+//! `observe` and `execute` do the I/O; `decide` is pure. They are separate
+//! so a caller (or a test) can stand between deciding and writing, and so
+//! that the compare-and-swap path can be proven against a real concurrent
+//! change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{Config, Mode};
+use crate::dn::Dn;
+use crate::ldap::{Ad, LdapError};
+use crate::model::Computer;
+use crate::plan::{self, Guarded, HostChange, Intent, Observed, Plan, PlanError};
+use crate::store::{AuditRecord, PlanState, Store, StoreError, now_ms};
+
+/// Conflicts (a concurrent writer) are re-read and re-planned this often
+/// before the host is given up for this round.
+const MAX_CONFLICT_RETRIES: u32 = 3;
+/// Busy/unavailable answers are retried this often, with backoff.
+const MAX_TRANSIENT_RETRIES: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Ldap(#[from] LdapError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("plan {0} does not exist: list plans with `kcdsync-controller plans`")]
+    PlanNotFound(i64),
+    #[error("plan {id} is {state}, not pending approval: nothing to approve")]
+    PlanNotPending { id: i64, state: PlanState },
+    #[error("plan {old} no longer matches AD (the fleet changed since it was made){}; nothing was written", match .new { Some(n) => format!(": review plan {n} and approve it instead"), None => ": nothing is held any more".to_owned() })]
+    Superseded { old: i64, new: Option<i64> },
+    #[error("{} of {} host changes failed (plan {plan_id}); first: {first}", .failed, .total)]
+    Partial {
+        plan_id: i64,
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+}
+
+impl ReconcileError {
+    /// How long the serve loop waits before trying again.
+    pub fn retry_after(&self, attempt: u32) -> Duration {
+        let base = match self {
+            // Config-shaped problems will not fix themselves quickly.
+            ReconcileError::Plan(_) | ReconcileError::Ldap(LdapError::MissingPrivilege { .. }) => 300,
+            _ => 5,
+        };
+        Duration::from_secs((base << attempt.min(6)).min(900))
+    }
+}
+
+/// What a reconcile was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Recorded with the plan and the audit: "cli", "timer", "api", ...
+    pub trigger: String,
+    /// Approve this pending plan (and apply it, if it still matches AD).
+    pub approve: Option<Approval>,
+    pub progress: Option<watch::Sender<Progress>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub plan_id: i64,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// The pure half: what should change, and what the guard lets through.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub plan: Plan,
+    /// Verdict on the enforce-mode changes.
+    pub guarded: Guarded,
+    /// Changes of groups in observe or plan mode: reported, never written.
+    pub not_enforced: Vec<HostChange>,
+}
+
+impl Decision {
+    pub fn is_noop(&self) -> bool {
+        self.plan.is_noop()
+    }
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The plan under which changes were written.
+    pub plan_id: Option<i64>,
+    /// The plan waiting for approval, if the guard held anything.
+    pub pending_plan: Option<i64>,
+    pub gate_reasons: Vec<String>,
+    pub applied: Vec<AuditRecord>,
+    pub failures: Vec<HostFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFailure {
+    pub host: String,
+    pub dn: String,
+    pub error: String,
+}
+
+/// Reads the managed scope and the configured AD groups.
+pub async fn observe(cfg: &Config, ad: &Ad) -> Result<Observed, LdapError> {
+    let groups: Vec<&Dn> = cfg.groups.iter().filter_map(|g| g.ad_group.as_ref()).collect();
+    ad.observe(&cfg.scope, &groups).await
+}
+
+/// Plans and guards. Pure.
+pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> {
+    let plan = plan::plan(&cfg.groups, &cfg.scope, observed)?;
+    let (enforce, not_enforced): (Vec<HostChange>, Vec<HostChange>) =
+        plan.changes.iter().cloned().partition(|c| c.mode == Mode::Enforce);
+    let guarded = plan::guard(&enforce, &cfg.guard);
+    Ok(Decision {
+        plan,
+        guarded,
+        not_enforced,
+    })
+}
+
+/// observe + decide + execute.
+pub async fn reconcile(cfg: &Config, ad: &Ad, store: &Store, opts: RunOptions) -> Result<Outcome, ReconcileError> {
+    let observed = observe(cfg, ad).await?;
+    let decision = decide(cfg, &observed)?;
+    execute(cfg, ad, store, &observed, &decision, opts).await
+}
+
+/// Which part of a planned change a write carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Only what adds (the guard lets it through).
+    Additive,
+    /// Everything, as approved.
+    Full,
+}
+
+impl Part {
+    fn of(self, c: &HostChange) -> Option<HostChange> {
+        match self {
+            Part::Additive => c.additive_part(),
+            Part::Full => Some(c.clone()),
+        }
+    }
+}
+
+/// Writes what `decision` allows, verifies it, and audits it.
+pub async fn execute(
+    cfg: &Config,
+    ad: &Ad,
+    store: &Store,
+    observed: &Observed,
+    decision: &Decision,
+    opts: RunOptions,
+) -> Result<Outcome, ReconcileError> {
+    let guarded = &decision.guarded;
+    let mut outcome = Outcome {
+        plan_id: None,
+        pending_plan: None,
+        gate_reasons: guarded.reasons.clone(),
+        applied: Vec::new(),
+        failures: Vec::new(),
+    };
+
+    // What to write now, and under which plan.
+    let (to_apply, part, plan_id, approved_by) = match &opts.approve {
+        Some(approval) => {
+            let stored = store
+                .get_plan(approval.plan_id)
+                .await?
+                .ok_or(ReconcileError::PlanNotFound(approval.plan_id))?;
+            if stored.state != PlanState::PendingApproval {
+                return Err(ReconcileError::PlanNotPending {
+                    id: stored.id,
+                    state: stored.state,
+                });
+            }
+            if stored.intents() != plan::intents(&guarded.held) {
+                store
+                    .set_plan_state(
+                        stored.id,
+                        PlanState::Superseded,
+                        None,
+                        Some("AD changed before approval"),
+                    )
+                    .await?;
+                let new = if guarded.held.is_empty() {
+                    None
+                } else {
+                    Some(
+                        store
+                            .create_plan(
+                                PlanState::PendingApproval,
+                                &opts.trigger,
+                                &guarded.held,
+                                &guarded.reasons,
+                            )
+                            .await?,
+                    )
+                };
+                return Err(ReconcileError::Superseded { old: stored.id, new });
+            }
+            store
+                .set_plan_state(stored.id, PlanState::Approved, Some(&approval.by), None)
+                .await?;
+            let dns: BTreeSet<String> = guarded
+                .auto
+                .iter()
+                .chain(&guarded.held)
+                .map(|c| c.intent().dn)
+                .collect();
+            let full: Vec<HostChange> = decision
+                .plan
+                .changes
+                .iter()
+                .filter(|c| c.mode == Mode::Enforce && dns.contains(&c.intent().dn))
+                .cloned()
+                .collect();
+            (full, Part::Full, Some(stored.id), Some(approval.by.clone()))
+        }
+        None => {
+            let pending = if guarded.held.is_empty() {
+                None
+            } else {
+                match store.find_pending(&guarded.held).await? {
+                    Some(id) => Some(id),
+                    None => Some(
+                        store
+                            .create_plan(
+                                PlanState::PendingApproval,
+                                &opts.trigger,
+                                &guarded.held,
+                                &guarded.reasons,
+                            )
+                            .await?,
+                    ),
+                }
+            };
+            store.supersede_pending(pending).await?;
+            outcome.pending_plan = pending;
+            (guarded.auto.clone(), Part::Additive, None, None)
+        }
+    };
+
+    if to_apply.is_empty() {
+        return Ok(outcome);
+    }
+    let plan_id = match plan_id {
+        Some(id) => id,
+        None => {
+            store
+                .create_plan(PlanState::Approved, &opts.trigger, &to_apply, &[])
+                .await?
+        }
+    };
+    outcome.plan_id = Some(plan_id);
+
+    let before: HashMap<String, &Computer> = observed.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
+    let approved_intents: HashMap<String, Intent> = to_apply.iter().map(|c| (dn_key(&c.dn), c.intent())).collect();
+    let total = to_apply.len();
+    let progress = opts.progress.clone();
+    if let Some(p) = &progress {
+        let _ = p.send(Progress { done: 0, total });
+    }
+    let abort = Arc::new(AtomicBool::new(false));
+    let ctx = ApplyCtx {
+        cfg,
+        ad,
+        observed,
+        part,
+        approved: &approved_intents,
+        abort: abort.clone(),
+    };
+    let mut results = futures::stream::iter(to_apply.iter().map(|c| {
+        let ctx = &ctx;
+        let start = before.get(&dn_key(&c.dn)).map(|c| (*c).clone());
+        async move { (c, ctx.apply_one(c.clone(), start).await) }
+    }))
+    .buffer_unordered(cfg.ad.max_in_flight);
+
+    let mut written: Vec<(HostChange, Computer)> = Vec::new();
+    let mut fatal: Option<LdapError> = None;
+    let mut done = 0;
+    while let Some((planned, result)) = results.next().await {
+        done += 1;
+        if let Some(p) = &progress {
+            let _ = p.send(Progress { done, total });
+        }
+        match result {
+            Ok(Some(w)) => written.push(w),
+            Ok(None) => {}
+            Err(e @ LdapError::MissingPrivilege { .. }) | Err(e @ LdapError::Protocol { .. }) => {
+                outcome.failures.push(HostFailure {
+                    host: planned.host.clone(),
+                    dn: planned.dn.clone(),
+                    error: e.to_string(),
+                });
+                fatal.get_or_insert(e);
+            }
+            Err(e) => outcome.failures.push(HostFailure {
+                host: planned.host.clone(),
+                dn: planned.dn.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    drop(results);
+
+    // Verify: read back what we wrote; the audit records what AD says now.
+    let mut records = Vec::new();
+    if !written.is_empty() {
+        let after = observe(cfg, ad).await?;
+        let after_by_dn: HashMap<String, &Computer> = after.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
+        let replan = plan::plan(&cfg.groups, &cfg.scope, &after)?;
+        let remaining: HashMap<String, &HostChange> = replan.changes.iter().map(|c| (dn_key(&c.dn), c)).collect();
+        for (change, before) in &written {
+            let key = dn_key(&change.dn);
+            let Some(now) = after_by_dn.get(&key) else {
+                outcome.failures.push(HostFailure {
+                    host: change.host.clone(),
+                    dn: change.dn.clone(),
+                    error: "verify: the object disappeared right after the write".into(),
+                });
+                continue;
+            };
+            if let Some(left) = remaining.get(&key).and_then(|c| part.of(c)) {
+                outcome.failures.push(HostFailure {
+                    host: change.host.clone(),
+                    dn: change.dn.clone(),
+                    error: format!("verify: AD still differs after the write: {}", left.reasons.join("; ")),
+                });
+            }
+            records.push(AuditRecord {
+                id: 0,
+                time_ms: now_ms(),
+                plan_id,
+                host: change.host.clone(),
+                dn: change.dn.clone(),
+                uac_before: before.uac,
+                uac_after: now.uac,
+                delegate_before: before.allowed_to_delegate_to.clone(),
+                delegate_after: now.allowed_to_delegate_to.clone(),
+                reasons: change.reasons.clone(),
+                trigger: opts.trigger.clone(),
+                approved_by: approved_by.clone(),
+            });
+        }
+        store.record_audit(&records).await?;
+    }
+    outcome.applied = records;
+
+    let state = if outcome.failures.is_empty() {
+        PlanState::Applied
+    } else {
+        PlanState::Failed
+    };
+    let note = outcome.failures.first().map(|f| format!("{}: {}", f.host, f.error));
+    store.set_plan_state(plan_id, state, None, note.as_deref()).await?;
+    if let Some(e) = fatal {
+        return Err(e.into());
+    }
+    if let Some(first) = outcome.failures.first() {
+        return Err(ReconcileError::Partial {
+            plan_id,
+            failed: outcome.failures.len(),
+            total,
+            first: format!("{}: {}", first.host, first.error),
+        });
+    }
+    Ok(outcome)
+}
+
+fn dn_key(dn: &str) -> String {
+    Dn::parse(dn)
+        .map(|d| d.normalized())
+        .unwrap_or_else(|_| dn.to_lowercase())
+}
+
+struct ApplyCtx<'a> {
+    cfg: &'a Config,
+    ad: &'a Ad,
+    observed: &'a Observed,
+    part: Part,
+    approved: &'a HashMap<String, Intent>,
+    abort: Arc<AtomicBool>,
+}
+
+impl ApplyCtx<'_> {
+    /// Writes one host. On a conflict, re-reads the object and re-plans it,
+    /// so a concurrent change is kept, never overwritten. Returns the
+    /// change written and the object as it was just before, or `None` when
+    /// nothing was left to write.
+    async fn apply_one(
+        &self,
+        mut change: HostChange,
+        mut before: Option<Computer>,
+    ) -> Result<Option<(HostChange, Computer)>, LdapError> {
+        let mut conflicts = 0;
+        let mut transient = 0;
+        loop {
+            if self.abort.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            match self.ad.modify_host(&change).await {
+                Ok(()) => {
+                    let before = before.unwrap_or_else(|| Computer {
+                        dn: change.dn.clone(),
+                        sam_account_name: String::new(),
+                        dns_host_name: None,
+                        uac: change.uac_before,
+                        allowed_to_delegate_to: Vec::new(),
+                        spns: Vec::new(),
+                        usn_changed: 0,
+                    });
+                    return Ok(Some((change, before)));
+                }
+                Err(LdapError::Conflict { dn, rc }) if conflicts < MAX_CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    tracing::info!(%dn, rc, "object changed since it was read; re-reading and re-planning");
+                    let Some(fresh) = self.ad.read_computer(&dn).await? else {
+                        return Err(LdapError::Modify {
+                            dn,
+                            rc: crate::ldap::RC_NO_SUCH_OBJECT,
+                            text: "the object was deleted while being reconciled".into(),
+                        });
+                    };
+                    let mut observed = self.observed.clone();
+                    let key = dn_key(&dn);
+                    for c in observed.computers.iter_mut() {
+                        if dn_key(&c.dn) == key {
+                            *c = fresh.clone();
+                        }
+                    }
+                    before = Some(fresh);
+                    let replanned = plan::plan(&self.cfg.groups, &self.cfg.scope, &observed)
+                        .ok()
+                        .and_then(|p| p.changes.into_iter().find(|c| dn_key(&c.dn) == key));
+                    let Some(next) = replanned.and_then(|c| self.part.of(&c)) else {
+                        return Ok(None);
+                    };
+                    if self.part == Part::Full && self.approved.get(&key) != Some(&next.intent()) {
+                        return Err(LdapError::Modify {
+                            dn,
+                            rc,
+                            text: "the object changed after approval and the approved change no longer fits; run a new plan".into(),
+                        });
+                    }
+                    change = next;
+                }
+                Err(e) if e.is_transient() && transient < MAX_TRANSIENT_RETRIES => {
+                    transient += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << transient)).await;
+                }
+                Err(e @ LdapError::MissingPrivilege { .. }) => {
+                    // Every other modify would fail the same way.
+                    self.abort.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
