@@ -1,1 +1,512 @@
-pub mod placeholder {}
+//! The integration harness shared by every end-to-end test and benchmark.
+//!
+//! `Lab::start()` brings up (or reuses) the real Samba AD DC of
+//! deploy/lab/lab.sh on loopback. `FleetSpec` builds an isolated fleet of
+//! computer objects in an OU of its own under `OU=Hyper-V`, so tests that run
+//! in parallel share one DC without touching each other's objects.
+//! `Lab::kvno` asks the KDC itself whether S4U2Self + S4U2Proxy succeeds.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
+
+pub const T2A4D: u32 = 0x1000000;
+pub const WORKSTATION: u32 = 0x1000;
+pub const MIGRATION: &str = "Microsoft Virtual System Migration Service";
+
+/// The running lab, as described by `$KCDSYNC_LAB_DIR/lab.env`.
+pub struct Lab {
+    pub dir: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// A unique-enough token for passwords and names; tests need no CSPRNG.
+pub fn token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+impl Lab {
+    /// Starts the lab once per process (idempotent across processes too:
+    /// `lab.sh up` takes a lock and reuses a healthy lab).
+    pub fn start() -> &'static Lab {
+        static LAB: OnceLock<Lab> = OnceLock::new();
+        LAB.get_or_init(|| Lab::up().unwrap_or_else(|e| panic!("the AD lab did not come up: {e:#}")))
+    }
+
+    fn up() -> Result<Lab> {
+        let script = repo_root().join("deploy/lab/lab.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} up failed ({}):\n{}\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dir = PathBuf::from(std::env::var("KCDSYNC_LAB_DIR").unwrap_or_else(|_| "/var/tmp/kcdsync-lab".into()));
+        let text = std::fs::read_to_string(dir.join("lab.env")).context("reading lab.env")?;
+        let mut env = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim().trim_start_matches("export ").trim();
+            if let Some((k, v)) = line.split_once('=') {
+                env.insert(k.to_owned(), v.trim_matches(|c| c == '"' || c == '\'').to_owned());
+            }
+        }
+        Ok(Lab { dir, env })
+    }
+
+    pub fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("lab.env has no {k}"))
+    }
+
+    pub fn ca(&self) -> &str {
+        self.var("LAB_CA")
+    }
+    pub fn fleet_ou(&self) -> &str {
+        self.var("LAB_FLEET_OU")
+    }
+    pub fn krb5_conf(&self) -> &str {
+        self.var("KRB5_CONFIG")
+    }
+    pub fn realm(&self) -> &str {
+        self.var("LAB_REALM")
+    }
+
+    fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.var("LAB_ADMIN_PASS_FILE"))
+            .expect("admin password file")
+            .trim()
+            .to_owned()
+    }
+
+    /// An LDAPS connection bound as Administrator, for building fixtures
+    /// and reading results independently of the code under test.
+    pub async fn admin(&self) -> Result<Ldap> {
+        let roots = {
+            let mut r = rustls::RootCertStore::empty();
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            for c in CertificateDer::pem_file_iter(self.ca())? {
+                r.add(c?)?;
+            }
+            r
+        };
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let settings = LdapConnSettings::new().set_config(Arc::new(cfg));
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, self.var("LAB_LDAPS_URL")).await?;
+        ldap3::drive!(conn);
+        ldap.simple_bind(self.var("LAB_ADMIN_DN"), &self.admin_password())
+            .await?
+            .success()?;
+        Ok(ldap)
+    }
+
+    /// The `[ad]` section of a controller config binding as `account`.
+    pub fn ad_section(&self, account: BindAs) -> String {
+        let (dn, pw) = match account {
+            BindAs::Svc => (self.var("LAB_SVC_DN"), self.var("LAB_SVC_PASS_FILE")),
+            BindAs::NoPriv => (self.var("LAB_NOPRIV_DN"), self.var("LAB_NOPRIV_PASS_FILE")),
+        };
+        format!(
+            "[ad]\nurl = \"{}\"\nca_file = \"{}\"\nbind_dn = \"{dn}\"\npassword_file = \"{pw}\"\n",
+            self.var("LAB_LDAPS_URL"),
+            self.ca()
+        )
+    }
+
+    /// Asks the KDC whether `source` may act for `user` towards `spn`:
+    /// S4U2Self then S4U2Proxy, exactly what the source host does for a
+    /// live migration. `Ok(())` when the KDC grants it; `Err(message)` with
+    /// the KDC's refusal otherwise.
+    pub fn kvno(&self, source: &TestHost, user: &str, spn: &str) -> std::result::Result<(), String> {
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let cc = format!("FILE:{}", tmp.path().join("cc").display());
+        let principal = format!("{}$@{}", source.netbios, self.realm());
+        let run = |args: &[&str], input: Option<&str>| -> std::result::Result<String, String> {
+            let mut cmd = Command::new(args[0]);
+            cmd.args(&args[1..])
+                .env("KRB5_CONFIG", self.krb5_conf())
+                .env("KRB5CCNAME", &cc)
+                .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
+            if let Some(i) = input {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{i}\n").as_bytes())
+                    .map_err(|e| e.to_string())?;
+            }
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(text)
+            } else {
+                Err(text.trim().to_owned())
+            }
+        };
+        run(&["kinit", &principal], Some(&source.password)).map_err(|e| format!("kinit {principal} failed: {e}"))?;
+        run(&["kvno", "-U", user, "-P", spn], None).map(|_| ())
+    }
+
+    /// Reads a computer object as Administrator (not through the code under test).
+    pub async fn read_host(&self, dn: &str) -> Result<HostState> {
+        let mut ldap = self.admin().await?;
+        let (entries, _) = ldap
+            .search(
+                dn,
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["userAccountControl", "msDS-AllowedToDelegateTo", "uSNChanged"],
+            )
+            .await?
+            .success()?;
+        let e = SearchEntry::construct(entries.into_iter().next().ok_or_else(|| anyhow!("{dn} not found"))?);
+        let get = |k: &str| {
+            e.attrs
+                .iter()
+                .find(|(a, _)| a.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let _ = ldap.unbind().await;
+        Ok(HostState {
+            uac: get("userAccountControl")
+                .first()
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0) as u32,
+            delegate: get("msDS-AllowedToDelegateTo"),
+            usn_changed: get("uSNChanged").first().and_then(|s| s.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// Replaces a host's userAccountControl as Administrator: a concurrent
+    /// writer, from the controller's point of view.
+    pub async fn set_uac(&self, dn: &str, uac: u32) -> Result<()> {
+        let mut ldap = self.admin().await?;
+        ldap.modify(
+            dn,
+            vec![Mod::Replace(
+                "userAccountControl",
+                HashSet::from([uac.to_string().as_str()]),
+            )],
+        )
+        .await?
+        .success()?;
+        let _ = ldap.unbind().await;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum BindAs {
+    /// kcdsync-svc: write access on OU=Hyper-V and SeEnableDelegationPrivilege.
+    Svc,
+    /// kcdsync-nopriv: the same write access, without the privilege.
+    NoPriv,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostState {
+    pub uac: u32,
+    pub delegate: Vec<String>,
+    pub usn_changed: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestHost {
+    pub netbios: String,
+    pub fqdn: String,
+    pub dn: String,
+    pub password: String,
+}
+
+impl TestHost {
+    /// The four entries a peer needs to migrate to this host.
+    pub fn entries(&self) -> Vec<String> {
+        vec![
+            format!("{MIGRATION}/{}", self.fqdn),
+            format!("{MIGRATION}/{}", self.netbios),
+            format!("cifs/{}", self.fqdn),
+            format!("cifs/{}", self.netbios),
+        ]
+    }
+}
+
+/// A user account for S4U tests.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub dn: String,
+}
+
+/// A fleet under construction: hosts, their initial delegation, users.
+pub struct FleetSpec {
+    ou: String,
+    hosts: Vec<String>,
+    mesh: bool,
+    uac: u32,
+    extra: Vec<(String, String)>,
+    users: Vec<(String, u32)>,
+}
+
+/// A fleet built in its own OU.
+pub struct Fleet {
+    pub ou_dn: String,
+    pub hosts: Vec<TestHost>,
+    pub users: Vec<TestUser>,
+}
+
+impl FleetSpec {
+    /// `ou` names the fleet's OU (recreated empty); host names are NetBIOS
+    /// names, unique in the domain (use a per-test prefix).
+    pub fn new(ou: &str, hosts: &[&str]) -> FleetSpec {
+        FleetSpec {
+            ou: ou.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            mesh: false,
+            uac: WORKSTATION,
+            extra: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+
+    /// Every host starts with entries for every peer, "Kerberos only": the
+    /// broken state of the problem statement.
+    pub fn kerberos_only_mesh(mut self) -> Self {
+        self.mesh = true;
+        self.uac = WORKSTATION;
+        self
+    }
+
+    /// Starting userAccountControl of every host.
+    pub fn uac(mut self, uac: u32) -> Self {
+        self.uac = uac;
+        self
+    }
+
+    /// One more starting msDS-AllowedToDelegateTo value on `host`.
+    pub fn entry(mut self, host: &str, value: &str) -> Self {
+        self.extra.push((host.into(), value.into()));
+        self
+    }
+
+    /// A user (sAMAccountName `name`) with extra userAccountControl bits
+    /// (0 for a normal enabled user, 0x100000 sensitive, 0x2 disabled).
+    pub fn user(mut self, name: &str, extra_uac: u32) -> Self {
+        self.users.push((name.into(), extra_uac));
+        self
+    }
+
+    pub async fn create(self, lab: &Lab) -> Result<Fleet> {
+        let mut ldap = lab.admin().await?;
+        let ou_dn = format!("OU={},{}", self.ou, lab.fleet_ou());
+        delete_subtree(&mut ldap, &ou_dn).await?;
+        ldap.add(
+            &ou_dn,
+            vec![
+                ("objectClass", HashSet::from(["organizationalUnit"])),
+                ("ou", HashSet::from([self.ou.as_str()])),
+            ],
+        )
+        .await?
+        .success()
+        .with_context(|| format!("creating {ou_dn}"))?;
+
+        let domain = lab.realm().to_lowercase();
+        let hosts: Vec<TestHost> = self
+            .hosts
+            .iter()
+            .map(|n| {
+                let netbios = n.to_uppercase();
+                TestHost {
+                    fqdn: format!("{}.{domain}", n.to_lowercase()),
+                    dn: format!("CN={netbios},{ou_dn}"),
+                    netbios,
+                    password: format!("Kcd-{}-Aa1!", token()),
+                }
+            })
+            .collect();
+        for h in &hosts {
+            let mut delegate: Vec<String> = Vec::new();
+            if self.mesh {
+                for p in hosts.iter().filter(|p| p.netbios != h.netbios) {
+                    delegate.extend(p.entries());
+                }
+            }
+            for (host, v) in &self.extra {
+                if host.eq_ignore_ascii_case(&h.netbios) {
+                    delegate.push(v.clone());
+                }
+            }
+            let spns = vec![
+                format!("HOST/{}", h.fqdn),
+                format!("HOST/{}", h.netbios),
+                format!("cifs/{}", h.fqdn),
+                format!("cifs/{}", h.netbios),
+                format!("{MIGRATION}/{}", h.fqdn),
+                format!("{MIGRATION}/{}", h.netbios),
+            ];
+            let mut attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
+                (b"objectClass".to_vec(), HashSet::from([b"computer".to_vec()])),
+                (
+                    b"sAMAccountName".to_vec(),
+                    HashSet::from([format!("{}$", h.netbios).into_bytes()]),
+                ),
+                (b"dNSHostName".to_vec(), HashSet::from([h.fqdn.clone().into_bytes()])),
+                (
+                    b"userAccountControl".to_vec(),
+                    HashSet::from([self.uac.to_string().into_bytes()]),
+                ),
+                (
+                    b"servicePrincipalName".to_vec(),
+                    spns.into_iter().map(String::into_bytes).collect(),
+                ),
+                (b"unicodePwd".to_vec(), HashSet::from([unicode_pwd(&h.password)])),
+            ];
+            if !delegate.is_empty() {
+                attrs.push((
+                    b"msDS-AllowedToDelegateTo".to_vec(),
+                    delegate.into_iter().map(String::into_bytes).collect(),
+                ));
+            }
+            ldap.add(&h.dn, attrs)
+                .await?
+                .success()
+                .with_context(|| format!("creating {}", h.dn))?;
+        }
+        let mut users = Vec::new();
+        for (name, extra) in &self.users {
+            let dn = format!("CN={name},{ou_dn}");
+            let pw = format!("Kcd-{}-Aa1!", token());
+            let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
+                (b"objectClass".to_vec(), HashSet::from([b"user".to_vec()])),
+                (b"sAMAccountName".to_vec(), HashSet::from([name.clone().into_bytes()])),
+                (
+                    b"userPrincipalName".to_vec(),
+                    HashSet::from([format!("{name}@{domain}").into_bytes()]),
+                ),
+                (b"unicodePwd".to_vec(), HashSet::from([unicode_pwd(&pw)])),
+                (
+                    b"userAccountControl".to_vec(),
+                    HashSet::from([(0x200 | extra).to_string().into_bytes()]),
+                ),
+            ];
+            ldap.add(&dn, attrs)
+                .await?
+                .success()
+                .with_context(|| format!("creating {dn}"))?;
+            users.push(TestUser { name: name.clone(), dn });
+        }
+        let _ = ldap.unbind().await;
+        Ok(Fleet { ou_dn, hosts, users })
+    }
+}
+
+impl Fleet {
+    pub fn host(&self, netbios: &str) -> &TestHost {
+        self.hosts
+            .iter()
+            .find(|h| h.netbios.eq_ignore_ascii_case(netbios))
+            .expect("host in fleet")
+    }
+
+    /// A controller config managing exactly this fleet's OU, with one group
+    /// holding `members` in `mode`.
+    pub fn config(&self, lab: &Lab, bind: BindAs, mode: &str, members: &[&str], extra: &str) -> String {
+        let hosts: Vec<String> = members.iter().map(|m| format!("\"{}\"", m.to_lowercase())).collect();
+        format!(
+            "{}\n[scope]\nbase_dns = [\"{}\"]\n\n{extra}\n\n[[group]]\nname = \"g\"\nmode = \"{mode}\"\nhosts = [{}]\n",
+            lab.ad_section(bind),
+            self.ou_dn,
+            hosts.join(", ")
+        )
+    }
+}
+
+/// unicodePwd wants the quoted password in UTF-16LE.
+fn unicode_pwd(pw: &str) -> Vec<u8> {
+    format!("\"{pw}\"")
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect()
+}
+
+async fn delete_subtree(ldap: &mut Ldap, dn: &str) -> Result<()> {
+    let res = ldap.search(dn, Scope::Subtree, "(objectClass=*)", vec!["1.1"]).await?;
+    if res.1.rc == 32 {
+        return Ok(());
+    }
+    let (entries, _) = res.success()?;
+    let mut dns: Vec<String> = entries.into_iter().map(|e| SearchEntry::construct(e).dn).collect();
+    // Children before parents.
+    dns.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    for d in dns {
+        ldap.delete(&d)
+            .await?
+            .success()
+            .with_context(|| format!("deleting {d}"))?;
+    }
+    Ok(())
+}
+
+/// Writes `text` as a config file in a fresh temp dir (which also holds the
+/// SQLite store by default) and returns both.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kcdsync.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+/// The built `kcdsync-controller` binary (README's test command builds it
+/// before the tests run).
+pub fn controller_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("kcdsync-controller");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
