@@ -209,6 +209,10 @@ impl Ad {
             .map_err(protocol(format!("search of {base}")))?;
         let mut out = Vec::new();
         while let Some(entry) = stream.next().await.map_err(protocol(format!("search of {base}")))? {
+            // Referrals (e.g. to DomainDnsZones) are not objects of ours.
+            if entry.is_ref() || entry.is_intermediate() {
+                continue;
+            }
             let e = SearchEntry::construct(entry);
             out.push(computer_from_entry(e));
         }
@@ -240,7 +244,7 @@ impl Ad {
                 return Ok(None);
             }
             let (entries, _) = res.success().map_err(protocol(format!("read of group {dn}")))?;
-            let Some(entry) = entries.into_iter().next() else {
+            let Some(entry) = entries.into_iter().find(|e| !e.is_ref() && !e.is_intermediate()) else {
                 return Ok(None);
             };
             let e = SearchEntry::construct(entry);

@@ -1,0 +1,151 @@
+//! The `kcdsync-controller` binary as an operator runs it: bad input gets a
+//! clear error naming what to fix, and nothing is written to AD.
+
+use std::process::{Command, Output};
+
+use kcdsync_tests::*;
+
+fn controller(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(controller_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kcdsync-controller")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn bad_configs_get_a_clear_error_and_no_ldap_write() {
+    let lab = Lab::start();
+    let names = ["BAD01", "BAD02"];
+    let fleet = FleetSpec::new("t-bad", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    let good = fleet.config(lab, BindAs::Svc, "enforce", &names, "");
+    let mut before = Vec::new();
+    for h in &fleet.hosts {
+        before.push(lab.read_host(&h.dn).await.unwrap());
+    }
+
+    let base_dn = lab.var("LAB_BASE_DN");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            good.replace("[scope]\n", "[scope]\nbase_dn_typo = 1\n"),
+            "unknown field `base_dn_typo`",
+        ),
+        (
+            "malformed DN",
+            good.replace(&fleet.ou_dn, "OU=t-bad,,OU=Hyper-V"),
+            "scope.base_dns[0]",
+        ),
+        (
+            "filter metacharacters",
+            good.replace("\"bad02\"", "\"bad02)(objectClass=*\""),
+            "group[0].hosts[1]",
+        ),
+        ("wildcard host", good.replace("\"bad02\"", "\"*\""), "group[0].hosts[1]"),
+        ("plaintext LDAP", good.replace("ldaps://", "ldap://"), "clear text"),
+        // The scope is the whole domain, so the DC is visible and refused.
+        (
+            "domain controller in a group",
+            good.replace(
+                &format!("base_dns = [\"{}\"]", fleet.ou_dn),
+                &format!("base_dns = [\"{base_dn}\"]"),
+            )
+            .replace("\"bad02\"", "\"bad02\", \"dc1\""),
+            "domain controller",
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let (_dir, path) = write_config(&text);
+        let out = controller(&path, &["apply"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(expect), "{what}: expected `{expect}` in: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+    for (h, b) in fleet.hosts.iter().zip(&before) {
+        assert_eq!(&lab.read_host(&h.dn).await.unwrap(), b, "{} was written", h.dn);
+    }
+
+    // A scope base that does not exist is named, not silently empty.
+    let (_dir, path) = write_config(&good.replace("OU=t-bad,", "OU=t-nonexistent,"));
+    let err = stderr(&controller(&path, &["plan"]));
+    assert!(
+        err.contains("does not exist") && err.contains("scope.base_dns"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plan_apply_approve_from_the_command_line() {
+    let lab = Lab::start();
+    let names = ["CLI01", "CLI02", "CLI03"];
+    let fleet = FleetSpec::new("t-cli", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    // CLI03 is not in the group: its peers' entries to it must go, after approval.
+    let (_dir, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &["CLI01", "CLI02"], ""));
+
+    let plan = controller(&path, &["plan", "--output", "json"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        lab.read_host(&fleet.host("CLI01").dn).await.unwrap().uac,
+        WORKSTATION,
+        "plan is a dry run"
+    );
+
+    let table = controller(&path, &["plan"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("cli01.lab.test") && text.contains("kerberos-only  ->") && text.contains("[needs approval]"),
+        "{text}"
+    );
+
+    let apply = controller(&path, &["apply", "--output", "json"]);
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    let v: serde_json::Value = serde_json::from_slice(&apply.stdout).unwrap();
+    assert_eq!(
+        v["applied"].as_array().unwrap().len(),
+        2,
+        "protocol transition goes through"
+    );
+    let pending = v["pending_plan"].as_i64().expect("removals are held");
+    let s = lab.read_host(&fleet.host("CLI01").dn).await.unwrap();
+    assert_eq!(s.uac, WORKSTATION | T2A4D);
+    assert_eq!(s.delegate.len(), 8);
+
+    let approve = controller(
+        &path,
+        &["apply", "--approve", &pending.to_string(), "--approver", "bob"],
+    );
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    let s = lab.read_host(&fleet.host("CLI01").dn).await.unwrap();
+    assert_eq!(s.delegate.len(), 4, "{:?}", s.delegate);
+
+    let audit = controller(&path, &["audit", "--output", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "two hosts, twice");
+    assert!(rows.iter().any(|r| r["approved_by"] == "bob"));
+
+    let plans = controller(&path, &["plans"]);
+    let text = String::from_utf8_lossy(&plans.stdout);
+    assert!(text.contains("applied"), "{text}");
+
+    let again = controller(&path, &["apply", "--approve", &pending.to_string()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("not pending approval"), "{}", stderr(&again));
+}
