@@ -15,6 +15,7 @@ set -euo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
 LAB_DIR=${KCDSYNC_LAB_DIR:-/var/tmp/kcdsync-lab}
+LAB_DIR=${LAB_DIR%/}
 # One lock for the whole machine, not per lab dir: the DC's ports (88, 389, 636, 445...) are
 # machine-wide, so two labs can never run at once whatever their directories.
 LOCK_FILE=${KCDSYNC_LAB_LOCK:-/var/tmp/kcdsync-lab.lock}
@@ -42,11 +43,14 @@ MIGRATION_SVC="Microsoft Virtual System Migration Service"
 SERVER_SERVICES="s3fs, rpc, ldap, cldap, kdc, drepl, winbindd, kcc"
 
 # Packages the lab needs, and one command from each to detect a fresh machine.
-PACKAGES=(samba samba-ad-dc krb5-user winbind ldb-tools ldap-utils smbclient openssl util-linux
-          iproute2 libc-bin procps)
+# samba-ad-provision (the provision templates) is only a Recommends of samba; recommends are
+# otherwise skipped because libnss-winbind/libpam-winbind would edit the machine's nsswitch/PAM.
+PACKAGES=(samba samba-ad-dc samba-ad-provision krb5-user winbind ldb-tools ldap-utils smbclient
+          openssl util-linux iproute2 libc-bin procps)
 NEEDED_COMMANDS=(samba samba-tool samba_spnupdate winbindd ldbadd ldbsearch ldapadd ldapmodify
-                 ldapsearch ldapdelete ldapwhoami kinit kvno klist smbclient openssl unshare
-                 flock ss iconv base64 pkill)
+                 ldapsearch ldapdelete kinit kvno klist smbclient openssl unshare
+                 flock ss iconv base64 od timeout)
+PROVISION_SETUP_DIR=/usr/share/samba/setup   # from samba-ad-provision
 
 # Paths inside the lab directory (LAB-NOTES: keep all samba state out of /var/lib, /run, /var/log).
 SMB_CONF=$LAB_DIR/etc/smb.conf
@@ -59,6 +63,7 @@ KRB5_CONF=$LAB_DIR/krb5.conf
 LAB_ENV=$LAB_DIR/lab.env             # written last: its presence marks a completed `up`
 KEYTAB_DIR=$LAB_DIR/keytabs
 SAMBA_LOG=$LAB_DIR/samba.log
+MARKER=$LAB_DIR/.kcdsync-lab         # marks a directory lab.sh may wipe
 
 PROG=$(basename "$0")
 
@@ -149,6 +154,7 @@ ensure_packages() {
     for c in "${NEEDED_COMMANDS[@]}"; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
+    [[ -d $PROVISION_SETUP_DIR ]] || missing+=("$PROVISION_SETUP_DIR")
     ((${#missing[@]} == 0)) && return 0
     log "missing commands: ${missing[*]}; installing ${PACKAGES[*]}"
     # Installing samba on a machine with an init system would start the distribution's smbd/nmbd/
@@ -163,7 +169,7 @@ ensure_packages() {
     local rc=0
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade \
             "${PACKAGES[@]}"
     } 9>&- || rc=$?
     ((added_policy)) && rm -f "$policy"
@@ -171,6 +177,7 @@ ensure_packages() {
     for c in "${NEEDED_COMMANDS[@]}"; do
         command -v "$c" >/dev/null 2>&1 || die "command $c still missing after apt-get install"
     done
+    [[ -d $PROVISION_SETUP_DIR ]] || die "$PROVISION_SETUP_DIR still missing after apt-get install"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -185,8 +192,8 @@ write_fence_files() {
 127.0.0.1 $DC_HOST.$DNS_DOMAIN $DC_HOST localhost
 ::1 localhost ip6-localhost ip6-loopback
 EOF
-    # Only local files: no nss-resolve/mdns/ldap/sss module that could reach the network or a
-    # daemon outside the namespace.
+    # Only files and dns (which, in the fence, asks 127.0.0.1): no nss-resolve/mdns/ldap/sss
+    # module that could reach the network or a daemon outside the namespace.
     cat >"$FENCE_DIR/nsswitch.conf" <<EOF
 passwd: files
 group: files
@@ -245,7 +252,7 @@ ldap_as() {
         nopriv) dn=$NOPRIV_DN ;;
         *) die "ldap_as: unknown role $role" ;;
     esac
-    LDAPTLS_CACERT=$CA_PEM LDAPTLS_REQCERT=demand LDAPTLS_CERT='' LDAPTLS_KEY='' \
+    LDAPTLS_CACERT=$CA_PEM LDAPTLS_REQCERT=demand \
         "$tool" -x -H "$LDAPS_URL" -D "$dn" -y "$LAB_DIR/$role.pass" -o nettimeout=10 "$@"
 }
 
@@ -264,14 +271,25 @@ dn_exists() {
 # Process handling
 # --------------------------------------------------------------------------------------------
 
+# pid_comm PID: the command name of a live process; fails for no process or a zombie (a killed
+# samba whose parent, often PID 1 in containers, has not reaped it yet still has /proc/PID).
+pid_comm() {
+    local stat
+    [[ $1 =~ ^[0-9]+$ ]] || return 1
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    # /proc/PID/stat is "PID (COMM) STATE ...": COMM may contain spaces, so cut at the last ')'.
+    [[ ${stat##*) } != [ZX]* ]] || return 1
+    cat "/proc/$1/comm" 2>/dev/null
+}
+
 # pid_is_lab_samba PID: the PID is alive and is one of samba's processes. PIDs come from pid files
 # inside the lab directory; the name check guards against a recycled PID.
 pid_is_lab_samba() {
     local pid=$1 comm
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+    comm=$(pid_comm "$pid") || return 1
     case $comm in
-        samba | smbd | winbindd) return 0 ;;
+        # samba's root process, the smbd/winbindd it starts, and their helpers.
+        samba | smbd | smbd-notifyd | cleanupd | winbindd | 'tfork('*) return 0 ;;
     esac
     return 1
 }
@@ -283,11 +301,11 @@ lab_pids() {
     {
         for f in "$PID_FILE" "$RUN_DIR"/*.pid; do
             [[ -f $f ]] || continue
-            pid=$(tr -dc '0-9' <"$f")
+            pid=$(tr -dc '0-9' 2>/dev/null <"$f") || continue
             [[ -n $pid ]] && echo "$pid"
         done
         for f in /proc/[0-9]*/cmdline; do
-            if tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -- "$SMB_CONF"; then
+            if tr '\0' ' ' 2>/dev/null <"$f" | grep -qF -- "$SMB_CONF"; then
                 pid=${f#/proc/}
                 echo "${pid%/cmdline}"
             fi
@@ -322,22 +340,33 @@ stop_samba() {
 samba_pid() {
     local pid
     [[ -f $PID_FILE ]] || return 1
-    pid=$(tr -dc '0-9' <"$PID_FILE")
-    [[ -n $pid ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == samba ]] || return 1
+    pid=$(tr -dc '0-9' 2>/dev/null <"$PID_FILE") || return 1
+    [[ $(pid_comm "$pid") == samba ]] || return 1
     echo "$pid"
 }
 
 # ldaps_bind_ok: a verified LDAPS simple bind as Administrator answers (bounded by timeout).
+# (Samba does not implement the WhoAmI extended operation, so ldapwhoami cannot be used.)
 ldaps_bind_ok() {
     [[ -f $CA_PEM && -f $LAB_DIR/admin.pass ]] || return 1
     LDAPTLS_CACERT=$CA_PEM LDAPTLS_REQCERT=demand timeout 15 \
-        ldapwhoami -x -H "$LDAPS_URL" -D "$ADMIN_DN" -y "$LAB_DIR/admin.pass" \
-        -o nettimeout=5 >/dev/null 2>&1 9>&-
+        ldapsearch -x -H "$LDAPS_URL" -D "$ADMIN_DN" -y "$LAB_DIR/admin.pass" \
+        -o nettimeout=5 -LLL -s base -b "$ADMIN_DN" dn >/dev/null 2>&1 9>&-
 }
 
 # healthy: samba (by our pid file) alive, `up` completed, LDAPS answers a verified bind.
 healthy() {
     samba_pid >/dev/null && [[ -f $LAB_ENV ]] && ldaps_bind_ok
+}
+
+# wipe_lab_dir: rm -rf the lab directory, but only one lab.sh created (it holds the marker) or
+# an empty one: KCDSYNC_LAB_DIR pointed at $HOME by mistake must not be deleted.
+wipe_lab_dir() {
+    [[ -e $LAB_DIR ]] || return 0
+    if [[ ! -e $MARKER && -n $(ls -A "$LAB_DIR") ]]; then
+        die "$LAB_DIR is not a lab directory (no $MARKER); refusing to delete it"
+    fi
+    rm -rf "$LAB_DIR"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -384,9 +413,13 @@ EOF
 }
 
 provision() {
-    mkdir -p "$RUN_DIR" "$LAB_DIR/log"
+    mkdir -p "$RUN_DIR" "$LAB_DIR/log" "$LAB_DIR/etc"
+    # Without -s, samba-tool loads the machine's /etc/samba/smb.conf and provision copies its
+    # settings and shares (homes, printers, panic action, /var/log paths...) into the lab's
+    # smb.conf. A nearly empty base file keeps the lab independent of the machine.
+    printf '[global]\n' >"$LAB_DIR/etc/provision-base.conf"
     local out
-    if ! out=$(fence samba-tool domain provision \
+    if ! out=$(fence samba-tool domain provision -s "$LAB_DIR/etc/provision-base.conf" \
         --targetdir="$LAB_DIR" \
         --realm="$REALM" --domain="$DOMAIN" --server-role=dc \
         --dns-backend=NONE --host-ip=127.0.0.1 --host-name="$DC_HOST" \
@@ -395,6 +428,11 @@ provision() {
         --option="interfaces = lo" \
         --option="bind interfaces only = yes" \
         --option="disable netbios = yes" \
+        --option="smb ports = 445" \
+        --option="load printers = no" \
+        --option="printing = bsd" \
+        --option="printcap name = /dev/null" \
+        --option="disable spoolss = yes" \
         --option="name resolve order = host" \
         --option="log file = $LAB_DIR/log/%m.log" \
         --option="pid directory = $RUN_DIR" \
@@ -412,15 +450,20 @@ provision() {
     printf '%s\n' "$out" >"$LAB_DIR/log/provision.log"
 }
 
-# Start samba in the fence, in the background, detached from our session, and record its PID.
-# The fence program execs into `bash -c 'echo $$ >pidfile; exec samba ...'`, so the recorded
-# PID is samba's own. fd 9 (the lock) is closed so samba does not hold it.
+# Start samba in the fence, in the background, in its own session (a Ctrl-C or a test runner
+# killing our process group must not take it down), and record its PID. The background
+# subshell execs unshare, which execs the fence program, which execs setsid, which execs
+# `bash -c 'echo $$ >pidfile; exec samba ...'`: one process all along, so the PID written is
+# samba's own and no shell lingers as its parent. fd 9 (the lock) is closed so samba does not
+# hold it; stdout/stderr go to the log so a caller reading our output is not kept waiting.
 start_samba() {
     rm -f "$PID_FILE"
     # shellcheck disable=SC2016
-    fence setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-samba "$PID_FILE" \
-        samba -s "$SMB_CONF" -F -M single --debug-stdout \
-        </dev/null >>"$SAMBA_LOG" 2>&1 9>&- &
+    (
+        exec unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence \
+            "$FENCE_DIR" setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-samba "$PID_FILE" \
+            samba -s "$SMB_CONF" -F -M single --debug-stdout
+    ) </dev/null >>"$SAMBA_LOG" 2>&1 9>&- &
     disown $! 2>/dev/null || true
     local i
     for ((i = 0; i < 50; i++)); do
@@ -486,12 +529,23 @@ unicodePwd:: $(unicode_pwd_b64 "$4")
 EOF
 }
 
-# object_sid DN: the objectSid as S-1-5-..., read from the local sam.ldb (ldbsearch decodes SIDs).
+# object_sid DN: the objectSid as S-1-5-..., read over LDAPS and decoded here (binary layout:
+# revision, sub-authority count, 6-byte big-endian authority, then 32-bit little-endian
+# sub-authorities). Reading sam.ldb with ldbsearch would load the machine's smb.conf.
 object_sid() {
-    local sid
-    sid=$(fence ldbsearch -H "$LAB_DIR/private/sam.ldb" -s base -b "$1" objectSid 9>&- |
-        awk '/^objectSid: /{print $2}')
-    [[ $sid == S-1-5-* ]] || die "no objectSid for $1"
+    local b64 b sid i j
+    b64=$(ldap_as admin ldapsearch -LLL -o ldif_wrap=no -s base -b "$1" objectSid |
+        awk '/^objectSid:: /{print $2}')
+    [[ -n $b64 ]] || die "no objectSid for $1"
+    read -ra b < <(base64 -d <<<"$b64" | od -An -v -tu1 | tr -s ' \n' '  ')
+    local auth=0
+    for ((i = 2; i < 8; i++)); do auth=$((auth * 256 + b[i])); done
+    sid="S-${b[0]}-$auth"
+    for ((i = 0; i < b[1]; i++)); do
+        j=$((8 + 4 * i))
+        sid+="-$((b[j] | b[j + 1] << 8 | b[j + 2] << 16 | b[j + 3] << 24))"
+    done
+    [[ $sid == S-1-5-21-* ]] || die "unexpected objectSid $sid for $1"
     echo "$sid"
 }
 
@@ -503,7 +557,7 @@ create_accounts() {
         printf 'description: parent of kcdsync test fleets\n\n'
         ldif_user "$SVC_DN" "$SVC_USER" 512 "$(cat "$LAB_DIR/svc.pass")"
         ldif_user "$NOPRIV_DN" "$NOPRIV_USER" 512 "$(cat "$LAB_DIR/nopriv.pass")"
-    } | ldap_as admin ldapadd -q >/dev/null || die "creating OU and service accounts failed"
+    } | ldap_as admin ldapadd >/dev/null || die "creating OU and service accounts failed"
 
     local svc_sid nopriv_sid
     svc_sid=$(object_sid "$SVC_DN")
@@ -511,13 +565,17 @@ create_accounts() {
 
     # Full control (GA) on the fleet OU, inherited by every object below it (in AD, CI applies
     # to all child objects).
-    fence samba-tool dsacl set -H "$LAB_DIR/private/sam.ldb" --objectdn="$FLEET_OU" \
+    fence samba-tool dsacl set -s "$SMB_CONF" -H "$LAB_DIR/private/sam.ldb" --objectdn="$FLEET_OU" \
         --sddl="(A;CI;GA;;;$svc_sid)(A;CI;GA;;;$nopriv_sid)" 9>&- >/dev/null ||
         die "samba-tool dsacl set failed"
 
     # SeEnableDelegationPrivilege for kcdsync-svc only. samba-tool has no command for it; Samba
-    # reads privilege.ldb on every check, so a record added with ldbadd works at once.
-    printf 'dn: sid=%s\nprivilege: SeEnableDelegationPrivilege\n\n' "$svc_sid" |
+    # reads privilege.ldb when a connection binds, so a record added with ldbadd works for the
+    # next bind. Samba finds the record by SEARCHING objectSid=<SID>, not by its DN: a record
+    # with only `dn: sid=...` and `privilege:` is silently ignored (measured). So it copies the
+    # layout of the provisioned records (objectClass privilege, objectSid, comment).
+    printf 'dn: sid=%s\nobjectClass: privilege\nobjectSid: %s\ncomment: %s\nprivilege: SeEnableDelegationPrivilege\n\n' \
+        "$svc_sid" "$svc_sid" "$SVC_USER (kcdsync lab)" |
         fence ldbadd -H "$LAB_DIR/private/privilege.ldb" 9>&- >/dev/null ||
         die "adding SeEnableDelegationPrivilege to privilege.ldb failed"
     echo "$svc_sid" >"$LAB_DIR/svc.sid"
@@ -531,7 +589,7 @@ verify_accounts() {
     for role in svc nopriv; do
         dn="CN=lab-probe-$role,$FLEET_OU"
         printf 'dn: %s\nobjectClass: computer\ncn: lab-probe-%s\nsAMAccountName: lab-probe-%s$\nuserAccountControl: 4098\n\n' \
-            "$dn" "$role" "$role" | ldap_as "$role" ldapadd -q >/dev/null ||
+            "$dn" "$role" "$role" | ldap_as "$role" ldapadd >/dev/null ||
             die "$role cannot create a computer in $FLEET_OU"
         rc=0
         out=$(printf 'dn: %s\nchangetype: modify\nadd: msDS-AllowedToDelegateTo\nmsDS-AllowedToDelegateTo: cifs/probe.%s\n-\n\n' \
@@ -573,12 +631,24 @@ EOF
     mv "$LAB_ENV.tmp" "$LAB_ENV"
 }
 
+SAMBA_STARTED=0
+up_failed_hint() {
+    local rc=$?
+    if ((rc != 0 && SAMBA_STARTED)); then
+        log "up failed (rc $rc); samba still runs for debugging (log: $SAMBA_LOG);" \
+            "'$PROG down' stops it, '$PROG up' starts over"
+    fi
+}
+
 cmd_up() {
     local t0
     t0=$(now)
     require_root
     take_lock
     ensure_packages
+    # On failure after samba started, say what is left behind: samba keeps running so its state
+    # can be inspected; the next `up` sees no lab.env, treats it as a leftover and starts over.
+    trap up_failed_hint EXIT
     if healthy; then
         echo "lab already up ($LAB_DIR, samba pid $(samba_pid))"
         return 0
@@ -588,16 +658,19 @@ cmd_up() {
     if [[ -e $LAB_DIR ]]; then
         log "leftover lab in $LAB_DIR: stopping it and wiping the directory"
         stop_samba
-        rm -rf "$LAB_DIR"
+        wipe_lab_dir
     fi
     check_ports_free
     mkdir -p "$LAB_DIR"
     chmod 755 "$LAB_DIR"
+    echo "kcdsync lab directory, created by deploy/lab/lab.sh; 'lab.sh down --purge' removes it" \
+        >"$MARKER"
     write_fence_files
     write_secret "$LAB_DIR/admin.pass"
     make_certs
     provision
     write_krb5_conf
+    SAMBA_STARTED=1
     start_samba
     wait_ldaps
     # dnsupdate is off, so the DC's own SPNs (ldap/dc1.lab.test, ...) must be written once.
@@ -616,7 +689,8 @@ cmd_up() {
 check_ports_free() {
     local busy
     busy=$(ss -Htlnp 2>/dev/null | awk '$4 ~ /:(88|389|636|445|464|3268|3269)$/' || true)
-    [[ -z $busy ]] || die "ports the DC needs are in use by another process:
+    [[ -z $busy ]] || die "ports the DC needs are in use (another lab under a different \
+KCDSYNC_LAB_DIR, or the distribution's samba-ad-dc?):
 $busy"
 }
 
@@ -636,7 +710,7 @@ cmd_down() {
     take_lock
     stop_samba
     if ((purge)); then
-        rm -rf "$LAB_DIR"
+        wipe_lab_dir
         echo "lab down and removed ($(elapsed "$t0") s)"
     else
         echo "lab down ($(elapsed "$t0") s); state kept in $LAB_DIR (down --purge removes it)"
@@ -730,6 +804,17 @@ cmd_seed() {
     if dn_exists "$ou_dn"; then
         ldap_as admin ldapdelete -r "$ou_dn" || die "deleting $ou_dn failed"
     fi
+    # sAMAccountNames and SPNs are unique in the domain: hosts from an earlier seed in another OU
+    # would make the add fail, so remove them (only below the fleet OU; elsewhere is an error).
+    local dn
+    while read -r dn; do
+        [[ -n $dn ]] || continue
+        [[ ${dn,,} == *",${FLEET_OU,,}" ]] ||
+            die "$dn holds a seed host name outside $FLEET_OU; remove it first"
+        ldap_as admin ldapdelete "$dn" || die "deleting $dn failed"
+    done < <(ldap_as admin ldapsearch -LLL -o ldif_wrap=no -b "$BASE_DN" \
+        '(|(sAMAccountName=HV01$)(sAMAccountName=HV02$)(sAMAccountName=HV03$)(sAMAccountName=HV04$)(sAMAccountName=FS01$))' \
+        dn | sed -n 's/^dn: //p')
     local u
     for u in alice bob carol; do
         if dn_exists "CN=$u,$USERS_CN"; then
@@ -737,12 +822,11 @@ cmd_seed() {
         fi
     done
 
-    declare -A pw
+    # Computer passwords are random and not kept: the keytabs below are all the tests need.
     local ldif
     ldif=$(
         printf 'dn: %s\nobjectClass: organizationalUnit\nou: %s\n\n' "$ou_dn" "$ou_name"
         for h in "${hosts[@]}" FS01; do
-            pw[$h]=$(gen_password)
             local deleg=()
             if [[ $h == HV* ]]; then
                 # The broken state: every other host's migration and cifs SPNs plus the file
@@ -757,13 +841,13 @@ cmd_seed() {
                 # An entry kcdsync does not manage and must leave alone.
                 [[ $h == HV01 ]] && deleg+=("HTTP/web01.$DNS_DOMAIN")
             fi
-            ldif_computer "$h" "$ou_dn" "${pw[$h]}" "${deleg[@]}"
+            ldif_computer "$h" "$ou_dn" "$(gen_password)" "${deleg[@]}"
         done
         ldif_user "CN=alice,$USERS_CN" alice 512 "$(gen_password)"            # normal
         ldif_user "CN=bob,$USERS_CN" bob $((512 | 0x100000)) "$(gen_password)" # NOT_DELEGATED
         ldif_user "CN=carol,$USERS_CN" carol 514 "$(gen_password)"            # disabled
     )
-    printf '%s\n' "$ldif" | ldap_as admin ldapadd -q >/dev/null || die "seeding $ou_dn failed"
+    printf '%s\n' "$ldif" | ldap_as admin ldapadd >/dev/null || die "seeding $ou_dn failed"
 
     # Keytabs for the Hyper-V hosts, from the DC's database.
     mkdir -p "$KEYTAB_DIR"
@@ -771,8 +855,8 @@ cmd_seed() {
     for h in "${hosts[@]}"; do
         kt="$KEYTAB_DIR/${h,,}.keytab"
         rm -f "$kt"
-        (umask 077; fence samba-tool domain exportkeytab "$kt" --principal="$h\$@$REALM" \
-            9>&- >/dev/null) || die "exportkeytab for $h failed"
+        (umask 077; fence samba-tool domain exportkeytab -s "$SMB_CONF" "$kt" --principal="$h\$@$REALM" \
+            9>&- >>"$LAB_DIR/log/exportkeytab.log" 2>&1) || die "exportkeytab for $h failed"
         # exportkeytab silently writes nothing for an account without keys: check.
         n=$(klist -k "$kt" 2>/dev/null | grep -c "$h\\\$@$REALM" || true)
         ((n > 0)) || die "keytab $kt has no keys for $h\$@$REALM"
@@ -815,6 +899,10 @@ cmd_kvno() {
 # --------------------------------------------------------------------------------------------
 main() {
     local cmd=${1:-help}
+    case $LAB_DIR in
+        /*/*) ;;
+        *) die "KCDSYNC_LAB_DIR must be an absolute path below a top-level directory (got '$LAB_DIR')" ;;
+    esac
     (($# > 0)) && shift
     case $cmd in
         up) (($# == 0)) || die "up takes no arguments"; cmd_up ;;
@@ -828,4 +916,7 @@ main() {
     esac
 }
 
-main "$@"
+# Run main unless sourced (sourcing lets a test harness call single functions).
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi
