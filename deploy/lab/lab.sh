@@ -92,6 +92,8 @@ Commands:
                    $NOPRIV_USER (full control, no privilege). Concurrent calls serialize on
                    $LOCK_FILE; the later ones find the lab up. Installs the packages when a
                    needed command is missing (apt-get). Then: source \$KCDSYNC_LAB_DIR/lab.env
+  install          Install the Debian packages the lab needs, if any command is missing
+                   (what \`up\` does first; CI calls it on its own).
   down [--purge]   Stop samba by its PID (TERM, up to 10 s, then KILL). --purge also removes
                    the lab directory. Idempotent.
   status           Exit 0 and print one line when the lab is up and answers LDAPS; else exit 1.
@@ -906,6 +908,7 @@ main() {
     (($# > 0)) && shift
     case $cmd in
         up) (($# == 0)) || die "up takes no arguments"; cmd_up ;;
+        install) require_root; ensure_packages ;;
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         seed) cmd_seed "$@" ;;

@@ -8,7 +8,6 @@
 //! It prints medians and the ratios. Build in release first:
 //! `cargo build --release --workspace --bins`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +17,10 @@ use clap::{Parser, Subcommand};
 use kcdsync_tests::{Lab, MIGRATION, T2A4D, WORKSTATION};
 
 #[derive(Parser)]
-#[command(name = "kcdsync-bench", about = "Benchmarks kcdsync against its baselines on the lab AD")]
+#[command(
+    name = "kcdsync-bench",
+    about = "Benchmarks kcdsync against its baselines on the lab AD"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -54,21 +56,21 @@ fn name(i: usize) -> String {
     format!("BCH{i:05}")
 }
 
-/// Runs an OpenLDAP client tool bound as `dn`, feeding `input` on stdin.
+/// Runs an OpenLDAP client tool bound as `dn`; `input` is LDIF, passed as a
+/// file (a pipe would deadlock against the tool's own output).
 fn ldap_tool(lab: &Lab, tool: &str, dn: &str, pw_file: &str, args: &[&str], input: Option<&str>) -> Result<String> {
+    let file = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new(tool);
     cmd.args(["-x", "-H", lab.var("LAB_LDAPS_URL"), "-D", dn, "-y", pw_file])
         .args(args)
         .env("LDAPTLS_CACERT", lab.ca())
         .env("LDAPTLS_REQCERT", "demand")
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("spawning {tool}"))?;
+        .stdin(Stdio::null());
     if let Some(i) = input {
-        child.stdin.take().unwrap().write_all(i.as_bytes())?;
+        std::fs::write(file.path(), i)?;
+        cmd.arg("-f").arg(file.path());
     }
-    let out = child.wait_with_output()?;
+    let out = cmd.output().with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
         bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -102,7 +104,10 @@ fn highest_usn(lab: &Lab) -> Result<i64> {
 }
 
 fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
-    ensure!(n >= group_size && group_size >= 2, "need at least one group of 2 or more hosts");
+    ensure!(
+        n >= group_size && group_size >= 2,
+        "need at least one group of 2 or more hosts"
+    );
     let lab = Lab::start();
     let ou_dn = format!("OU={OU},{}", lab.fleet_ou());
     let domain = lab.realm().to_lowercase();
@@ -113,7 +118,11 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
     eprintln!("seeding {n} hosts in groups of {group_size} under {ou_dn} ...");
     let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
     let mut ldif = format!("dn: {ou_dn}\nobjectClass: organizationalUnit\nou: {OU}\n\n");
-    let groups: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(group_size).map(|c| c.to_vec()).collect();
+    let groups: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(group_size)
+        .map(|c| c.to_vec())
+        .collect();
     let mut values = 0;
     for g in &groups {
         for &i in g {
@@ -122,13 +131,23 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
             ldif.push_str(&format!(
                 "dn: CN={nb},{ou_dn}\nobjectClass: computer\nsAMAccountName: {nb}$\ndNSHostName: {fqdn}\nuserAccountControl: {WORKSTATION}\n"
             ));
-            for spn in [format!("cifs/{fqdn}"), format!("cifs/{nb}"), format!("{MIGRATION}/{fqdn}"), format!("{MIGRATION}/{nb}")] {
+            for spn in [
+                format!("cifs/{fqdn}"),
+                format!("cifs/{nb}"),
+                format!("{MIGRATION}/{fqdn}"),
+                format!("{MIGRATION}/{nb}"),
+            ] {
                 ldif.push_str(&format!("servicePrincipalName: {spn}\n"));
             }
             for &p in g.iter().filter(|&&p| p != i) {
                 let pnb = name(p);
                 let pf = format!("{}.{domain}", pnb.to_lowercase());
-                for e in [format!("{MIGRATION}/{pf}"), format!("{MIGRATION}/{pnb}"), format!("cifs/{pf}"), format!("cifs/{pnb}")] {
+                for e in [
+                    format!("{MIGRATION}/{pf}"),
+                    format!("{MIGRATION}/{pnb}"),
+                    format!("cifs/{pf}"),
+                    format!("cifs/{pnb}"),
+                ] {
                     ldif.push_str(&format!("msDS-AllowedToDelegateTo: {e}\n"));
                     values += 1;
                 }
@@ -137,7 +156,12 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
         }
     }
     let (t, _) = timed(|| ldap_tool(&lab, "ldapadd", admin, admin_pw, &[], Some(&ldif)))?;
-    eprintln!("seeded in {:.1} s ({} delegation values, {:.0} per host)", t.as_secs_f64(), values, values as f64 / n as f64);
+    eprintln!(
+        "seeded in {:.1} s ({} delegation values, {:.0} per host)",
+        t.as_secs_f64(),
+        values,
+        values as f64 / n as f64
+    );
 
     // The floor: the minimal LDIF making the same change, one ldapmodify.
     let mut minimal = String::new();
@@ -156,10 +180,18 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
     // The controller's config: every group, enforce, a guard wide enough.
     let work = tempfile::tempdir()?;
     let mut cfg = lab.ad_section(kcdsync_tests::BindAs::Svc);
-    cfg.push_str(&format!("\n[scope]\nbase_dns = [\"{ou_dn}\"]\n\n[guard]\nmax_hosts_per_apply = {n}\n"));
+    cfg.push_str(&format!(
+        "\n[scope]\nbase_dns = [\"{ou_dn}\"]\n\n[guard]\nmax_hosts_per_apply = {n}\n"
+    ));
     for (gi, g) in groups.iter().enumerate() {
-        let hosts: Vec<String> = g.iter().map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase())).collect();
-        cfg.push_str(&format!("\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nhosts = [{}]\n", hosts.join(", ")));
+        let hosts: Vec<String> = g
+            .iter()
+            .map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase()))
+            .collect();
+        cfg.push_str(&format!(
+            "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nhosts = [{}]\n",
+            hosts.join(", ")
+        ));
     }
     let cfg_path = work.path().join("kcdsync.toml");
     std::fs::write(&cfg_path, cfg)?;
@@ -172,12 +204,22 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
             .env("RUST_LOG", "warn")
             .output()?;
         if !out.status.success() {
-            bail!("kcdsync-controller apply failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kcdsync-controller apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     };
 
-    let attrs = ["sAMAccountName", "dNSHostName", "userAccountControl", "msDS-AllowedToDelegateTo", "servicePrincipalName", "uSNChanged"];
+    let attrs = [
+        "sAMAccountName",
+        "dNSHostName",
+        "userAccountControl",
+        "msDS-AllowedToDelegateTo",
+        "servicePrincipalName",
+        "uSNChanged",
+    ];
     let (mut floor, mut conv, mut noop, mut search) = (vec![], vec![], vec![], vec![]);
     for r in 1..=rounds {
         ldap_tool(&lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
@@ -187,19 +229,31 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
         ldap_tool(&lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
         let (t, v) = timed(|| apply(&cfg_path))?;
         let written = v["applied"].as_array().map(Vec::len).unwrap_or(0);
-        ensure!(written == n, "round {r}: the controller wrote {written} hosts, expected {n}");
+        ensure!(
+            written == n,
+            "round {r}: the controller wrote {written} hosts, expected {n}"
+        );
         conv.push(t);
 
         let usn = highest_usn(&lab)?;
         let (t, v) = timed(|| apply(&cfg_path))?;
-        ensure!(v["applied"].as_array().is_some_and(Vec::is_empty), "round {r}: the no-op apply wrote something");
-        ensure!(highest_usn(&lab)? == usn, "round {r}: the no-op apply changed AD (highestCommittedUSN moved)");
+        ensure!(
+            v["applied"].as_array().is_some_and(Vec::is_empty),
+            "round {r}: the no-op apply wrote something"
+        );
+        ensure!(
+            highest_usn(&lab)? == usn,
+            "round {r}: the no-op apply changed AD (highestCommittedUSN moved)"
+        );
         noop.push(t);
 
         let mut args = vec!["-LLL", "-E", "pr=500/noprompt", "-b", &ou_dn, "(objectClass=computer)"];
         args.extend(attrs);
         let (t, out) = timed(|| ldap_tool(&lab, "ldapsearch", svc, svc_pw, &args, None))?;
-        ensure!(out.matches("\ndn: ").count() + 1 >= n, "round {r}: ldapsearch returned too few entries");
+        ensure!(
+            out.matches("\ndn: ").count() + 1 >= n,
+            "round {r}: ldapsearch returned too few entries"
+        );
         search.push(t);
         eprintln!(
             "round {r}: ldapmodify {:.2} s, converge {:.2} s, no-op {:.3} s, ldapsearch {:.3} s",
@@ -209,8 +263,16 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
             search[r - 1].as_secs_f64()
         );
     }
-    let (f, c, o, s) = (median(&mut floor), median(&mut conv), median(&mut noop), median(&mut search));
-    println!("converge {n} hosts ({} groups of {group_size}, {values} delegation values), median of {rounds} rounds:", groups.len());
+    let (f, c, o, s) = (
+        median(&mut floor),
+        median(&mut conv),
+        median(&mut noop),
+        median(&mut search),
+    );
+    println!(
+        "converge {n} hosts ({} groups of {group_size}, {values} delegation values), median of {rounds} rounds:",
+        groups.len()
+    );
     println!(
         "  kcdsync-controller apply  {:>8.3} s   vs one ldapmodify {:>8.3} s   ratio {:.2} (target <= 1.30)",
         c.as_secs_f64(),
@@ -230,6 +292,10 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
 fn controller_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("exe dir")?.join("kcdsync-controller");
-    ensure!(bin.is_file(), "{} is missing: run `cargo build --release --workspace --bins`", bin.display());
+    ensure!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release --workspace --bins`",
+        bin.display()
+    );
     Ok(bin)
 }
