@@ -11,12 +11,18 @@ started_lab=0
 if ! bash "$lab" status >/dev/null 2>&1; then
     started_lab=1
 fi
+log=$(mktemp)
+trap 'rm -f "$log"; [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && bash "$lab" down >/dev/null 2>&1; true' EXIT
 bash "$lab" up
-if [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]]; then
-    trap 'bash "$lab" down >/dev/null 2>&1 || true' EXIT
-fi
 
 cargo fmt --all -- --check
 # The CLI tests run the real binaries, so build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
