@@ -10,7 +10,7 @@
 //! kcdsync does not manage (other service classes, targets outside the
 //! scope) are never removed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,11 +163,11 @@ impl Plan {
     }
 }
 
-/// A grouped host, resolved against AD.
+/// A grouped host, resolved against AD: its index in `Observed::computers`.
+#[derive(Clone, Copy)]
 struct Member<'a> {
+    idx: usize,
     computer: &'a Computer,
-    fqdn: Option<String>,
-    netbios: String,
 }
 
 fn desired_entries_for(peer_fqdn: Option<&str>, peer_netbios: &str, classes: &[&str]) -> Vec<String> {
@@ -181,7 +181,13 @@ fn desired_entries_for(peer_fqdn: Option<&str>, peer_netbios: &str, classes: &[&
     out
 }
 
-fn add_member<'a>(g: &Group, c: &'a Computer, members: &mut Vec<Member<'a>>) -> Result<(), PlanError> {
+fn add_member<'a>(
+    g: &Group,
+    observed: &'a Observed,
+    idx: usize,
+    members: &mut Vec<Member<'a>>,
+) -> Result<(), PlanError> {
+    let c = &observed.computers[idx];
     if c.is_domain_controller() {
         return Err(PlanError::DomainControllerInGroup {
             group: g.name.clone(),
@@ -189,12 +195,8 @@ fn add_member<'a>(g: &Group, c: &'a Computer, members: &mut Vec<Member<'a>>) -> 
             dn: c.dn.clone(),
         });
     }
-    if !members.iter().any(|m| std::ptr::eq(m.computer, c)) {
-        members.push(Member {
-            computer: c,
-            fqdn: c.fqdn(),
-            netbios: c.netbios(),
-        });
+    if !members.iter().any(|m| m.idx == idx) {
+        members.push(Member { idx, computer: c });
     }
     Ok(())
 }
@@ -204,16 +206,16 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
     let mut findings = Vec::new();
 
     // Index the scope once; names compare case-insensitively.
-    let mut by_fqdn: HashMap<String, &Computer> = HashMap::new();
-    let mut by_netbios: HashMap<String, &Computer> = HashMap::new();
-    let mut by_dn: HashMap<String, &Computer> = HashMap::new();
-    for c in &observed.computers {
+    let mut by_fqdn: HashMap<String, usize> = HashMap::new();
+    let mut by_netbios: HashMap<String, usize> = HashMap::new();
+    let mut by_dn: HashMap<String, usize> = HashMap::new();
+    for (i, c) in observed.computers.iter().enumerate() {
         if let Some(f) = c.fqdn() {
-            by_fqdn.insert(f, c);
+            by_fqdn.insert(f, i);
         }
-        by_netbios.insert(c.netbios(), c);
+        by_netbios.insert(c.netbios(), i);
         if let Ok(dn) = Dn::parse(&c.dn) {
-            by_dn.insert(dn.normalized(), c);
+            by_dn.insert(dn.normalized(), i);
         }
     }
 
@@ -227,12 +229,27 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
         managed_targets.insert(c.netbios().to_lowercase());
     }
 
-    // Resolve members: dn -> (member, groups, modes, desired entries).
+    // The four entries that delegate to each computer, built once: every
+    // peer of a host points at the same list instead of building its own.
+    let entries_of: Vec<Vec<(String, String)>> = observed
+        .computers
+        .iter()
+        .map(|c| {
+            desired_entries_for(c.fqdn().as_deref(), &c.netbios(), &[MIGRATION_SERVICE, CIFS])
+                .into_iter()
+                .map(|e| (spn_key(&e), e))
+                .collect()
+        })
+        .collect();
+    let mut file_server_entries: Vec<Vec<(String, String)>> = Vec::new();
+
+    // Resolve members: dn -> (member, groups, mode, peers, file servers).
     struct Want<'a> {
         member: Member<'a>,
         groups: Vec<String>,
         mode: Mode,
-        entries: BTreeMap<String, String>,
+        peers: BTreeSet<usize>,
+        file_servers: Vec<usize>,
     }
     let mut wants: BTreeMap<String, Want> = BTreeMap::new();
 
@@ -244,7 +261,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 HostName::Netbios(n) => by_netbios.get(n),
             };
             match found {
-                Some(c) => add_member(g, c, &mut members)?,
+                Some(&i) => add_member(g, observed, i, &mut members)?,
                 None => findings.push(Finding {
                     kind: FindingKind::HostMissingFromAd,
                     host: h.to_string(),
@@ -269,7 +286,7 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                             .map(|d| d.normalized())
                             .unwrap_or_else(|_| m.to_lowercase());
                         match by_dn.get(&key) {
-                            Some(c) => add_member(g, c, &mut members)?,
+                            Some(&i) => add_member(g, observed, i, &mut members)?,
                             None => findings.push(Finding {
                                 kind: FindingKind::HostOutOfScope,
                                 host: m.clone(),
@@ -284,15 +301,21 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
             }
         }
 
-        let mut file_server_entries = Vec::new();
+        let mut group_file_servers = Vec::new();
         for fs in &g.file_servers {
             let netbios = by_fqdn
                 .get(fs.as_str())
-                .map(|c| c.netbios())
+                .map(|&i| observed.computers[i].netbios())
                 .unwrap_or_else(|| fs.derived_netbios());
             managed_targets.insert(fs.as_str().to_owned());
             managed_targets.insert(netbios.to_lowercase());
-            file_server_entries.extend(desired_entries_for(Some(fs.as_str()), &netbios, &[CIFS]));
+            file_server_entries.push(
+                desired_entries_for(Some(fs.as_str()), &netbios, &[CIFS])
+                    .into_iter()
+                    .map(|e| (spn_key(&e), e))
+                    .collect(),
+            );
+            group_file_servers.push(file_server_entries.len() - 1);
         }
 
         for m in &members {
@@ -305,39 +328,29 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 });
             }
             let want = wants.entry(c.dn.clone()).or_insert_with(|| Want {
-                member: Member {
-                    computer: c,
-                    fqdn: m.fqdn.clone(),
-                    netbios: m.netbios.clone(),
-                },
+                member: *m,
                 groups: Vec::new(),
                 mode: g.mode,
-                entries: BTreeMap::new(),
+                peers: BTreeSet::new(),
+                file_servers: Vec::new(),
             });
             want.groups.push(g.name.clone());
             // A host in several groups follows the most cautious mode.
             want.mode = want.mode.min(g.mode);
-            for p in &members {
-                if std::ptr::eq(p.computer, c) {
-                    continue;
-                }
-                for e in desired_entries_for(p.fqdn.as_deref(), &p.netbios, &[MIGRATION_SERVICE, CIFS]) {
-                    want.entries.insert(spn_key(&e), e);
-                }
-            }
-            for e in &file_server_entries {
-                want.entries.insert(spn_key(e), e.clone());
-            }
+            want.peers
+                .extend(members.iter().filter(|p| p.idx != m.idx).map(|p| p.idx));
+            want.file_servers.extend(&group_file_servers);
         }
 
         // A peer that lacks the SPNs cannot be delegated to, whatever the
         // source says.
         for p in &members {
-            let mut missing: Vec<String> =
-                desired_entries_for(p.fqdn.as_deref(), &p.netbios, &[MIGRATION_SERVICE, CIFS])
-                    .into_iter()
-                    .filter(|s| !p.computer.has_spn(s))
-                    .collect();
+            let mut missing: Vec<String> = entries_of[p.idx]
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|s| !p.computer.has_spn(s))
+                .cloned()
+                .collect();
             if !missing.is_empty() && members.len() > 1 {
                 missing.sort();
                 findings.push(Finding {
@@ -356,25 +369,34 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
     let mut changes = Vec::new();
     for want in wants.values() {
         let c = want.member.computer;
-        let current: BTreeSet<String> = c.allowed_to_delegate_to.iter().map(|s| spn_key(s)).collect();
-        let add: Vec<String> = want
-            .entries
+        let desired: HashMap<&str, &str> = want
+            .peers
             .iter()
-            .filter(|(k, _)| !current.contains(*k))
-            .map(|(_, v)| v.clone())
+            .flat_map(|p| &entries_of[*p])
+            .chain(want.file_servers.iter().flat_map(|f| &file_server_entries[*f]))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let remove: Vec<String> = c
-            .allowed_to_delegate_to
+        let current: Vec<(String, &String)> = c.allowed_to_delegate_to.iter().map(|s| (spn_key(s), s)).collect();
+        let current_keys: HashSet<&str> = current.iter().map(|(k, _)| k.as_str()).collect();
+        let mut add: Vec<(&str, &str)> = desired
             .iter()
-            .filter(|e| {
+            .filter(|(k, _)| !current_keys.contains(*k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        add.sort_unstable();
+        let add: Vec<String> = add.into_iter().map(|(_, v)| v.to_owned()).collect();
+        let remove: Vec<String> = current
+            .iter()
+            .filter(|(k, e)| {
+                if desired.contains_key(k.as_str()) {
+                    return false;
+                }
                 let Some((class, host)) = spn_parts(e) else {
                     return false;
                 };
-                is_migration_class(class)
-                    && managed_targets.contains(&host.to_lowercase())
-                    && !want.entries.contains_key(&spn_key(e))
+                is_migration_class(class) && managed_targets.contains(&host.to_lowercase())
             })
-            .cloned()
+            .map(|(_, e)| (*e).clone())
             .collect();
         let uac_after = (c.uac | TRUSTED_TO_AUTH_FOR_DELEGATION) & !TRUSTED_FOR_DELEGATION;
 

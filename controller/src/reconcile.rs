@@ -140,8 +140,20 @@ pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> 
 
 /// observe + decide + execute.
 pub async fn reconcile(cfg: &Config, ad: &Ad, store: &Store, opts: RunOptions) -> Result<Outcome, ReconcileError> {
+    let t = std::time::Instant::now();
     let observed = observe(cfg, ad).await?;
+    tracing::debug!(
+        computers = observed.computers.len(),
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "observed"
+    );
+    let t = std::time::Instant::now();
     let decision = decide(cfg, &observed)?;
+    tracing::debug!(
+        changes = decision.plan.changes.len(),
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "planned"
+    );
     execute(cfg, ad, store, &observed, &decision, opts).await
 }
 

@@ -37,6 +37,9 @@ enum Cmd {
         /// Members per migration group.
         #[arg(long, default_value_t = 16)]
         group_size: usize,
+        /// Leave the seeded OU and the controller config in place (printed) for a closer look.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -48,7 +51,8 @@ fn main() -> Result<()> {
             hosts,
             rounds,
             group_size,
-        } => converge(hosts, rounds, group_size),
+            keep,
+        } => converge(hosts, rounds, group_size, keep),
     }
 }
 
@@ -103,7 +107,7 @@ fn highest_usn(lab: &Lab) -> Result<i64> {
         .context("rootDSE has no highestCommittedUSN")
 }
 
-fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
+fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()> {
     ensure!(
         n >= group_size && group_size >= 2,
         "need at least one group of 2 or more hosts"
@@ -285,7 +289,12 @@ fn converge(n: usize, rounds: usize, group_size: usize) -> Result<()> {
         s.as_secs_f64(),
         o.as_secs_f64() / s.as_secs_f64()
     );
-    let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
+    if keep {
+        let kept = work.keep();
+        println!("kept {ou_dn} and the config {}", kept.join("kcdsync.toml").display());
+    } else {
+        let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
+    }
     Ok(())
 }
 
