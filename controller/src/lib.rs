@@ -3,6 +3,8 @@
 //! Reconcile is observe (ldap) → plan (pure) → guard (pure) → apply (ldap)
 //! → verify (ldap) → audit (store). I/O stays in `ldap` and `store`.
 
+pub mod agents;
+pub mod certs;
 pub mod config;
 pub mod dn;
 pub mod ldap;

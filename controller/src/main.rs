@@ -108,6 +108,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Create the CA and the controller's and agents' mTLS certificates.
+    Certs {
+        #[command(subcommand)]
+        command: kcdsync_controller::certs::CertsCommand,
+    },
     /// Run continuously: reconcile every reconcile.interval_secs, and at
     /// once on SIGHUP (which also re-reads the config).
     Serve,
@@ -115,7 +120,9 @@ enum Command {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // tonic logs refused TLS handshakes (no, expired or foreign client
+        // certificate) at debug level only; operators need to see them.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tonic::transport::server::io_stream=debug"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -129,6 +136,8 @@ fn init_logging(format: LogFormat) {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // One crypto provider, chosen explicitly (see STACK.md pitfalls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -157,6 +166,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Certs { command } => kcdsync_controller::certs::run(command),
         Command::CheckConfig => {
             let cfg = load(&cli.config)?;
             println!("{}: valid", cli.config.display());
@@ -300,11 +310,42 @@ async fn show_progress(mut rx: watch::Receiver<Progress>) {
 }
 
 async fn serve(path: PathBuf) -> Result<()> {
+    use kcdsync_controller::agents::{self, AgentHub, HubOptions};
+    use kcdsync_proto::v1::{PurgeSystemTickets, command};
     use tokio::signal::unix::{SignalKind, signal};
     let mut cfg = load(&path)?;
     let store = Store::open(&cfg.store_url).await?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (trigger_tx, mut triggers) = tokio::sync::mpsc::channel(1024);
+    // The agent endpoint is set up once; SIGHUP does not move it.
+    let hub = match &cfg.agents {
+        Some(a) => {
+            let tls = agents::server_tls(a).context("loading the agent endpoint's TLS files")?;
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening for agents on {}", a.listen))?;
+            let hub = AgentHub::new(
+                store.clone(),
+                HubOptions {
+                    heartbeat: a.heartbeat,
+                    stale_after: a.stale_after,
+                    max_message_bytes: a.max_message_bytes,
+                    ..Default::default()
+                },
+                Some(trigger_tx),
+            );
+            tracing::info!(listen = %a.listen, "serving agents (mTLS)");
+            let server_hub = hub.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agents::serve(listener, tls, server_hub, std::future::pending()).await {
+                    tracing::error!(error = %e, "the agent endpoint stopped");
+                }
+            });
+            Some(hub)
+        }
+        None => None,
+    };
     let mut trigger = "startup".to_owned();
     let mut failures: u32 = 0;
     tracing::info!(config = %path.display(), interval_secs = cfg.interval.as_secs(), "serving");
@@ -336,6 +377,26 @@ async fn serve(path: PathBuf) -> Result<()> {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "reconciled"
                 );
+                // Changed hosts drop their SYSTEM tickets, so the next
+                // migration asks the KDC again instead of waiting for expiry.
+                if let (Some(hub), Some(plan)) = (&hub, o.plan_id) {
+                    for r in &o.applied {
+                        let reason = format!("delegation of {} changed by plan {plan}", r.host);
+                        match hub
+                            .command(
+                                &r.host,
+                                command::Kind::PurgeSystemTickets(PurgeSystemTickets {}),
+                                &reason,
+                            )
+                            .await
+                        {
+                            Ok(id) => {
+                                tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets")
+                            }
+                            Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
+                        }
+                    }
+                }
                 cfg.interval
             }
             Err(e) => {
@@ -350,6 +411,18 @@ async fn serve(path: PathBuf) -> Result<()> {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => trigger = "timer".into(),
+            Some(t) = triggers.recv() => {
+                // One reconcile answers every failure queued so far.
+                let mut reasons = vec![t.reason];
+                while let Ok(more) = triggers.try_recv() {
+                    reasons.push(more.reason);
+                }
+                trigger = if reasons.len() > 3 {
+                    format!("{} (+{} more)", reasons[..3].join(","), reasons.len() - 3)
+                } else {
+                    reasons.join(",")
+                };
+            }
             _ = hup.recv() => {
                 match load(&path) {
                     Ok(c) => { cfg = c; tracing::info!("config reloaded"); }

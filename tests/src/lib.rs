@@ -6,6 +6,8 @@
 //! in parallel share one DC without touching each other's objects.
 //! `Lab::kvno` asks the KDC itself whether S4U2Self + S4U2Proxy succeeds.
 
+pub mod agents;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,141 @@
+//! The agent's configuration file (TOML), validated once at start-up.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// PowerShell and klist on a real Hyper-V host.
+    #[default]
+    Windows,
+    /// A host described by `simulated_host` (lab, demo, tests).
+    Simulated,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    controller_url: String,
+    /// Name to verify in the controller's certificate when the URL holds an
+    /// IP address or a different name.
+    tls_server_name: Option<String>,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    outbox_dir: PathBuf,
+    #[serde(default)]
+    probe: ProbeKind,
+    simulated_host: Option<PathBuf>,
+    #[serde(default = "d60")]
+    report_interval_secs: u64,
+    #[serde(default = "d10")]
+    attempts_interval_secs: u64,
+    #[serde(default = "d30")]
+    probe_timeout_secs: u64,
+}
+
+fn d60() -> u64 {
+    60
+}
+fn d10() -> u64 {
+    10
+}
+fn d30() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub controller_url: String,
+    pub tls_server_name: Option<String>,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub outbox_dir: PathBuf,
+    pub probe: ProbeKind,
+    pub simulated_host: Option<PathBuf>,
+    pub report_interval: Duration,
+    pub attempts_interval: Duration,
+    pub probe_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: Raw = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if !raw.controller_url.starts_with("https://") {
+            return Err(ConfigError::Invalid {
+                key: "controller_url",
+                message: format!(
+                    "`{}` must be an https:// URL (the agent only talks mTLS)",
+                    raw.controller_url
+                ),
+            });
+        }
+        for (key, p) in [
+            ("ca_file", &raw.ca_file),
+            ("cert_file", &raw.cert_file),
+            ("key_file", &raw.key_file),
+        ] {
+            let p = abs(p.clone());
+            if !p.is_file() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} does not exist or is not a file", p.display()),
+                });
+            }
+        }
+        if raw.probe == ProbeKind::Simulated && raw.simulated_host.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "simulated_host",
+                message: "probe = \"simulated\" needs the host description file".into(),
+            });
+        }
+        for (key, v) in [
+            ("report_interval_secs", raw.report_interval_secs),
+            ("attempts_interval_secs", raw.attempts_interval_secs),
+            ("probe_timeout_secs", raw.probe_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(AgentConfig {
+            controller_url: raw.controller_url,
+            tls_server_name: raw.tls_server_name,
+            ca_file: abs(raw.ca_file),
+            cert_file: abs(raw.cert_file),
+            key_file: abs(raw.key_file),
+            outbox_dir: abs(raw.outbox_dir),
+            probe: raw.probe,
+            simulated_host: raw.simulated_host.map(abs),
+            report_interval: Duration::from_secs(raw.report_interval_secs),
+            attempts_interval: Duration::from_secs(raw.attempts_interval_secs),
+            probe_timeout: Duration::from_secs(raw.probe_timeout_secs),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! kcdsync agent library: the `kcdsync-agent` binary is a thin layer over it.
+//!
+//! The agent observes one Hyper-V host through a [`probe::HostProbe`],
+//! keeps migration attempts in a durable [`outbox::Outbox`] until the
+//! controller acknowledges them, and talks to the controller over one mTLS
+//! gRPC stream.
+
+pub mod client;
+pub mod config;
+pub mod outbox;
+pub mod probe;
+pub mod windows;

@@ -1,0 +1,45 @@
+//! How the agent looks at its host. Two implementations: [`windows`] runs
+//! PowerShell and klist on a real Hyper-V host; [`simulated`] reads a host
+//! described by a file, for the lab, the demo and the tests.
+
+use std::future::Future;
+
+use kcdsync_proto::v1::{HostReport, MigrationAttempt};
+
+pub mod simulated;
+pub mod windows;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("`{command}` did not finish within {secs} s")]
+    Timeout { command: String, secs: u64 },
+    #[error("cannot run `{command}`: {message}")]
+    Spawn { command: String, message: String },
+    #[error("`{command}` failed: {message}")]
+    Failed { command: String, message: String },
+    #[error("cannot parse the output of `{command}`: {message}")]
+    Parse { command: String, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the attempt reader stopped; persisted by the agent so a restart
+/// neither loses nor re-reads attempts. For Windows, the event RecordId.
+pub type Cursor = u64;
+
+pub trait HostProbe: Send + Sync + 'static {
+    /// Identity, services, migration settings, SYSTEM tickets. A step that
+    /// fails is named in `probe_errors`; its fields stay unset.
+    fn report(&self) -> impl Future<Output = HostReport> + Send;
+
+    /// Migration attempts recorded after `since`, oldest first, and the
+    /// cursor to pass next time.
+    fn attempts(
+        &self,
+        since: Cursor,
+    ) -> impl Future<Output = Result<(Vec<MigrationAttempt>, Cursor), ProbeError>> + Send;
+
+    /// `klist -li 0x3e7 purge`: drops the SYSTEM logon session's tickets so
+    /// the next migration asks the KDC again. Returns what the tool said.
+    fn purge_system_tickets(&self) -> impl Future<Output = Result<String, ProbeError>> + Send;
+}

@@ -1,0 +1,535 @@
+//! A Hyper-V host described by a TOML file, for the lab, the demo and the
+//! tests. Its migration attempts are written to an event log (JSON lines in
+//! the state directory) exactly as a real host's land in the VMMS event log.
+//!
+//! With a `[kerberos]` section, a migration is a real Kerberos check against
+//! the KDC: the host's credentials get a TGT into the host's own ticket cache
+//! (its "SYSTEM logon session"), then `kvno -U <account> -P cifs/<peer>`
+//! performs S4U2Self + S4U2Proxy. Success or failure is the KDC's verdict.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kcdsync_proto::v1::*;
+use serde::{Deserialize, Serialize};
+
+use super::{Cursor, HostProbe, ProbeError};
+
+/// SEC_E_NO_CREDENTIALS, what a "Kerberos only" host reports.
+pub const SEC_E_NO_CREDENTIALS: u32 = 0x8009030E;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedHost {
+    pub fqdn: String,
+    pub netbios: String,
+    #[serde(default = "default_build")]
+    pub os_build: u32,
+    #[serde(default)]
+    pub credential_guard: bool,
+    #[serde(default)]
+    pub services: Services,
+    #[serde(default)]
+    pub migration: Migration,
+    pub kerberos: Option<Kerberos>,
+}
+
+fn default_build() -> u32 {
+    20348
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    #[serde(default = "running")]
+    pub vmms: String,
+    #[serde(default = "running")]
+    pub winrm: String,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            vmms: running(),
+            winrm: running(),
+        }
+    }
+}
+
+fn running() -> String {
+    "running".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// "kerberos" or "credssp".
+    #[serde(default = "kerberos")]
+    pub authentication: String,
+    #[serde(default = "two")]
+    pub maximum_migrations: u32,
+    /// "tcpip", "compression" or "smb".
+    #[serde(default = "compression")]
+    pub performance: String,
+    #[serde(default)]
+    pub use_any_network: bool,
+    #[serde(default)]
+    pub networks: Vec<String>,
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration {
+            enabled: true,
+            authentication: kerberos(),
+            maximum_migrations: 2,
+            performance: compression(),
+            use_any_network: false,
+            networks: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn kerberos() -> String {
+    "kerberos".into()
+}
+fn two() -> u32 {
+    2
+}
+fn compression() -> String {
+    "compression".into()
+}
+
+/// The host's machine credentials, for real S4U checks against a KDC.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kerberos {
+    pub krb5_config: PathBuf,
+    /// `HV01$@LAB.TEST`
+    pub principal: String,
+    pub keytab: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// One line of the simulated event log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Event {
+    record_id: u64,
+    time_ms: i64,
+    vm: String,
+    peer: String,
+    account: String,
+    success: bool,
+    error_code: u32,
+    message: String,
+}
+
+pub struct SimulatedProbe {
+    host: SimulatedHost,
+    state_dir: PathBuf,
+    log: Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl SimulatedProbe {
+    /// Reads the host file; the event log and ticket cache live in `state_dir`.
+    pub fn load(host_file: &Path, state_dir: &Path) -> Result<SimulatedProbe, ProbeError> {
+        let text = std::fs::read_to_string(host_file)
+            .map_err(|e| ProbeError::Other(format!("cannot read simulated host file {}: {e}", host_file.display())))?;
+        let host: SimulatedHost = toml::from_str(&text)
+            .map_err(|e| ProbeError::Other(format!("simulated host file {}: {e}", host_file.display())))?;
+        Self::new(host, state_dir)
+    }
+
+    pub fn new(host: SimulatedHost, state_dir: &Path) -> Result<SimulatedProbe, ProbeError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| ProbeError::Other(format!("cannot create {}: {e}", state_dir.display())))?;
+        Ok(SimulatedProbe {
+            host,
+            state_dir: state_dir.to_owned(),
+            log: Mutex::new(()),
+        })
+    }
+
+    pub fn host(&self) -> &SimulatedHost {
+        &self.host
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state_dir.join("vmms-events.jsonl")
+    }
+
+    fn ccache(&self) -> String {
+        format!("FILE:{}", self.state_dir.join("system.ccache").display())
+    }
+
+    /// A live migration of `vm` to `peer` started by `account`. With
+    /// Kerberos configured the KDC decides; without, `outcome` does.
+    pub async fn migrate(&self, vm: &str, peer: &str, account: &str, outcome: Option<bool>) -> MigrationAttempt {
+        let verdict = match (&self.host.kerberos, outcome) {
+            (_, Some(ok)) => {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("scripted failure".to_owned())
+                }
+            }
+            (Some(k), None) => self.s4u(k, peer, account).await,
+            (None, None) => Err("no Kerberos credentials configured for this simulated host".to_owned()),
+        };
+        let (success, error_code, message) = match verdict {
+            Ok(()) => (
+                true,
+                0,
+                format!(
+                    "The Virtual Machine Management service successfully completed the live migration of virtual machine  '{vm}' with a blackout time of 0.4 seconds."
+                ),
+            ),
+            Err(kdc) => (
+                false,
+                SEC_E_NO_CREDENTIALS,
+                format!(
+                    "Virtual machine migration operation for '{vm}' failed at migration source '{}'. Failed to establish a connection with host '{peer}': No credentials are available in the security package (0x8009030E). (lab KDC: {kdc})",
+                    self.host.netbios
+                ),
+            ),
+        };
+        self.record(vm, peer, account, success, error_code, message)
+    }
+
+    fn record(
+        &self,
+        vm: &str,
+        peer: &str,
+        account: &str,
+        success: bool,
+        error_code: u32,
+        message: String,
+    ) -> MigrationAttempt {
+        let _guard = self.log.lock().expect("event log lock");
+        let record_id = std::fs::read_to_string(self.log_path())
+            .map(|s| s.lines().count() as u64)
+            .unwrap_or(0)
+            + 1;
+        let ev = Event {
+            record_id,
+            time_ms: now_ms(),
+            vm: vm.into(),
+            peer: peer.into(),
+            account: account.into(),
+            success,
+            error_code,
+            message,
+        };
+        let line = serde_json::to_string(&ev).expect("event serializes");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("simulated event log is writable");
+        writeln!(f, "{line}").expect("append to simulated event log");
+        self.to_attempt(&ev)
+    }
+
+    fn to_attempt(&self, ev: &Event) -> MigrationAttempt {
+        MigrationAttempt {
+            attempt_id: format!("{}:{}", self.host.fqdn, ev.record_id),
+            time: Some(ts(ev.time_ms)),
+            vm_name: ev.vm.clone(),
+            vm_id: String::new(),
+            peer: ev.peer.clone(),
+            role: MigrationRole::Source as i32,
+            success: ev.success,
+            event_id: if ev.success { 20415 } else { 21024 },
+            error_code: ev.error_code,
+            message: ev.message.clone(),
+            account: ev.account.clone(),
+            traceparent: String::new(),
+        }
+    }
+
+    /// S4U2Self + S4U2Proxy as the host, through the host's ticket cache.
+    async fn s4u(&self, k: &Kerberos, peer: &str, account: &str) -> Result<(), String> {
+        let cc = self.ccache();
+        let have_tgt = self.run(k, &["klist", "-s"], None).await.is_ok();
+        if !have_tgt {
+            let r = match (&k.keytab, &k.password_file) {
+                (Some(kt), _) => {
+                    let kt = kt.display().to_string();
+                    self.run(k, &["kinit", "-k", "-t", &kt, &k.principal], None).await
+                }
+                (None, Some(pw)) => {
+                    let pw = std::fs::read_to_string(pw).map_err(|e| format!("password file: {e}"))?;
+                    self.run(k, &["kinit", &k.principal], Some(pw.trim())).await
+                }
+                (None, None) => Err("the [kerberos] section needs keytab or password_file".into()),
+            };
+            r.map_err(|e| format!("kinit {} ({cc}): {e}", k.principal))?;
+        }
+        let spn = format!("cifs/{}", peer.to_lowercase());
+        self.run(k, &["kvno", "-U", account, "-P", &spn], None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn run(&self, k: &Kerberos, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let mut cmd = tokio::process::Command::new(args[0]);
+        cmd.args(&args[1..])
+            .env("KRB5_CONFIG", &k.krb5_config)
+            .env("KRB5CCNAME", self.ccache())
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
+        if let Some(i) = input {
+            use tokio::io::AsyncWriteExt;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin
+                .write_all(format!("{i}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .map_err(|_| format!("{} timed out", args[0]))?
+            .map_err(|e| e.to_string())?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text.trim().lines().last().unwrap_or_default().to_owned())
+        }
+    }
+
+    fn service(name: &str, state: &str) -> ServiceStatus {
+        let state = match state.to_ascii_lowercase().as_str() {
+            "running" => ServiceState::Running,
+            "stopped" => ServiceState::Stopped,
+            "paused" => ServiceState::Paused,
+            _ => ServiceState::Unspecified,
+        };
+        ServiceStatus {
+            name: name.into(),
+            state: state as i32,
+            start_mode: StartMode::Automatic as i32,
+        }
+    }
+}
+
+/// Tickets in an MIT ccache as `klist` prints them:
+/// `11/25/26 08:30:01  11/25/26 18:30:01  krbtgt/LAB.TEST@LAB.TEST`.
+fn parse_mit_klist(text: &str) -> Vec<KerberosTicket> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() >= 5 && parts[0].contains('/') && parts[1].contains(':') {
+            let start = mit_time(parts[0], parts[1]);
+            let end = mit_time(parts[2], parts[3]);
+            out.push(KerberosTicket {
+                server: parts[4].to_owned(),
+                start_time: start.map(ts),
+                end_time: end.map(ts),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// `MM/DD/YY HH:MM:SS` (local time of a UTC lab machine) as Unix ms.
+fn mit_time(date: &str, time: &str) -> Option<i64> {
+    let d: Vec<i64> = date.split('/').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    let year = if d[2] < 100 { 2000 + d[2] } else { d[2] };
+    let days = days_from_civil(year, d[0], d[1]);
+    Some(((days * 86400) + t[0] * 3600 + t[1] * 60 + t[2]) * 1000)
+}
+
+/// Days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+impl HostProbe for SimulatedProbe {
+    async fn report(&self) -> HostReport {
+        let h = &self.host;
+        let m = &h.migration;
+        let mut probe_errors = Vec::new();
+        let auth = match m.authentication.to_ascii_lowercase().as_str() {
+            "kerberos" => MigrationAuthType::Kerberos,
+            "credssp" => MigrationAuthType::Credssp,
+            other => {
+                probe_errors.push(format!("migration.authentication `{other}` is not kerberos or credssp"));
+                MigrationAuthType::Unspecified
+            }
+        };
+        let perf = match m.performance.to_ascii_lowercase().as_str() {
+            "tcpip" => MigrationPerformance::Tcpip,
+            "compression" => MigrationPerformance::Compression,
+            "smb" => MigrationPerformance::Smb,
+            _ => MigrationPerformance::Unspecified,
+        };
+        let system_tickets = match &h.kerberos {
+            Some(k) => self
+                .run(k, &["klist"], None)
+                .await
+                .map(|t| parse_mit_klist(&t))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        HostReport {
+            observed_at: Some(ts(now_ms())),
+            identity: Some(HostIdentity {
+                fqdn: h.fqdn.to_lowercase(),
+                netbios_name: h.netbios.to_uppercase(),
+                os_build: h.os_build,
+                os_caption: format!("Simulated Windows Server (build {})", h.os_build),
+                credential_guard_running: h.credential_guard,
+            }),
+            services: vec![
+                Self::service("vmms", &h.services.vmms),
+                Self::service("WinRM", &h.services.winrm),
+            ],
+            migration: Some(MigrationSettings {
+                enabled: m.enabled,
+                authentication_type: auth as i32,
+                maximum_migrations: m.maximum_migrations,
+                performance_option: perf as i32,
+                use_any_network: m.use_any_network,
+                networks: m
+                    .networks
+                    .iter()
+                    .map(|s| MigrationNetwork {
+                        subnet: s.clone(),
+                        priority: None,
+                    })
+                    .collect(),
+                maximum_storage_migrations: 2,
+            }),
+            system_tickets,
+            probe_errors,
+        }
+    }
+
+    async fn attempts(&self, since: Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
+        let text = match std::fs::read_to_string(self.log_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), since)),
+            Err(e) => return Err(ProbeError::Other(format!("{}: {e}", self.log_path().display()))),
+        };
+        let mut out = Vec::new();
+        let mut cursor = since;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let ev: Event = serde_json::from_str(line).map_err(|e| ProbeError::Parse {
+                command: self.log_path().display().to_string(),
+                message: e.to_string(),
+            })?;
+            if ev.record_id > since {
+                cursor = cursor.max(ev.record_id);
+                out.push(self.to_attempt(&ev));
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    async fn purge_system_tickets(&self) -> Result<String, ProbeError> {
+        match &self.host.kerberos {
+            Some(k) => {
+                let _ = self.run(k, &["kdestroy"], None).await;
+                Ok("Deleting all tickets:\n\tTicket(s) purged!".into())
+            }
+            None => Ok("no tickets (simulated host without Kerberos)".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> SimulatedHost {
+        toml::from_str("fqdn = \"hv01.lab.test\"\nnetbios = \"HV01\"\n").unwrap()
+    }
+
+    #[tokio::test]
+    async fn attempts_are_read_after_the_cursor_with_stable_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = SimulatedProbe::new(host(), dir.path()).unwrap();
+        p.migrate("vm1", "hv02.lab.test", "alice", Some(false)).await;
+        p.migrate("vm2", "hv02.lab.test", "alice", Some(true)).await;
+        let (all, c) = p.attempts(0).await.unwrap();
+        assert_eq!(c, 2);
+        assert_eq!(all[0].attempt_id, "hv01.lab.test:1");
+        assert_eq!(all[0].error_code, SEC_E_NO_CREDENTIALS);
+        assert!(
+            all[0]
+                .message
+                .contains("No credentials are available in the security package (0x8009030E)")
+        );
+        assert!(all[1].success);
+        let (rest, c2) = p.attempts(1).await.unwrap();
+        assert_eq!((rest.len(), c2), (1, 2));
+        let (none, c3) = p.attempts(2).await.unwrap();
+        assert!(none.is_empty() && c3 == 2);
+    }
+
+    #[tokio::test]
+    async fn reports_follow_the_host_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = host();
+        h.services.vmms = "stopped".into();
+        h.migration.authentication = "credssp".into();
+        let r = SimulatedProbe::new(h, dir.path()).unwrap().report().await;
+        assert_eq!(r.identity.unwrap().fqdn, "hv01.lab.test");
+        assert_eq!(r.services[0].state, ServiceState::Stopped as i32);
+        assert_eq!(
+            r.migration.unwrap().authentication_type,
+            MigrationAuthType::Credssp as i32
+        );
+        assert!(toml::from_str::<SimulatedHost>("fqdn = \"a\"\nnetbios = \"A\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn mit_klist_lines_become_tickets() {
+        let t = parse_mit_klist(
+            "Ticket cache: FILE:/tmp/x\nDefault principal: HV01$@LAB.TEST\n\nValid starting       Expires              Service principal\n11/25/26 08:30:01  11/25/26 18:30:01  krbtgt/LAB.TEST@LAB.TEST\n\trenew until 11/26/26 08:30:01\n",
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].server, "krbtgt/LAB.TEST@LAB.TEST");
+        assert_eq!(t[0].start_time.unwrap().seconds, 1795595401);
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: parsers for Windows output shapes.

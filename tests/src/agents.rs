@@ -1,0 +1,232 @@
+//! Harness for the agent ⇄ controller path: a test PKI, a controller agent
+//! endpoint on a real socket (port 0) with real mTLS, and simulated agents
+//! running the real client loop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use kcdsync_agent::client::{self, Settings};
+use kcdsync_agent::probe::simulated::{SimulatedHost, SimulatedProbe};
+use kcdsync_controller::agents::{self, AgentHub, HubOptions, Trigger};
+use kcdsync_controller::certs::{Ca, Validity};
+use kcdsync_controller::config::AgentsConfig;
+use kcdsync_controller::store::Store;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// A CA with a controller certificate for 127.0.0.1 / localhost, in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("kcdsync test CA").expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let (cert, key) = ca
+            .issue_server(&["localhost"], &["127.0.0.1".parse().unwrap()], Validity::days(1))
+            .expect("server cert");
+        std::fs::write(dir.path().join("controller.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("controller.key"), key).unwrap();
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Client TLS for an agent holding a certificate for `host`.
+    pub fn agent_tls(&self, host: &str) -> ClientTlsConfig {
+        let (cert, key) = self.ca.issue_agent(host, Validity::days(1)).expect("agent cert");
+        self.client_tls(Some((cert, key)))
+    }
+
+    /// Client TLS trusting this CA, with an optional client identity.
+    pub fn client_tls(&self, identity: Option<(String, String)>) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.cert_pem()))
+            .domain_name("localhost");
+        if let Some((c, k)) = identity {
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        tls
+    }
+
+    fn agents_config(&self, listen: SocketAddr) -> AgentsConfig {
+        AgentsConfig {
+            listen,
+            cert_file: self.path("controller.pem"),
+            key_file: self.path("controller.key"),
+            client_ca_file: self.path("ca.pem"),
+            heartbeat: Duration::from_secs(1),
+            stale_after: Duration::from_secs(3),
+            max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The controller's agent endpoint, in process, on a real socket.
+pub struct AgentEndpoint {
+    pub addr: SocketAddr,
+    pub hub: AgentHub,
+    pub store: Store,
+    pub triggers: mpsc::Receiver<Trigger>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentEndpoint {
+    /// Serves on `addr` (port 0 for any) with the store at `store_url`.
+    pub async fn spawn(pki: &Pki, store_url: &str, addr: SocketAddr) -> Result<AgentEndpoint> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Store::open(store_url).await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let cfg = pki.agents_config(addr);
+        let (tx, triggers) = mpsc::channel(1024);
+        let hub = AgentHub::new(
+            store.clone(),
+            HubOptions {
+                heartbeat: cfg.heartbeat,
+                stale_after: cfg.stale_after,
+                max_message_bytes: cfg.max_message_bytes,
+                ..Default::default()
+            },
+            Some(tx),
+        );
+        let tls = agents::server_tls(&cfg)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let h = hub.clone();
+        let task = tokio::spawn(async move {
+            agents::serve(listener, tls, h, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("agent endpoint");
+        });
+        Ok(AgentEndpoint {
+            addr,
+            hub,
+            store,
+            triggers,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Stops serving and drops every agent stream, like a controller crash.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.abort();
+        let _ = self.task.await;
+        self.store.close().await;
+    }
+}
+
+/// A simulated Hyper-V host running the real agent client loop.
+pub struct SimAgent {
+    pub probe: Arc<SimulatedProbe>,
+    pub outbox: PathBuf,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn sim_host(fqdn: &str) -> SimulatedHost {
+    let netbios = fqdn.split('.').next().unwrap().to_uppercase();
+    toml_host(&format!("fqdn = \"{fqdn}\"\nnetbios = \"{netbios}\"\n"))
+}
+
+pub fn toml_host(text: &str) -> SimulatedHost {
+    toml::from_str(text).expect("simulated host")
+}
+
+pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
+    Settings {
+        url: url.to_owned(),
+        tls,
+        report_interval: Duration::from_millis(500),
+        attempts_interval: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(1),
+        max_backoff: Duration::from_millis(800),
+    }
+}
+
+impl SimAgent {
+    /// Starts an agent for `host` whose state (event log, outbox) is in `dir`.
+    pub fn start(host: SimulatedHost, dir: &Path, settings: Settings) -> SimAgent {
+        let probe = Arc::new(SimulatedProbe::new(host, &dir.join("host")).expect("simulated probe"));
+        Self::start_with(probe, dir, settings)
+    }
+
+    pub fn start_with(probe: Arc<SimulatedProbe>, dir: &Path, settings: Settings) -> SimAgent {
+        let outbox = dir.join("outbox");
+        let (stop, rx) = watch::channel(false);
+        let p = probe.clone();
+        let o = outbox.clone();
+        let task = tokio::spawn(async move {
+            client::run(settings, p, &o, rx).await.expect("agent loop");
+        });
+        SimAgent {
+            probe,
+            outbox,
+            stop,
+            task,
+        }
+    }
+
+    /// Attempts waiting in the outbox (files on disk).
+    pub fn outbox_depth(&self) -> usize {
+        std::fs::read_dir(&self.outbox)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".attempt"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stops cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Kills the agent mid-flight, like a crash.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
