@@ -189,18 +189,8 @@ async fn an_agent_restarted_mid_send_loses_and_duplicates_nothing() {
     ep.stop().await;
 }
 
-/// Opens a raw stream with `tls` and says Hello as `claimed`.
-async fn hello(url: &str, tls: tonic::transport::ClientTlsConfig, claimed: &str) -> Result<ControllerMessage, String> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .map_err(|e| format!("{e:?}"))?
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    let mut client = AgentServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage {
+fn hello_msg(claimed: &str) -> AgentMessage {
+    AgentMessage {
         seq: 1,
         body: Some(Body::Hello(Hello {
             identity: Some(HostIdentity {
@@ -209,10 +199,55 @@ async fn hello(url: &str, tls: tonic::transport::ClientTlsConfig, claimed: &str)
             }),
             ..Default::default()
         })),
-    })
-    .await
-    .unwrap();
+    }
+}
+
+/// Opens a raw stream with `tls`, sends `msgs`, and returns what came back
+/// until the stream ended (or 5 s passed); an error ends the list.
+async fn raw_session(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+    msgs: Vec<AgentMessage>,
+) -> Result<Vec<ControllerMessage>, String> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| format!("{e:?}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = AgentServiceClient::new(channel).max_encoding_message_size(16 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for m in msgs {
+        tx.send(m).await.unwrap();
+    }
     let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+            Err(_) | Ok(Ok(None)) => return Ok(got),
+            Ok(Ok(Some(m))) => got.push(m),
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// The first answer to a Hello as `claimed`.
+async fn hello(url: &str, tls: tonic::transport::ClientTlsConfig, claimed: &str) -> Result<ControllerMessage, String> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| format!("{e:?}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello_msg(claimed)).await.unwrap();
+    let mut inbound = AgentServiceClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
@@ -222,6 +257,96 @@ async fn hello(url: &str, tls: tonic::transport::ClientTlsConfig, claimed: &str)
         Ok(None) => Err("closed".into()),
         Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
     }
+}
+
+#[tokio::test]
+async fn hostile_messages_get_a_clear_error_and_the_controller_stays_up() {
+    let pki = Pki::new();
+    let db = tempfile::tempdir().unwrap();
+    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = ep.url();
+    let host = "hv01.lab.test";
+
+    // 2 MiB in one message, over the 1 MiB limit.
+    let huge = AgentMessage {
+        seq: 2,
+        body: Some(Body::Report(HostReport {
+            probe_errors: vec!["x".repeat(2 << 20)],
+            ..Default::default()
+        })),
+    };
+    let e = raw_session(&url, pki.agent_tls(host), vec![hello_msg(host), huge])
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("OutOfRange") || e.contains("ResourceExhausted") || e.contains("message length"),
+        "{e}"
+    );
+
+    // An enum value no Windows build produces.
+    let bogus = AgentMessage {
+        seq: 2,
+        body: Some(Body::Report(HostReport {
+            services: vec![ServiceStatus {
+                name: "vmms".into(),
+                state: 99,
+                start_mode: 3,
+            }],
+            ..Default::default()
+        })),
+    };
+    let e = raw_session(&url, pki.agent_tls(host), vec![hello_msg(host), bogus])
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("InvalidArgument") && e.contains("report.services[0].state = 99"),
+        "{e}"
+    );
+
+    // A report for another host on a bound stream.
+    let other = AgentMessage {
+        seq: 2,
+        body: Some(Body::Report(HostReport {
+            identity: Some(HostIdentity {
+                fqdn: "hv02.lab.test".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    let e = raw_session(&url, pki.agent_tls(host), vec![hello_msg(host), other])
+        .await
+        .unwrap_err();
+    assert!(e.contains("PermissionDenied"), "{e}");
+
+    // Something other than Hello first.
+    let e = raw_session(
+        &url,
+        pki.agent_tls(host),
+        vec![AgentMessage {
+            seq: 1,
+            body: Some(Body::Heartbeat(Heartbeat::default())),
+        }],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("must be Hello"), "{e}");
+
+    assert!(ep.store.latest_report("hv02.lab.test").await.unwrap().is_none());
+    // Still serving.
+    let ok = hello(&url, pki.agent_tls(host), host).await;
+    assert!(
+        matches!(
+            ok,
+            Ok(ControllerMessage {
+                body: Some(controller_message::Body::Welcome(_))
+            })
+        ),
+        "{ok:?}"
+    );
+    ep.stop().await;
 }
 
 #[tokio::test]
@@ -281,4 +406,61 @@ async fn simulated_probe_reports_what_the_host_file_says() {
     let p = kcdsync_agent::probe::simulated::SimulatedProbe::new(sim_host("hv09.lab.test"), dir.path()).unwrap();
     let r = p.report().await;
     assert_eq!(r.identity.unwrap().netbios_name, "HV09");
+}
+
+#[tokio::test]
+async fn a_simulated_migration_is_the_kdcs_verdict() {
+    use kcdsync_controller::{config::Config, ldap::Ad, reconcile, store::Store};
+    use kcdsync_tests::{BindAs, FleetSpec, Lab, write_config};
+    let lab = Lab::start();
+    let names = ["SIM01", "SIM02"];
+    let fleet = FleetSpec::new("t-sim", &names)
+        .kerberos_only_mesh()
+        .user("sim-alice", 0)
+        .create(lab)
+        .await
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let src = fleet.host("SIM01");
+    std::fs::write(state.path().join("pw"), &src.password).unwrap();
+    let host = toml_host(&format!(
+        "fqdn = \"{}\"\nnetbios = \"SIM01\"\n[kerberos]\nkrb5_config = \"{}\"\nprincipal = \"SIM01$@{}\"\npassword_file = \"{}\"\n",
+        src.fqdn,
+        lab.krb5_conf(),
+        lab.realm(),
+        state.path().join("pw").display()
+    ));
+    let probe = kcdsync_agent::probe::simulated::SimulatedProbe::new(host, &state.path().join("host")).unwrap();
+    let peer = &fleet.host("SIM02").fqdn;
+
+    let before = probe.migrate("vm1", peer, "sim-alice", None).await;
+    assert!(
+        !before.success,
+        "Kerberos only: the KDC must refuse: {}",
+        before.message
+    );
+    assert_eq!(before.error_code, 0x8009030E);
+    assert!(
+        before.message.contains("constrained delegation failed"),
+        "{}",
+        before.message
+    );
+    let tickets = probe.report().await.system_tickets;
+    assert!(
+        tickets.iter().any(|t| t.server.starts_with("krbtgt/")),
+        "the host holds its TGT: {tickets:?}"
+    );
+
+    let (_dir, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &names, ""));
+    let cfg = Config::load(&path).unwrap();
+    let ad = Ad::connect(&cfg.ad).await.unwrap();
+    let store = Store::open(&cfg.store_url).await.unwrap();
+    reconcile::reconcile(&cfg, &ad, &store, reconcile::RunOptions::default())
+        .await
+        .unwrap();
+
+    probe.purge_system_tickets().await.unwrap();
+    assert!(probe.report().await.system_tickets.is_empty(), "purged");
+    let after = probe.migrate("vm1", peer, "sim-alice", None).await;
+    assert!(after.success, "after reconcile the KDC must grant: {}", after.message);
 }
