@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod agents;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use kcdsync_tests::{Lab, MIGRATION, T2A4D, WORKSTATION};
@@ -41,6 +43,26 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// N agents over mTLS against one controller agent endpoint: memory per
+    /// agent, ingest rate, and a real agent's idle RSS.
+    Agents {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Attempt messages each agent sends in the ingest phase.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// The kcdsync-agent binary, for the idle RSS figure (default: next to this one).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
+    /// (internal) The agent endpoint child process of `agents`.
+    #[command(hide = true)]
+    AgentEndpoint {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        store: String,
+    },
 }
 
 const OU: &str = "bench";
@@ -53,6 +75,18 @@ fn main() -> Result<()> {
             group_size,
             keep,
         } => converge(hosts, rounds, group_size, keep),
+        Cmd::Agents {
+            agents,
+            messages,
+            agent_bin,
+        } => {
+            let bin = agent_bin.or_else(|| {
+                let b = std::env::current_exe().ok()?.parent()?.join("kcdsync-agent");
+                b.is_file().then_some(b)
+            });
+            agents::run(agents, messages, bin)
+        }
+        Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
     }
 }
 

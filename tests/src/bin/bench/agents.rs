@@ -1,0 +1,311 @@
+//! `kcdsync-bench agents`: N lightweight in-process agents over real TLS
+//! sockets against one controller agent endpoint running in a child process.
+//! Reports the endpoint's memory per connected agent, the sustained ingest
+//! rate (messages acknowledged after commit), and the idle RSS of a real
+//! `kcdsync-agent` process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kcdsync_controller::agents::{self, AgentHub, HubOptions};
+use kcdsync_controller::certs::{Ca, Validity};
+use kcdsync_controller::config::AgentsConfig;
+use kcdsync_controller::store::Store;
+use kcdsync_proto::v1::agent_message::Body;
+use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
+use kcdsync_proto::v1::controller_message::Body as Down;
+use kcdsync_proto::v1::*;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// The child process: serves the agent endpoint from files in `dir`, prints
+/// `listening <addr>`, runs until killed.
+pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = AgentsConfig {
+            listen: "127.0.0.1:0".parse()?,
+            cert_file: dir.join("controller.pem"),
+            key_file: dir.join("controller.key"),
+            client_ca_file: dir.join("ca.pem"),
+            heartbeat: Duration::from_secs(30),
+            stale_after: Duration::from_secs(120),
+            max_message_bytes: 1 << 20,
+        };
+        let store = Store::open(store_url).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        println!("listening {}", listener.local_addr()?);
+        let hub = AgentHub::new(
+            store,
+            HubOptions {
+                heartbeat: cfg.heartbeat,
+                stale_after: cfg.stale_after,
+                max_message_bytes: cfg.max_message_bytes,
+                ..Default::default()
+            },
+            None,
+        );
+        agents::serve(listener, agents::server_tls(&cfg)?, hub, std::future::pending()).await?;
+        Ok(())
+    })
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let dir = work.path();
+    let ca = Ca::new("kcdsync bench CA")?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    let (c, k) = ca.issue_server(&["localhost"], &["127.0.0.1".parse()?], Validity::days(1))?;
+    std::fs::write(dir.join("controller.pem"), c)?;
+    std::fs::write(dir.join("controller.key"), k)?;
+
+    let store_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(&exe)
+        .args(["agent-endpoint", "--dir"])
+        .arg(dir)
+        .args(["--store", &store_url])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let _guard = Guard(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .context("endpoint did not start")?
+        .to_owned();
+    let url = format!("https://{addr}");
+
+    eprintln!("issuing {n} agent certificates ...");
+    let t = Instant::now();
+    let idents: Vec<(String, String, String)> = (0..n)
+        .map(|i| {
+            let host = format!("hv{i:05}.bench.test");
+            let (c, k) = ca.issue_agent(&host, Validity::days(1)).expect("agent cert");
+            (host, c, k)
+        })
+        .collect();
+    eprintln!("  {:.1} s", t.elapsed().as_secs_f64());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        std::thread::sleep(Duration::from_millis(500));
+        let base = rss_kib(pid)?;
+        let acks = Arc::new(AtomicU64::new(0));
+        let ca_pem = ca.cert_pem().to_owned();
+        eprintln!("connecting {n} agents (TLS + Hello/Welcome) ...");
+        let t = Instant::now();
+        let idents = Arc::new(idents);
+        let (conn_tx, mut conn_rx) = mpsc::channel::<Result<mpsc::Sender<AgentMessage>>>(n.max(1));
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        for i in 0..n {
+            let (idents, url, ca_pem, acks, conn_tx, sem) = (
+                idents.clone(),
+                url.clone(),
+                ca_pem.clone(),
+                acks.clone(),
+                conn_tx.clone(),
+                sem.clone(),
+            );
+            tokio::spawn(async move {
+                let permit = sem.acquire_owned().await.unwrap();
+                let (host, cert, key) = &idents[i];
+                let r = connect(&url, &ca_pem, host, cert, key, acks).await;
+                drop(permit);
+                let _ = conn_tx.send(r).await;
+            });
+        }
+        drop(conn_tx);
+        let mut senders = Vec::with_capacity(n);
+        while let Some(r) = conn_rx.recv().await {
+            senders.push(r?);
+        }
+        let connect_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connected = rss_kib(pid)?;
+        let per_agent = (connected.saturating_sub(base)) as f64 * 1024.0 / n as f64;
+
+        eprintln!("ingest: {n} agents x {messages} messages ...");
+        let before = acks.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for (i, tx) in senders.iter().enumerate() {
+            let tx = tx.clone();
+            let host = idents[i].0.clone();
+            tasks.push(tokio::spawn(async move {
+                for m in 0..messages {
+                    let a = MigrationAttempt {
+                        attempt_id: format!("{host}:{m}"),
+                        vm_name: format!("vm{m}"),
+                        peer: "hv00000.bench.test".into(),
+                        role: MigrationRole::Source as i32,
+                        success: true,
+                        event_id: 20415,
+                        ..Default::default()
+                    };
+                    let msg = AgentMessage {
+                        seq: m as u64 + 2,
+                        body: Some(Body::Attempts(MigrationAttempts { attempts: vec![a] })),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let want = before + (n * messages) as u64;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while acks.load(Ordering::Relaxed) < want {
+            ensure!(
+                Instant::now() < deadline,
+                "only {} of {} acks",
+                acks.load(Ordering::Relaxed) - before,
+                n * messages
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ingest_s = t.elapsed().as_secs_f64();
+        let rate = (n * messages) as f64 / ingest_s;
+        let peak = rss_kib(pid)?;
+        Ok::<_, anyhow::Error>((connect_s, base, connected, per_agent, ingest_s, rate, peak, senders))
+    })?;
+    let (connect_s, base, connected, per_agent, ingest_s, rate, peak, senders) = result;
+
+    let agent_rss = agent_bin.map(|bin| idle_agent_rss(&bin, dir, &ca, &url));
+    drop(senders);
+    rt.shutdown_timeout(Duration::from_secs(1));
+
+    println!("agents benchmark: {n} agents, one controller agent endpoint, mTLS over loopback");
+    println!("  connect + Hello/Welcome of all agents: {connect_s:.1} s");
+    println!(
+        "  endpoint RSS: {:.1} MiB idle, {:.1} MiB with {n} agents -> {:.1} KiB per connected agent (goal <= 64 KiB)",
+        base as f64 / 1024.0,
+        connected as f64 / 1024.0,
+        per_agent / 1024.0
+    );
+    println!(
+        "  ingest: {} attempt messages acknowledged after commit in {ingest_s:.2} s -> {rate:.0} messages/s (goal >= 20,000); RSS then {:.1} MiB",
+        n * messages,
+        peak as f64 / 1024.0
+    );
+    match agent_rss {
+        Some(Ok(r)) => println!(
+            "  kcdsync-agent (simulated probe) idle RSS: {:.1} MiB (goal <= 12 MiB)",
+            r as f64 / 1024.0
+        ),
+        Some(Err(e)) => println!("  kcdsync-agent idle RSS: not measured: {e:#}"),
+        None => println!("  kcdsync-agent idle RSS: not measured (no kcdsync-agent binary; pass --agent-bin)"),
+    }
+    Ok(())
+}
+
+async fn connect(
+    url: &str,
+    ca_pem: &str,
+    host: &str,
+    cert: &str,
+    key: &str,
+    acks: Arc<AtomicU64>,
+) -> Result<mpsc::Sender<AgentMessage>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(AgentMessage {
+        seq: 1,
+        body: Some(Body::Hello(Hello {
+            identity: Some(HostIdentity {
+                fqdn: host.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = AgentServiceClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match inbound.message().await? {
+        Some(ControllerMessage {
+            body: Some(Down::Welcome(_)),
+        }) => {}
+        other => bail!("{host}: expected Welcome, got {other:?}"),
+    }
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = inbound.message().await {
+            if let Some(Down::Ack(a)) = m.body {
+                acks.fetch_add(a.attempt_ids.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(tx)
+}
+
+/// Starts the real agent binary with a simulated host against the endpoint
+/// and reads its RSS once it has settled.
+fn idle_agent_rss(bin: &Path, dir: &Path, ca: &Ca, url: &str) -> Result<u64> {
+    let host = "idle.bench.test";
+    let (c, k) = ca.issue_agent(host, Validity::days(1))?;
+    std::fs::write(dir.join("agent.pem"), c)?;
+    std::fs::write(dir.join("agent.key"), k)?;
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("fqdn = \"{host}\"\nnetbios = \"IDLE\"\n"),
+    )?;
+    std::fs::write(
+        dir.join("agent.toml"),
+        format!(
+            "controller_url = \"{url}\"\ntls_server_name = \"localhost\"\nca_file = \"ca.pem\"\ncert_file = \"agent.pem\"\nkey_file = \"agent.key\"\noutbox_dir = \"outbox\"\nprobe = \"simulated\"\nsimulated_host = \"host.toml\"\nreport_interval_secs = 5\nattempts_interval_secs = 1\n"
+        ),
+    )?;
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    let mut g = Guard(child);
+    std::thread::sleep(Duration::from_secs(8));
+    if let Some(status) = g.0.try_wait()? {
+        bail!("{} exited ({status}) instead of running", bin.display());
+    }
+    rss_kib(pid)
+}
