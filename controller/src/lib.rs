@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod certs;
 pub mod config;
+pub mod diagnose;
 pub mod dn;
 pub mod ldap;
 pub mod model;

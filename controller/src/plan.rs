@@ -163,6 +163,49 @@ impl Plan {
     }
 }
 
+/// Computers of one observe by name and by DN; names compare
+/// case-insensitively.
+pub struct Index {
+    by_fqdn: HashMap<String, usize>,
+    by_netbios: HashMap<String, usize>,
+    by_dn: HashMap<String, usize>,
+}
+
+impl Index {
+    pub fn new(observed: &Observed) -> Index {
+        let mut ix = Index {
+            by_fqdn: HashMap::new(),
+            by_netbios: HashMap::new(),
+            by_dn: HashMap::new(),
+        };
+        for (i, c) in observed.computers.iter().enumerate() {
+            if let Some(f) = c.fqdn() {
+                ix.by_fqdn.insert(f, i);
+            }
+            ix.by_netbios.insert(c.netbios(), i);
+            if let Ok(dn) = Dn::parse(&c.dn) {
+                ix.by_dn.insert(dn.normalized(), i);
+            }
+        }
+        ix
+    }
+
+    /// The computer an FQDN or NetBIOS name refers to.
+    pub fn find(&self, name: &HostName) -> Option<usize> {
+        match name {
+            HostName::Fqdn(f) => self.by_fqdn.get(f).copied(),
+            HostName::Netbios(n) => self.by_netbios.get(n).copied(),
+        }
+    }
+
+    pub fn find_dn(&self, dn: &str) -> Option<usize> {
+        let key = Dn::parse(dn)
+            .map(|d| d.normalized())
+            .unwrap_or_else(|_| dn.to_lowercase());
+        self.by_dn.get(&key).copied()
+    }
+}
+
 /// A grouped host, resolved against AD: its index in `Observed::computers`.
 #[derive(Clone, Copy)]
 struct Member<'a> {
@@ -205,19 +248,7 @@ fn add_member<'a>(
 pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan, PlanError> {
     let mut findings = Vec::new();
 
-    // Index the scope once; names compare case-insensitively.
-    let mut by_fqdn: HashMap<String, usize> = HashMap::new();
-    let mut by_netbios: HashMap<String, usize> = HashMap::new();
-    let mut by_dn: HashMap<String, usize> = HashMap::new();
-    for (i, c) in observed.computers.iter().enumerate() {
-        if let Some(f) = c.fqdn() {
-            by_fqdn.insert(f, i);
-        }
-        by_netbios.insert(c.netbios(), i);
-        if let Ok(dn) = Dn::parse(&c.dn) {
-            by_dn.insert(dn.normalized(), i);
-        }
-    }
+    let index = Index::new(observed);
 
     // Every name of every computer in scope, plus the file servers: an entry
     // pointing at one of these with a migration service class is ours.
@@ -256,12 +287,8 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
     for g in groups {
         let mut members: Vec<Member> = Vec::new();
         for h in &g.hosts {
-            let found = match h {
-                HostName::Fqdn(f) => by_fqdn.get(f),
-                HostName::Netbios(n) => by_netbios.get(n),
-            };
-            match found {
-                Some(&i) => add_member(g, observed, i, &mut members)?,
+            match index.find(h) {
+                Some(i) => add_member(g, observed, i, &mut members)?,
                 None => findings.push(Finding {
                     kind: FindingKind::HostMissingFromAd,
                     host: h.to_string(),
@@ -282,11 +309,8 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
                 }),
                 Some(dns) => {
                     for m in dns {
-                        let key = Dn::parse(m)
-                            .map(|d| d.normalized())
-                            .unwrap_or_else(|_| m.to_lowercase());
-                        match by_dn.get(&key) {
-                            Some(&i) => add_member(g, observed, i, &mut members)?,
+                        match index.find_dn(m) {
+                            Some(i) => add_member(g, observed, i, &mut members)?,
                             None => findings.push(Finding {
                                 kind: FindingKind::HostOutOfScope,
                                 host: m.clone(),
@@ -303,9 +327,9 @@ pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan,
 
         let mut group_file_servers = Vec::new();
         for fs in &g.file_servers {
-            let netbios = by_fqdn
-                .get(fs.as_str())
-                .map(|&i| observed.computers[i].netbios())
+            let netbios = index
+                .find(fs)
+                .map(|i| observed.computers[i].netbios())
                 .unwrap_or_else(|| fs.derived_netbios());
             managed_targets.insert(fs.as_str().to_owned());
             managed_targets.insert(netbios.to_lowercase());
