@@ -63,8 +63,47 @@ struct RawConfig {
     #[serde(default)]
     reconcile: RawReconcile,
     agents: Option<RawAgents>,
+    #[serde(default)]
+    diagnosis: RawDiagnosis,
     #[serde(default, rename = "group")]
     groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiagnosis {
+    #[serde(default = "yes")]
+    require_kerberos: bool,
+    #[serde(default)]
+    privileged_groups: Vec<String>,
+    #[serde(default)]
+    enforce_sensitive: bool,
+}
+
+impl Default for RawDiagnosis {
+    fn default() -> Self {
+        RawDiagnosis {
+            require_kerberos: true,
+            privileged_groups: Vec::new(),
+            enforce_sensitive: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What diagnosis looks for beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct DiagnosisConfig {
+    /// Migrations must use Kerberos; CredSSP on a source is a finding.
+    pub require_kerberos: bool,
+    /// Groups whose (transitive) members count as privileged, besides
+    /// Domain/Enterprise/Schema Admins and Administrators.
+    pub privileged_groups: Vec<Dn>,
+    /// Opt-in: mark privileged accounts sensitive. Never the default.
+    pub enforce_sensitive: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +160,8 @@ struct RawAd {
     max_in_flight: usize,
     #[serde(default = "default_page_size")]
     page_size: i32,
+    /// The domain's root (default: the DC= part of bind_dn).
+    domain_dn: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +247,8 @@ pub struct AdConfig {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub page_size: i32,
+    /// The domain's root, where accounts and groups are looked up.
+    pub domain_dn: Dn,
 }
 
 impl std::fmt::Debug for AdConfig {
@@ -262,6 +305,7 @@ pub struct Config {
     pub store_url: String,
     pub interval: Duration,
     pub agents: Option<AgentsConfig>,
+    pub diagnosis: DiagnosisConfig,
     pub groups: Vec<Group>,
 }
 
@@ -386,6 +430,19 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         store_url: raw.store.url.unwrap_or_else(|| default_store.to_owned()),
         interval: Duration::from_secs(raw.reconcile.interval_secs),
         agents: raw.agents.map(|a| validate_agents(a, base_dir)).transpose()?,
+        diagnosis: DiagnosisConfig {
+            require_kerberos: raw.diagnosis.require_kerberos,
+            privileged_groups: raw
+                .diagnosis
+                .privileged_groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    Dn::parse(g).map_err(|e| invalid(format!("diagnosis.privileged_groups[{i}]"), e.to_string()))
+                })
+                .collect::<Result<_, _>>()?,
+            enforce_sensitive: raw.diagnosis.enforce_sensitive,
+        },
         groups,
     })
 }
@@ -460,6 +517,24 @@ fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
         }
     }
     let bind_dn = Dn::parse(&raw.bind_dn).map_err(|e| invalid("ad.bind_dn", e.to_string()))?;
+    let domain_dn = match &raw.domain_dn {
+        Some(d) => Dn::parse(d).map_err(|e| invalid("ad.domain_dn", e.to_string()))?,
+        None => {
+            let dcs: Vec<&str> = bind_dn
+                .as_str()
+                .split(',')
+                .map(str::trim)
+                .filter(|p| p.len() > 3 && p[..3].eq_ignore_ascii_case("dc="))
+                .collect();
+            if dcs.is_empty() {
+                return Err(invalid(
+                    "ad.domain_dn",
+                    "bind_dn has no DC= part: set ad.domain_dn, e.g. \"DC=contoso,DC=com\"",
+                ));
+            }
+            Dn::parse(&dcs.join(",")).map_err(|e| invalid("ad.domain_dn", e.to_string()))?
+        }
+    };
     let Some(ca_file) = raw.ca_file.map(|p| resolve(base_dir, p)) else {
         return Err(invalid(
             "ad.ca_file",
@@ -528,6 +603,7 @@ fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
         timeout: Duration::from_secs(raw.timeout_secs),
         max_in_flight: raw.max_in_flight,
         page_size: raw.page_size,
+        domain_dn,
     })
 }
 
@@ -570,6 +646,8 @@ base_dns = ["OU=Hyper-V,DC=lab,DC=test"]
         assert!(c.store_url.starts_with("sqlite://"));
         assert_eq!(c.ad.password.expose(), "s3cret");
         assert_eq!(c.groups[0].hosts.len(), 2);
+        assert_eq!(c.ad.domain_dn, Dn::parse("DC=lab,DC=test").unwrap());
+        assert!(c.diagnosis.require_kerberos && !c.diagnosis.enforce_sensitive);
         assert!(
             !format!("{c:?}").contains("s3cret"),
             "the password must never reach Debug output"

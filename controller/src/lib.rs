@@ -14,4 +14,5 @@ pub mod names;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
+pub mod snapshot;
 pub mod store;

@@ -410,6 +410,32 @@ impl Store {
         .transpose()
     }
 
+    /// Every host's latest report and when it was last heard from.
+    pub async fn all_reports(&self) -> Result<Vec<(String, HostReport, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT host, report, last_seen FROM host_reports")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let host: String = r.try_get(0)?;
+                let bytes: Vec<u8> = r.try_get(1)?;
+                let report = HostReport::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                    what: format!("report of {host}"),
+                    message: e.to_string(),
+                })?;
+                Ok((host, report, r.try_get(2)?))
+            })
+            .collect()
+    }
+
+    /// When kcdsync last changed each host (host → Unix ms).
+    pub async fn last_change_per_host(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT host, MAX(time) FROM audit GROUP BY host")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     /// Hosts that ever reported, with when they were last heard from.
     pub async fn reporting_hosts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT host, last_seen FROM host_reports ORDER BY host")

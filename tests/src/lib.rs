@@ -238,6 +238,19 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Replaces a host's msDS-AllowedToDelegateTo as Administrator.
+    pub async fn set_delegation(&self, dn: &str, values: &[String]) -> Result<()> {
+        let mut ldap = self.admin().await?;
+        let set: HashSet<&str> = values.iter().map(String::as_str).collect();
+        ldap.modify(dn, vec![Mod::Replace("msDS-AllowedToDelegateTo", set)])
+            .await?
+            .success()?;
+        let _ = ldap.unbind().await;
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy)]
 pub enum BindAs {
     /// kcdsync-svc: write access on OU=Hyper-V and SeEnableDelegationPrivilege.

@@ -1,0 +1,86 @@
+//! The controller's current view of the fleet: what one observe read from
+//! AD (computers, privileged accounts, krbtgt, Protected Users), what the
+//! agents last reported, and when kcdsync last changed each host. Gathered
+//! at the I/O edges; diagnosis reads it without I/O.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::diagnose::{Account, Facts, HostFacts, Policy};
+use crate::ldap::{Ad, Directory, LdapError};
+use crate::plan::Observed;
+use crate::reconcile::ReconcileError;
+use crate::store::{Store, now_ms};
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub observed: Observed,
+    pub directory: Directory,
+    pub hosts: HashMap<String, HostFacts>,
+    pub last_change_ms: HashMap<String, i64>,
+    pub taken_ms: i64,
+}
+
+impl Snapshot {
+    /// Reads AD and the store. `observed` may be passed in when the caller
+    /// has just read the scope (a reconcile), to avoid reading it twice.
+    pub async fn gather(
+        cfg: &Config,
+        ad: &Ad,
+        store: &Store,
+        observed: Option<Observed>,
+    ) -> Result<Snapshot, ReconcileError> {
+        let observed = match observed {
+            Some(o) => o,
+            None => crate::reconcile::observe(cfg, ad).await?,
+        };
+        let directory = ad
+            .directory(&cfg.ad.domain_dn, &cfg.diagnosis.privileged_groups)
+            .await?;
+        let hosts = store
+            .all_reports()
+            .await?
+            .into_iter()
+            .map(|(h, r, seen)| {
+                (
+                    h,
+                    HostFacts {
+                        report: Some(r),
+                        last_seen_ms: Some(seen),
+                    },
+                )
+            })
+            .collect();
+        let last_change_ms = store.last_change_per_host().await?.into_iter().collect();
+        Ok(Snapshot {
+            observed,
+            directory,
+            hosts,
+            last_change_ms,
+            taken_ms: now_ms(),
+        })
+    }
+
+    /// The facts diagnosis reads, as of `now_ms`.
+    pub fn facts<'a>(&'a self, cfg: &'a Config, stale_after_ms: i64, now_ms: i64) -> Facts<'a> {
+        Facts {
+            groups: &cfg.groups,
+            observed: &self.observed,
+            hosts: &self.hosts,
+            privileged: &self.directory.privileged,
+            krbtgt_uac: self.directory.krbtgt_uac,
+            last_change_ms: &self.last_change_ms,
+            now_ms,
+            policy: Policy {
+                require_kerberos: cfg.diagnosis.require_kerberos,
+                stale_after_ms,
+            },
+        }
+    }
+
+    /// Looks an account up in AD (the name is escaped).
+    pub async fn account(&self, cfg: &Config, ad: &Ad, name: &str) -> Result<Option<Account>, LdapError> {
+        ad.read_account(&cfg.ad.domain_dn, self.directory.protected_users_dn.as_deref(), name)
+            .await
+    }
+}
