@@ -9,4 +9,6 @@ pub mod client;
 pub mod config;
 pub mod outbox;
 pub mod probe;
+#[cfg(windows)]
+pub mod service;
 pub mod windows;

@@ -1,9 +1,185 @@
-//! kcdsync-agent: placeholder until the agents issue lands; it says so
-//! instead of pretending to report.
-fn main() {
-    eprintln!(
-        "kcdsync-agent {}: host reporting is not implemented yet (tracked by the agents issue)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+//! kcdsync-agent: the binary over the agent library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use kcdsync_agent::client::{self, Settings};
+use kcdsync_agent::config::{AgentConfig, ProbeKind};
+use kcdsync_agent::probe::HostProbe;
+use kcdsync_agent::probe::simulated::SimulatedProbe;
+
+/// Reports a Hyper-V host's live-migration state to the kcdsync controller.
+///
+/// The agent opens one mTLS gRPC stream to the controller and reports the
+/// host's identity, VMMS/WinRM state, migration settings, SYSTEM Kerberos
+/// tickets, and every live-migration attempt from the VMMS event log.
+/// Attempts wait in a durable outbox until the controller acknowledges
+/// them. The controller may ask it to purge the SYSTEM tickets
+/// (`klist -li 0x3e7 purge`) after a delegation change.
+#[derive(Parser)]
+#[command(name = "kcdsync-agent", version, about, long_about)]
+struct Cli {
+    /// The agent's TOML config.
+    #[arg(long, short, env = "KCDSYNC_AGENT_CONFIG", default_value = default_config(), global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+fn default_config() -> &'static str {
+    if cfg!(windows) {
+        r"C:\ProgramData\kcdsync\agent.toml"
+    } else {
+        "/etc/kcdsync/agent.toml"
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run in the foreground until Ctrl-C / SIGTERM.
+    Run,
+    /// Run as the Windows service `kcdsync-agent` (what the service
+    /// control manager starts; see deploy/windows/install-agent.ps1).
+    #[cfg(windows)]
+    Service,
+    /// Validate the config file; contacts nothing.
+    CheckConfig,
+    /// Print one report as JSON, as the controller would receive it.
+    Probe,
+    /// Simulated hosts only: perform a live migration (with Kerberos
+    /// configured, a real S4U2Self + S4U2Proxy check against the KDC) and
+    /// record it in the host's event log, where the running agent picks it up.
+    Migrate {
+        #[arg(long)]
+        vm: String,
+        /// Destination host FQDN.
+        #[arg(long)]
+        peer: String,
+        /// The account that runs Move-VM.
+        #[arg(long = "as")]
+        account: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider, chosen explicitly (see STACK.md pitfalls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    #[cfg(windows)]
+    if matches!(cli.command, Cmd::Service) {
+        // The service dispatcher blocks this thread; the agent runs inside it.
+        let config = cli.config.clone();
+        let r = kcdsync_agent::service::run_as_service(move |stop| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(run_agent(&config, stop))
+        });
+        return match r {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulated(cfg: &AgentConfig) -> Result<SimulatedProbe> {
+    let host = cfg.simulated_host.as_ref().context("simulated_host is not set")?;
+    Ok(SimulatedProbe::load(host, &cfg.outbox_dir.join("simulated-host"))?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cfg =
+        AgentConfig::load(&cli.config).with_context(|| format!("invalid configuration in {}", cli.config.display()))?;
+    match cli.command {
+        Cmd::CheckConfig => {
+            println!(
+                "{}: valid ({:?} probe, controller {})",
+                cli.config.display(),
+                cfg.probe,
+                cfg.controller_url
+            );
+            Ok(())
+        }
+        Cmd::Probe => {
+            let report = match cfg.probe {
+                ProbeKind::Simulated => simulated(&cfg)?.report().await,
+                ProbeKind::Windows => windows_probe(&cfg).report().await,
+            };
+            println!("{report:#?}");
+            Ok(())
+        }
+        Cmd::Migrate { vm, peer, account } => {
+            anyhow::ensure!(
+                cfg.probe == ProbeKind::Simulated,
+                "migrate works on simulated hosts only"
+            );
+            let a = simulated(&cfg)?.migrate(&vm, &peer, &account, None).await;
+            println!("{}: {}", if a.success { "succeeded" } else { "FAILED" }, a.message);
+            Ok(())
+        }
+        Cmd::Run => {
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_stop().await;
+                let _ = tx.send(true);
+            });
+            run_agent(&cli.config, rx).await
+        }
+        #[cfg(windows)]
+        Cmd::Service => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Runs the agent until `stop` turns true.
+async fn run_agent(config: &std::path::Path, stop: watch::Receiver<bool>) -> Result<()> {
+    let cfg = AgentConfig::load(config).with_context(|| format!("invalid configuration in {}", config.display()))?;
+    let settings = Settings::from_config(&cfg)?;
+    match cfg.probe {
+        ProbeKind::Simulated => client::run(settings, Arc::new(simulated(&cfg)?), &cfg.outbox_dir, stop).await?,
+        ProbeKind::Windows => client::run(settings, Arc::new(windows_probe(&cfg)), &cfg.outbox_dir, stop).await?,
+    }
+    Ok(())
+}
+
+fn windows_probe(cfg: &AgentConfig) -> kcdsync_agent::probe::windows::WindowsProbe {
+    kcdsync_agent::probe::windows::WindowsProbe::new(cfg.probe_timeout)
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -5,3 +5,6 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("kcdsync.v1");
 }
+
+/// The encoded FileDescriptorSet of `kcdsync.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kcdsync_descriptor.bin"));
