@@ -90,8 +90,14 @@ pub struct Decision {
     pub plan: Plan,
     /// Verdict on the enforce-mode changes.
     pub guarded: Guarded,
-    /// Changes of groups in observe or plan mode: reported, never written.
+    /// Changes of groups in observe or plan mode: reported, never written
+    /// unless approved.
     pub not_enforced: Vec<HostChange>,
+    /// What waits for approval: the guard's held changes, and the changes
+    /// of plan-mode groups.
+    pub pending: Vec<HostChange>,
+    /// Why `pending` waits, in words for the operator.
+    pub pending_reasons: Vec<String>,
 }
 
 impl Decision {
@@ -131,10 +137,19 @@ pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> 
     let (enforce, not_enforced): (Vec<HostChange>, Vec<HostChange>) =
         plan.changes.iter().cloned().partition(|c| c.mode == Mode::Enforce);
     let guarded = plan::guard(&enforce, &cfg.guard);
+    let planned: Vec<HostChange> = not_enforced.iter().filter(|c| c.mode == Mode::Plan).cloned().collect();
+    let mut pending_reasons = guarded.reasons.clone();
+    if !planned.is_empty() {
+        pending_reasons.push(format!("{} hosts are in plan-mode groups", planned.len()));
+    }
+    let mut pending = guarded.held.clone();
+    pending.extend(planned);
     Ok(Decision {
         plan,
         guarded,
         not_enforced,
+        pending,
+        pending_reasons,
     })
 }
 
@@ -188,7 +203,7 @@ pub async fn execute(
     let mut outcome = Outcome {
         plan_id: None,
         pending_plan: None,
-        gate_reasons: guarded.reasons.clone(),
+        gate_reasons: decision.pending_reasons.clone(),
         applied: Vec::new(),
         failures: Vec::new(),
     };
@@ -206,7 +221,7 @@ pub async fn execute(
                     state: stored.state,
                 });
             }
-            if stored.intents() != plan::intents(&guarded.held) {
+            if stored.intents() != plan::intents(&decision.pending) {
                 store
                     .set_plan_state(
                         stored.id,
@@ -215,7 +230,7 @@ pub async fn execute(
                         Some("AD changed before approval"),
                     )
                     .await?;
-                let new = if guarded.held.is_empty() {
+                let new = if decision.pending.is_empty() {
                     None
                 } else {
                     Some(
@@ -223,8 +238,8 @@ pub async fn execute(
                             .create_plan(
                                 PlanState::PendingApproval,
                                 &opts.trigger,
-                                &guarded.held,
-                                &guarded.reasons,
+                                &decision.pending,
+                                &decision.pending_reasons,
                             )
                             .await?,
                     )
@@ -237,31 +252,31 @@ pub async fn execute(
             let dns: BTreeSet<String> = guarded
                 .auto
                 .iter()
-                .chain(&guarded.held)
+                .chain(&decision.pending)
                 .map(|c| c.intent().dn)
                 .collect();
             let full: Vec<HostChange> = decision
                 .plan
                 .changes
                 .iter()
-                .filter(|c| c.mode == Mode::Enforce && dns.contains(&c.intent().dn))
+                .filter(|c| c.mode != Mode::Observe && dns.contains(&c.intent().dn))
                 .cloned()
                 .collect();
             (full, Part::Full, Some(stored.id), Some(approval.by.clone()))
         }
         None => {
-            let pending = if guarded.held.is_empty() {
+            let pending = if decision.pending.is_empty() {
                 None
             } else {
-                match store.find_pending(&guarded.held).await? {
+                match store.find_pending(&decision.pending).await? {
                     Some(id) => Some(id),
                     None => Some(
                         store
                             .create_plan(
                                 PlanState::PendingApproval,
                                 &opts.trigger,
-                                &guarded.held,
-                                &guarded.reasons,
+                                &decision.pending,
+                                &decision.pending_reasons,
                             )
                             .await?,
                     ),

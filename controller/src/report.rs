@@ -44,10 +44,10 @@ pub fn decision(d: &Decision) -> String {
     if d.plan.changes.is_empty() {
         out.push_str("No changes: every grouped host matches its desired delegation.\n");
     }
-    let held: std::collections::HashSet<&str> = d.guarded.held.iter().map(|c| c.dn.as_str()).collect();
+    let held: std::collections::HashSet<&str> = d.pending.iter().map(|c| c.dn.as_str()).collect();
     for c in &d.plan.changes {
         let _ = writeln!(out, "{}  [{}; {}]  {}", c.host, c.groups.join(","), c.mode, c.dn);
-        change_lines(c, held.contains(c.dn.as_str()) && c.is_subtractive(), &mut out);
+        change_lines(c, held.contains(c.dn.as_str()), &mut out);
     }
     if !d.plan.changes.is_empty() {
         let adds: usize = d.plan.changes.iter().map(|c| c.add.len()).sum();
@@ -65,7 +65,7 @@ pub fn decision(d: &Decision) -> String {
                 d.not_enforced.len()
             );
         }
-        for r in &d.guarded.reasons {
+        for r in &d.pending_reasons {
             let _ = writeln!(out, "Held for approval: {r}.");
         }
     }

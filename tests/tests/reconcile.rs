@@ -483,6 +483,8 @@ async fn observe_and_plan_modes_never_write() {
         let (cfg, ad, store) = open(&path).await;
         let out = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
         assert!(out.applied.is_empty() && out.plan_id.is_none(), "{mode}");
+        // Plan mode proposes (an approval applies it); observe mode only reports.
+        assert_eq!(out.pending_plan.is_some(), mode == "plan", "{mode}: {out:?}");
         let d = reconcile::decide(&cfg, &reconcile::observe(&cfg, &ad).await.unwrap()).unwrap();
         assert_eq!(d.not_enforced.len(), 2, "{mode}: drift is still reported");
     }
