@@ -93,6 +93,8 @@ struct Conn {
 
 struct Inner {
     opts: HubOptions,
+    /// Attempts as they are stored, for the fleet event stream.
+    attempts: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
     ingest: mpsc::Sender<Ingest>,
     connected: Mutex<HashMap<String, Conn>>,
     last_seen: Mutex<HashMap<String, Instant>>,
@@ -109,10 +111,12 @@ impl AgentHub {
     /// Starts the writer task. Triggers from failed attempts go to `triggers`.
     pub fn new(store: Store, opts: HubOptions, triggers: Option<mpsc::Sender<Trigger>>) -> AgentHub {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(writer(store, rx, triggers));
+        let (attempts, _) = tokio::sync::broadcast::channel(1024);
+        tokio::spawn(writer(store, rx, triggers, attempts.clone()));
         AgentHub {
             inner: Arc::new(Inner {
                 opts,
+                attempts,
                 ingest: tx,
                 connected: Mutex::new(HashMap::new()),
                 last_seen: Mutex::new(HashMap::new()),
@@ -126,6 +130,11 @@ impl AgentHub {
         AgentServiceServer::new(self.clone())
             .max_decoding_message_size(self.inner.opts.max_message_bytes)
             .max_encoding_message_size(self.inner.opts.max_message_bytes)
+    }
+
+    /// Attempts (host, attempt) as they are committed.
+    pub fn subscribe_attempts(&self) -> tokio::sync::broadcast::Receiver<(String, MigrationAttempt)> {
+        self.inner.attempts.subscribe()
     }
 
     pub fn connected_hosts(&self) -> Vec<String> {
@@ -330,7 +339,12 @@ impl AgentHub {
 
 /// The one writer: batches whatever is queued into one transaction, then
 /// acknowledges the attempts it stored.
-async fn writer(store: Store, mut rx: mpsc::Receiver<Ingest>, triggers: Option<mpsc::Sender<Trigger>>) {
+async fn writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Ingest>,
+    triggers: Option<mpsc::Sender<Trigger>>,
+    events: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
+) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
         let mut batch = IngestBatch::default();
@@ -365,6 +379,11 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Ingest>, triggers: Option<m
             // No ack: the agents keep the attempts and send them again.
             tracing::error!(error = %e, "could not store agent reports; they will be resent");
             continue;
+        }
+        if events.receiver_count() > 0 {
+            for (host, a) in &batch.attempts {
+                let _ = events.send((host.clone(), a.clone()));
+            }
         }
         for (reply, seq, ids) in acks {
             // A full or closed downlink loses only the ack: the agent resends

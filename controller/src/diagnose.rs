@@ -168,6 +168,8 @@ impl Default for Policy {
 pub struct Facts<'a> {
     pub groups: &'a [Group],
     pub observed: &'a Observed,
+    /// `observed` by name and DN.
+    pub index: &'a Index,
     /// By FQDN, lower case.
     pub hosts: &'a HashMap<String, HostFacts>,
     pub privileged: &'a [Privileged],
@@ -198,11 +200,24 @@ fn ts_ms(t: &prost_types::Timestamp) -> i64 {
 }
 
 impl Facts<'_> {
-    fn computer(&self, index: &Index, name: &str) -> Option<&Computer> {
+    fn computer(&self, name: &str) -> Option<&Computer> {
         HostName::parse(name)
             .ok()
-            .and_then(|n| index.find(&n))
+            .and_then(|n| self.index.find(&n))
             .map(|i| &self.observed.computers[i])
+    }
+
+    /// The computers of a configured group (hosts and AD group members).
+    pub fn members(&self, group: &Group) -> Vec<&Computer> {
+        let mut idx: Vec<usize> = group.hosts.iter().filter_map(|h| self.index.find(h)).collect();
+        if let Some(adg) = &group.ad_group
+            && let Some(dns) = self.observed.ad_groups.get(&adg.normalized())
+        {
+            idx.extend(dns.iter().filter_map(|d| self.index.find_dn(d)));
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| &self.observed.computers[i]).collect()
     }
 
     fn agent(&self, c: &Computer) -> Option<&HostFacts> {
@@ -541,10 +556,9 @@ impl Facts<'_> {
 /// Will a live migration from `source` to `destination`, started by
 /// `account`, authenticate?
 pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: &Account) -> Verdict {
-    let index = Index::new(facts.observed);
     let mut found = Vec::new();
-    let src = facts.computer(&index, source);
-    let dst = facts.computer(&index, destination);
+    let src = facts.computer(source);
+    let dst = facts.computer(destination);
     for (name, c) in [(source, src), (destination, dst)] {
         if c.is_none() {
             found.push(
@@ -596,7 +610,7 @@ pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: 
 /// Fleet-wide findings for the configured groups, plus the account-level
 /// ones (privileged accounts that can be delegated, a sensitive krbtgt).
 pub fn fleet_findings(facts: &Facts) -> Vec<Finding> {
-    let index = Index::new(facts.observed);
+    let index = facts.index;
     let mut out: Vec<Finding> = Vec::new();
     let mut seen_hosts: BTreeSet<usize> = BTreeSet::new();
     for g in facts.groups {
@@ -752,6 +766,7 @@ mod tests {
 
     struct World {
         observed: Observed,
+        index: Index,
         hosts: HashMap<String, HostFacts>,
         privileged: Vec<Privileged>,
         krbtgt: Option<u32>,
@@ -762,11 +777,13 @@ mod tests {
     impl World {
         fn new(computers: Vec<Computer>) -> World {
             let names: Vec<String> = computers.iter().map(|c| c.netbios()).collect();
+            let observed = Observed {
+                computers,
+                ad_groups: HashMap::new(),
+            };
             World {
-                observed: Observed {
-                    computers,
-                    ad_groups: HashMap::new(),
-                },
+                index: Index::new(&observed),
+                observed,
                 hosts: HashMap::new(),
                 privileged: Vec::new(),
                 krbtgt: Some(0x202),
@@ -796,6 +813,7 @@ mod tests {
             Facts {
                 groups: &self.groups,
                 observed: &self.observed,
+                index: &self.index,
                 hosts: &self.hosts,
                 privileged: &self.privileged,
                 krbtgt_uac: self.krbtgt,

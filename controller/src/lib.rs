@@ -4,6 +4,7 @@
 //! → verify (ldap) → audit (store). I/O stays in `ldap` and `store`.
 
 pub mod agents;
+pub mod api;
 pub mod certs;
 pub mod config;
 pub mod diagnose;
@@ -14,5 +15,6 @@ pub mod names;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
+pub mod server;
 pub mod snapshot;
 pub mod store;

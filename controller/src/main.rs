@@ -310,131 +310,26 @@ async fn show_progress(mut rx: watch::Receiver<Progress>) {
 }
 
 async fn serve(path: PathBuf) -> Result<()> {
-    use kcdsync_controller::agents::{self, AgentHub, HubOptions};
-    use kcdsync_proto::v1::{PurgeSystemTickets, command};
     use tokio::signal::unix::{SignalKind, signal};
-    let mut cfg = load(&path)?;
-    let store = Store::open(&cfg.store_url).await?;
+    let cfg = load(&path)?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let (trigger_tx, mut triggers) = tokio::sync::mpsc::channel(1024);
-    // The agent endpoint is set up once; SIGHUP does not move it.
-    let hub = match &cfg.agents {
-        Some(a) => {
-            let tls = agents::server_tls(a).context("loading the agent endpoint's TLS files")?;
-            let listener = tokio::net::TcpListener::bind(a.listen)
-                .await
-                .with_context(|| format!("listening for agents on {}", a.listen))?;
-            let hub = AgentHub::new(
-                store.clone(),
-                HubOptions {
-                    heartbeat: a.heartbeat,
-                    stale_after: a.stale_after,
-                    max_message_bytes: a.max_message_bytes,
-                    ..Default::default()
-                },
-                Some(trigger_tx),
-            );
-            tracing::info!(listen = %a.listen, "serving agents (mTLS)");
-            let server_hub = hub.clone();
-            tokio::spawn(async move {
-                if let Err(e) = agents::serve(listener, tls, server_hub, std::future::pending()).await {
-                    tracing::error!(error = %e, "the agent endpoint stopped");
-                }
-            });
-            Some(hub)
-        }
-        None => None,
-    };
-    let mut trigger = "startup".to_owned();
-    let mut failures: u32 = 0;
     tracing::info!(config = %path.display(), interval_secs = cfg.interval.as_secs(), "serving");
+    let running = kcdsync_controller::server::start(cfg).await?;
     loop {
-        let started = Instant::now();
-        let result = async {
-            let ad = Ad::connect(&cfg.ad).await?;
-            let r = reconcile::reconcile(
-                &cfg,
-                &ad,
-                &store,
-                RunOptions {
-                    trigger: trigger.clone(),
-                    ..Default::default()
-                },
-            )
-            .await;
-            ad.unbind().await;
-            r.map_err(anyhow::Error::from)
-        }
-        .await;
-        let wait = match result {
-            Ok(o) => {
-                failures = 0;
-                tracing::info!(
-                    trigger,
-                    written = o.applied.len(),
-                    pending_plan = o.pending_plan,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "reconciled"
-                );
-                // Changed hosts drop their SYSTEM tickets, so the next
-                // migration asks the KDC again instead of waiting for expiry.
-                if let (Some(hub), Some(plan)) = (&hub, o.plan_id) {
-                    for r in &o.applied {
-                        let reason = format!("delegation of {} changed by plan {plan}", r.host);
-                        match hub
-                            .command(
-                                &r.host,
-                                command::Kind::PurgeSystemTickets(PurgeSystemTickets {}),
-                                &reason,
-                            )
-                            .await
-                        {
-                            Ok(id) => {
-                                tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets")
-                            }
-                            Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
-                        }
-                    }
-                }
-                cfg.interval
-            }
-            Err(e) => {
-                failures += 1;
-                let wait = e
-                    .downcast_ref::<reconcile::ReconcileError>()
-                    .map(|r| r.retry_after(failures - 1))
-                    .unwrap_or(Duration::from_secs(5 << (failures - 1).min(6)));
-                tracing::error!(trigger, error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "reconcile failed");
-                wait
-            }
-        };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => trigger = "timer".into(),
-            Some(t) = triggers.recv() => {
-                // One reconcile answers every failure queued so far.
-                let mut reasons = vec![t.reason];
-                while let Ok(more) = triggers.try_recv() {
-                    reasons.push(more.reason);
+            _ = hup.recv() => match load(&path) {
+                Ok(c) => {
+                    tracing::info!("config reloaded (listeners keep their addresses)");
+                    running.reload(c).await;
                 }
-                trigger = if reasons.len() > 3 {
-                    format!("{} (+{} more)", reasons[..3].join(","), reasons.len() - 3)
-                } else {
-                    reasons.join(",")
-                };
-            }
-            _ = hup.recv() => {
-                match load(&path) {
-                    Ok(c) => { cfg = c; tracing::info!("config reloaded"); }
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
-                }
-                trigger = "config".into();
-            }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
+            },
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("stopping");
-    store.close().await;
+    running.stop().await;
     Ok(())
 }

@@ -317,12 +317,19 @@ pub async fn execute(
         approved: &approved_intents,
         abort: abort.clone(),
     };
-    let mut results = futures::stream::iter(to_apply.iter().map(|c| {
-        let ctx = &ctx;
-        let start = before.get(&dn_key(&c.dn)).map(|c| (*c).clone());
-        async move { (c, ctx.apply_one(c.clone(), start).await) }
-    }))
-    .buffer_unordered(cfg.ad.max_in_flight);
+    // Owned items, so the stream's futures name no borrowed iterator item
+    // (which would keep the whole reconcile from being spawned).
+    let work: Vec<(HostChange, Option<Computer>)> = to_apply
+        .iter()
+        .map(|c| (c.clone(), before.get(&dn_key(&c.dn)).map(|b| (*b).clone())))
+        .collect();
+    let ctx = &ctx;
+    let mut results = futures::stream::iter(work)
+        .map(|(c, start)| async move {
+            let r = ctx.apply_one(c.clone(), start).await;
+            (c, r)
+        })
+        .buffer_unordered(cfg.ad.max_in_flight);
 
     let mut written: Vec<(HostChange, Computer)> = Vec::new();
     let mut fatal: Option<LdapError> = None;

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use crate::config::Config;
 use crate::diagnose::{Account, Facts, HostFacts, Policy};
 use crate::ldap::{Ad, Directory, LdapError};
-use crate::plan::Observed;
+use crate::plan::{Index, Observed};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
 
-#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub observed: Observed,
+    pub index: Index,
     pub directory: Directory,
     pub hosts: HashMap<String, HostFacts>,
     pub last_change_ms: HashMap<String, i64>,
@@ -22,6 +22,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A view of nothing, until the first observe.
+    pub fn empty() -> Snapshot {
+        let observed = Observed::default();
+        Snapshot {
+            index: Index::new(&observed),
+            observed,
+            directory: Directory::default(),
+            hosts: HashMap::new(),
+            last_change_ms: HashMap::new(),
+            taken_ms: 0,
+        }
+    }
+
     /// Reads AD and the store. `observed` may be passed in when the caller
     /// has just read the scope (a reconcile), to avoid reading it twice.
     pub async fn gather(
@@ -53,6 +66,7 @@ impl Snapshot {
             .collect();
         let last_change_ms = store.last_change_per_host().await?.into_iter().collect();
         Ok(Snapshot {
+            index: Index::new(&observed),
             observed,
             directory,
             hosts,
@@ -66,6 +80,7 @@ impl Snapshot {
         Facts {
             groups: &cfg.groups,
             observed: &self.observed,
+            index: &self.index,
             hosts: &self.hosts,
             privileged: &self.directory.privileged,
             krbtgt_uac: self.directory.krbtgt_uac,

@@ -1,0 +1,361 @@
+//! `serve`: the long-running controller. Owns the reconciler loop (the only
+//! writer of AD), the agent endpoint, the fleet API, and the fleet event
+//! stream. The binary and the end-to-end tests both start it from here.
+//!
+//! The loop reconciles on a timer, when an agent reports an authentication
+//! failure, when the API asks (trigger, approval), and on a config reload.
+//! After each reconcile it tells the agents of changed hosts to purge their
+//! SYSTEM tickets and publishes a fresh view (findings, readiness) to the API.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kcdsync_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::agents::{self, AgentHub, HubOptions, Trigger};
+use crate::api::{self, ApiState, FleetApi, ReconcileRequest, View};
+use crate::config::Config;
+use crate::diagnose;
+use crate::ldap::Ad;
+use crate::reconcile::{self, Approval, Outcome, ReconcileError, RunOptions};
+use crate::snapshot::Snapshot;
+use crate::store::{Store, now_ms};
+
+/// A running controller.
+pub struct Running {
+    pub agents_addr: Option<SocketAddr>,
+    pub api_addr: Option<SocketAddr>,
+    pub hub: Option<AgentHub>,
+    pub store: Store,
+    pub api: Option<Arc<ApiState>>,
+    pub events: broadcast::Sender<pb::FleetEvent>,
+    reload: mpsc::Sender<Config>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Replaces the config (groups, modes, guard, AD) from the next
+    /// reconcile on; listeners stay where they are.
+    pub async fn reload(&self, cfg: Config) {
+        let _ = self.reload.send(cfg).await;
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.store.close().await;
+    }
+}
+
+fn event(e: pb::fleet_event::Event) -> pb::FleetEvent {
+    pb::FleetEvent {
+        time: Some(prost_types::Timestamp {
+            seconds: now_ms() / 1000,
+            nanos: ((now_ms() % 1000) * 1_000_000) as i32,
+        }),
+        event: Some(e),
+    }
+}
+
+/// Binds the listeners (port 0 is fine) and starts the loop.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let store = Store::open(&cfg.store_url).await?;
+    let (events, _) = broadcast::channel(4096);
+    let (stop, stop_rx) = watch::channel(false);
+    let (trigger_tx, triggers) = mpsc::channel::<Trigger>(1024);
+
+    let (hub, agents_addr) = match &cfg.agents {
+        Some(a) => {
+            let tls = agents::server_tls(a).context("loading the agent endpoint's TLS files")?;
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening for agents on {}", a.listen))?;
+            let addr = listener.local_addr()?;
+            let hub = AgentHub::new(
+                store.clone(),
+                HubOptions {
+                    heartbeat: a.heartbeat,
+                    stale_after: a.stale_after,
+                    max_message_bytes: a.max_message_bytes,
+                    ..Default::default()
+                },
+                Some(trigger_tx),
+            );
+            let h = hub.clone();
+            let mut s = stop_rx.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = s.wait_for(|v| *v).await;
+                };
+                if let Err(e) = agents::serve(listener, tls, h, shutdown).await {
+                    tracing::error!(error = %e, "the agent endpoint stopped");
+                }
+            });
+            // Attempts go out on the fleet event stream as they are stored.
+            let mut attempts = hub.subscribe_attempts();
+            let ev = events.clone();
+            tokio::spawn(async move {
+                while let Ok((_, a)) = attempts.recv().await {
+                    let _ = ev.send(event(pb::fleet_event::Event::AttemptReported(a)));
+                }
+            });
+            tracing::info!(listen = %addr, "serving agents (mTLS)");
+            (Some(hub), Some(addr))
+        }
+        None => (None, None),
+    };
+
+    let (req_tx, requests) = mpsc::channel::<ReconcileRequest>(64);
+    let cfg = Arc::new(cfg);
+    let (api_state, api_addr) = match &cfg.api {
+        Some(a) => {
+            let tls = api::server_tls(a).context("loading the API's TLS files")?;
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening for the fleet API on {}", a.listen))?;
+            let addr = listener.local_addr()?;
+            let state = Arc::new(ApiState::new(
+                cfg.clone(),
+                store.clone(),
+                hub.clone(),
+                req_tx,
+                events.clone(),
+                a,
+            ));
+            let fleet = FleetApi { state: state.clone() };
+            let mut s = stop_rx.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = s.wait_for(|v| *v).await;
+                };
+                if let Err(e) = api::serve(listener, tls, fleet, shutdown).await {
+                    tracing::error!(error = %e, "the fleet API stopped");
+                }
+            });
+            tracing::info!(listen = %addr, "serving the fleet API");
+            (Some(state), Some(addr))
+        }
+        None => (None, None),
+    };
+
+    let (reload, reloads) = mpsc::channel(4);
+    let lp = Loop {
+        cfg,
+        store: store.clone(),
+        hub: hub.clone(),
+        api: api_state.clone(),
+        events: events.clone(),
+        findings: BTreeMap::new(),
+    };
+    let task = tokio::spawn(lp.run(triggers, requests, reloads, stop_rx));
+    Ok(Running {
+        agents_addr,
+        api_addr,
+        hub,
+        store,
+        api: api_state,
+        events,
+        reload,
+        stop,
+        task,
+    })
+}
+
+struct Loop {
+    cfg: Arc<Config>,
+    store: Store,
+    hub: Option<AgentHub>,
+    api: Option<Arc<ApiState>>,
+    events: broadcast::Sender<pb::FleetEvent>,
+    /// Findings of the last view, by id, to tell raised from cleared.
+    findings: BTreeMap<String, diagnose::Finding>,
+}
+
+enum Wake {
+    Timer,
+    Trigger(Vec<Trigger>),
+    Request(ReconcileRequest),
+    Reload(Config),
+    Stop,
+}
+
+impl Loop {
+    async fn run(
+        mut self,
+        mut triggers: mpsc::Receiver<Trigger>,
+        mut requests: mpsc::Receiver<ReconcileRequest>,
+        mut reloads: mpsc::Receiver<Config>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut trigger = "startup".to_owned();
+        let mut approve: Option<Approval> = None;
+        let mut reply: Option<tokio::sync::oneshot::Sender<Result<Outcome, String>>> = None;
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = self.once(&trigger, approve.take()).await;
+            let wait = match &result {
+                Ok(o) => {
+                    failures = 0;
+                    tracing::info!(
+                        trigger,
+                        written = o.applied.len(),
+                        pending_plan = o.pending_plan,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "reconciled"
+                    );
+                    self.cfg.interval
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = match e.downcast_ref::<ReconcileError>() {
+                        Some(r) => r.retry_after(failures - 1),
+                        None => Duration::from_secs(5 << (failures - 1).min(6)),
+                    };
+                    tracing::error!(trigger, error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "reconcile failed");
+                    wait
+                }
+            };
+            if let Some(r) = reply.take() {
+                let _ = r.send(result.map_err(|e| format!("{e:#}")));
+            }
+            let wake = tokio::select! {
+                _ = tokio::time::sleep(wait) => Wake::Timer,
+                Some(t) = triggers.recv() => {
+                    let mut all = vec![t];
+                    while let Ok(more) = triggers.try_recv() {
+                        all.push(more);
+                    }
+                    Wake::Trigger(all)
+                }
+                Some(r) = requests.recv() => Wake::Request(r),
+                Some(c) = reloads.recv() => Wake::Reload(c),
+                _ = stop.wait_for(|v| *v) => Wake::Stop,
+            };
+            match wake {
+                Wake::Timer => trigger = "timer".into(),
+                Wake::Trigger(all) => {
+                    // One reconcile answers every failure queued so far.
+                    let reasons: Vec<&str> = all.iter().map(|t| t.reason.as_str()).collect();
+                    trigger = if reasons.len() > 3 {
+                        format!("{} (+{} more)", reasons[..3].join(","), reasons.len() - 3)
+                    } else {
+                        reasons.join(",")
+                    };
+                }
+                Wake::Request(r) => {
+                    trigger = r.trigger;
+                    approve = r.approve;
+                    reply = Some(r.reply);
+                }
+                Wake::Reload(c) => {
+                    self.cfg = Arc::new(c);
+                    trigger = "config".into();
+                }
+                Wake::Stop => break,
+            }
+        }
+        tracing::info!("reconciler stopped");
+    }
+
+    /// One reconcile, then the follow-ups: purge commands, a fresh view,
+    /// events.
+    async fn once(&mut self, trigger: &str, approve: Option<Approval>) -> anyhow::Result<Outcome> {
+        let cfg = self.cfg.clone();
+        let ad = Ad::connect(&cfg.ad)
+            .await
+            .with_context(|| format!("connecting to AD at {}", cfg.ad.url))?;
+        let result = async {
+            let observed = reconcile::observe(&cfg, &ad).await.map_err(ReconcileError::from)?;
+            let decision = reconcile::decide(&cfg, &observed).map_err(ReconcileError::from)?;
+            let opts = RunOptions {
+                trigger: trigger.to_owned(),
+                approve,
+                progress: None,
+            };
+            let outcome = reconcile::execute(&cfg, &ad, &self.store, &observed, &decision, opts).await?;
+            Ok::<_, ReconcileError>((observed, outcome))
+        }
+        .await;
+        let (observed, outcome) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                ad.unbind().await;
+                return Err(e.into());
+            }
+        };
+        self.after(&cfg, &ad, observed, &outcome).await;
+        ad.unbind().await;
+        Ok(outcome)
+    }
+
+    async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: crate::plan::Observed, o: &Outcome) {
+        // Changed hosts drop their SYSTEM tickets, so the next migration
+        // asks the KDC again instead of waiting for the tickets to expire.
+        if let (Some(hub), Some(plan)) = (&self.hub, o.plan_id) {
+            for r in &o.applied {
+                let reason = format!("delegation of {} changed by plan {plan}", r.host);
+                let kind = pb::command::Kind::PurgeSystemTickets(pb::PurgeSystemTickets {});
+                match hub.command(&r.host, kind, &reason).await {
+                    Ok(id) => tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets"),
+                    Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
+                }
+            }
+        }
+        for (id, applied) in [(o.plan_id, true), (o.pending_plan, false)] {
+            let Some(id) = id else { continue };
+            if let Ok(Some(p)) = self.store.get_plan(id).await {
+                let pbp = api::plan_to_pb(&p);
+                let e = if applied {
+                    pb::fleet_event::Event::PlanApplied(pbp)
+                } else {
+                    pb::fleet_event::Event::PlanCreated(pbp)
+                };
+                let _ = self.events.send(event(e));
+            }
+        }
+        if self.api.is_none() && self.events.receiver_count() == 0 {
+            return;
+        }
+        // What the writes changed must be read again for the view.
+        let observed = if o.applied.is_empty() { Some(observed) } else { None };
+        let snapshot = match Snapshot::gather(cfg, ad, &self.store, observed).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the fleet view; the API keeps the previous one");
+                return;
+            }
+        };
+        let stale_ms = cfg.agents.as_ref().map_or(60_000, |a| a.stale_after.as_millis() as i64);
+        let findings = diagnose::fleet_findings(&snapshot.facts(cfg, stale_ms, now_ms()));
+        let now: BTreeMap<String, diagnose::Finding> = findings.iter().map(|f| (f.id.clone(), f.clone())).collect();
+        let before: HashSet<&String> = self.findings.keys().collect();
+        for (id, f) in &now {
+            if !before.contains(id) {
+                let _ = self
+                    .events
+                    .send(event(pb::fleet_event::Event::FindingRaised(api::finding_to_pb(f))));
+            }
+        }
+        for (id, f) in &self.findings {
+            if !now.contains_key(id) {
+                let _ = self
+                    .events
+                    .send(event(pb::fleet_event::Event::FindingCleared(api::finding_to_pb(f))));
+            }
+        }
+        self.findings = now;
+        if let Some(api) = &self.api {
+            api.publish(View {
+                cfg: cfg.clone(),
+                snapshot,
+                findings,
+            });
+        }
+    }
+}
