@@ -33,6 +33,8 @@ pub struct Running {
     pub store: Store,
     pub api: Option<Arc<ApiState>>,
     pub events: broadcast::Sender<pb::FleetEvent>,
+    /// Counts finished reconciles (successful or not).
+    pub reconciles: watch::Receiver<u64>,
     reload: mpsc::Sender<Config>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -43,6 +45,12 @@ impl Running {
     /// reconcile on; listeners stay where they are.
     pub async fn reload(&self, cfg: Config) {
         let _ = self.reload.send(cfg).await;
+    }
+
+    /// Waits until `n` reconciles have finished in total.
+    pub async fn reconciled(&self, n: u64) {
+        let mut rx = self.reconciles.clone();
+        let _ = rx.wait_for(|c| *c >= n).await;
     }
 
     pub async fn stop(self) {
@@ -144,7 +152,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
 
     let (reload, reloads) = mpsc::channel(4);
+    let (count, reconciles) = watch::channel(0u64);
     let lp = Loop {
+        count,
         cfg,
         store: store.clone(),
         hub: hub.clone(),
@@ -160,6 +170,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         store,
         api: api_state,
         events,
+        reconciles,
         reload,
         stop,
         task,
@@ -167,6 +178,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 }
 
 struct Loop {
+    count: watch::Sender<u64>,
     cfg: Arc<Config>,
     store: Store,
     hub: Option<AgentHub>,
@@ -224,6 +236,7 @@ impl Loop {
             if let Some(r) = reply.take() {
                 let _ = r.send(result.map_err(|e| format!("{e:#}")));
             }
+            self.count.send_modify(|n| *n += 1);
             let wake = tokio::select! {
                 _ = tokio::time::sleep(wait) => Wake::Timer,
                 Some(t) = triggers.recv() => {

@@ -230,3 +230,66 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Tokens the test controller accepts (see `controller_config`).
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+pub const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
+
+/// A full controller config (agents + API on port 0) for `fleet`, with one
+/// group of `members` in `mode`. Files live in the PKI's temp dir.
+pub fn controller_config(
+    lab: &crate::Lab,
+    fleet: &crate::Fleet,
+    pki: &Pki,
+    mode: &str,
+    members: &[&str],
+) -> kcdsync_controller::config::Config {
+    std::fs::write(
+        pki.path("tokens.toml"),
+        format!(
+            "[[token]]\nname = \"reader\"\nrole = \"read\"\ntoken = \"{READ_TOKEN}\"\n\n[[token]]\nname = \"orchestrator\"\nrole = \"write\"\ntoken = \"{WRITE_TOKEN}\"\n"
+        ),
+    )
+    .unwrap();
+    let extra = format!(
+        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n"
+    );
+    let text = fleet.config(lab, crate::BindAs::Svc, mode, members, &extra);
+    let path = pki.path("kcdsync.toml");
+    std::fs::write(&path, text).unwrap();
+    kcdsync_controller::config::Config::load(&path).expect("valid controller config")
+}
+
+/// A fleet API client authenticated with `token`.
+pub async fn fleet_client(
+    pki: &Pki,
+    addr: SocketAddr,
+    token: Option<&str>,
+    identity: Option<(String, String)>,
+) -> kcdsync_proto::v1::fleet_service_client::FleetServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+        .unwrap()
+        .tls_config(pki.client_tls(identity))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the fleet API");
+    kcdsync_proto::v1::fleet_service_client::FleetServiceClient::with_interceptor(
+        channel,
+        BearerToken(token.map(|t| format!("Bearer {t}").parse().unwrap())),
+    )
+}
+
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}

@@ -512,16 +512,20 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The built `kcdsync-controller` binary (README's test command builds it
-/// before the tests run).
-pub fn controller_bin() -> PathBuf {
+/// A binary of the workspace, built before the tests run (README's test
+/// command builds them).
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("kcdsync-controller");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
         "{} is missing: run `cargo build --workspace --bins` first",
         bin.display()
     );
     bin
+}
+
+pub fn controller_bin() -> PathBuf {
+    workspace_bin("kcdsync-controller")
 }
