@@ -529,6 +529,7 @@ impl FleetService for FleetApi {
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
         let facts = view.snapshot.facts(&view.cfg, self.state.stale_after_ms, now_ms());
         let names: Vec<String> = members.iter().map(|c| c.display_name()).collect();
+
         let mut cells = Vec::new();
         for s in &names {
             for d in names.iter().filter(|d| *d != s) {
@@ -728,7 +729,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FleetServiceServer::new(api))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

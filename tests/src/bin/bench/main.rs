@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod agents;
+mod api;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
@@ -55,6 +56,19 @@ enum Cmd {
         #[arg(long)]
         agent_bin: Option<PathBuf>,
     },
+    /// CheckMigration p99 and ReadinessMatrix latency over the real API with
+    /// N hosts known while N agents keep reporting.
+    Api {
+        #[arg(long, default_value_t = 2000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 16)]
+        group_size: usize,
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Each agent sends a report this often (ms).
+        #[arg(long, default_value_t = 1000)]
+        report_every_ms: u64,
+    },
     /// (internal) The agent endpoint child process of `agents`.
     #[command(hide = true)]
     AgentEndpoint {
@@ -87,16 +101,22 @@ fn main() -> Result<()> {
             agents::run(agents, messages, bin)
         }
         Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
+        Cmd::Api {
+            hosts,
+            group_size,
+            calls,
+            report_every_ms,
+        } => api::run(hosts, group_size, calls, Duration::from_millis(report_every_ms)),
     }
 }
 
-fn name(i: usize) -> String {
+pub fn name(i: usize) -> String {
     format!("BCH{i:05}")
 }
 
 /// Runs an OpenLDAP client tool bound as `dn`; `input` is LDIF, passed as a
 /// file (a pipe would deadlock against the tool's own output).
-fn ldap_tool(lab: &Lab, tool: &str, dn: &str, pw_file: &str, args: &[&str], input: Option<&str>) -> Result<String> {
+pub fn ldap_tool(lab: &Lab, tool: &str, dn: &str, pw_file: &str, args: &[&str], input: Option<&str>) -> Result<String> {
     let file = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new(tool);
     cmd.args(["-x", "-H", lab.var("LAB_LDAPS_URL"), "-D", dn, "-y", pw_file])
@@ -148,58 +168,10 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
     );
     let lab = Lab::start();
     let ou_dn = format!("OU={OU},{}", lab.fleet_ou());
-    let domain = lab.realm().to_lowercase();
     let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
     let (svc, svc_pw) = (lab.var("LAB_SVC_DN"), lab.var("LAB_SVC_PASS_FILE"));
 
-    // Seed: N computers, groups of `group_size`, full mesh, Kerberos only.
-    eprintln!("seeding {n} hosts in groups of {group_size} under {ou_dn} ...");
-    let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
-    let mut ldif = format!("dn: {ou_dn}\nobjectClass: organizationalUnit\nou: {OU}\n\n");
-    let groups: Vec<Vec<usize>> = (0..n)
-        .collect::<Vec<_>>()
-        .chunks(group_size)
-        .map(|c| c.to_vec())
-        .collect();
-    let mut values = 0;
-    for g in &groups {
-        for &i in g {
-            let nb = name(i);
-            let fqdn = format!("{}.{domain}", nb.to_lowercase());
-            ldif.push_str(&format!(
-                "dn: CN={nb},{ou_dn}\nobjectClass: computer\nsAMAccountName: {nb}$\ndNSHostName: {fqdn}\nuserAccountControl: {WORKSTATION}\n"
-            ));
-            for spn in [
-                format!("cifs/{fqdn}"),
-                format!("cifs/{nb}"),
-                format!("{MIGRATION}/{fqdn}"),
-                format!("{MIGRATION}/{nb}"),
-            ] {
-                ldif.push_str(&format!("servicePrincipalName: {spn}\n"));
-            }
-            for &p in g.iter().filter(|&&p| p != i) {
-                let pnb = name(p);
-                let pf = format!("{}.{domain}", pnb.to_lowercase());
-                for e in [
-                    format!("{MIGRATION}/{pf}"),
-                    format!("{MIGRATION}/{pnb}"),
-                    format!("cifs/{pf}"),
-                    format!("cifs/{pnb}"),
-                ] {
-                    ldif.push_str(&format!("msDS-AllowedToDelegateTo: {e}\n"));
-                    values += 1;
-                }
-            }
-            ldif.push('\n');
-        }
-    }
-    let (t, _) = timed(|| ldap_tool(&lab, "ldapadd", admin, admin_pw, &[], Some(&ldif)))?;
-    eprintln!(
-        "seeded in {:.1} s ({} delegation values, {:.0} per host)",
-        t.as_secs_f64(),
-        values,
-        values as f64 / n as f64
-    );
+    let (groups, values) = seed(&lab, &ou_dn, n, group_size, WORKSTATION)?;
 
     // The floor: the minimal LDIF making the same change, one ldapmodify.
     let mut minimal = String::new();
@@ -215,22 +187,8 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
         ));
     }
 
-    // The controller's config: every group, enforce, a guard wide enough.
     let work = tempfile::tempdir()?;
-    let mut cfg = lab.ad_section(kcdsync_tests::BindAs::Svc);
-    cfg.push_str(&format!(
-        "\n[scope]\nbase_dns = [\"{ou_dn}\"]\n\n[guard]\nmax_hosts_per_apply = {n}\n"
-    ));
-    for (gi, g) in groups.iter().enumerate() {
-        let hosts: Vec<String> = g
-            .iter()
-            .map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase()))
-            .collect();
-        cfg.push_str(&format!(
-            "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nhosts = [{}]\n",
-            hosts.join(", ")
-        ));
-    }
+    let cfg = fleet_config(&lab, &ou_dn, &groups, n);
     let cfg_path = work.path().join("kcdsync.toml");
     std::fs::write(&cfg_path, cfg)?;
     let bin = controller_bin()?;
@@ -330,6 +288,86 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
         let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
     }
     Ok(())
+}
+
+/// Seeds `n` computers under `ou_dn` (recreated) in groups of `group_size`,
+/// every host delegating to all its group peers, with userAccountControl
+/// `uac`. Returns the groups (host indexes) and the number of values.
+pub fn seed(lab: &Lab, ou_dn: &str, n: usize, group_size: usize, uac: u32) -> Result<(Vec<Vec<usize>>, usize)> {
+    let domain = lab.realm().to_lowercase();
+    let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
+    // Seed: N computers, groups of `group_size`, full mesh, userAccountControl as given.
+    eprintln!("seeding {n} hosts in groups of {group_size} under {ou_dn} ...");
+    let _ = ldap_tool(lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
+    let ou_name = ou_dn.split(',').next().unwrap_or_default().trim_start_matches("OU=");
+    let mut ldif = format!("dn: {ou_dn}\nobjectClass: organizationalUnit\nou: {ou_name}\n\n");
+    let groups: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(group_size)
+        .map(|c| c.to_vec())
+        .collect();
+    let mut values = 0;
+    for g in &groups {
+        for &i in g {
+            let nb = name(i);
+            let fqdn = format!("{}.{domain}", nb.to_lowercase());
+            ldif.push_str(&format!(
+                "dn: CN={nb},{ou_dn}\nobjectClass: computer\nsAMAccountName: {nb}$\ndNSHostName: {fqdn}\nuserAccountControl: {uac}\n"
+            ));
+            for spn in [
+                format!("cifs/{fqdn}"),
+                format!("cifs/{nb}"),
+                format!("{MIGRATION}/{fqdn}"),
+                format!("{MIGRATION}/{nb}"),
+            ] {
+                ldif.push_str(&format!("servicePrincipalName: {spn}\n"));
+            }
+            for &p in g.iter().filter(|&&p| p != i) {
+                let pnb = name(p);
+                let pf = format!("{}.{domain}", pnb.to_lowercase());
+                for e in [
+                    format!("{MIGRATION}/{pf}"),
+                    format!("{MIGRATION}/{pnb}"),
+                    format!("cifs/{pf}"),
+                    format!("cifs/{pnb}"),
+                ] {
+                    ldif.push_str(&format!("msDS-AllowedToDelegateTo: {e}\n"));
+                    values += 1;
+                }
+            }
+            ldif.push('\n');
+        }
+    }
+    let (t, _) = timed(|| ldap_tool(lab, "ldapadd", admin, admin_pw, &[], Some(&ldif)))?;
+    eprintln!(
+        "seeded in {:.1} s ({} delegation values, {:.0} per host)",
+        t.as_secs_f64(),
+        values,
+        values as f64 / n as f64
+    );
+
+    Ok((groups, values))
+}
+
+/// A controller config for the seeded fleet: every group, enforce, a guard
+/// wide enough for all hosts.
+pub fn fleet_config(lab: &Lab, ou_dn: &str, groups: &[Vec<usize>], n: usize) -> String {
+    let domain = lab.realm().to_lowercase();
+    let mut cfg = lab.ad_section(kcdsync_tests::BindAs::Svc);
+    cfg.push_str(&format!(
+        "\n[scope]\nbase_dns = [\"{ou_dn}\"]\n\n[guard]\nmax_hosts_per_apply = {n}\n"
+    ));
+    for (gi, g) in groups.iter().enumerate() {
+        let hosts: Vec<String> = g
+            .iter()
+            .map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase()))
+            .collect();
+        cfg.push_str(&format!(
+            "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nhosts = [{}]\n",
+            hosts.join(", ")
+        ));
+    }
+    cfg
 }
 
 fn controller_bin() -> Result<PathBuf> {
