@@ -222,6 +222,8 @@ struct RawDiagnosis {
     privileged_groups: Vec<String>,
     #[serde(default)]
     enforce_sensitive: bool,
+    #[serde(default)]
+    migration_accounts: Vec<String>,
 }
 
 impl Default for RawDiagnosis {
@@ -230,6 +232,7 @@ impl Default for RawDiagnosis {
             require_kerberos: true,
             privileged_groups: Vec::new(),
             enforce_sensitive: false,
+            migration_accounts: Vec::new(),
         }
     }
 }
@@ -246,8 +249,11 @@ pub struct DiagnosisConfig {
     /// Groups whose (transitive) members count as privileged, besides
     /// Domain/Enterprise/Schema Admins and Administrators.
     pub privileged_groups: Vec<Dn>,
-    /// Opt-in: mark privileged accounts sensitive. Never the default.
+    /// Opt-in: mark privileged accounts sensitive. Never the default, and
+    /// every such change waits for approval.
     pub enforce_sensitive: bool,
+    /// The accounts that run Move-VM (sAMAccountName): never made sensitive.
+    pub migration_accounts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -588,6 +594,12 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
                 })
                 .collect::<Result<_, _>>()?,
             enforce_sensitive: raw.diagnosis.enforce_sensitive,
+            migration_accounts: raw
+                .diagnosis
+                .migration_accounts
+                .iter()
+                .map(|a| a.to_lowercase())
+                .collect(),
         },
         groups,
     })

@@ -780,6 +780,7 @@ mod tests {
             let observed = Observed {
                 computers,
                 ad_groups: HashMap::new(),
+                privileged: Vec::new(),
             };
             World {
                 index: Index::new(&observed),

@@ -182,7 +182,27 @@ impl Ad {
         Ok(Observed {
             computers,
             ad_groups: groups,
+            privileged: Vec::new(),
         })
+    }
+
+    /// Reads any object's delegation attributes (accounts as well as
+    /// computers), by DN.
+    pub async fn read_object(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        let mut ldap = self.ldap.clone();
+        let res = ldap
+            .with_timeout(self.cfg.timeout)
+            .search(dn, Scope::Base, "(objectClass=*)", COMPUTER_ATTRS.to_vec())
+            .await
+            .map_err(protocol(format!("read of {dn}")))?;
+        if res.1.rc == RC_NO_SUCH_OBJECT {
+            return Ok(None);
+        }
+        let (entries, _) = res.success().map_err(protocol(format!("read of {dn}")))?;
+        Ok(entries
+            .into_iter()
+            .find(|e| !e.is_ref() && !e.is_intermediate())
+            .map(|e| computer_from_entry(SearchEntry::construct(e))))
     }
 
     /// Reads one computer object again (after a conflict).

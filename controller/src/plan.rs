@@ -27,6 +27,9 @@ pub struct Observed {
     /// Members (DNs) of each configured AD group, keyed by the group's
     /// normalized DN. A group that does not exist is absent.
     pub ad_groups: HashMap<String, Vec<String>>,
+    /// Privileged accounts, read only when sensitive-account enforcement
+    /// is on.
+    pub privileged: Vec<crate::diagnose::Privileged>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -518,6 +521,39 @@ pub fn guard(changes: &[HostChange], guard: &Guard) -> Guarded {
     out
 }
 
+/// Opt-in enforcement: mark every privileged account "sensitive and cannot
+/// be delegated", except the accounts that run migrations (they must stay
+/// delegatable) and accounts already protected. Each change only sets
+/// NOT_DELEGATED and always waits for approval.
+pub fn sensitive_changes(privileged: &[crate::diagnose::Privileged], migration_accounts: &[String]) -> Vec<HostChange> {
+    let mut out: Vec<HostChange> = privileged
+        .iter()
+        .filter(|p| {
+            let a = &p.account;
+            a.uac & NOT_DELEGATED == 0
+                && !a.protected_users
+                && a.uac & ACCOUNTDISABLE == 0
+                && !migration_accounts.iter().any(|m| m.eq_ignore_ascii_case(&a.name))
+        })
+        .map(|p| HostChange {
+            host: p.account.name.clone(),
+            dn: p.account.dn.clone(),
+            groups: p.via.clone(),
+            mode: Mode::Enforce,
+            uac_before: p.account.uac,
+            uac_after: Some(p.account.uac | NOT_DELEGATED),
+            add: Vec::new(),
+            remove: Vec::new(),
+            reasons: vec![format!(
+                "mark sensitive and cannot be delegated (privileged via {})",
+                p.via.join(", ")
+            )],
+        })
+        .collect();
+    out.sort_by(|a, b| a.dn.cmp(&b.dn));
+    out
+}
+
 /// The intents of a set of changes, sorted: equal sets mean the same plan.
 pub fn intents(changes: &[HostChange]) -> Vec<Intent> {
     let mut v: Vec<Intent> = changes.iter().map(HostChange::intent).collect();
@@ -583,6 +619,7 @@ mod tests {
         Observed {
             computers,
             ad_groups: HashMap::new(),
+            privileged: Vec::new(),
         }
     }
 
@@ -902,6 +939,32 @@ mod tests {
                 .iter()
                 .any(|f| f.kind == FindingKind::PeerSpnNotRegistered && f.host == "hv02.lab.test")
         );
+    }
+
+    #[test]
+    fn sensitive_enforcement_skips_the_migration_account_and_protected_ones() {
+        use crate::diagnose::{Account, Privileged};
+        let p = |name: &str, uac: u32, protected_users: bool| Privileged {
+            account: Account {
+                name: name.into(),
+                dn: format!("CN={name},CN=Users,DC=lab,DC=test"),
+                uac,
+                protected_users,
+            },
+            via: vec!["Domain Admins".into()],
+        };
+        let all = [
+            p("admin1", 0x200, false),
+            p("svc-migrate", 0x200, false),
+            p("already", 0x200 | NOT_DELEGATED, false),
+            p("protected", 0x200, true),
+            p("disabled", 0x202, false),
+        ];
+        let c = sensitive_changes(&all, &["SVC-MIGRATE".into()]);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].host, "admin1");
+        assert_eq!(c[0].uac_after, Some(0x200 | NOT_DELEGATED));
+        assert!(c[0].add.is_empty() && c[0].remove.is_empty());
     }
 
     #[test]

@@ -128,7 +128,14 @@ pub struct HostFailure {
 /// Reads the managed scope and the configured AD groups.
 pub async fn observe(cfg: &Config, ad: &Ad) -> Result<Observed, LdapError> {
     let groups: Vec<&Dn> = cfg.groups.iter().filter_map(|g| g.ad_group.as_ref()).collect();
-    ad.observe(&cfg.scope, &groups).await
+    let mut observed = ad.observe(&cfg.scope, &groups).await?;
+    if cfg.diagnosis.enforce_sensitive {
+        observed.privileged = ad
+            .directory(&cfg.ad.domain_dn, &cfg.diagnosis.privileged_groups)
+            .await?
+            .privileged;
+    }
+    Ok(observed)
 }
 
 /// Plans and guards. Pure.
@@ -144,6 +151,13 @@ pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> 
     }
     let mut pending = guarded.held.clone();
     pending.extend(planned);
+    if cfg.diagnosis.enforce_sensitive {
+        let sensitive = plan::sensitive_changes(&observed.privileged, &cfg.diagnosis.migration_accounts);
+        if !sensitive.is_empty() {
+            pending_reasons.push(format!("marks {} privileged accounts sensitive", sensitive.len()));
+        }
+        pending.extend(sensitive);
+    }
     Ok(Decision {
         plan,
         guarded,
@@ -255,13 +269,19 @@ pub async fn execute(
                 .chain(&decision.pending)
                 .map(|c| c.intent().dn)
                 .collect();
-            let full: Vec<HostChange> = decision
+            let mut full: Vec<HostChange> = decision
                 .plan
                 .changes
                 .iter()
                 .filter(|c| c.mode != Mode::Observe && dns.contains(&c.intent().dn))
                 .cloned()
                 .collect();
+            // Changes outside the computer plan (sensitive accounts) as held.
+            for p in &decision.pending {
+                if !full.iter().any(|c| c.intent().dn == p.intent().dn) {
+                    full.push(p.clone());
+                }
+            }
             (full, Part::Full, Some(stored.id), Some(approval.by.clone()))
         }
         None => {
@@ -368,13 +388,36 @@ pub async fn execute(
         let remaining: HashMap<String, &HostChange> = replan.changes.iter().map(|c| (dn_key(&c.dn), c)).collect();
         for (change, before) in &written {
             let key = dn_key(&change.dn);
-            let Some(now) = after_by_dn.get(&key) else {
-                outcome.failures.push(HostFailure {
-                    host: change.host.clone(),
-                    dn: change.dn.clone(),
-                    error: "verify: the object disappeared right after the write".into(),
-                });
-                continue;
+            // Accounts (sensitive-account enforcement) are outside the
+            // computer scope: read them back one by one.
+            let read_back;
+            let now = match after_by_dn.get(&key) {
+                Some(c) => *c,
+                None => match ad.read_object(&change.dn).await? {
+                    Some(c) => {
+                        read_back = c;
+                        let want = change.uac_after.unwrap_or(change.uac_before);
+                        if read_back.uac & want != want {
+                            outcome.failures.push(HostFailure {
+                                host: change.host.clone(),
+                                dn: change.dn.clone(),
+                                error: format!(
+                                    "verify: userAccountControl is 0x{:x}, expected 0x{want:x}",
+                                    read_back.uac
+                                ),
+                            });
+                        }
+                        &read_back
+                    }
+                    None => {
+                        outcome.failures.push(HostFailure {
+                            host: change.host.clone(),
+                            dn: change.dn.clone(),
+                            error: "verify: the object disappeared right after the write".into(),
+                        });
+                        continue;
+                    }
+                },
             };
             if let Some(left) = remaining.get(&key).and_then(|c| part.of(c)) {
                 outcome.failures.push(HostFailure {

@@ -492,3 +492,103 @@ async fn observe_and_plan_modes_never_write() {
         assert_eq!(lab.read_host(&h.dn).await.unwrap().uac, WORKSTATION);
     }
 }
+
+#[tokio::test]
+async fn privileged_accounts_are_made_sensitive_only_when_opted_in_and_approved() {
+    let lab = Lab::start();
+    let names = ["SENS01", "SENS02"];
+    let fleet = FleetSpec::new("t-sens", &names)
+        .kerberos_only_mesh()
+        .uac(WORKSTATION | T2A4D)
+        .user("sens-admin", 0)
+        .user("sens-operator", 0)
+        .create(lab)
+        .await
+        .unwrap();
+    // A privileged group holding both: an admin, and the account that runs migrations.
+    let group = format!("CN=t-sens-admins,{}", fleet.ou_dn);
+    let mut l = lab.admin().await.unwrap();
+    let members: std::collections::HashSet<&str> = fleet.users.iter().map(|u| u.dn.as_str()).collect();
+    l.add(
+        &group,
+        vec![
+            ("objectClass", std::collections::HashSet::from(["group"])),
+            ("sAMAccountName", std::collections::HashSet::from(["t-sens-admins"])),
+            ("member", members),
+        ],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let admin_dn = &fleet.users[0].dn;
+    let operator_dn = &fleet.users[1].dn;
+    let uac = |dn: String| async move { lab.read_host(&dn).await.unwrap().uac };
+
+    // Off by default: the privileged account is only reported.
+    let diagnosis = format!("[diagnosis]\nprivileged_groups = [\"{group}\"]\n");
+    let (_d1, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &names, &diagnosis));
+    let (cfg, ad, store) = open(&path).await;
+    let out = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
+    assert!(out.pending_plan.is_none() && out.applied.is_empty());
+    assert_eq!(uac(admin_dn.clone()).await & 0x100000, 0);
+
+    // Opted in: held for approval; the migration account is never touched.
+    // (The lab's bind account may only write below OU=Hyper-V, so the
+    // domain's own Administrator is exempted here too.)
+    let diagnosis = format!(
+        "[diagnosis]\nprivileged_groups = [\"{group}\"]\nenforce_sensitive = true\nmigration_accounts = [\"sens-operator\", \"Administrator\"]\n"
+    );
+    let (_d2, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &names, &diagnosis));
+    let (cfg, ad, store) = open(&path).await;
+    let out = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
+    let plan = out.pending_plan.expect("held for approval");
+    assert!(
+        out.gate_reasons
+            .iter()
+            .any(|r| r.contains("marks 1 privileged accounts sensitive")),
+        "{:?}",
+        out.gate_reasons
+    );
+    assert_eq!(uac(admin_dn.clone()).await & 0x100000, 0, "nothing before approval");
+
+    let done = reconcile::reconcile(
+        &cfg,
+        &ad,
+        &store,
+        RunOptions {
+            approve: Some(Approval {
+                plan_id: plan,
+                by: "security-officer".into(),
+            }),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.applied.len(), 1);
+    assert_eq!(done.applied[0].dn, *admin_dn);
+    assert_ne!(uac(admin_dn.clone()).await & 0x100000, 0, "sens-admin is now sensitive");
+    assert_eq!(
+        uac(operator_dn.clone()).await & 0x100000,
+        0,
+        "the migration account stays delegatable"
+    );
+    // And the KDC agrees: migrating on sens-admin's behalf is refused.
+    assert!(
+        lab.kvno(
+            fleet.host("SENS01"),
+            "sens-admin",
+            &format!("cifs/{}", fleet.host("SENS02").fqdn)
+        )
+        .is_err()
+    );
+    assert!(
+        lab.kvno(
+            fleet.host("SENS01"),
+            "sens-operator",
+            &format!("cifs/{}", fleet.host("SENS02").fqdn)
+        )
+        .is_ok()
+    );
+}
