@@ -15,6 +15,7 @@ use kcdsync_proto::v1::{command, *};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::Instrument;
 
 use crate::config::AgentConfig;
 use crate::outbox::{Outbox, OutboxError};
@@ -185,9 +186,34 @@ pub async fn run<P: HostProbe>(
     }
 }
 
+/// Attempts waiting for an ack (a no-op without a metrics exporter).
+fn outbox_gauge() -> &'static opentelemetry::metrics::Gauge<u64> {
+    static G: std::sync::OnceLock<opentelemetry::metrics::Gauge<u64>> = std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        kcdsync_telemetry::meter()
+            .u64_gauge("kcdsync.agent.outbox.depth")
+            .with_description("migration attempts waiting for the controller's ack")
+            .build()
+    })
+}
+
 /// Reads new attempts from the host into the outbox.
 async fn collect<P: HostProbe>(probe: &P, outbox: &mut Outbox) -> Result<usize, String> {
-    let (attempts, cursor) = probe.attempts(outbox.cursor()).await.map_err(|e| e.to_string())?;
+    let (mut attempts, cursor) = probe.attempts(outbox.cursor()).await.map_err(|e| e.to_string())?;
+    // Each attempt starts a trace that the controller's diagnosis continues.
+    for a in &mut attempts {
+        let span = tracing::info_span!(
+            "migration_attempt",
+            attempt = %a.attempt_id,
+            vm = %a.vm_name,
+            peer = %a.peer,
+            success = a.success,
+            error_code = %format!("0x{:08X}", a.error_code)
+        );
+        if let Some(tp) = kcdsync_telemetry::traceparent(&span) {
+            a.traceparent = tp;
+        }
+    }
     outbox.push(&attempts, cursor).map_err(|e| e.to_string())?;
     Ok(attempts.len())
 }
@@ -288,14 +314,20 @@ async fn session<P: HostProbe>(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
-            _ = report_tick.tick() => ok(out.send(Body::Report(probe.report().await)).await)?,
+            _ = report_tick.tick() => {
+                let report = probe.report().instrument(tracing::info_span!("probe")).await;
+                ok(out.send(Body::Report(report)).await)?
+            }
             _ = attempts_tick.tick() => {
                 if let Err(e) = collect(probe, outbox).await {
                     tracing::warn!(error = %e, "could not read migration attempts");
                 }
                 ok(send_pending(&mut out, outbox, &mut in_flight).await)?;
             }
-            _ = heartbeat_tick.tick() => ok(out.send(Body::Heartbeat(Heartbeat { outbox_depth: outbox.len() as u32 })).await)?,
+            _ = heartbeat_tick.tick() => {
+                outbox_gauge().record(outbox.len() as u64, &[]);
+                ok(out.send(Body::Heartbeat(Heartbeat { outbox_depth: outbox.len() as u32 })).await)?
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(ControllerMessage { body: Some(Down::Ack(ack)) })) => {
                     for id in &ack.attempt_ids {
@@ -335,6 +367,12 @@ async fn send_pending(out: &mut Sender, outbox: &Outbox, in_flight: &mut HashSet
 }
 
 async fn execute<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {
+    let span = tracing::info_span!("command", command = %cmd.command_id, reason = %cmd.reason);
+    kcdsync_telemetry::set_parent(&span, &cmd.traceparent);
+    execute_in(probe, cmd).instrument(span).await
+}
+
+async fn execute_in<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {
     let (ok, message) = match &cmd.kind {
         Some(command::Kind::PurgeSystemTickets(_)) => {
             tracing::info!(reason = %cmd.reason, "purging the SYSTEM logon session's Kerberos tickets");

@@ -67,13 +67,6 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     // One crypto provider, chosen explicitly (see STACK.md pitfalls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     #[cfg(windows)]
@@ -82,7 +75,12 @@ fn main() -> std::process::ExitCode {
         let config = cli.config.clone();
         let r = kcdsync_agent::service::run_as_service(move |stop| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(run_agent(&config, stop))
+            rt.block_on(async {
+                let telemetry = kcdsync_telemetry::init("kcdsync-agent", kcdsync_telemetry::LogFormat::Human, "info");
+                let r = run_agent(&config, stop).await;
+                telemetry.shutdown();
+                r
+            })
         });
         return match r {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -96,7 +94,13 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(async {
+        let telemetry = kcdsync_telemetry::init("kcdsync-agent", kcdsync_telemetry::LogFormat::Human, "info");
+        let r = run(cli).await;
+        telemetry.shutdown();
+        r
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -60,6 +60,8 @@ pub struct Trigger {
     pub host: String,
     /// "attempt:<attempt id>"
     pub reason: String,
+    /// The diagnosis span the reconcile continues (W3C traceparent).
+    pub traceparent: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +171,7 @@ impl AgentHub {
                 command_id: id.clone(),
                 reason: reason.into(),
                 kind: Some(kind),
+                traceparent: kcdsync_telemetry::traceparent(&tracing::Span::current()).unwrap_or_default(),
             })),
         };
         tx.send(Ok(msg)).await.map_err(|_| CommandError::NotConnected(host))?;
@@ -362,10 +365,27 @@ async fn writer(
                 } => {
                     acks.push((reply, seq, attempts.iter().map(|a| a.attempt_id.clone()).collect()));
                     for a in attempts {
+                        crate::metrics::get().attempts.add(
+                            1,
+                            &[
+                                opentelemetry::KeyValue::new("result", if a.success { "success" } else { "failure" }),
+                                opentelemetry::KeyValue::new("error_code", format!("0x{:08X}", a.error_code)),
+                            ],
+                        );
                         if !a.success && AUTH_FAILURES.contains(&a.error_code) {
+                            // The diagnosis continues the agent's trace of the attempt.
+                            let span = tracing::info_span!(
+                                "diagnose",
+                                host = %host,
+                                attempt = %a.attempt_id,
+                                error_code = %format!("0x{:08X}", a.error_code),
+                                verdict = "authentication failure: reconcile the source host"
+                            );
+                            kcdsync_telemetry::set_parent(&span, &a.traceparent);
                             failed.push(Trigger {
                                 host: host.clone(),
                                 reason: format!("attempt:{}", a.attempt_id),
+                                traceparent: kcdsync_telemetry::traceparent(&span).unwrap_or_default(),
                             });
                         }
                         batch.attempts.push((host.clone(), a));
@@ -422,6 +442,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .tls_config(tls)?
+        .trace_fn(kcdsync_telemetry::grpc_server_span)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(hub.service())

@@ -33,6 +33,8 @@ const MAX_PAGE: usize = 1000;
 #[derive(Debug)]
 pub struct ReconcileRequest {
     pub trigger: String,
+    /// The caller's span, which the reconcile continues.
+    pub traceparent: String,
     pub approve: Option<Approval>,
     pub reply: oneshot::Sender<Result<Outcome, String>>,
 }
@@ -152,6 +154,7 @@ impl ApiState {
                 trigger,
                 approve,
                 reply,
+                traceparent: kcdsync_telemetry::traceparent(&tracing::Span::current()).unwrap_or_default(),
             })
             .await
             .map_err(|_| Status::unavailable("the reconciler is shutting down"))?;
@@ -726,6 +729,7 @@ pub async fn serve(
         .build_v1()?;
     tonic::transport::Server::builder()
         .tls_config(tls)?
+        .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FleetServiceServer::new(api))

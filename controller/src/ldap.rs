@@ -60,6 +60,20 @@ pub enum LdapError {
 }
 
 impl LdapError {
+    /// The LDAP result code, when the server answered with one.
+    pub fn rc(&self) -> Option<u32> {
+        match self {
+            LdapError::Bind { rc, .. }
+            | LdapError::Search { rc, .. }
+            | LdapError::Conflict { rc, .. }
+            | LdapError::Modify { rc, .. } => Some(*rc),
+            LdapError::MissingPrivilege { .. } => Some(RC_INSUFFICIENT_ACCESS),
+            LdapError::BadCredentials { .. } => Some(RC_INVALID_CREDENTIALS),
+            LdapError::NoSuchBase { .. } => Some(RC_NO_SUCH_OBJECT),
+            _ => None,
+        }
+    }
+
     /// Worth retrying on the same connection after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -10,6 +10,7 @@ pub mod config;
 pub mod diagnose;
 pub mod dn;
 pub mod ldap;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod plan;

@@ -118,33 +118,30 @@ enum Command {
     Serve,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // tonic logs refused TLS handshakes (no, expired or foreign client
-        // certificate) at debug level only; operators need to see them.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tonic::transport::server::io_stream=debug"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let telemetry = kcdsync_telemetry::init(
+        "kcdsync-controller",
+        match cli.log_format {
+            LogFormat::Human => kcdsync_telemetry::LogFormat::Human,
+            LogFormat::Json => kcdsync_telemetry::LogFormat::Json,
+        },
+        // tonic logs refused TLS handshakes (no, expired or foreign client
+        // certificate) at debug level only; operators need to see them.
+        "info,tonic::transport::server::io_stream=debug",
+    );
     // One crypto provider, chosen explicitly (see STACK.md pitfalls).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match run(cli).await {
+    let code = match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 fn load(path: &PathBuf) -> Result<Config> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::{Config, Mode};
 use crate::dn::Dn;
@@ -126,6 +127,7 @@ pub struct HostFailure {
 }
 
 /// Reads the managed scope and the configured AD groups.
+#[tracing::instrument(name = "observe", skip_all, fields(entries = tracing::field::Empty))]
 pub async fn observe(cfg: &Config, ad: &Ad) -> Result<Observed, LdapError> {
     let groups: Vec<&Dn> = cfg.groups.iter().filter_map(|g| g.ad_group.as_ref()).collect();
     let mut observed = ad.observe(&cfg.scope, &groups).await?;
@@ -140,7 +142,15 @@ pub async fn observe(cfg: &Config, ad: &Ad) -> Result<Observed, LdapError> {
 
 /// Plans and guards. Pure.
 pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> {
+    let span = tracing::info_span!(
+        "plan",
+        hosts_changed = tracing::field::Empty,
+        pending = tracing::field::Empty
+    );
+    let _entered = span.enter();
     let plan = plan::plan(&cfg.groups, &cfg.scope, observed)?;
+    span.record("hosts_changed", plan.changes.len());
+    crate::metrics::get().drift_detected.add(plan.changes.len() as u64, &[]);
     let (enforce, not_enforced): (Vec<HostChange>, Vec<HostChange>) =
         plan.changes.iter().cloned().partition(|c| c.mode == Mode::Enforce);
     let guarded = plan::guard(&enforce, &cfg.guard);
@@ -381,8 +391,9 @@ pub async fn execute(
 
     // Verify: read back what we wrote; the audit records what AD says now.
     let mut records = Vec::new();
+    let verify_span = tracing::info_span!("verify", hosts = written.len());
     if !written.is_empty() {
-        let after = observe(cfg, ad).await?;
+        let after = observe(cfg, ad).instrument(verify_span.clone()).await?;
         let after_by_dn: HashMap<String, &Computer> = after.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
         let replan = plan::plan(&cfg.groups, &cfg.scope, &after)?;
         let remaining: HashMap<String, &HostChange> = replan.changes.iter().map(|c| (dn_key(&c.dn), c)).collect();
@@ -441,8 +452,12 @@ pub async fn execute(
                 approved_by: approved_by.clone(),
             });
         }
-        store.record_audit(&records).await?;
+        store
+            .record_audit(&records)
+            .instrument(tracing::info_span!("audit", rows = records.len(), plan = plan_id))
+            .await?;
     }
+    crate::metrics::get().drift_repaired.add(records.len() as u64, &[]);
     outcome.applied = records;
 
     let state = if outcome.failures.is_empty() {
@@ -497,7 +512,20 @@ impl ApplyCtx<'_> {
             if self.abort.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            match self.ad.modify_host(&change).await {
+            let span = tracing::info_span!(
+                "ldap.modify",
+                dn = %change.dn,
+                host = %change.host,
+                adds = change.add.len(),
+                removes = change.remove.len(),
+                uac_after = ?change.uac_after,
+                ldap.result_code = tracing::field::Empty
+            );
+            let result = self.ad.modify_host(&change).instrument(span.clone()).await;
+            let rc = result.as_ref().map_or_else(|e| e.rc().unwrap_or(u32::MAX), |_| 0);
+            span.record("ldap.result_code", rc);
+            crate::metrics::get().ldap("modify", rc);
+            match result {
                 Ok(()) => {
                     let before = before.unwrap_or_else(|| Computer {
                         dn: change.dn.clone(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kcdsync_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, watch};
+use tracing::Instrument;
 
 use crate::agents::{self, AgentHub, HubOptions, Trigger};
 use crate::api::{self, ApiState, FleetApi, ReconcileRequest, View};
@@ -205,12 +206,39 @@ impl Loop {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut trigger = "startup".to_owned();
+        let mut parent = String::new();
         let mut approve: Option<Approval> = None;
         let mut reply: Option<tokio::sync::oneshot::Sender<Result<Outcome, String>>> = None;
         let mut failures: u32 = 0;
         loop {
             let started = Instant::now();
-            let result = self.once(&trigger, approve.take()).await;
+            let span = tracing::info_span!(
+                "reconcile",
+                trigger = %trigger,
+                trace_id = tracing::field::Empty,
+                hosts_changed = tracing::field::Empty
+            );
+            kcdsync_telemetry::set_parent(&span, &parent);
+            span.record("trace_id", kcdsync_telemetry::trace_id(&span));
+            let result = self.once(&trigger, approve.take()).instrument(span.clone()).await;
+            if let Ok(o) = &result {
+                span.record("hosts_changed", o.applied.len());
+            }
+            let m = crate::metrics::get();
+            m.reconcile_duration.record(
+                started.elapsed().as_secs_f64(),
+                &[opentelemetry::KeyValue::new(
+                    "result",
+                    if result.is_ok() { "ok" } else { "error" },
+                )],
+            );
+            if let Some(hub) = &self.hub {
+                m.set_gauge(
+                    "kcdsync.agents.connected",
+                    [(String::new(), hub.connected_hosts().len() as u64)],
+                );
+            }
+            parent.clear();
             let wait = match &result {
                 Ok(o) => {
                     failures = 0;
@@ -253,6 +281,8 @@ impl Loop {
             match wake {
                 Wake::Timer => trigger = "timer".into(),
                 Wake::Trigger(all) => {
+                    // The reconcile continues the trace of the first failure.
+                    parent = all[0].traceparent.clone();
                     // One reconcile answers every failure queued so far.
                     let reasons: Vec<&str> = all.iter().map(|t| t.reason.as_str()).collect();
                     trigger = if reasons.len() > 3 {
@@ -262,6 +292,7 @@ impl Loop {
                     };
                 }
                 Wake::Request(r) => {
+                    parent = r.traceparent;
                     trigger = r.trigger;
                     approve = r.approve;
                     reply = Some(r.reply);
@@ -314,7 +345,8 @@ impl Loop {
             for r in &o.applied {
                 let reason = format!("delegation of {} changed by plan {plan}", r.host);
                 let kind = pb::command::Kind::PurgeSystemTickets(pb::PurgeSystemTickets {});
-                match hub.command(&r.host, kind, &reason).await {
+                let span = tracing::info_span!("purge_command", host = %r.host, plan = plan);
+                match hub.command(&r.host, kind, &reason).instrument(span).await {
                     Ok(id) => tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets"),
                     Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
                 }
@@ -363,6 +395,31 @@ impl Loop {
             }
         }
         self.findings = now;
+        let m = crate::metrics::get();
+        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        for f in &findings {
+            *by_kind.entry(format!("{:?}", f.kind)).or_default() += 1;
+        }
+        m.set_gauge("kcdsync.findings", by_kind);
+        let facts = snapshot.facts(cfg, stale_ms, now_ms());
+        let (mut ready, mut not_ready) = (0u64, 0u64);
+        for g in &cfg.groups {
+            for c in facts.members(g) {
+                let name = c.display_name();
+                if findings
+                    .iter()
+                    .any(|f| f.severity == diagnose::Severity::Critical && f.hosts.contains(&name))
+                {
+                    not_ready += 1;
+                } else {
+                    ready += 1;
+                }
+            }
+        }
+        m.set_gauge(
+            "kcdsync.hosts",
+            [("ready".to_owned(), ready), ("not_ready".to_owned(), not_ready)],
+        );
         if let Some(api) = &self.api {
             api.publish(View {
                 cfg: cfg.clone(),

@@ -1,0 +1,91 @@
+//! The controller's OpenTelemetry instruments (no-ops without an exporter).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
+
+pub struct Metrics {
+    pub reconcile_duration: Histogram<f64>,
+    pub ldap_operations: Counter<u64>,
+    pub drift_detected: Counter<u64>,
+    pub drift_repaired: Counter<u64>,
+    pub attempts: Counter<u64>,
+    /// Values the observable gauges report: (name, attribute) -> value.
+    gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
+}
+
+/// The instruments, created on first use (after telemetry is initialised).
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let meter = kcdsync_telemetry::meter();
+        let gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>> = Arc::default();
+        for (name, key, description) in [
+            ("kcdsync.hosts", "readiness", "grouped hosts by readiness"),
+            ("kcdsync.findings", "kind", "current findings by kind"),
+            ("kcdsync.agents.connected", "", "agents with an open stream"),
+        ] {
+            let g = gauges.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    for ((n, attr), v) in g.lock().unwrap().iter() {
+                        if *n == name {
+                            let attrs = if key.is_empty() {
+                                vec![]
+                            } else {
+                                vec![KeyValue::new(key, attr.clone())]
+                            };
+                            o.observe(*v, &attrs);
+                        }
+                    }
+                })
+                .build();
+        }
+        Metrics {
+            reconcile_duration: meter
+                .f64_histogram("kcdsync.reconcile.duration")
+                .with_unit("s")
+                .with_description("reconcile wall time")
+                .build(),
+            ldap_operations: meter
+                .u64_counter("kcdsync.ldap.operations")
+                .with_description("LDAP operations by operation and result code")
+                .build(),
+            drift_detected: meter
+                .u64_counter("kcdsync.drift.detected")
+                .with_description("hosts found differing")
+                .build(),
+            drift_repaired: meter
+                .u64_counter("kcdsync.drift.repaired")
+                .with_description("hosts written and verified")
+                .build(),
+            attempts: meter
+                .u64_counter("kcdsync.migration.attempts")
+                .with_description("live-migration attempts reported by agents, by result and error code")
+                .build(),
+            gauges,
+        }
+    })
+}
+
+impl Metrics {
+    /// Replaces the values of one observable gauge.
+    pub fn set_gauge(&self, name: &'static str, values: impl IntoIterator<Item = (String, u64)>) {
+        let mut g = self.gauges.lock().unwrap();
+        g.retain(|(n, _), _| *n != name);
+        for (attr, v) in values {
+            g.insert((name, attr), v);
+        }
+    }
+
+    pub fn ldap(&self, op: &'static str, rc: u32) {
+        self.ldap_operations.add(
+            1,
+            &[KeyValue::new("operation", op), KeyValue::new("result_code", rc as i64)],
+        );
+    }
+}
