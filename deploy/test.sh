@@ -3,6 +3,9 @@
 # AD DC + KDC brought up on loopback by deploy/lab/lab.sh (which installs its
 # Debian packages when they are missing). The lab is stopped again at the end
 # if this script started it; KCDSYNC_KEEP_LAB=1 leaves it running.
+# The store tests also run on PostgreSQL: deploy/pg/pg.sh brings up a throwaway
+# cluster on 127.0.0.1 (installing postgresql when missing), stopped again at
+# the end if this script started it; KCDSYNC_KEEP_PG=1 leaves it running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +14,24 @@ started_lab=0
 if ! bash "$lab" status >/dev/null 2>&1; then
     started_lab=1
 fi
+pg=deploy/pg/pg.sh
+started_pg=0
+if ! bash "$pg" status >/dev/null 2>&1; then
+    started_pg=1
+fi
 log=$(mktemp)
-trap 'rm -f "$log"; [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && bash "$lab" down >/dev/null 2>&1; true' EXIT
+trap 'rm -f "$log"
+      [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab" down >/dev/null 2>&1 || true; }
+      [[ $started_pg == 1 && ${KCDSYNC_KEEP_PG:-0} != 1 ]] && { bash "$pg" down >/dev/null 2>&1 || true; }
+      true' EXIT
 bash "$lab" up
+# pg.sh prints the export lines of KCDSYNC_PG_URL / KCDSYNC_PG_ADMIN_URL (they
+# hold passwords: kept out of the log). With KCDSYNC_REQUIRE_PG=1 the
+# PostgreSQL variants of the store tests fail instead of skipping when the
+# cluster cannot be reached.
+pg_env=$(bash "$pg" up)
+eval "$pg_env"
+export KCDSYNC_REQUIRE_PG=1
 
 cargo fmt --all -- --check
 # The CLI tests run the real binaries, so build them first.

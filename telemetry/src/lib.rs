@@ -20,6 +20,7 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
 pub use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -121,15 +122,28 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
         None
     };
 
-    let otel = tracer
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("kcdsync")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Log verbosity (RUST_LOG) must not decide what is traced: the trace
+    // layer has its own filter (KCDSYNC_TRACE_FILTER, default info).
+    let trace_filter = std::env::var("KCDSYNC_TRACE_FILTER")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let otel = tracer.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("kcdsync"))
+            .with_filter(trace_filter)
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Human => registry.with(fmt).init(),
+        LogFormat::Human => registry.with(fmt.with_filter(filter)).init(),
         LogFormat::Json => registry
-            .with(fmt.json().with_current_span(true).with_span_list(false))
+            .with(
+                fmt.json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_filter(filter),
+            )
             .init(),
     }
     for p in problems {

@@ -194,6 +194,12 @@ async fn a_remediation_is_one_trace_and_no_secret_leaks() {
         .to_owned();
     let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(logs.contains("reconciled"), "logs were captured");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("ldap") && l.contains(&attempt.trace_id))
+            || logs.contains(&format!("\"trace_id\":\"{}\"", attempt.trace_id)),
+        "log lines inside the remediation carry its trace id"
+    );
     for secret in [svc_password.as_str(), READ_TOKEN, WRITE_TOKEN, otl01.password.as_str()] {
         assert!(!logs.contains(secret), "a secret is in the logs");
         for s in &spans {

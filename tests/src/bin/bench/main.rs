@@ -69,6 +69,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         report_every_ms: u64,
     },
+    /// A no-op reconcile of N hosts with OTLP export on vs off.
+    OtelOverhead {
+        #[arg(long, default_value_t = 2000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
+    /// (internal) Runs no-op reconciles in-process and prints their median (ms).
+    #[command(hide = true)]
+    OtelChild {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        rounds: usize,
+    },
     /// (internal) The agent endpoint child process of `agents`.
     #[command(hide = true)]
     AgentEndpoint {
@@ -101,6 +116,8 @@ fn main() -> Result<()> {
             agents::run(agents, messages, bin)
         }
         Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
+        Cmd::OtelOverhead { hosts, rounds } => otel_overhead(hosts, rounds),
+        Cmd::OtelChild { config, rounds } => otel_child(&config, rounds),
         Cmd::Api {
             hosts,
             group_size,
@@ -379,4 +396,136 @@ fn controller_bin() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// `otel-overhead`: a no-op reconcile of N hosts with OTLP export on (to an
+/// in-process receiver on loopback) vs off, alternating, in one run.
+fn otel_overhead(n: usize, rounds: usize) -> Result<()> {
+    let lab = Lab::start();
+    let ou_dn = format!("OU=bench-otel,{}", lab.fleet_ou());
+    let (groups, _) = seed(lab, &ou_dn, n, 16, WORKSTATION | T2A4D)?;
+    let work = tempfile::tempdir()?;
+    let cfg_path = work.path().join("kcdsync.toml");
+    std::fs::write(&cfg_path, fleet_config(lab, &ou_dn, &groups, n))?;
+    let bin = controller_bin()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let receiver = rt.block_on(kcdsync_tests::otlp::Receiver::start());
+    let apply = |export: bool| -> Result<Duration> {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--config"])
+            .arg(&cfg_path)
+            .args(["apply", "--output", "json"])
+            .env("RUST_LOG", "warn");
+        if export {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+        } else {
+            cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
+        let t = Instant::now();
+        let out = cmd.output()?;
+        let d = t.elapsed();
+        ensure!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(v["applied"].as_array().is_some_and(Vec::is_empty), "not a no-op");
+        Ok(d)
+    };
+    apply(false)?; // warm the store and caches
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // Alternate the order so drift in the DC's state hits both alike.
+        if r % 2 == 0 {
+            off.push(apply(false)?);
+            on.push(apply(true)?);
+        } else {
+            on.push(apply(true)?);
+            off.push(apply(false)?);
+        }
+    }
+    let spans = receiver.spans().len();
+    ensure!(spans > 0, "the exporter sent no spans");
+    let (off_m, on_m) = (median(&mut off), median(&mut on));
+
+    // The reconcile itself, as `serve` runs it: many reconciles in one
+    // process, export in the background.
+    let exe = std::env::current_exe()?;
+    let child = |export: bool| -> Result<f64> {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["otel-child", "--config"])
+            .arg(&cfg_path)
+            .args(["--rounds", &rounds.to_string()])
+            .env("RUST_LOG", "warn");
+        if export {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+        } else {
+            cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "otel-child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    let (mut c_off, mut c_on) = (Vec::new(), Vec::new());
+    for r in 0..4 {
+        if r % 2 == 0 {
+            c_off.push(child(false)?);
+            c_on.push(child(true)?);
+        } else {
+            c_on.push(child(true)?);
+            c_off.push(child(false)?);
+        }
+    }
+    c_off.sort_by(f64::total_cmp);
+    c_on.sort_by(f64::total_cmp);
+    let (co, cn) = (c_off[c_off.len() / 2], c_on[c_on.len() / 2]);
+    println!("OTLP overhead, no-op reconcile of {n} hosts, export on vs off, alternating, one run:");
+    println!(
+        "  in a long-running controller ({} reconciles per process, 4 processes each): {co:.1} ms off, {cn:.1} ms on -> {:+.1}% (goal <= 5%)",
+        rounds,
+        (cn / co - 1.0) * 100.0
+    );
+    println!(
+        "  one-shot `kcdsync-controller apply` process (incl. exporter connect and final flush): {:.3} s off, {:.3} s on -> {:+.1}%; {} spans received",
+        off_m.as_secs_f64(),
+        on_m.as_secs_f64(),
+        (on_m.as_secs_f64() / off_m.as_secs_f64() - 1.0) * 100.0,
+        receiver.spans().len()
+    );
+    let admin = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
+    let _ = ldap_tool(lab, "ldapdelete", admin.0, admin.1, &["-r", &ou_dn], None);
+    Ok(())
+}
+
+fn otel_child(config: &Path, rounds: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let telemetry = kcdsync_telemetry::init("kcdsync-bench", kcdsync_telemetry::LogFormat::Human, "warn");
+        let cfg = kcdsync_controller::config::Config::load(config)?;
+        let ad = kcdsync_controller::ldap::Ad::connect(&cfg.ad).await?;
+        let store = kcdsync_controller::store::Store::open(&cfg.store_url).await?;
+        let mut times = Vec::new();
+        for i in 0..rounds + 1 {
+            let span = tracing::info_span!("reconcile", round = i);
+            let t = Instant::now();
+            let o = tracing::Instrument::instrument(
+                kcdsync_controller::reconcile::reconcile(&cfg, &ad, &store, Default::default()),
+                span,
+            )
+            .await?;
+            ensure!(o.applied.is_empty(), "not a no-op");
+            if i > 0 {
+                times.push(t.elapsed());
+            }
+        }
+        println!("{:.3}", median(&mut times).as_secs_f64() * 1e3);
+        telemetry.shutdown();
+        Ok(())
+    })
 }
