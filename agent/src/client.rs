@@ -274,8 +274,20 @@ async fn session<P: HostProbe>(
     }))
     .await
     .map_err(|e| (e, false))?;
+    // The client span of the stream, per the RPC conventions; it ends with
+    // the session. Attempts start traces of their own, not children of it.
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = "kcdsync.v1.AgentService/Session",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "kcdsync.v1.AgentService",
+        rpc.method = "Session",
+    );
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    kcdsync_telemetry::inject_metadata(&span, request.metadata_mut());
     let mut inbound = client
-        .session(ReceiverStream::new(rx))
+        .session(request)
         .await
         .map_err(|s| (ClientError::Refused(s), false))?
         .into_inner();

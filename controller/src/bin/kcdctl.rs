@@ -119,7 +119,15 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(async {
+        // Exports only when OTEL_EXPORTER_OTLP_ENDPOINT is set; then the
+        // controller's handling of this call joins the kcdctl trace.
+        let telemetry = kcdsync_telemetry::init("kcdctl", kcdsync_telemetry::LogFormat::Human, "warn");
+        let r = run(cli).await;
+        telemetry.shutdown();
+        r
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -138,6 +146,8 @@ impl tonic::service::Interceptor for Auth {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // The client span of this call (see `run`), as W3C traceparent.
+        kcdsync_telemetry::inject_metadata(&tracing::Span::current(), req.metadata_mut());
         Ok(req)
     }
 }
@@ -262,6 +272,30 @@ async fn all_hosts(c: &mut Client, group: &str) -> Result<Vec<pb::Host>> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let method = match &cli.command {
+        Cmd::Status | Cmd::Hosts { .. } => "ListHosts",
+        Cmd::Findings { .. } => "ListFindings",
+        Cmd::Check { .. } => "CheckMigration",
+        Cmd::Matrix { .. } => "ReadinessMatrix",
+        Cmd::Plans { .. } => "ListPlans",
+        Cmd::Approve { .. } => "ApprovePlan",
+        Cmd::Reject { .. } => "RejectPlan",
+        Cmd::Reconcile => "TriggerReconcile",
+        Cmd::Audit { .. } => "ListAudit",
+        Cmd::Watch => "Watch",
+    };
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %format!("kcdsync.v1.FleetService/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "kcdsync.v1.FleetService",
+        rpc.method = method,
+    );
+    tracing::Instrument::instrument(run_in(cli), span).await
+}
+
+async fn run_in(cli: Cli) -> Result<()> {
     let mut c = connect(&cli).await?;
     let out = cli.output;
     match cli.command {
