@@ -254,20 +254,7 @@ pub async fn execute(
                         Some("AD changed before approval"),
                     )
                     .await?;
-                let new = if decision.pending.is_empty() {
-                    None
-                } else {
-                    Some(
-                        store
-                            .create_plan(
-                                PlanState::PendingApproval,
-                                &opts.trigger,
-                                &decision.pending,
-                                &decision.pending_reasons,
-                            )
-                            .await?,
-                    )
-                };
+                let new = store_pending(store, decision, &opts.trigger, false).await?;
                 return Err(ReconcileError::Superseded { old: stored.id, new });
             }
             store
@@ -295,23 +282,7 @@ pub async fn execute(
             (full, Part::Full, Some(stored.id), Some(approval.by.clone()))
         }
         None => {
-            let pending = if decision.pending.is_empty() {
-                None
-            } else {
-                match store.find_pending(&decision.pending).await? {
-                    Some(id) => Some(id),
-                    None => Some(
-                        store
-                            .create_plan(
-                                PlanState::PendingApproval,
-                                &opts.trigger,
-                                &decision.pending,
-                                &decision.pending_reasons,
-                            )
-                            .await?,
-                    ),
-                }
-            };
+            let pending = store_pending(store, decision, &opts.trigger, true).await?;
             store.supersede_pending(pending).await?;
             outcome.pending_plan = pending;
             (guarded.auto.clone(), Part::Additive, None, None)
@@ -479,6 +450,31 @@ pub async fn execute(
         });
     }
     Ok(outcome)
+}
+
+/// Stores what waits for approval as a pending plan (none when nothing
+/// waits); with `reuse`, an identical pending plan is answered instead.
+async fn store_pending(
+    store: &Store,
+    decision: &Decision,
+    trigger: &str,
+    reuse: bool,
+) -> Result<Option<i64>, StoreError> {
+    if decision.pending.is_empty() {
+        return Ok(None);
+    }
+    if reuse && let Some(id) = store.find_pending(&decision.pending).await? {
+        return Ok(Some(id));
+    }
+    let id = store
+        .create_plan(
+            PlanState::PendingApproval,
+            trigger,
+            &decision.pending,
+            &decision.pending_reasons,
+        )
+        .await?;
+    Ok(Some(id))
 }
 
 fn dn_key(dn: &str) -> String {

@@ -293,3 +293,19 @@ impl tonic::service::Interceptor for BearerToken {
         Ok(req)
     }
 }
+
+/// A simulated host whose migrations are real S4U checks against the lab
+/// KDC, with the host's password in `dir`.
+pub fn kerberized_probe(lab: &crate::Lab, host: &crate::TestHost, dir: &Path) -> SimulatedProbe {
+    std::fs::write(dir.join("pw"), &host.password).unwrap();
+    let h = toml_host(&format!(
+        "fqdn = \"{}\"\nnetbios = \"{}\"\n[kerberos]\nkrb5_config = \"{}\"\nprincipal = \"{}$@{}\"\npassword_file = \"{}\"\n",
+        host.fqdn,
+        host.netbios,
+        lab.krb5_conf(),
+        host.netbios,
+        lab.realm(),
+        dir.join("pw").display()
+    ));
+    SimulatedProbe::new(h, &dir.join("host")).expect("simulated probe")
+}

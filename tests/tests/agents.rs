@@ -421,16 +421,7 @@ async fn a_simulated_migration_is_the_kdcs_verdict() {
         .await
         .unwrap();
     let state = tempfile::tempdir().unwrap();
-    let src = fleet.host("SIM01");
-    std::fs::write(state.path().join("pw"), &src.password).unwrap();
-    let host = toml_host(&format!(
-        "fqdn = \"{}\"\nnetbios = \"SIM01\"\n[kerberos]\nkrb5_config = \"{}\"\nprincipal = \"SIM01$@{}\"\npassword_file = \"{}\"\n",
-        src.fqdn,
-        lab.krb5_conf(),
-        lab.realm(),
-        state.path().join("pw").display()
-    ));
-    let probe = kcdsync_agent::probe::simulated::SimulatedProbe::new(host, &state.path().join("host")).unwrap();
+    let probe = kerberized_probe(lab, fleet.host("SIM01"), state.path());
     let peer = &fleet.host("SIM02").fqdn;
 
     let before = probe.migrate("vm1", peer, "sim-alice", None).await;

@@ -5,26 +5,10 @@
 use std::time::{Duration, Instant};
 
 use kcdsync_agent::probe::HostProbe;
-use kcdsync_agent::probe::simulated::SimulatedProbe;
 use kcdsync_controller::server;
 use kcdsync_proto::v1 as pb;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::*;
-
-/// A simulated host whose migrations are real S4U checks against the lab KDC.
-fn kerberized(lab: &Lab, host: &TestHost, dir: &std::path::Path) -> SimulatedProbe {
-    std::fs::write(dir.join("pw"), &host.password).unwrap();
-    let h = toml_host(&format!(
-        "fqdn = \"{}\"\nnetbios = \"{}\"\n[kerberos]\nkrb5_config = \"{}\"\nprincipal = \"{}$@{}\"\npassword_file = \"{}\"\n",
-        host.fqdn,
-        host.netbios,
-        lab.krb5_conf(),
-        host.netbios,
-        lab.realm(),
-        dir.join("pw").display()
-    ));
-    SimulatedProbe::new(h, &dir.join("host")).unwrap()
-}
 
 #[tokio::test]
 async fn a_failed_migration_is_diagnosed_fixed_and_retried_successfully() {
@@ -54,7 +38,7 @@ async fn a_failed_migration_is_diagnosed_fixed_and_retried_successfully() {
     lab.set_uac(&rem01.dn, WORKSTATION).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let probe = std::sync::Arc::new(kerberized(lab, rem01, dir.path()));
+    let probe = std::sync::Arc::new(kerberized_probe(lab, rem01, dir.path()));
     let url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
     let agent = SimAgent::start_with(probe.clone(), dir.path(), settings(&url, pki.agent_tls(&rem01.fqdn)));
 
@@ -139,7 +123,7 @@ async fn in_plan_mode_a_failure_yields_findings_and_a_pending_plan_but_no_write(
     let before = lab.read_host(&pln01.dn).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let probe = std::sync::Arc::new(kerberized(lab, pln01, dir.path()));
+    let probe = std::sync::Arc::new(kerberized_probe(lab, pln01, dir.path()));
     let url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
     let agent = SimAgent::start_with(probe.clone(), dir.path(), settings(&url, pki.agent_tls(&pln01.fqdn)));
     let failed = probe.migrate("vm1", &fleet.host("PLN02").fqdn, "pln-alice", None).await;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcdsync_agent::probe::simulated::SimulatedProbe;
 use kcdsync_controller::server;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::otlp::{Receiver, SpanRecord};
@@ -75,15 +74,7 @@ async fn a_remediation_is_one_trace_and_no_secret_leaks() {
     lab.set_uac(&otl01.dn, WORKSTATION).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pw"), &otl01.password).unwrap();
-    let host = toml_host(&format!(
-        "fqdn = \"{}\"\nnetbios = \"OTL01\"\n[kerberos]\nkrb5_config = \"{}\"\nprincipal = \"OTL01$@{}\"\npassword_file = \"{}\"\n",
-        otl01.fqdn,
-        lab.krb5_conf(),
-        lab.realm(),
-        dir.path().join("pw").display()
-    ));
-    let probe = Arc::new(SimulatedProbe::new(host, &dir.path().join("host")).unwrap());
+    let probe = Arc::new(kerberized_probe(lab, otl01, dir.path()));
     let url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
     let agent = SimAgent::start_with(probe.clone(), dir.path(), settings(&url, pki.agent_tls(&otl01.fqdn)));
     let failed = probe
