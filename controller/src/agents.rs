@@ -254,7 +254,7 @@ impl AgentService for AgentHub {
             .as_ref()
             .map(|i| i.fqdn.to_lowercase())
             .unwrap_or_default();
-        if claimed.is_empty() || !names.iter().any(|n| *n == claimed) {
+        if claimed.is_empty() || !names.contains(&claimed) {
             tracing::warn!(%remote, certificate = ?names, claimed, "agent refused: its certificate is not for the host it claims");
             return Err(Status::permission_denied(format!(
                 "this certificate is for {names:?}, not for `{claimed}`: issue the agent a certificate for its own FQDN"

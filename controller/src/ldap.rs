@@ -35,7 +35,7 @@ pub enum LdapError {
     Connect {
         url: String,
         #[source]
-        source: ldap3::LdapError,
+        source: Box<ldap3::LdapError>,
     },
     #[error("bind as {dn} refused: invalid credentials (check the password file or variable)")]
     BadCredentials { dn: String },
@@ -55,7 +55,7 @@ pub enum LdapError {
     Protocol {
         op: String,
         #[source]
-        source: ldap3::LdapError,
+        source: Box<ldap3::LdapError>,
     },
 }
 
@@ -94,7 +94,10 @@ impl LdapError {
 
 fn protocol(op: impl Into<String>) -> impl FnOnce(ldap3::LdapError) -> LdapError {
     let op = op.into();
-    move |source| LdapError::Protocol { op, source }
+    move |source| LdapError::Protocol {
+        op,
+        source: Box::new(source),
+    }
 }
 
 /// Builds the rustls client config that trusts exactly the given CA file.
@@ -143,7 +146,7 @@ impl Ad {
             .await
             .map_err(|source| LdapError::Connect {
                 url: cfg.url.clone(),
-                source,
+                source: Box::new(source),
             })?;
         ldap3::drive!(conn);
         let res = ldap

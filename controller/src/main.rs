@@ -144,7 +144,7 @@ async fn main() -> std::process::ExitCode {
     code
 }
 
-fn load(path: &PathBuf) -> Result<Config> {
+fn load(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))
 }
 

@@ -849,7 +849,7 @@ mod tests {
     #[test]
     fn a_domain_controller_in_a_group_is_an_error() {
         let mut dc = computer("DC1", SERVER_TRUST_ACCOUNT | TRUSTED_FOR_DELEGATION, &[]);
-        dc.dn = format!("CN=DC1,OU=Domain Controllers,DC=lab,DC=test");
+        dc.dn = "CN=DC1,OU=Domain Controllers,DC=lab,DC=test".to_string();
         let e = plan(
             &[group("a", Mode::Enforce, &["hv01", "dc1"], &[])],
             &scope(),

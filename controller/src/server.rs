@@ -193,7 +193,7 @@ enum Wake {
     Timer,
     Trigger(Vec<Trigger>),
     Request(ReconcileRequest),
-    Reload(Config),
+    Reload(Box<Config>),
     Stop,
 }
 
@@ -275,7 +275,7 @@ impl Loop {
                     Wake::Trigger(all)
                 }
                 Some(r) = requests.recv() => Wake::Request(r),
-                Some(c) = reloads.recv() => Wake::Reload(c),
+                Some(c) = reloads.recv() => Wake::Reload(Box::new(c)),
                 _ = stop.wait_for(|v| *v) => Wake::Stop,
             };
             match wake {
@@ -298,7 +298,7 @@ impl Loop {
                     reply = Some(r.reply);
                 }
                 Wake::Reload(c) => {
-                    self.cfg = Arc::new(c);
+                    self.cfg = Arc::new(*c);
                     trigger = "config".into();
                 }
                 Wake::Stop => break,

@@ -1393,7 +1393,7 @@ mod tests {
         s.ingest(&IngestBatch {
             reports: vec![("hv01.lab.test".into(), report("hv01\0.lab.test", 1))],
             attempts: vec![("hv01.lab.test".into(), {
-                let mut a = attempt("n\01", Some(1_700_000_000_000), false, "bad\0message");
+                let mut a = attempt("n\u{0}1", Some(1_700_000_000_000), false, "bad\0message");
                 a.vm_name = "vm\0".into();
                 a.peer = "\0".into();
                 a.account = "LAB\\\0x".into();
@@ -1428,11 +1428,11 @@ mod tests {
         assert_eq!(plan.changes, vec![change("CN=HV\0,DC=x")], "JSON escapes NUL itself");
         assert_eq!(plan.decided_by.as_deref(), Some("alice\u{FFFD}"));
         assert_eq!(plan.note.as_deref(), Some("no\u{FFFD}pe"));
-        let mut rec = audit_record(p, "hv\001.lab.test", now_ms());
+        let mut rec = audit_record(p, "hv\u{0}01.lab.test", now_ms());
         rec.trigger = "\0".into();
         rec.approved_by = Some("bob\0".into());
         s.record_audit(&[rec]).await.unwrap();
-        let got = s.audit(Some("hv\001.lab.test"), 10).await.unwrap();
+        let got = s.audit(Some("hv\u{0}01.lab.test"), 10).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].host, "hv\u{FFFD}01.lab.test");
         assert_eq!(got[0].dn, "CN=hv\u{FFFD}01.lab.test,DC=x");

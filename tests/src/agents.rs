@@ -251,9 +251,7 @@ pub fn controller_config(
         ),
     )
     .unwrap();
-    let extra = format!(
-        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n"
-    );
+    let extra = "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n".to_string();
     let text = fleet.config(lab, crate::BindAs::Svc, mode, members, &extra);
     let path = pki.path("kcdsync.toml");
     std::fs::write(&path, text).unwrap();

@@ -188,7 +188,7 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
     let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
     let (svc, svc_pw) = (lab.var("LAB_SVC_DN"), lab.var("LAB_SVC_PASS_FILE"));
 
-    let (groups, values) = seed(&lab, &ou_dn, n, group_size, WORKSTATION)?;
+    let (groups, values) = seed(lab, &ou_dn, n, group_size, WORKSTATION)?;
 
     // The floor: the minimal LDIF making the same change, one ldapmodify.
     let mut minimal = String::new();
@@ -205,7 +205,7 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
     }
 
     let work = tempfile::tempdir()?;
-    let cfg = fleet_config(&lab, &ou_dn, &groups, n);
+    let cfg = fleet_config(lab, &ou_dn, &groups, n);
     let cfg_path = work.path().join("kcdsync.toml");
     std::fs::write(&cfg_path, cfg)?;
     let bin = controller_bin()?;
@@ -235,11 +235,11 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
     ];
     let (mut floor, mut conv, mut noop, mut search) = (vec![], vec![], vec![], vec![]);
     for r in 1..=rounds {
-        ldap_tool(&lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
-        let (t, _) = timed(|| ldap_tool(&lab, "ldapmodify", svc, svc_pw, &[], Some(&minimal)))?;
+        ldap_tool(lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
+        let (t, _) = timed(|| ldap_tool(lab, "ldapmodify", svc, svc_pw, &[], Some(&minimal)))?;
         floor.push(t);
 
-        ldap_tool(&lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
+        ldap_tool(lab, "ldapmodify", admin, admin_pw, &[], Some(&reset))?;
         let (t, v) = timed(|| apply(&cfg_path))?;
         let written = v["applied"].as_array().map(Vec::len).unwrap_or(0);
         ensure!(
@@ -248,21 +248,21 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
         );
         conv.push(t);
 
-        let usn = highest_usn(&lab)?;
+        let usn = highest_usn(lab)?;
         let (t, v) = timed(|| apply(&cfg_path))?;
         ensure!(
             v["applied"].as_array().is_some_and(Vec::is_empty),
             "round {r}: the no-op apply wrote something"
         );
         ensure!(
-            highest_usn(&lab)? == usn,
+            highest_usn(lab)? == usn,
             "round {r}: the no-op apply changed AD (highestCommittedUSN moved)"
         );
         noop.push(t);
 
         let mut args = vec!["-LLL", "-E", "pr=500/noprompt", "-b", &ou_dn, "(objectClass=computer)"];
         args.extend(attrs);
-        let (t, out) = timed(|| ldap_tool(&lab, "ldapsearch", svc, svc_pw, &args, None))?;
+        let (t, out) = timed(|| ldap_tool(lab, "ldapsearch", svc, svc_pw, &args, None))?;
         ensure!(
             out.matches("\ndn: ").count() + 1 >= n,
             "round {r}: ldapsearch returned too few entries"
@@ -302,7 +302,7 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
         let kept = work.keep();
         println!("kept {ou_dn} and the config {}", kept.join("kcdsync.toml").display());
     } else {
-        let _ = ldap_tool(&lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
+        let _ = ldap_tool(lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
     }
     Ok(())
 }
@@ -315,7 +315,7 @@ pub fn seed(lab: &Lab, ou_dn: &str, n: usize, group_size: usize, uac: u32) -> Re
     let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
     // Seed: N computers, groups of `group_size`, full mesh, userAccountControl as given.
     eprintln!("seeding {n} hosts in groups of {group_size} under {ou_dn} ...");
-    let _ = ldap_tool(lab, "ldapdelete", admin, admin_pw, &["-r", &ou_dn], None);
+    let _ = ldap_tool(lab, "ldapdelete", admin, admin_pw, &["-r", ou_dn], None);
     let ou_name = ou_dn.split(',').next().unwrap_or_default().trim_start_matches("OU=");
     let mut ldif = format!("dn: {ou_dn}\nobjectClass: organizationalUnit\nou: {ou_name}\n\n");
     let groups: Vec<Vec<usize>> = (0..n)
