@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 
 use crate::config::{ApiConfig, Config, Mode, Role};
@@ -66,6 +66,9 @@ pub struct ApiState {
     ad: tokio::sync::Mutex<Option<Ad>>,
     auth: Auth,
     stale_after_ms: i64,
+    /// With `[replica]`: this replica's id and the epoch of the leader lease it holds (`None`:
+    /// a follower). Without, this controller always writes.
+    leadership: Option<(String, watch::Receiver<Option<i64>>)>,
 }
 
 impl ApiState {
@@ -92,7 +95,33 @@ impl ApiState {
                 write_clients: api.write_clients.clone(),
             },
             stale_after_ms,
+            leadership: None,
         }
+    }
+
+    /// Makes write RPCs depend on holding the leader lease (`[replica]`).
+    pub fn with_leadership(mut self, id: String, leader: watch::Receiver<Option<i64>>) -> ApiState {
+        self.leadership = Some((id, leader));
+        self
+    }
+
+    /// Write RPCs run on the leader only: a follower answers FAILED_PRECONDITION naming the
+    /// leader's advertised API address, for the caller to retry there.
+    async fn require_leader(&self) -> Result<(), Status> {
+        let Some((id, leader)) = &self.leadership else {
+            return Ok(());
+        };
+        if leader.borrow().is_some() {
+            return Ok(());
+        }
+        let lease = self.store.lease(crate::server::LEADER_LEASE).await.ok().flatten();
+        let leader = match lease {
+            Some(l) if l.holder != *id && l.expires_at_ms >= crate::store::now_ms() => l.address,
+            _ => "unknown (no replica holds the lease right now; retry shortly)".to_owned(),
+        };
+        Err(Status::failed_precondition(format!(
+            "this replica is a follower; the leader is {leader}"
+        )))
     }
 
     pub fn publish(&self, view: View) {
@@ -161,7 +190,11 @@ impl ApiState {
         rx.await
             .map_err(|_| Status::unavailable("the reconciler stopped"))?
             .map_err(|e| {
-                if e.contains("not pending approval") || e.contains("no longer matches AD") {
+                if e.contains("not pending approval")
+                    || e.contains("no longer matches AD")
+                    || e.contains("this replica is a follower")
+                    || e.contains("no longer holds the leader lease")
+                {
                     Status::failed_precondition(e)
                 } else if e.contains("does not exist") {
                     Status::not_found(e)
@@ -592,6 +625,7 @@ impl FleetService for FleetApi {
 
     async fn approve_plan(&self, req: Request<pb::ApprovePlanRequest>) -> Result<Response<pb::Plan>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "ApprovePlan")?;
+        self.state.require_leader().await?;
         let id = parse_plan_id(&req.into_inner().id)?;
         self.state
             .reconcile("api".into(), Some(Approval { plan_id: id, by: who }))
@@ -608,6 +642,7 @@ impl FleetService for FleetApi {
 
     async fn reject_plan(&self, req: Request<pb::RejectPlanRequest>) -> Result<Response<pb::Plan>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "RejectPlan")?;
+        self.state.require_leader().await?;
         let r = req.into_inner();
         let id = parse_plan_id(&r.id)?;
         let store = &self.state.store;
@@ -640,6 +675,7 @@ impl FleetService for FleetApi {
         req: Request<pb::TriggerReconcileRequest>,
     ) -> Result<Response<pb::TriggerReconcileResponse>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "TriggerReconcile")?;
+        self.state.require_leader().await?;
         let o = self.state.reconcile(format!("api:{who}"), None).await?;
         Ok(Response::new(pb::TriggerReconcileResponse {
             plan_id: o.plan_id.map(|p| p.to_string()).unwrap_or_default(),

@@ -66,6 +66,7 @@ struct RawConfig {
     #[serde(default)]
     diagnosis: RawDiagnosis,
     api: Option<RawApi>,
+    replica: Option<RawReplica>,
     #[serde(default, rename = "group")]
     groups: Vec<RawGroup>,
 }
@@ -335,6 +336,69 @@ impl Default for RawGuard {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    id: Option<String>,
+    #[serde(default = "default_lease_ttl_secs")]
+    lease_ttl_secs: u64,
+    advertise: Option<String>,
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    15
+}
+
+/// Several controllers on one PostgreSQL store (`[replica]`): only the holder of the leader
+/// lease writes AD; the others serve agents and the read API.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's name in the lease (default: hostname + pid).
+    pub id: String,
+    /// The lease lasts this long unless renewed (every third of it).
+    pub lease_ttl: Duration,
+    /// The API address followers name as the leader's (default: the API listen address).
+    pub advertise: String,
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "kcdsync".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn validate_replica(raw: RawReplica, store_url: &str, api: Option<&ApiConfig>) -> Result<ReplicaConfig, ConfigError> {
+    if !(store_url.starts_with("postgres://") || store_url.starts_with("postgresql://")) {
+        return Err(invalid(
+            "replica",
+            "several replicas need a shared PostgreSQL store: set store.url = \"postgres://...\" (an SQLite store is one controller's own; remove [replica] to run a single controller)",
+        ));
+    }
+    if raw.lease_ttl_secs == 0 {
+        return Err(invalid("replica.lease_ttl_secs", "must be at least 1"));
+    }
+    let id = match raw.id {
+        Some(id) if id.trim().is_empty() => return Err(invalid("replica.id", "must not be empty")),
+        Some(id) => id,
+        None => default_replica_id(),
+    };
+    let advertise = match raw.advertise {
+        Some(a) if a.trim().is_empty() => return Err(invalid("replica.advertise", "must not be empty")),
+        Some(a) => a,
+        None => api.map(|a| a.listen.to_string()).unwrap_or_else(|| "(no API)".into()),
+    };
+    Ok(ReplicaConfig {
+        id,
+        lease_ttl: Duration::from_secs(raw.lease_ttl_secs),
+        advertise,
+    })
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
@@ -456,6 +520,8 @@ pub struct Config {
     pub interval: Duration,
     pub agents: Option<AgentsConfig>,
     pub api: Option<ApiConfig>,
+    /// `None`: a single controller, always the writer.
+    pub replica: Option<ReplicaConfig>,
     pub diagnosis: DiagnosisConfig,
     pub groups: Vec<Group>,
 }
@@ -572,16 +638,23 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         });
     }
 
+    let store_url = raw.store.url.unwrap_or_else(|| default_store.to_owned());
+    let api = raw.api.map(|a| validate_api(a, base_dir)).transpose()?;
+    let replica = raw
+        .replica
+        .map(|r| validate_replica(r, &store_url, api.as_ref()))
+        .transpose()?;
     Ok(Config {
         ad,
         scope,
         guard: Guard {
             max_hosts_per_apply: raw.guard.max_hosts_per_apply,
         },
-        store_url: raw.store.url.unwrap_or_else(|| default_store.to_owned()),
+        store_url,
         interval: Duration::from_secs(raw.reconcile.interval_secs),
         agents: raw.agents.map(|a| validate_agents(a, base_dir)).transpose()?,
-        api: raw.api.map(|a| validate_api(a, base_dir)).transpose()?,
+        api,
+        replica,
         diagnosis: DiagnosisConfig {
             require_kerberos: raw.diagnosis.require_kerberos,
             privileged_groups: raw
@@ -810,6 +883,30 @@ base_dns = ["OU=Hyper-V,DC=lab,DC=test"]
             !format!("{c:?}").contains("s3cret"),
             "the password must never reach Debug output"
         );
+    }
+
+    #[test]
+    fn replicas_need_postgres_and_get_defaults() {
+        let g = "\n[[group]]\nname = \"a\"\nmode = \"enforce\"\nhosts = [\"hv01.lab.test\"]\n";
+        let e = err(&format!("{AD}\n[replica]\n{g}"));
+        assert!(e.contains("`replica`") && e.contains("PostgreSQL"), "{e}");
+        let pg = "[store]\nurl = \"postgres://k@db/k\"\n";
+        let c = parse(&format!("{AD}\n{pg}[replica]\n{g}")).unwrap();
+        let r = c.replica.unwrap();
+        assert_eq!(r.lease_ttl, Duration::from_secs(15));
+        assert!(r.id.ends_with(&format!("-{}", std::process::id())), "{}", r.id);
+        let c = parse(&format!(
+            "{AD}\n{pg}[replica]\nid = \"r1\"\nlease_ttl_secs = 2\nadvertise = \"ctl1:7444\"\n{g}"
+        ))
+        .unwrap();
+        let r = c.replica.unwrap();
+        assert_eq!(
+            (r.id.as_str(), r.lease_ttl.as_secs(), r.advertise.as_str()),
+            ("r1", 2, "ctl1:7444")
+        );
+        let e = err(&format!("{AD}\n{pg}[replica]\nlease_ttl_secs = 0\n{g}"));
+        assert!(e.contains("replica.lease_ttl_secs"), "{e}");
+        assert!(parse(&format!("{AD}\n{pg}{g}")).unwrap().replica.is_none());
     }
 
     #[test]

@@ -227,6 +227,7 @@ async fn run(cli: Cli) -> Result<()> {
                 trigger: "cli".into(),
                 approve: approve.map(|plan_id| Approval { plan_id, by: approver }),
                 progress: Some(tx),
+                fence: None,
             };
             let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
             printer.abort();

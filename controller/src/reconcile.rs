@@ -42,6 +42,13 @@ pub enum ReconcileError {
     PlanNotPending { id: i64, state: PlanState },
     #[error("plan {old} no longer matches AD (the fleet changed since it was made){}; nothing was written", match .new { Some(n) => format!(": review plan {n} and approve it instead"), None => ": nothing is held any more".to_owned() })]
     Superseded { old: i64, new: Option<i64> },
+    #[error("this replica no longer holds the leader lease `{lease}` at epoch {epoch} (as {holder}){}: it stopped writing; the current leader reconciles", match .written { 0 => String::new(), n => format!(" after {n} AD writes, which are not audited") })]
+    Fenced {
+        lease: String,
+        holder: String,
+        epoch: i64,
+        written: usize,
+    },
     #[error("{} of {} host changes failed (plan {plan_id}); first: {first}", .failed, .total)]
     Partial {
         plan_id: i64,
@@ -71,6 +78,17 @@ pub struct RunOptions {
     /// Approve this pending plan (and apply it, if it still matches AD).
     pub approve: Option<Approval>,
     pub progress: Option<watch::Sender<Progress>>,
+    /// With several replicas: the lease this run writes under. Checked before every AD modify
+    /// and before the audit; a lost lease aborts the run ([`ReconcileError::Fenced`]).
+    pub fence: Option<Fence>,
+}
+
+/// The leader lease a write must still hold: (name, holder, epoch) as the store has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+    pub epoch: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +250,12 @@ pub async fn execute(
         failures: Vec::new(),
     };
 
+    if let Some(f) = &opts.fence
+        && !still_holds(store, f).await
+    {
+        return Err(fenced(f, 0));
+    }
+
     // What to write now, and under which plan.
     let (to_apply, part, plan_id, approved_by) = match &opts.approve {
         Some(approval) => {
@@ -310,6 +334,7 @@ pub async fn execute(
         let _ = p.send(Progress { done: 0, total });
     }
     let abort = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
     let ctx = ApplyCtx {
         cfg,
         ad,
@@ -317,6 +342,8 @@ pub async fn execute(
         part,
         approved: &approved_intents,
         abort: abort.clone(),
+        fence: opts.fence.as_ref().map(|f| (store, f)),
+        lost: lost.clone(),
     };
     // Owned items, so the stream's futures name no borrowed iterator item
     // (which would keep the whole reconcile from being spawned).
@@ -359,6 +386,12 @@ pub async fn execute(
         }
     }
     drop(results);
+    if let Some(f) = &opts.fence
+        && (lost.load(Ordering::Relaxed) || !still_holds(store, f).await)
+    {
+        // Deposed: the new leader owns AD and the store now; write nothing more.
+        return Err(fenced(f, written.len()));
+    }
 
     // Verify: read back what we wrote; the audit records what AD says now.
     let mut records = Vec::new();
@@ -421,7 +454,13 @@ pub async fn execute(
                 reasons: change.reasons.clone(),
                 trigger: opts.trigger.clone(),
                 approved_by: approved_by.clone(),
+                epoch: opts.fence.as_ref().map_or(0, |f| f.epoch),
             });
+        }
+        if let Some(f) = &opts.fence
+            && !still_holds(store, f).await
+        {
+            return Err(fenced(f, written.len()));
         }
         store
             .record_audit(&records)
@@ -477,6 +516,26 @@ async fn store_pending(
     Ok(Some(id))
 }
 
+/// The fencing check: an unreachable store counts as a lost lease.
+async fn still_holds(store: &Store, f: &Fence) -> bool {
+    match store.holds_lease(&f.lease, &f.holder, f.epoch).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the leader lease; stepping down");
+            false
+        }
+    }
+}
+
+fn fenced(f: &Fence, written: usize) -> ReconcileError {
+    ReconcileError::Fenced {
+        lease: f.lease.clone(),
+        holder: f.holder.clone(),
+        epoch: f.epoch,
+        written,
+    }
+}
+
 fn dn_key(dn: &str) -> String {
     Dn::parse(dn)
         .map(|d| d.normalized())
@@ -490,6 +549,9 @@ struct ApplyCtx<'a> {
     part: Part,
     approved: &'a HashMap<String, Intent>,
     abort: Arc<AtomicBool>,
+    /// The lease every modify must still hold, and whether it was found lost.
+    fence: Option<(&'a Store, &'a Fence)>,
+    lost: Arc<AtomicBool>,
 }
 
 impl ApplyCtx<'_> {
@@ -506,6 +568,13 @@ impl ApplyCtx<'_> {
         let mut transient = 0;
         loop {
             if self.abort.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if let Some((store, f)) = self.fence
+                && !still_holds(store, f).await
+            {
+                self.lost.store(true, Ordering::Relaxed);
+                self.abort.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
             let span = tracing::info_span!(

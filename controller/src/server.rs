@@ -20,9 +20,10 @@ use tracing::Instrument;
 use crate::agents::{self, AgentHub, HubOptions, Trigger};
 use crate::api::{self, ApiState, FleetApi, ReconcileRequest, View};
 use crate::config::Config;
+use crate::config::ReplicaConfig;
 use crate::diagnose;
 use crate::ldap::Ad;
-use crate::reconcile::{self, Approval, Outcome, ReconcileError, RunOptions};
+use crate::reconcile::{self, Approval, Fence, Outcome, ReconcileError, RunOptions};
 use crate::snapshot::Snapshot;
 use crate::store::{Store, now_ms};
 
@@ -36,10 +37,17 @@ pub struct Running {
     pub events: broadcast::Sender<pb::FleetEvent>,
     /// Counts finished reconciles (successful or not).
     pub reconciles: watch::Receiver<u64>,
+    /// The epoch of the leader lease this replica holds; `None` as a follower. Without
+    /// `[replica]` always `Some(0)`: a single controller is always the writer.
+    pub leader: watch::Receiver<Option<i64>>,
     reload: mpsc::Sender<Config>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    lease_task: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The name of the lease whose holder is the one AD writer among replicas.
+pub const LEADER_LEASE: &str = "reconciler";
 
 impl Running {
     /// Replaces the config (groups, modes, guard, AD) from the next
@@ -54,9 +62,40 @@ impl Running {
         let _ = rx.wait_for(|c| *c >= n).await;
     }
 
+    /// Waits until this replica is the leader (at once without `[replica]`); the epoch.
+    pub async fn leading(&self) -> i64 {
+        let mut rx = self.leader.clone();
+        let e = rx.wait_for(|e| e.is_some()).await.map(|e| *e);
+        e.ok().flatten().unwrap_or(0)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.borrow().is_some()
+    }
+
+    /// Stops cleanly: the loop finishes, and a held lease is released so a follower takes over
+    /// at once.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(t) = self.lease_task {
+            let _ = t.await;
+        }
+        self.store.close().await;
+    }
+
+    /// Simulates a crash (for tests): the loop and the lease task are aborted where they are,
+    /// the lease is not released (others wait for it to expire), and the listeners close.
+    pub async fn crash(self) {
+        self.task.abort();
+        if let Some(t) = &self.lease_task {
+            t.abort();
+        }
+        let _ = self.task.await;
+        if let Some(t) = self.lease_task {
+            let _ = t.await;
+        }
+        let _ = self.stop.send(true);
         self.store.close().await;
     }
 }
@@ -121,6 +160,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let (req_tx, requests) = mpsc::channel::<ReconcileRequest>(64);
     let cfg = Arc::new(cfg);
+    let (leader_tx, leader_rx) = watch::channel(if cfg.replica.is_some() { None } else { Some(0) });
+
     let (api_state, api_addr) = match &cfg.api {
         Some(a) => {
             let tls = api::server_tls(a).context("loading the API's TLS files")?;
@@ -128,14 +169,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .await
                 .with_context(|| format!("listening for the fleet API on {}", a.listen))?;
             let addr = listener.local_addr()?;
-            let state = Arc::new(ApiState::new(
-                cfg.clone(),
-                store.clone(),
-                hub.clone(),
-                req_tx,
-                events.clone(),
-                a,
-            ));
+            let mut state = ApiState::new(cfg.clone(), store.clone(), hub.clone(), req_tx, events.clone(), a);
+            if let Some(r) = &cfg.replica {
+                state = state.with_leadership(r.id.clone(), leader_rx.clone());
+            }
+            let state = Arc::new(state);
             let fleet = FleetApi { state: state.clone() };
             let mut s = stop_rx.clone();
             tokio::spawn(async move {
@@ -152,10 +190,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => (None, None),
     };
 
+    // Started once the API is bound: a default advertise address of port 0 names the real port.
+    let lease_task = cfg.replica.clone().map(|mut r| {
+        if let (Some(a), Some(bound)) = (&cfg.api, api_addr)
+            && r.advertise == a.listen.to_string()
+        {
+            r.advertise = bound.to_string();
+        }
+        tokio::spawn(lease_loop(store.clone(), r, leader_tx, stop_rx.clone()))
+    });
     let (reload, reloads) = mpsc::channel(4);
     let (count, reconciles) = watch::channel(0u64);
     let lp = Loop {
         count,
+        leader: leader_rx.clone(),
         cfg,
         store: store.clone(),
         hub: hub.clone(),
@@ -172,14 +220,65 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         api: api_state,
         events,
         reconciles,
+        leader: leader_rx,
         reload,
         stop,
         task,
+        lease_task,
     })
+}
+
+/// Takes and renews the leader lease every third of its TTL, publishing the epoch held (`None`
+/// as a follower). A renewal that fails, times out or finds another holder steps down at once.
+/// On a clean stop a held lease is released.
+async fn lease_loop(
+    store: Store,
+    r: ReplicaConfig,
+    leader: watch::Sender<Option<i64>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ttl_ms = r.lease_ttl.as_millis() as i64;
+    let every = (r.lease_ttl / 3).max(Duration::from_millis(100));
+    loop {
+        let got = tokio::time::timeout(every, store.acquire_lease(LEADER_LEASE, &r.id, &r.advertise, ttl_ms)).await;
+        let epoch = match got {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the leader lease");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = every.as_millis() as u64,
+                    "renewing the leader lease timed out"
+                );
+                None
+            }
+        };
+        let before = *leader.borrow();
+        if before != epoch {
+            match epoch {
+                Some(e) => tracing::info!(replica = %r.id, epoch = e, "leading: this replica writes AD"),
+                None => tracing::warn!(replica = %r.id, "following: another replica holds the leader lease"),
+            }
+            leader.send_replace(epoch);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|v| *v) => break,
+        }
+    }
+    if leader.borrow().is_some() {
+        leader.send_replace(None);
+        if let Err(e) = store.release_lease(LEADER_LEASE, &r.id).await {
+            tracing::warn!(error = %e, "could not release the leader lease; it expires by itself");
+        }
+    }
 }
 
 struct Loop {
     count: watch::Sender<u64>,
+    leader: watch::Receiver<Option<i64>>,
     cfg: Arc<Config>,
     store: Store,
     hub: Option<AgentHub>,
@@ -194,8 +293,11 @@ enum Wake {
     Trigger(Vec<Trigger>),
     Request(ReconcileRequest),
     Reload(Box<Config>),
+    Leadership,
     Stop,
 }
+
+const FOLLOWER: &str = "this replica is a follower: it does not reconcile; ask the leader";
 
 impl Loop {
     async fn run(
@@ -211,6 +313,45 @@ impl Loop {
         let mut reply: Option<tokio::sync::oneshot::Sender<Result<Outcome, String>>> = None;
         let mut failures: u32 = 0;
         loop {
+            // A follower reconciles nothing: it waits for the lease, answering write requests
+            // with where the leader is.
+            if self.cfg.replica.is_some() && self.leader.borrow().is_none() {
+                tracing::info!("follower: waiting for the leader lease");
+                if let Some(r) = reply.take() {
+                    let _ = r.send(Err(FOLLOWER.into()));
+                }
+                let mut leader = self.leader.clone();
+                loop {
+                    tokio::select! {
+                        r = leader.wait_for(|e| e.is_some()) => {
+                            if r.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        Some(_) = triggers.recv() => {}
+                        Some(r) = requests.recv() => {
+                            let _ = r.reply.send(Err(FOLLOWER.into()));
+                        }
+                        Some(c) = reloads.recv() => self.cfg = Arc::new(c),
+                        _ = stop.wait_for(|v| *v) => {
+                            tracing::info!("reconciler stopped");
+                            return;
+                        }
+                    }
+                }
+                trigger = "leadership".into();
+                approve = None;
+            }
+            let epoch = *self.leader.borrow();
+            let fence = match (&self.cfg.replica, epoch) {
+                (Some(r), Some(e)) => Some(Fence {
+                    lease: LEADER_LEASE.into(),
+                    holder: r.id.clone(),
+                    epoch: e,
+                }),
+                _ => None,
+            };
             let started = Instant::now();
             let span = tracing::info_span!(
                 "reconcile",
@@ -220,7 +361,23 @@ impl Loop {
             );
             kcdsync_telemetry::set_parent(&span, &parent);
             span.record("trace_id", kcdsync_telemetry::trace_id(&span));
-            let result = self.once(&trigger, approve.take()).instrument(span.clone()).await;
+            let result = if let Some(f) = fence {
+                // Losing the lease cancels the run at once; the fence stops any write that
+                // would slip through before.
+                let mut leader = self.leader.clone();
+                let e = f.epoch;
+                tokio::select! {
+                    r = self.once(&trigger, approve.take(), Some(f)).instrument(span.clone()) => r,
+                    _ = leader.wait_for(|l| *l != Some(e)) => Err(anyhow::anyhow!(ReconcileError::Fenced {
+                        lease: LEADER_LEASE.into(),
+                        holder: self.cfg.replica.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
+                        epoch: e,
+                        written: 0,
+                    })),
+                }
+            } else {
+                self.once(&trigger, approve.take(), None).instrument(span.clone()).await
+            };
             if let Ok(o) = &result {
                 span.record("hosts_changed", o.applied.len());
             }
@@ -239,6 +396,10 @@ impl Loop {
                 );
             }
             parent.clear();
+            let fenced = matches!(
+                result.as_ref().err().and_then(|e| e.downcast_ref::<ReconcileError>()),
+                Some(ReconcileError::Fenced { .. })
+            );
             let wait = match &result {
                 Ok(o) => {
                     failures = 0;
@@ -265,7 +426,14 @@ impl Loop {
                 let _ = r.send(result.map_err(|e| format!("{e:#}")));
             }
             self.count.send_modify(|n| *n += 1);
+            if fenced {
+                // Deposed mid-run: back to following, no backoff.
+                failures = 0;
+                continue;
+            }
+            let mut leader = self.leader.clone();
             let wake = tokio::select! {
+                _ = leader.wait_for(|l| *l != epoch), if self.cfg.replica.is_some() => Wake::Leadership,
                 _ = tokio::time::sleep(wait) => Wake::Timer,
                 Some(t) = triggers.recv() => {
                     let mut all = vec![t];
@@ -301,6 +469,7 @@ impl Loop {
                     self.cfg = Arc::new(*c);
                     trigger = "config".into();
                 }
+                Wake::Leadership => trigger = "leadership".into(),
                 Wake::Stop => break,
             }
         }
@@ -309,7 +478,12 @@ impl Loop {
 
     /// One reconcile, then the follow-ups: purge commands, a fresh view,
     /// events.
-    async fn once(&mut self, trigger: &str, approve: Option<Approval>) -> anyhow::Result<Outcome> {
+    async fn once(
+        &mut self,
+        trigger: &str,
+        approve: Option<Approval>,
+        fence: Option<Fence>,
+    ) -> anyhow::Result<Outcome> {
         let cfg = self.cfg.clone();
         let ad = Ad::connect(&cfg.ad)
             .await
@@ -321,6 +495,7 @@ impl Loop {
                 trigger: trigger.to_owned(),
                 approve,
                 progress: None,
+                fence,
             };
             let outcome = reconcile::execute(&cfg, &ad, &self.store, &observed, &decision, opts).await?;
             Ok::<_, ReconcileError>((observed, outcome))

@@ -139,6 +139,20 @@ pub struct AuditRecord {
     pub reasons: Vec<String>,
     pub trigger: String,
     pub approved_by: Option<String>,
+    /// The lease epoch the write was made under; 0 without a lease (a single controller).
+    #[serde(default)]
+    pub epoch: i64,
+}
+
+/// A leader lease as stored: who holds it, where its API answers, under which epoch, until when
+/// (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub address: String,
+    pub epoch: i64,
+    pub expires_at_ms: i64,
 }
 
 pub fn now_ms() -> i64 {
@@ -300,7 +314,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for r in records {
             sqlx::query(
-                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(r.time_ms)
             .bind(r.plan_id)
@@ -313,6 +327,7 @@ impl Store {
             .bind(json(&r.reasons))
             .bind(text(&r.trigger))
             .bind(r.approved_by.as_deref().map(text))
+            .bind(r.epoch)
             .execute(&mut *tx)
             .await?;
         }
@@ -323,7 +338,7 @@ impl Store {
     /// Audit rows, newest first; `host` filters by host name.
     pub async fn audit(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by FROM audit WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(text(host.unwrap_or("")))
         .bind(limit(max))
@@ -344,6 +359,7 @@ impl Store {
                     reasons: from_json("audit row", &r.try_get::<String, _>(9)?)?,
                     trigger: r.try_get(10)?,
                     approved_by: r.try_get(11)?,
+                    epoch: r.try_get(12)?,
                 })
             })
             .collect()
@@ -492,6 +508,79 @@ impl Store {
             .try_get::<i64, _>(0)?)
     }
 
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms`, in one statement: a new
+    /// lease starts at epoch 1; an expired lease is taken over (by anyone, its former holder
+    /// included) at epoch + 1; the live holder renews it at the same epoch. Returns the epoch
+    /// held, or `None` while another holder's lease is live. Times are this process's clock:
+    /// replicas need clocks in step to well under the TTL.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        address: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, address, epoch, expires_at) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (name) DO UPDATE SET \
+               epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at >= $5 THEN leases.epoch ELSE leases.epoch + 1 END, \
+               holder = excluded.holder, address = excluded.address, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $5 \
+             RETURNING epoch",
+        )
+        .bind(text(name))
+        .bind(text(holder))
+        .bind(text(address))
+        .bind(now + ttl_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// The lease `name` as stored (live or expired), if it was ever taken.
+    pub async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query("SELECT name, holder, address, epoch, expires_at FROM leases WHERE name = $1")
+            .bind(text(name))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Lease {
+                name: r.try_get(0)?,
+                holder: r.try_get(1)?,
+                address: r.try_get(2)?,
+                epoch: r.try_get(3)?,
+                expires_at_ms: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether `holder` still holds the live lease `name` at `epoch` (the fencing check).
+    pub async fn holds_lease(&self, name: &str, holder: &str, epoch: i64) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at >= $4")
+                .bind(text(name))
+                .bind(text(holder))
+                .bind(epoch)
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives the lease up (it expires now), if `holder` holds it; the next taker gets epoch + 1.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leases SET expires_at = $1 WHERE name = $2 AND holder = $3")
+            .bind(now_ms() - 1)
+            .bind(text(name))
+            .bind(text(holder))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -585,6 +674,7 @@ mod tests {
         negative_limits_mean_no_limit,
         nul_characters_in_text_are_replaced,
         two_stores_on_one_database_see_each_other,
+        leases_are_taken_renewed_fenced_and_taken_over,
     );
 
     /// The store of one test: where it lives, and what removes it afterwards.
@@ -832,6 +922,7 @@ mod tests {
             reasons: vec!["set protocol transition".into()],
             trigger: "cli".into(),
             approved_by: None,
+            epoch: 3,
         }
     }
 
@@ -1482,6 +1573,50 @@ mod tests {
         assert_eq!(b.reporting_hosts().await.unwrap().len(), 2);
         a.close().await;
         b.close().await;
+    }
+
+    /// The lease: one holder at a time; renewals keep the epoch; a takeover after expiry bumps
+    /// it, and the deposed holder's fence check fails from then on.
+    async fn leases_are_taken_renewed_fenced_and_taken_over(db: &TestDb) {
+        let s = db.open().await;
+        assert_eq!(s.lease("leader").await.unwrap(), None);
+        assert!(!s.holds_lease("leader", "a", 1).await.unwrap());
+        assert_eq!(s.acquire_lease("leader", "a", "a:1", 60_000).await.unwrap(), Some(1));
+        // Renewal: same epoch. Another holder cannot take a live lease.
+        assert_eq!(s.acquire_lease("leader", "a", "a:1", 60_000).await.unwrap(), Some(1));
+        assert_eq!(s.acquire_lease("leader", "b", "b:1", 60_000).await.unwrap(), None);
+        let l = s.lease("leader").await.unwrap().unwrap();
+        assert_eq!((l.holder.as_str(), l.address.as_str(), l.epoch), ("a", "a:1", 1));
+        assert!(l.expires_at_ms > now_ms());
+        assert!(s.holds_lease("leader", "a", 1).await.unwrap());
+        assert!(!s.holds_lease("leader", "a", 2).await.unwrap());
+        assert!(!s.holds_lease("leader", "b", 1).await.unwrap());
+        // Another lease name is independent.
+        assert_eq!(s.acquire_lease("other", "b", "b:1", 60_000).await.unwrap(), Some(1));
+        // Expiry: a short lease lapses, and b takes it over at epoch 2.
+        assert_eq!(s.acquire_lease("leader", "a", "a:1", 1).await.unwrap(), Some(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!s.holds_lease("leader", "a", 1).await.unwrap());
+        assert_eq!(s.acquire_lease("leader", "b", "b:1", 60_000).await.unwrap(), Some(2));
+        assert!(!s.holds_lease("leader", "a", 1).await.unwrap());
+        assert!(s.holds_lease("leader", "b", 2).await.unwrap());
+        assert_eq!(s.acquire_lease("leader", "a", "a:1", 60_000).await.unwrap(), None);
+        // Release by a non-holder does nothing; by the holder, the next taker gets epoch 3.
+        s.release_lease("leader", "a").await.unwrap();
+        assert!(s.holds_lease("leader", "b", 2).await.unwrap());
+        s.release_lease("leader", "b").await.unwrap();
+        assert!(!s.holds_lease("leader", "b", 2).await.unwrap());
+        assert_eq!(s.acquire_lease("leader", "a", "a:1", 60_000).await.unwrap(), Some(3));
+        // Two contenders at once on an expired lease: exactly one wins.
+        s.release_lease("leader", "a").await.unwrap();
+        let (x, y) = tokio::join!(
+            s.acquire_lease("leader", "x", "x:1", 60_000),
+            s.acquire_lease("leader", "y", "y:1", 60_000)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert!(x.is_some() != y.is_some(), "{x:?} {y:?}");
+        assert_eq!(x.or(y), Some(4));
+        s.close().await;
     }
 
     #[test]

@@ -244,6 +244,18 @@ pub fn controller_config(
     mode: &str,
     members: &[&str],
 ) -> kcdsync_controller::config::Config {
+    controller_config_with(lab, fleet, pki, mode, members, "")
+}
+
+/// `controller_config` with `more` TOML sections (e.g. `[store]`, `[replica]`).
+pub fn controller_config_with(
+    lab: &crate::Lab,
+    fleet: &crate::Fleet,
+    pki: &Pki,
+    mode: &str,
+    members: &[&str],
+    more: &str,
+) -> kcdsync_controller::config::Config {
     std::fs::write(
         pki.path("tokens.toml"),
         format!(
@@ -251,7 +263,9 @@ pub fn controller_config(
         ),
     )
     .unwrap();
-    let extra = "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n".to_string();
+    let extra = format!(
+        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n{more}\n"
+    );
     let text = fleet.config(lab, crate::BindAs::Svc, mode, members, &extra);
     let path = pki.path("kcdsync.toml");
     std::fs::write(&path, text).unwrap();
@@ -306,4 +320,117 @@ pub fn kerberized_probe(lab: &crate::Lab, host: &crate::TestHost, dir: &Path) ->
         dir.join("pw").display()
     ));
     SimulatedProbe::new(h, &dir.join("host")).expect("simulated probe")
+}
+
+/// A PostgreSQL database of one test on the test cluster (`deploy/pg/pg.sh up`), made and
+/// dropped with `psql` as the admin role, owned by the app role. URLs come from
+/// KCDSYNC_PG_URL / KCDSYNC_PG_ADMIN_URL, else from `${KCDSYNC_PG_DIR:-/var/tmp/kcdsync-pg}/pg.env`.
+pub struct PgTestDb {
+    /// What the controller's store opens.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgTestDb {
+    /// `None` (after a note) without a reachable cluster, unless KCDSYNC_REQUIRE_PG=1: then it
+    /// panics.
+    pub fn create() -> Option<PgTestDb> {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let required = std::env::var("KCDSYNC_REQUIRE_PG").is_ok_and(|v| v == "1");
+        let fail = |why: String| {
+            if required {
+                panic!("PostgreSQL required (KCDSYNC_REQUIRE_PG=1) but {why}; run `deploy/pg/pg.sh up`");
+            }
+            eprintln!("SKIPPING: no PostgreSQL test cluster ({why}); run `deploy/pg/pg.sh up`");
+            None
+        };
+        let (app, admin) = match pg_urls() {
+            Ok(u) => u,
+            Err(e) => return fail(e),
+        };
+        let name = format!(
+            "kcdsync_rtest_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let owner = app
+            .as_deref()
+            .and_then(|u| u.split_once("://")?.1.split_once('@')?.0.split(':').next())
+            .map(|o| format!(" OWNER \"{}\"", o.replace('"', "\"\"")))
+            .unwrap_or_default();
+        if let Err(e) = psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .and_then(|_| psql(&admin, &format!("CREATE DATABASE {name}{owner}")))
+        {
+            return fail(e);
+        }
+        let base = app.as_deref().unwrap_or(&admin);
+        Some(PgTestDb {
+            url: with_database(base, &name),
+            admin_url: admin,
+            name,
+        })
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        if let Err(e) = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("warning: test database {} not dropped: {e}", self.name);
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{sql}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn pg_urls() -> Result<(Option<String>, String), String> {
+    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(admin) = from_env("KCDSYNC_PG_ADMIN_URL") {
+        return Ok((from_env("KCDSYNC_PG_URL"), admin));
+    }
+    let dir = from_env("KCDSYNC_PG_DIR").unwrap_or_else(|| "/var/tmp/kcdsync-pg".into());
+    let path = Path::new(&dir).join("pg.env");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{} cannot be read ({e})", path.display()))?;
+    let var = |name: &str| {
+        text.lines().find_map(|l| {
+            let v = l
+                .trim()
+                .strip_prefix("export ")?
+                .strip_prefix(name)?
+                .strip_prefix('=')?;
+            Some(v.trim_matches('\'').to_owned())
+        })
+    };
+    let admin = var("KCDSYNC_PG_ADMIN_URL").ok_or_else(|| format!("{} has no KCDSYNC_PG_ADMIN_URL", path.display()))?;
+    Ok((var("KCDSYNC_PG_URL"), admin))
+}
+
+/// `url` with its database replaced by `db` (query parameters kept).
+fn with_database(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let authority = authority.split_once('/').map_or(authority, |(a, _)| a);
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
+        None => format!("{scheme}://{authority}/{db}"),
+    }
 }

@@ -1,0 +1,289 @@
+//! Several controller replicas on one PostgreSQL store (`[replica]`): one leader writes AD, a
+//! crashed leader is replaced once its lease expires, a deposed leader is fenced off, and a
+//! follower sends write RPCs to the leader. Each test has its own database on the test cluster
+//! (`deploy/pg/pg.sh up`) and its own fleet in the lab AD.
+
+use std::time::{Duration, Instant};
+
+use kcdsync_controller::ldap::Ad;
+use kcdsync_controller::reconcile::{self, Fence, ReconcileError, RunOptions};
+use kcdsync_controller::server::{self, LEADER_LEASE, Running};
+use kcdsync_controller::store::Store;
+use kcdsync_proto::v1 as pb;
+use kcdsync_tests::agents::*;
+use kcdsync_tests::*;
+
+fn replica(db: &PgTestDb, id: &str, advertise: Option<&str>) -> String {
+    let advertise = advertise.map(|a| format!("advertise = \"{a}\"\n")).unwrap_or_default();
+    format!(
+        "[store]\nurl = \"{}\"\n\n[replica]\nid = \"{id}\"\nlease_ttl_secs = 2\n{advertise}",
+        db.url
+    )
+}
+
+/// Waits until exactly one of `rs` leads; its index.
+async fn one_leader(rs: &[&Running]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaders: Vec<usize> = (0..rs.len()).filter(|i| rs[*i].is_leader()).collect();
+        if leaders.len() == 1 {
+            return leaders[0];
+        }
+        assert!(Instant::now() < deadline, "no single leader after 10 s: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_replicas_writes_and_a_crashed_leader_is_replaced() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["REP01", "REP02"];
+    let fleet = FleetSpec::new("t-rep", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let a = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "rep-a", None),
+    ))
+    .await
+    .unwrap();
+    let b = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "rep-b", None),
+    ))
+    .await
+    .unwrap();
+    let first = one_leader(&[&a, &b]).await;
+    let (leader, follower) = if first == 0 { (a, b) } else { (b, a) };
+    let e1 = leader.leading().await;
+
+    // The leader converges the broken fleet; the follower writes nothing.
+    let store = leader.store.clone();
+    eventually(Duration::from_secs(30), "both hosts fixed and audited", || {
+        let store = store.clone();
+        async move { store.audit_count().await.unwrap() == 2 }
+    })
+    .await;
+    for h in &fleet.hosts {
+        assert_eq!(lab.read_host(&h.dn).await.unwrap().uac, WORKSTATION | T2A4D);
+    }
+    assert!(!follower.is_leader());
+    assert_eq!(*follower.reconciles.borrow(), 0, "a follower never reconciles");
+    let lease = follower.store.lease(LEADER_LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.epoch, e1);
+    assert_eq!(
+        lease.address,
+        leader.api_addr.unwrap().to_string(),
+        "the advertised address is the bound one"
+    );
+
+    // The leader crashes without releasing its lease: the follower takes over once it expires.
+    let t0 = Instant::now();
+    leader.crash().await;
+    let e2 = tokio::time::timeout(Duration::from_secs(10), follower.leading())
+        .await
+        .expect("the follower takes over within 10 s");
+    let takeover = t0.elapsed();
+    println!(
+        "takeover after a leader crash: {} ms (lease TTL 2 s, renewals every 667 ms)",
+        takeover.as_millis()
+    );
+    assert!(e2 > e1, "a takeover bumps the epoch: {e1} -> {e2}");
+
+    // A new drift (after the new leader's first reconcile, which finds nothing to do) is
+    // repaired by the new leader.
+    follower.reconciled(1).await;
+    assert_eq!(follower.store.audit_count().await.unwrap(), 2, "nothing written twice");
+    let rep01 = fleet.host("REP01");
+    lab.set_uac(&rep01.dn, WORKSTATION).await.unwrap();
+    let mut api = fleet_client(&pki, follower.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
+    let r = api
+        .trigger_reconcile(pb::TriggerReconcileRequest::default())
+        .await
+        .expect("the new leader accepts write RPCs")
+        .into_inner();
+    assert_eq!(r.hosts_changed, 1);
+    assert_eq!(lab.read_host(&rep01.dn).await.unwrap().uac, WORKSTATION | T2A4D);
+
+    // Every AD write audited exactly once, under increasing epochs.
+    let mut audit = follower.store.audit(None, 100).await.unwrap();
+    audit.reverse();
+    let rows: Vec<(String, i64)> = audit.iter().map(|r| (r.host.clone(), r.epoch)).collect();
+    let mut first_two: Vec<&str> = rows[..2].iter().map(|(h, _)| h.as_str()).collect();
+    first_two.sort();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        first_two,
+        [fleet.host("REP01").fqdn.as_str(), fleet.host("REP02").fqdn.as_str()]
+    );
+    assert!(rows[..2].iter().all(|(_, e)| *e == e1), "{rows:?}");
+    assert_eq!(rows[2], (rep01.fqdn.clone(), e2));
+    follower.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_write_ad_or_the_audit() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["DEP01", "DEP02"];
+    let fleet = FleetSpec::new("t-dep", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let cfg = controller_config_with(lab, &fleet, &pki, "enforce", &names, &replica(&db, "dep-old", None));
+    let store = Store::open(&cfg.store_url).await.unwrap();
+    let ad = Ad::connect(&cfg.ad).await.unwrap();
+
+    // "old" leads, decides, and stalls (a GC pause, a slow network) past its lease ...
+    let old = store
+        .acquire_lease(LEADER_LEASE, "dep-old", "old:7444", 300)
+        .await
+        .unwrap()
+        .unwrap();
+    let observed = reconcile::observe(&cfg, &ad).await.unwrap();
+    let decision = reconcile::decide(&cfg, &observed).unwrap();
+    assert_eq!(decision.guarded.auto.len(), 2, "both hosts need a write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // ... while "new" takes the expired lease behind its back.
+    let new = store
+        .acquire_lease(LEADER_LEASE, "dep-new", "new:7444", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new, old + 1);
+
+    let before: Vec<u32> = futures::future::join_all(fleet.hosts.iter().map(|h| lab.read_host(&h.dn)))
+        .await
+        .into_iter()
+        .map(|h| h.unwrap().uac)
+        .collect();
+    let stale = RunOptions {
+        trigger: "test".into(),
+        fence: Some(Fence {
+            lease: LEADER_LEASE.into(),
+            holder: "dep-old".into(),
+            epoch: old,
+        }),
+        ..Default::default()
+    };
+    let err = reconcile::execute(&cfg, &ad, &store, &observed, &decision, stale)
+        .await
+        .expect_err("a stale fence must not write");
+    assert!(
+        matches!(err, ReconcileError::Fenced { epoch, .. } if epoch == old),
+        "{err}"
+    );
+    println!("deposed leader: {err}");
+    for (h, uac) in fleet.hosts.iter().zip(&before) {
+        assert_eq!(lab.read_host(&h.dn).await.unwrap().uac, *uac, "AD unchanged");
+        assert_eq!(*uac, WORKSTATION);
+    }
+    assert_eq!(store.audit_count().await.unwrap(), 0, "audit unchanged");
+
+    // The current holder's fence passes, and its epoch is in the audit.
+    let current = RunOptions {
+        trigger: "test".into(),
+        fence: Some(Fence {
+            lease: LEADER_LEASE.into(),
+            holder: "dep-new".into(),
+            epoch: new,
+        }),
+        ..Default::default()
+    };
+    let done = reconcile::execute(&cfg, &ad, &store, &observed, &decision, current)
+        .await
+        .unwrap();
+    assert_eq!(done.applied.len(), 2);
+    let audit = store.audit(None, 10).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert!(audit.iter().all(|r| r.epoch == new), "{audit:?}");
+    ad.unbind().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_write_rpcs_with_the_leaders_address() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["FOL01", "FOL02"];
+    let fleet = FleetSpec::new("t-fol", &names)
+        .kerberos_only_mesh()
+        .uac(WORKSTATION | T2A4D)
+        .create(lab)
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let leader = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "fol-a", Some("ctl-a.lab.test:7444")),
+    ))
+    .await
+    .unwrap();
+    leader.leading().await;
+    let follower = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "fol-b", None),
+    ))
+    .await
+    .unwrap();
+    // Give the follower's lease task a few rounds: it must stay a follower.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(leader.is_leader() && !follower.is_leader());
+
+    let mut api = fleet_client(&pki, follower.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
+    let want = "this replica is a follower; the leader is ctl-a.lab.test:7444";
+    let e = api
+        .trigger_reconcile(pb::TriggerReconcileRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::FailedPrecondition, want));
+    let e = api
+        .approve_plan(pb::ApprovePlanRequest {
+            id: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::FailedPrecondition, want));
+    let e = api
+        .reject_plan(pb::RejectPlanRequest {
+            id: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::FailedPrecondition, want));
+    // Reads work on a follower.
+    api.list_plans(pb::ListPlansRequest::default())
+        .await
+        .expect("a follower serves reads");
+    // The leader takes write RPCs.
+    let mut lead = fleet_client(&pki, leader.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
+    lead.trigger_reconcile(pb::TriggerReconcileRequest::default())
+        .await
+        .expect("the leader accepts write RPCs");
+    follower.stop().await;
+    leader.stop().await;
+}
