@@ -72,7 +72,59 @@ impl Drop for Guard {
     }
 }
 
-pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>) -> Result<()> {
+/// The store the endpoint writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    /// A fresh database on the deploy/pg/pg.sh cluster.
+    Postgres,
+}
+
+fn pg_env(key: &str) -> Result<String> {
+    if let Ok(v) = std::env::var(key) {
+        return Ok(v);
+    }
+    let text =
+        std::fs::read_to_string("/var/tmp/kcdsync-pg/pg.env").context("no PostgreSQL: run deploy/pg/pg.sh up")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .with_context(|| format!("pg.env has no {key}"))
+}
+
+/// A fresh PostgreSQL database owned by the kcdsync role; its URL.
+fn fresh_pg_database() -> Result<String> {
+    let admin = pg_env("KCDSYNC_PG_ADMIN_URL")?;
+    let url = pg_env("KCDSYNC_PG_URL")?;
+    let name = format!("kcdsync_bench_{}", std::process::id());
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name} OWNER kcdsync"),
+        ])
+        .output()?;
+    ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    let base = url.rsplit_once('/').context("KCDSYNC_PG_URL has no database")?.0;
+    Ok(format!("{base}/{name}"))
+}
+
+pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>, stores: &[StoreKind]) -> Result<()> {
+    let mut agent_bin = agent_bin;
+    for (i, kind) in stores.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        run_one(n, messages, agent_bin.take(), *kind)?;
+    }
+    Ok(())
+}
+
+fn run_one(n: usize, messages: usize, agent_bin: Option<PathBuf>, kind: StoreKind) -> Result<()> {
     let work = tempfile::tempdir()?;
     let dir = work.path();
     let ca = Ca::new("kcdsync bench CA")?;
@@ -81,7 +133,10 @@ pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>) -> Result<()> 
     std::fs::write(dir.join("controller.pem"), c)?;
     std::fs::write(dir.join("controller.key"), k)?;
 
-    let store_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
+    let store_url = match kind {
+        StoreKind::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
+        StoreKind::Postgres => fresh_pg_database()?,
+    };
     let exe = std::env::current_exe()?;
     let mut child = Command::new(&exe)
         .args(["agent-endpoint", "--dir"])
@@ -205,7 +260,7 @@ pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>) -> Result<()> 
     drop(senders);
     rt.shutdown_timeout(Duration::from_secs(1));
 
-    println!("agents benchmark: {n} agents, one controller agent endpoint, mTLS over loopback");
+    println!("agents benchmark: {n} agents, one controller agent endpoint, mTLS over loopback, store {kind:?}");
     println!("  connect + Hello/Welcome of all agents: {connect_s:.1} s");
     println!(
         "  endpoint RSS: {:.1} MiB idle, {:.1} MiB with {n} agents -> {:.1} KiB per connected agent (goal <= 64 KiB)",
@@ -224,7 +279,10 @@ pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>) -> Result<()> 
             r as f64 / 1024.0
         ),
         Some(Err(e)) => println!("  kcdsync-agent idle RSS: not measured: {e:#}"),
-        None => println!("  kcdsync-agent idle RSS: not measured (no kcdsync-agent binary; pass --agent-bin)"),
+        None if kind == StoreKind::Sqlite => {
+            println!("  kcdsync-agent idle RSS: not measured (no kcdsync-agent binary; pass --agent-bin)")
+        }
+        None => {}
     }
     Ok(())
 }

@@ -55,6 +55,9 @@ enum Cmd {
         /// The kcdsync-agent binary, for the idle RSS figure (default: next to this one).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
+        /// Stores to run the ingest against, one after the other in this run.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
+        stores: Vec<agents::StoreKind>,
     },
     /// CheckMigration p99 and ReadinessMatrix latency over the real API with
     /// N hosts known while N agents keep reporting.
@@ -108,12 +111,13 @@ fn main() -> Result<()> {
             agents,
             messages,
             agent_bin,
+            stores,
         } => {
             let bin = agent_bin.or_else(|| {
                 let b = std::env::current_exe().ok()?.parent()?.join("kcdsync-agent");
                 b.is_file().then_some(b)
             });
-            agents::run(agents, messages, bin)
+            agents::run(agents, messages, bin, &stores)
         }
         Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
         Cmd::OtelOverhead { hosts, rounds } => otel_overhead(hosts, rounds),
