@@ -255,6 +255,7 @@ pub async fn execute(
     {
         return Err(fenced(f, 0));
     }
+    settle_open_intents(ad, store).await?;
 
     // What to write now, and under which plan.
     let (to_apply, part, plan_id, approved_by) = match &opts.approve {
@@ -327,6 +328,44 @@ pub async fn execute(
     outcome.plan_id = Some(plan_id);
 
     let before: HashMap<String, &Computer> = observed.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
+    // Write-ahead audit: every write is on record before it happens, so a
+    // writer that dies mid-apply leaves intents, not unaudited writes.
+    let epoch = opts.fence.as_ref().map_or(0, |f| f.epoch);
+    let intents: Vec<AuditRecord> = to_apply
+        .iter()
+        .map(|c| {
+            let b = before.get(&dn_key(&c.dn));
+            let delegate_before = b.map(|b| b.allowed_to_delegate_to.clone()).unwrap_or_default();
+            let removes: BTreeSet<String> = c.remove.iter().map(|e| crate::model::spn_key(e)).collect();
+            let mut delegate_after: Vec<String> = delegate_before
+                .iter()
+                .filter(|e| !removes.contains(&crate::model::spn_key(e)))
+                .cloned()
+                .collect();
+            delegate_after.extend(c.add.iter().cloned());
+            AuditRecord {
+                id: 0,
+                time_ms: now_ms(),
+                plan_id,
+                host: c.host.clone(),
+                dn: c.dn.clone(),
+                uac_before: b.map_or(c.uac_before, |b| b.uac),
+                uac_after: c.uac_after.unwrap_or(c.uac_before),
+                delegate_before,
+                delegate_after,
+                reasons: c.reasons.clone(),
+                trigger: opts.trigger.clone(),
+                approved_by: approved_by.clone(),
+                epoch,
+            }
+        })
+        .collect();
+    let intent_ids = store.record_intents(&intents).await?;
+    let intent_of: HashMap<String, i64> = to_apply
+        .iter()
+        .zip(&intent_ids)
+        .map(|(c, id)| (dn_key(&c.dn), *id))
+        .collect();
     let approved_intents: HashMap<String, Intent> = to_apply.iter().map(|c| (dn_key(&c.dn), c.intent())).collect();
     let total = to_apply.len();
     let progress = opts.progress.clone();
@@ -462,11 +501,23 @@ pub async fn execute(
         {
             return Err(fenced(f, written.len()));
         }
-        store
-            .record_audit(&records)
-            .instrument(tracing::info_span!("audit", rows = records.len(), plan = plan_id))
-            .await?;
     }
+    // Written hosts become audit rows with what AD says now; the rest of the
+    // intents were never written.
+    let done: Vec<(i64, AuditRecord)> = records
+        .iter()
+        .filter_map(|r| intent_of.get(&dn_key(&r.dn)).map(|id| (*id, r.clone())))
+        .collect();
+    let written_dns: BTreeSet<String> = records.iter().map(|r| dn_key(&r.dn)).collect();
+    let aborted: Vec<i64> = intent_of
+        .iter()
+        .filter(|(dn, _)| !written_dns.contains(*dn))
+        .map(|(_, id)| *id)
+        .collect();
+    store
+        .settle_intents(&done, &aborted)
+        .instrument(tracing::info_span!("audit", rows = records.len(), plan = plan_id))
+        .await?;
     crate::metrics::get().drift_repaired.add(records.len() as u64, &[]);
     outcome.applied = records;
 
@@ -534,6 +585,56 @@ fn fenced(f: &Fence, written: usize) -> ReconcileError {
         epoch: f.epoch,
         written,
     }
+}
+
+/// Settles the intents a previous writer left (it died, or lost its lease,
+/// between its writes and its audit): an intent whose change AD shows
+/// becomes an audit row with the values read now; the others are dropped.
+async fn settle_open_intents(ad: &Ad, store: &Store) -> Result<(), ReconcileError> {
+    let open = store.open_intents().await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let (mut done, mut aborted) = (Vec::new(), Vec::new());
+    for r in open {
+        match ad.read_object(&r.dn).await? {
+            Some(now) if reflected(&r, &now) => {
+                let id = r.id;
+                done.push((
+                    id,
+                    AuditRecord {
+                        uac_after: now.uac,
+                        delegate_after: now.allowed_to_delegate_to.clone(),
+                        ..r
+                    },
+                ));
+            }
+            _ => aborted.push(r.id),
+        }
+    }
+    tracing::warn!(
+        written = done.len(),
+        not_written = aborted.len(),
+        "settled the audit intents of an interrupted writer"
+    );
+    store.settle_intents(&done, &aborted).await?;
+    Ok(())
+}
+
+/// AD shows the change an intent describes.
+fn reflected(intent: &AuditRecord, now: &Computer) -> bool {
+    let set = intent.uac_after & !intent.uac_before;
+    let cleared = intent.uac_before & !intent.uac_after;
+    if now.uac & set != set || now.uac & cleared != 0 {
+        return false;
+    }
+    let keys = |v: &[String]| v.iter().map(|e| crate::model::spn_key(e)).collect::<BTreeSet<String>>();
+    let (before, after, current) = (
+        keys(&intent.delegate_before),
+        keys(&intent.delegate_after),
+        keys(&now.allowed_to_delegate_to),
+    );
+    after.difference(&before).all(|e| current.contains(e)) && before.difference(&after).all(|e| !current.contains(e))
 }
 
 fn dn_key(dn: &str) -> String {
