@@ -592,3 +592,62 @@ async fn privileged_accounts_are_made_sensitive_only_when_opted_in_and_approved(
         .is_ok()
     );
 }
+
+#[tokio::test]
+async fn intents_left_by_an_interrupted_writer_are_settled_from_ad() {
+    use kcdsync_controller::store::{AuditRecord, PlanState, now_ms};
+    let lab = Lab::start();
+    let names = ["WAL01", "WAL02"];
+    let fleet = FleetSpec::new("t-wal", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    let (_dir, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &names, ""));
+    let (cfg, ad, store) = open(&path).await;
+
+    // A writer put both hosts on record, wrote WAL01, then died.
+    let crashed = store
+        .create_plan(PlanState::Approved, "crashed-writer", &[], &[])
+        .await
+        .unwrap();
+    let intent = |h: &TestHost| AuditRecord {
+        id: 0,
+        time_ms: now_ms(),
+        plan_id: crashed,
+        host: h.fqdn.clone(),
+        dn: h.dn.clone(),
+        uac_before: WORKSTATION,
+        uac_after: WORKSTATION | T2A4D,
+        delegate_before: vec![],
+        delegate_after: vec![],
+        reasons: vec!["set protocol transition".into()],
+        trigger: "crashed-writer".into(),
+        approved_by: None,
+        epoch: 0,
+    };
+    store
+        .record_intents(&[intent(fleet.host("WAL01")), intent(fleet.host("WAL02"))])
+        .await
+        .unwrap();
+    lab.set_uac(&fleet.host("WAL01").dn, WORKSTATION | T2A4D).await.unwrap();
+    assert_eq!(store.audit_count().await.unwrap(), 0, "intents are not the audit");
+
+    let out = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
+    assert_eq!(out.applied.len(), 1, "only WAL02 still needed a write");
+    let audit = store.audit(None, 10).await.unwrap();
+    assert_eq!(audit.len(), 2, "one row per AD write: {audit:#?}");
+    let wal01 = audit.iter().find(|r| r.dn == fleet.host("WAL01").dn).unwrap();
+    assert_eq!(
+        (wal01.trigger.as_str(), wal01.plan_id),
+        ("crashed-writer", crashed),
+        "the interrupted write is audited under its own plan"
+    );
+    assert_eq!(wal01.uac_after, WORKSTATION | T2A4D);
+    let wal02 = audit.iter().find(|r| r.dn == fleet.host("WAL02").dn).unwrap();
+    assert_eq!(
+        wal02.trigger, "test",
+        "the never-written intent was dropped; the new write is audited once"
+    );
+    assert!(store.open_intents().await.unwrap().is_empty());
+}
