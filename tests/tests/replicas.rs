@@ -287,3 +287,122 @@ async fn a_follower_answers_write_rpcs_with_the_leaders_address() {
     follower.stop().await;
     leader.stop().await;
 }
+
+/// Hosts of the OU whose userAccountControl has protocol transition.
+async fn fixed_hosts(lab: &Lab, ou: &str) -> usize {
+    let mut l = lab.admin().await.unwrap();
+    let (entries, _) = l
+        .search(
+            ou,
+            ldap3::Scope::Subtree,
+            "(&(objectClass=computer)(userAccountControl:1.2.840.113556.1.4.803:=16777216))",
+            vec!["1.1"],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let _ = l.unbind().await;
+    entries.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_process_mid_apply_loses_and_repeats_no_ad_write() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    const N: usize = 120;
+    let names: Vec<String> = (1..=N).map(|i| format!("KIL{i:03}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = FleetSpec::new("t-kill", &refs).create(lab).await.unwrap();
+    // Groups of two; one modify at a time so the apply is long enough to interrupt.
+    let mut groups = String::new();
+    for (i, pair) in fleet.hosts.chunks(2).enumerate() {
+        let hosts: Vec<String> = pair.iter().map(|h| format!("\"{}\"", h.fqdn)).collect();
+        groups.push_str(&format!(
+            "\n[[group]]\nname = \"k{i:03}\"\nmode = \"enforce\"\nhosts = [{}]\n",
+            hosts.join(", ")
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = |id: &str| {
+        let text = format!(
+            "{}max_in_flight = 1\n\n[scope]\nbase_dns = [\"{}\"]\n\n[guard]\nmax_hosts_per_apply = {N}\n\n[reconcile]\ninterval_secs = 3600\n\n[store]\nurl = \"{}\"\n\n[replica]\nid = \"{id}\"\nlease_ttl_secs = 3\n{groups}",
+            lab.ad_section(BindAs::Svc),
+            fleet.ou_dn,
+            db.url
+        );
+        let path = dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let spawn = |id: &str| {
+        tokio::process::Command::new(controller_bin())
+            .arg("--config")
+            .arg(config(id))
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let store = Store::open(&db.url).await.unwrap();
+    let mut a = spawn("replica-a");
+    let mut b = spawn("replica-b");
+
+    // Kill -9 whichever leads, once its apply is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (leader, epoch, fixed_at_kill) = loop {
+        assert!(Instant::now() < deadline, "no apply started");
+        if let Some(l) = store.lease(LEADER_LEASE).await.unwrap() {
+            let fixed = fixed_hosts(lab, &fleet.ou_dn).await;
+            if fixed > 0 && fixed < N {
+                let victim = if l.holder == "replica-a" { &mut a } else { &mut b };
+                victim.start_kill().unwrap(); // SIGKILL
+                break (l.holder, l.epoch, fixed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let killed = Instant::now();
+    let takeover = loop {
+        let l = store.lease(LEADER_LEASE).await.unwrap();
+        if l.as_ref().is_some_and(|l| l.holder != leader) {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no takeover within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the new leader converged the fleet",
+        || async { fixed_hosts(lab, &fleet.ou_dn).await == N && store.open_intents().await.unwrap().is_empty() },
+    )
+    .await;
+    println!(
+        "killed {leader} (epoch {epoch}) with {fixed_at_kill}/{N} hosts written; takeover after {} ms",
+        takeover.as_millis()
+    );
+
+    // Every AD write is in the audit exactly once, and the two writers never overlap.
+    let audit = store.audit(None, 10 * N as i64).await.unwrap();
+    let mut dns: Vec<&str> = audit.iter().map(|r| r.dn.as_str()).collect();
+    dns.sort();
+    dns.dedup();
+    assert_eq!((audit.len(), dns.len()), (N, N), "one audit row per host");
+    let old: Vec<_> = audit.iter().filter(|r| r.epoch == epoch).collect();
+    let new: Vec<_> = audit.iter().filter(|r| r.epoch > epoch).collect();
+    assert_eq!(old.len() + new.len(), N);
+    assert!(
+        old.len() >= fixed_at_kill,
+        "the killed leader's writes are audited under its epoch"
+    );
+    assert!(!new.is_empty());
+    let last_old = old.iter().map(|r| r.time_ms).max().unwrap();
+    let first_new = new.iter().map(|r| r.time_ms).min().unwrap();
+    assert!(last_old < first_new, "the writers never overlapped");
+    let _ = a.start_kill();
+    let _ = b.start_kill();
+    let _ = a.wait().await;
+    let _ = b.wait().await;
+    store.close().await;
+}
