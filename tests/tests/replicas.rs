@@ -406,3 +406,170 @@ async fn kill_9_of_the_leader_process_mid_apply_loses_and_repeats_no_ad_write() 
     let _ = b.wait().await;
     store.close().await;
 }
+
+/// A TCP proxy on loopback that can cut every connection through it, as a
+/// network loss between a replica and PostgreSQL does.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let (u, g) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, generation }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_postgresql_steps_down_and_recovers() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["NET01", "NET02"];
+    let fleet = FleetSpec::new("t-net", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    // The replica reaches PostgreSQL only through the proxy.
+    let (host_port, rest) = db.url.split_once('@').unwrap().1.split_once('/').unwrap();
+    let target: std::net::SocketAddr = host_port.parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let via_proxy = db.url.replace(host_port, &format!("127.0.0.1:{}", proxy.port));
+    assert!(via_proxy.ends_with(rest));
+    let pki = Pki::new();
+    let more = format!("[store]\nurl = \"{via_proxy}\"\n\n[replica]\nid = \"net-a\"\nlease_ttl_secs = 2\n");
+    let a = server::start(controller_config_with(lab, &fleet, &pki, "enforce", &names, &more))
+        .await
+        .unwrap();
+    a.leading().await;
+    let store = Store::open(&db.url).await.unwrap();
+    eventually(Duration::from_secs(30), "the fleet converged", || async {
+        store.audit_count().await.unwrap() == 2
+    })
+    .await;
+
+    // PostgreSQL becomes unreachable: the leader steps down and stops writing.
+    proxy.cut();
+    let t = Instant::now();
+    eventually(Duration::from_secs(10), "the leader stepped down", || async {
+        !a.is_leader()
+    })
+    .await;
+    println!("stepped down {} ms after losing PostgreSQL", t.elapsed().as_millis());
+    let net01 = fleet.host("NET01");
+    lab.set_uac(&net01.dn, WORKSTATION).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lab.read_host(&net01.dn).await.unwrap().uac,
+        WORKSTATION,
+        "no write without the lease"
+    );
+
+    // PostgreSQL returns: the replica leads again and repairs the drift.
+    proxy.restore();
+    tokio::time::timeout(Duration::from_secs(15), a.leading())
+        .await
+        .expect("leads again");
+    eventually(Duration::from_secs(30), "the drift is repaired and audited", || async {
+        lab.read_host(&net01.dn).await.unwrap().uac == WORKSTATION | T2A4D && store.audit_count().await.unwrap() == 3
+    })
+    .await;
+    a.stop().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_connected_to_a_follower_keep_reporting() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["FOL01", "FOL02"];
+    let fleet = FleetSpec::new("t-fol", &names)
+        .kerberos_only_mesh()
+        .create(lab)
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let a = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "fol-a", None),
+    ))
+    .await
+    .unwrap();
+    let b = server::start(controller_config_with(
+        lab,
+        &fleet,
+        &pki,
+        "enforce",
+        &names,
+        &replica(&db, "fol-b", None),
+    ))
+    .await
+    .unwrap();
+    let first = one_leader(&[&a, &b]).await;
+    let follower = if first == 0 { &b } else { &a };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("https://127.0.0.1:{}", follower.agents_addr.unwrap().port());
+    let host = fleet.host("FOL01");
+    let agent = SimAgent::start(
+        sim_host(&host.fqdn),
+        dir.path(),
+        settings(&url, pki.agent_tls(&host.fqdn)),
+    );
+    for i in 0..100 {
+        agent
+            .probe
+            .migrate(&format!("vm{i}"), &fleet.host("FOL02").fqdn, "alice", Some(true))
+            .await;
+    }
+    let store = follower.store.clone();
+    eventually(
+        Duration::from_secs(30),
+        "100 attempts stored through the follower",
+        || async {
+            store.attempt_count().await.unwrap() == 100 && store.latest_report(&host.fqdn).await.unwrap().is_some()
+        },
+    )
+    .await;
+    assert!(!follower.is_leader());
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
