@@ -79,6 +79,13 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// Two replicas on PostgreSQL; kill -9 the leader N times; takeover times.
+    Takeover {
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        #[arg(long, default_value_t = 3)]
+        ttl_secs: u64,
+    },
     /// (internal) Runs no-op reconciles in-process and prints their median (ms).
     #[command(hide = true)]
     OtelChild {
@@ -122,6 +129,7 @@ fn main() -> Result<()> {
         Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
         Cmd::OtelOverhead { hosts, rounds } => otel_overhead(hosts, rounds),
         Cmd::OtelChild { config, rounds } => otel_child(&config, rounds),
+        Cmd::Takeover { kills, ttl_secs } => takeover(kills, ttl_secs),
         Cmd::Api {
             hosts,
             group_size,
@@ -532,4 +540,100 @@ fn otel_child(config: &Path, rounds: usize) -> Result<()> {
         telemetry.shutdown();
         Ok(())
     })
+}
+
+/// `takeover`: two `kcdsync-controller serve` replicas on one PostgreSQL
+/// store; kill -9 the leader `kills` times and measure how long until the
+/// other holds the lease.
+fn takeover(kills: usize, ttl_secs: u64) -> Result<()> {
+    use kcdsync_controller::server::LEADER_LEASE;
+    let lab = Lab::start();
+    let db = kcdsync_tests::agents::PgTestDb::create().context("no PostgreSQL: run deploy/pg/pg.sh up")?;
+    let fleet_ou = format!("OU=bench-takeover,{}", lab.fleet_ou());
+    let (groups, _) = seed(lab, &fleet_ou, 2, 2, WORKSTATION | T2A4D)?;
+    let work = tempfile::tempdir()?;
+    let base = fleet_config(lab, &fleet_ou, &groups, 2);
+    let config = |id: &str| -> Result<PathBuf> {
+        let text = base.replace(
+            "\n[scope]",
+            &format!(
+                "\n[store]\nurl = \"{}\"\n\n[replica]\nid = \"{id}\"\nlease_ttl_secs = {ttl_secs}\n\n[scope]",
+                db.url
+            ),
+        );
+        let p = work.path().join(format!("{id}.toml"));
+        std::fs::write(&p, text)?;
+        Ok(p)
+    };
+    let bin = controller_bin()?;
+    let spawn = |id: &str| -> Result<std::process::Child> {
+        Ok(Command::new(&bin)
+            .arg("--config")
+            .arg(config(id)?)
+            .arg("serve")
+            .env("RUST_LOG", "error")
+            .spawn()?)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let store = rt.block_on(kcdsync_controller::store::Store::open(&db.url))?;
+    let lease = || rt.block_on(store.lease(LEADER_LEASE));
+    let mut replicas: Vec<(String, std::process::Child)> =
+        vec![("r0".into(), spawn("r0")?), ("r1".into(), spawn("r1")?)];
+    let mut next = 2;
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leader = loop {
+            ensure!(Instant::now() < deadline, "no leader");
+            if let Some(l) = lease()?
+                && l.expires_at_ms > kcdsync_controller::store::now_ms()
+                && replicas.iter().any(|(id, _)| *id == l.holder)
+            {
+                break l.holder;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let i = replicas
+            .iter()
+            .position(|(id, _)| *id == leader)
+            .expect("leader is ours");
+        let (_, mut child) = replicas.remove(i);
+        child.kill()?; // SIGKILL
+        let killed = Instant::now();
+        let _ = child.wait();
+        loop {
+            ensure!(killed.elapsed() < Duration::from_secs(30), "no takeover");
+            if lease()?.is_some_and(|l| l.holder != leader && l.expires_at_ms > kcdsync_controller::store::now_ms()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        times.push(killed.elapsed());
+        eprintln!(
+            "kill {}: {} -> takeover after {} ms",
+            k + 1,
+            leader,
+            killed.elapsed().as_millis()
+        );
+        // A fresh replica joins, so there are always two.
+        let id = format!("r{next}");
+        next += 1;
+        replicas.push((id.clone(), spawn(&id)?));
+    }
+    for (_, mut c) in replicas {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut ms: Vec<u128> = times.iter().map(|d| d.as_millis()).collect();
+    ms.sort();
+    println!(
+        "takeover after kill -9 of the leader, {kills} kills, lease TTL {ttl_secs} s (renewal every TTL/3): min {} ms, median {} ms, max {} ms; all: {:?}",
+        ms[0],
+        ms[ms.len() / 2],
+        ms[ms.len() - 1],
+        ms
+    );
+    let admin = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
+    let _ = ldap_tool(lab, "ldapdelete", admin.0, admin.1, &["-r", &fleet_ou], None);
+    Ok(())
 }
