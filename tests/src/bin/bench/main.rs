@@ -579,7 +579,6 @@ fn takeover(kills: usize, ttl_secs: u64) -> Result<()> {
     let lease = || rt.block_on(store.lease(LEADER_LEASE));
     let mut replicas: Vec<(String, std::process::Child)> =
         vec![("r0".into(), spawn("r0")?), ("r1".into(), spawn("r1")?)];
-    let mut next = 2;
     let mut times = Vec::new();
     for k in 0..kills {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -616,8 +615,7 @@ fn takeover(kills: usize, ttl_secs: u64) -> Result<()> {
             killed.elapsed().as_millis()
         );
         // A fresh replica joins, so there are always two.
-        let id = format!("r{next}");
-        next += 1;
+        let id = format!("r{}", k + 2);
         replicas.push((id.clone(), spawn(&id)?));
     }
     for (_, mut c) in replicas {
