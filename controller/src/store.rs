@@ -309,40 +309,24 @@ impl Store {
         rows.iter().map(plan_from_row).collect()
     }
 
-    /// Stores the audit rows of one apply in one transaction.
+    /// Stores finished audit rows in one transaction (imports, tests; the
+    /// reconciler goes through intents).
     pub async fn record_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
-                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(r.time_ms)
-            .bind(r.plan_id)
-            .bind(text(&r.host))
-            .bind(text(&r.dn))
-            .bind(r.uac_before as i64)
-            .bind(r.uac_after as i64)
-            .bind(json(&r.delegate_before))
-            .bind(json(&r.delegate_after))
-            .bind(json(&r.reasons))
-            .bind(text(&r.trigger))
-            .bind(r.approved_by.as_deref().map(text))
-            .bind(r.epoch)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.insert_audit(records, "done").await.map(|_| ())
     }
 
     /// Write-ahead audit: stores `records` (before values, expected after
     /// values) as intents, before their writes; returns their ids in order.
     pub async fn record_intents(&self, records: &[AuditRecord]) -> Result<Vec<i64>, StoreError> {
+        self.insert_audit(records, "intent").await
+    }
+
+    async fn insert_audit(&self, records: &[AuditRecord], state: &str) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(records.len());
         for r in records {
             let row = sqlx::query(
-                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'intent') RETURNING id",
+                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
             )
             .bind(r.time_ms)
             .bind(r.plan_id)
@@ -356,6 +340,7 @@ impl Store {
             .bind(text(&r.trigger))
             .bind(r.approved_by.as_deref().map(text))
             .bind(r.epoch)
+            .bind(state)
             .fetch_one(&mut *tx)
             .await?;
             ids.push(row.try_get::<i64, _>(0)?);
