@@ -21,6 +21,28 @@ fn replica(db: &PgTestDb, id: &str, advertise: Option<&str>) -> String {
     )
 }
 
+/// A replica of the test controller for `fleet`, in enforce mode, on `db`.
+async fn start_replica(
+    lab: &Lab,
+    fleet: &Fleet,
+    pki: &Pki,
+    db: &PgTestDb,
+    names: &[&str],
+    id: &str,
+    advertise: Option<&str>,
+) -> Running {
+    server::start(controller_config_with(
+        lab,
+        fleet,
+        pki,
+        "enforce",
+        names,
+        &replica(db, id, advertise),
+    ))
+    .await
+    .expect("replica starts")
+}
+
 /// Waits until exactly one of `rs` leads; its index.
 async fn one_leader(rs: &[&Running]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -45,26 +67,8 @@ async fn one_of_two_replicas_writes_and_a_crashed_leader_is_replaced() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let a = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "rep-a", None),
-    ))
-    .await
-    .unwrap();
-    let b = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "rep-b", None),
-    ))
-    .await
-    .unwrap();
+    let a = start_replica(lab, &fleet, &pki, &db, &names, "rep-a", None).await;
+    let b = start_replica(lab, &fleet, &pki, &db, &names, "rep-b", None).await;
     let first = one_leader(&[&a, &b]).await;
     let (leader, follower) = if first == 0 { (a, b) } else { (b, a) };
     let e1 = leader.leading().await;
@@ -227,27 +231,9 @@ async fn a_follower_answers_write_rpcs_with_the_leaders_address() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let leader = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "fol-a", Some("ctl-a.lab.test:7444")),
-    ))
-    .await
-    .unwrap();
+    let leader = start_replica(lab, &fleet, &pki, &db, &names, "fol-a", Some("ctl-a.lab.test:7444")).await;
     leader.leading().await;
-    let follower = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "fol-b", None),
-    ))
-    .await
-    .unwrap();
+    let follower = start_replica(lab, &fleet, &pki, &db, &names, "fol-b", None).await;
     // Give the follower's lease task a few rounds: it must stay a follower.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(leader.is_leader() && !follower.is_leader());
@@ -523,26 +509,8 @@ async fn agents_connected_to_a_follower_keep_reporting() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let a = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "fol-a", None),
-    ))
-    .await
-    .unwrap();
-    let b = server::start(controller_config_with(
-        lab,
-        &fleet,
-        &pki,
-        "enforce",
-        &names,
-        &replica(&db, "fol-b", None),
-    ))
-    .await
-    .unwrap();
+    let a = start_replica(lab, &fleet, &pki, &db, &names, "fol-a", None).await;
+    let b = start_replica(lab, &fleet, &pki, &db, &names, "fol-b", None).await;
     let first = one_leader(&[&a, &b]).await;
     let follower = if first == 0 { &b } else { &a };
     let dir = tempfile::tempdir().unwrap();
