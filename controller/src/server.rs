@@ -288,8 +288,13 @@ struct Loop {
     findings: BTreeMap<String, diagnose::Finding>,
 }
 
+/// How often a leader looks for failures stored through other replicas.
+const FAILURE_POLL: Duration = Duration::from_secs(2);
+
 enum Wake {
     Timer,
+    /// Time to look for failures stored through other replicas.
+    Poll,
     Trigger(Vec<Trigger>),
     Request(ReconcileRequest),
     Reload(Box<Config>),
@@ -312,6 +317,11 @@ impl Loop {
         let mut approve: Option<Approval> = None;
         let mut reply: Option<tokio::sync::oneshot::Sender<Result<Outcome, String>>> = None;
         let mut failures: u32 = 0;
+        // Failures stored by other replicas' agents since this moment have
+        // not been answered by a reconcile of ours yet.
+        let mut answered_until = now_ms();
+        let mut poll = tokio::time::interval(FAILURE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // A follower reconciles nothing: it waits for the lease, answering write requests
             // with where the leader is.
@@ -353,6 +363,7 @@ impl Loop {
                 _ => None,
             };
             let started = Instant::now();
+            let started_ms = now_ms();
             let span = tracing::info_span!(
                 "reconcile",
                 trigger = %trigger,
@@ -431,20 +442,50 @@ impl Loop {
                 failures = 0;
                 continue;
             }
-            let mut leader = self.leader.clone();
-            let wake = tokio::select! {
-                _ = leader.wait_for(|l| *l != epoch), if self.cfg.replica.is_some() => Wake::Leadership,
-                _ = tokio::time::sleep(wait) => Wake::Timer,
-                Some(t) = triggers.recv() => {
-                    let mut all = vec![t];
-                    while let Ok(more) = triggers.try_recv() {
-                        all.push(more);
+            answered_until = answered_until.max(started_ms);
+            let deadline = tokio::time::Instant::now() + wait;
+            let wake = loop {
+                let mut leader = self.leader.clone();
+                let w = tokio::select! {
+                    _ = leader.wait_for(|l| *l != epoch), if self.cfg.replica.is_some() => Wake::Leadership,
+                    _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+                    Some(t) = triggers.recv() => {
+                        let mut all = vec![t];
+                        while let Ok(more) = triggers.try_recv() {
+                            all.push(more);
+                        }
+                        Wake::Trigger(all)
                     }
-                    Wake::Trigger(all)
+                    // A leader also answers failures that agents reported to a follower.
+                    _ = poll.tick(), if self.cfg.replica.is_some() && epoch.is_some() => Wake::Poll,
+                    Some(r) = requests.recv() => Wake::Request(r),
+                    Some(c) = reloads.recv() => Wake::Reload(Box::new(c)),
+                    _ = stop.wait_for(|v| *v) => Wake::Stop,
+                };
+                if !matches!(w, Wake::Poll) {
+                    break w;
                 }
-                Some(r) = requests.recv() => Wake::Request(r),
-                Some(c) = reloads.recv() => Wake::Reload(Box::new(c)),
-                _ = stop.wait_for(|v| *v) => Wake::Stop,
+                match self
+                    .store
+                    .auth_failures_since(answered_until, &agents::AUTH_FAILURES)
+                    .await
+                {
+                    Ok(found) if !found.is_empty() => {
+                        answered_until = found.iter().map(|f| f.2).max().unwrap_or(answered_until);
+                        break Wake::Trigger(
+                            found
+                                .into_iter()
+                                .map(|(id, host, _)| Trigger {
+                                    host,
+                                    reason: format!("attempt:{id}"),
+                                    traceparent: String::new(),
+                                })
+                                .collect(),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read reported failures"),
+                }
             };
             match wake {
                 Wake::Timer => trigger = "timer".into(),
@@ -470,6 +511,7 @@ impl Loop {
                     trigger = "config".into();
                 }
                 Wake::Leadership => trigger = "leadership".into(),
+                Wake::Poll => unreachable!("polls end in a trigger or keep waiting"),
                 Wake::Stop => break,
             }
         }

@@ -535,6 +535,28 @@ impl Store {
             .collect()
     }
 
+    /// Failed attempts with one of `codes` received after `after_ms`:
+    /// (attempt id, host, received at), oldest first.
+    pub async fn auth_failures_since(
+        &self,
+        after_ms: i64,
+        codes: &[u32],
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt_id, host, received_at, error_code FROM attempts WHERE success = 0 AND received_at > $1 ORDER BY received_at LIMIT 1000",
+        )
+        .bind(after_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            if codes.contains(&(r.try_get::<i64, _>(3)? as u32)) {
+                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn attempt_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) FROM attempts")
             .fetch_one(&self.pool)

@@ -541,3 +541,54 @@ async fn agents_connected_to_a_follower_keep_reporting() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reported_to_a_follower_is_repaired_by_the_leader() {
+    let Some(db) = PgTestDb::create() else { return };
+    let lab = Lab::start();
+    let names = ["FWD01", "FWD02"];
+    let fleet = FleetSpec::new("t-fwd", &names)
+        .kerberos_only_mesh()
+        .uac(WORKSTATION | T2A4D)
+        .user("fwd-alice", 0)
+        .create(lab)
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let a = start_replica(lab, &fleet, &pki, &db, &names, "fwd-a", None).await;
+    let b = start_replica(lab, &fleet, &pki, &db, &names, "fwd-b", None).await;
+    let first = one_leader(&[&a, &b]).await;
+    let (leader, follower) = if first == 0 { (&a, &b) } else { (&b, &a) };
+    leader.reconciled(1).await;
+
+    // FWD01 drifts; its agent, connected to the follower, sees the failure.
+    let fwd01 = fleet.host("FWD01");
+    lab.set_uac(&fwd01.dn, WORKSTATION).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::sync::Arc::new(kerberized_probe(lab, fwd01, dir.path()));
+    let url = format!("https://127.0.0.1:{}", follower.agents_addr.unwrap().port());
+    let agent = SimAgent::start_with(probe.clone(), dir.path(), settings(&url, pki.agent_tls(&fwd01.fqdn)));
+    let failed = probe.migrate("vm1", &fleet.host("FWD02").fqdn, "fwd-alice", None).await;
+    assert!(!failed.success);
+    let t = Instant::now();
+
+    let store = leader.store.clone();
+    eventually(Duration::from_secs(20), "the leader repaired the host", || async {
+        store
+            .audit(None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.trigger.contains(&format!("attempt:{}", failed.attempt_id)))
+    })
+    .await;
+    println!(
+        "failure reported to the follower -> repaired by the leader in {} ms",
+        t.elapsed().as_millis()
+    );
+    assert_eq!(lab.read_host(&fwd01.dn).await.unwrap().uac, WORKSTATION | T2A4D);
+    assert!(!follower.is_leader());
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
