@@ -472,6 +472,18 @@ impl FleetApi {
     }
 }
 
+impl FleetApi {
+    /// A stored plan, or NOT_FOUND.
+    async fn stored_plan(&self, id: i64) -> Result<crate::store::StoredPlan, Status> {
+        self.state
+            .store
+            .get_plan(id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no plan {id}")))
+    }
+}
+
 #[tonic::async_trait]
 impl FleetService for FleetApi {
     async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsResponse>, Status> {
@@ -613,14 +625,7 @@ impl FleetService for FleetApi {
     async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
         self.state.auth.require(&req, Role::Read, "GetPlan")?;
         let id = parse_plan_id(&req.into_inner().id)?;
-        let p = self
-            .state
-            .store
-            .get_plan(id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        p.map(|p| Response::new(plan_to_pb(&p)))
-            .ok_or_else(|| Status::not_found(format!("no plan {id}")))
+        Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
     }
 
     async fn approve_plan(&self, req: Request<pb::ApprovePlanRequest>) -> Result<Response<pb::Plan>, Status> {
@@ -630,14 +635,7 @@ impl FleetService for FleetApi {
         self.state
             .reconcile("api".into(), Some(Approval { plan_id: id, by: who }))
             .await?;
-        let p = self
-            .state
-            .store
-            .get_plan(id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        p.map(|p| Response::new(plan_to_pb(&p)))
-            .ok_or_else(|| Status::not_found(format!("no plan {id}")))
+        Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
     }
 
     async fn reject_plan(&self, req: Request<pb::RejectPlanRequest>) -> Result<Response<pb::Plan>, Status> {
@@ -646,11 +644,7 @@ impl FleetService for FleetApi {
         let r = req.into_inner();
         let id = parse_plan_id(&r.id)?;
         let store = &self.state.store;
-        let p = store
-            .get_plan(id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no plan {id}")))?;
+        let p = self.stored_plan(id).await?;
         if p.state != PlanState::PendingApproval {
             return Err(Status::failed_precondition(format!(
                 "plan {id} is {}, not pending approval",
@@ -662,12 +656,7 @@ impl FleetService for FleetApi {
             .set_plan_state(id, PlanState::Rejected, Some(&who), note)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let p = store
-            .get_plan(id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .expect("just read");
-        Ok(Response::new(plan_to_pb(&p)))
+        Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
     }
 
     async fn trigger_reconcile(

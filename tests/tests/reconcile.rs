@@ -16,6 +16,14 @@ fn opts() -> RunOptions {
     }
 }
 
+/// Run options approving `plan_id` as `by`.
+fn approving(plan_id: i64, by: &str) -> RunOptions {
+    RunOptions {
+        approve: Some(Approval { plan_id, by: by.into() }),
+        ..opts()
+    }
+}
+
 async fn open(path: &std::path::Path) -> (Config, Ad, Store) {
     let cfg = Config::load(path).expect("valid config");
     let ad = Ad::connect(&cfg.ad).await.expect("bind to the lab DC");
@@ -335,13 +343,7 @@ async fn a_host_removed_from_a_group_loses_its_entries_only_after_approval() {
     let again = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
     assert_eq!(again.pending_plan, Some(plan_id));
 
-    let approve = RunOptions {
-        approve: Some(Approval {
-            plan_id,
-            by: "alice-operator".into(),
-        }),
-        ..opts()
-    };
+    let approve = approving(plan_id, "alice-operator");
     let done = reconcile::reconcile(&cfg, &ad, &store, approve.clone()).await.unwrap();
     assert_eq!(done.plan_id, Some(plan_id));
     assert_eq!(done.applied.len(), 2);
@@ -398,20 +400,9 @@ async fn an_approval_of_a_plan_the_fleet_outgrew_is_refused() {
     .unwrap();
     let usn = lab.read_host(&out01.dn).await.unwrap().usn_changed;
 
-    let err = reconcile::reconcile(
-        &cfg,
-        &ad,
-        &store,
-        RunOptions {
-            approve: Some(Approval {
-                plan_id,
-                by: "op".into(),
-            }),
-            ..opts()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = reconcile::reconcile(&cfg, &ad, &store, approving(plan_id, "op"))
+        .await
+        .unwrap_err();
     let ReconcileError::Superseded { old, new } = err else {
         panic!("{err}")
     };
@@ -452,20 +443,9 @@ async fn the_blast_radius_guard_holds_large_plans() {
     for h in &fleet.hosts {
         assert_eq!(lab.read_host(&h.dn).await.unwrap().uac, WORKSTATION);
     }
-    let done = reconcile::reconcile(
-        &cfg,
-        &ad,
-        &store,
-        RunOptions {
-            approve: Some(Approval {
-                plan_id: id,
-                by: "op".into(),
-            }),
-            ..opts()
-        },
-    )
-    .await
-    .unwrap();
+    let done = reconcile::reconcile(&cfg, &ad, &store, approving(id, "op"))
+        .await
+        .unwrap();
     assert_eq!(done.applied.len(), 3);
 }
 
@@ -552,20 +532,9 @@ async fn privileged_accounts_are_made_sensitive_only_when_opted_in_and_approved(
     );
     assert_eq!(uac(admin_dn.clone()).await & 0x100000, 0, "nothing before approval");
 
-    let done = reconcile::reconcile(
-        &cfg,
-        &ad,
-        &store,
-        RunOptions {
-            approve: Some(Approval {
-                plan_id: plan,
-                by: "security-officer".into(),
-            }),
-            ..opts()
-        },
-    )
-    .await
-    .unwrap();
+    let done = reconcile::reconcile(&cfg, &ad, &store, approving(plan, "security-officer"))
+        .await
+        .unwrap();
     assert_eq!(done.applied.len(), 1);
     assert_eq!(done.applied[0].dn, *admin_dn);
     assert_ne!(uac(admin_dn.clone()).await & 0x100000, 0, "sens-admin is now sensitive");
