@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dn::Dn;
-use crate::names::HostName;
+use crate::model::dn::Dn;
+use crate::model::names::HostName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -275,8 +275,11 @@ struct RawAgents {
 fn default_heartbeat_secs() -> u64 {
     15
 }
+/// An agent not heard from for this long is stale (`agents.stale_after_secs`).
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
 fn default_stale_secs() -> u64 {
-    60
+    DEFAULT_STALE_AFTER.as_secs()
 }
 fn default_max_message() -> usize {
     1 << 20
@@ -537,6 +540,12 @@ pub fn default_store_url(config_path: &Path) -> String {
 }
 
 impl Config {
+    /// When an agent counts as stale: `agents.stale_after_secs`, or the default
+    /// when no agent endpoint is configured.
+    pub fn stale_after(&self) -> Duration {
+        self.agents.as_ref().map_or(DEFAULT_STALE_AFTER, |a| a.stale_after)
+    }
+
     /// Reads, parses and validates `path`. Secrets are read here, once.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

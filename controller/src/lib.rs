@@ -1,21 +1,24 @@
 //! kcdsync controller library: the binaries are thin layers over it.
 //!
-//! Reconcile is observe (ldap) → plan (pure) → guard (pure) → apply (ldap)
-//! → verify (ldap) → audit (store). I/O stays in `ldap` and `store`.
+//! A reconcile is observe → plan → guard → apply → verify → audit:
+//! `reconcile/observe.rs`, `plan/` (with `plan/guard.rs`), `reconcile/apply.rs`,
+//! `reconcile/verify.rs`, `reconcile/audit.rs`. The pure core is `model` (AD as
+//! read, changes, findings), `plan` and `diagnose`; I/O stays at the edges:
+//! `ldap` (AD), `store` (SQLite/PostgreSQL), `grpc` (agents and the fleet API).
+//! `runtime` runs reconciles continuously (scheduler, effects), under the
+//! leadership of `leader`; `snapshot` gathers what diagnosis reads.
 
-pub mod agents;
-pub mod api;
 pub mod certs;
 pub mod config;
 pub mod diagnose;
-pub mod dn;
+pub mod grpc;
 pub mod ldap;
+pub mod leader;
 pub mod metrics;
 pub mod model;
-pub mod names;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
-pub mod server;
+pub mod runtime;
 pub mod snapshot;
 pub mod store;

@@ -164,37 +164,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Certs { command } => kcdsync_controller::certs::run(command),
-        Command::CheckConfig => {
-            let cfg = load(&cli.config)?;
-            println!("{}: valid", cli.config.display());
-            println!("AD: {} as {}", cfg.ad.url, cfg.ad.bind_dn);
-            println!(
-                "scope: {}",
-                cfg.scope.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
-            );
-            println!("store: {}", kcdsync_controller::store::redact_url(&cfg.store_url));
-            for g in &cfg.groups {
-                println!(
-                    "group {} ({}): {} hosts{}{}",
-                    g.name,
-                    g.mode,
-                    g.hosts.len(),
-                    g.ad_group
-                        .as_ref()
-                        .map(|d| format!(" + members of {d}"))
-                        .unwrap_or_default(),
-                    if g.file_servers.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            ", file servers {}",
-                            g.file_servers.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
-                        )
-                    }
-                );
-            }
-            Ok(())
-        }
+        Command::CheckConfig => check_config(&cli.config),
         Command::Plan { output } => {
             let cfg = load(&cli.config)?;
             let ad = Ad::connect(&cfg.ad)
@@ -242,15 +212,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Reject { plan_id, approver } => {
             let cfg = load(&cli.config)?;
             let store = Store::open(&cfg.store_url).await?;
-            let Some(p) = store.get_plan(plan_id).await? else {
-                bail!("plan {plan_id} does not exist: list plans with `kcdsync-controller plans`");
-            };
-            if p.state != PlanState::PendingApproval {
-                bail!("plan {plan_id} is {}, not pending approval", p.state);
-            }
-            store
-                .set_plan_state(plan_id, PlanState::Rejected, Some(&approver), None)
-                .await?;
+            reconcile::reject(&store, plan_id, &approver, None).await?;
             println!("Plan {plan_id} rejected; nothing was written.");
             Ok(())
         }
@@ -295,6 +257,39 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Loads the config and says what it means, without touching AD.
+fn check_config(path: &std::path::Path) -> Result<()> {
+    let cfg = load(path)?;
+    println!("{}: valid", path.display());
+    println!("AD: {} as {}", cfg.ad.url, cfg.ad.bind_dn);
+    println!(
+        "scope: {}",
+        cfg.scope.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
+    );
+    println!("store: {}", kcdsync_controller::store::redact_url(&cfg.store_url));
+    for g in &cfg.groups {
+        println!(
+            "group {} ({}): {} hosts{}{}",
+            g.name,
+            g.mode,
+            g.hosts.len(),
+            g.ad_group
+                .as_ref()
+                .map(|d| format!(" + members of {d}"))
+                .unwrap_or_default(),
+            if g.file_servers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", file servers {}",
+                    g.file_servers.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Prints "applied N/M hosts" at most once a second while an apply runs.
 async fn show_progress(mut rx: watch::Receiver<Progress>) {
     let mut last = Instant::now();
@@ -313,7 +308,7 @@ async fn serve(path: PathBuf) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tracing::info!(config = %path.display(), interval_secs = cfg.interval.as_secs(), "serving");
-    let running = kcdsync_controller::server::start(cfg).await?;
+    let running = kcdsync_controller::runtime::start(cfg).await?;
     loop {
         tokio::select! {
             _ = hup.recv() => match load(&path) {

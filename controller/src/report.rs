@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::model::HostChange;
 use crate::model::{TRUSTED_FOR_DELEGATION, TRUSTED_TO_AUTH_FOR_DELEGATION};
-use crate::plan::HostChange;
 use crate::reconcile::{Decision, Outcome};
 use crate::store::{AuditRecord, StoredPlan};
 
@@ -72,7 +72,7 @@ pub fn decision(d: &Decision) -> String {
     if !d.plan.findings.is_empty() {
         out.push_str("\nFindings:\n");
         for f in &d.plan.findings {
-            let _ = writeln!(out, "  {:?}  {}  {}", f.kind, f.host, f.detail);
+            let _ = writeln!(out, "  {:?}  {}  {}", f.kind, f.host(), f.summary);
         }
     }
     out

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use crate::config::Config;
-use crate::diagnose::{Account, Facts, HostFacts, Policy};
-use crate::ldap::{Ad, Directory, LdapError};
-use crate::plan::{Index, Observed};
+use crate::diagnose::{Facts, HostFacts, Policy};
+use crate::ldap::{Ad, LdapError};
+use crate::model::{Account, Directory, Index, Observed};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
 
@@ -76,7 +76,7 @@ impl Snapshot {
     }
 
     /// The facts diagnosis reads, as of `now_ms`.
-    pub fn facts<'a>(&'a self, cfg: &'a Config, stale_after_ms: i64, now_ms: i64) -> Facts<'a> {
+    pub fn facts<'a>(&'a self, cfg: &'a Config, now_ms: i64) -> Facts<'a> {
         Facts {
             groups: &cfg.groups,
             observed: &self.observed,
@@ -88,7 +88,7 @@ impl Snapshot {
             now_ms,
             policy: Policy {
                 require_kerberos: cfg.diagnosis.require_kerberos,
-                stale_after_ms,
+                stale_after_ms: cfg.stale_after().as_millis() as i64,
             },
         }
     }

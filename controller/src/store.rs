@@ -11,7 +11,7 @@ use sqlx::{AnyPool, Row};
 use kcdsync_proto::v1::{HostReport, MigrationAttempt};
 use prost::Message;
 
-use crate::plan::{HostChange, Intent};
+use crate::model::{HostChange, Intent};
 
 /// What the agents sent since the last write, grouped for one transaction.
 #[derive(Debug, Default)]
@@ -120,7 +120,7 @@ pub struct StoredPlan {
 
 impl StoredPlan {
     pub fn intents(&self) -> Vec<Intent> {
-        crate::plan::intents(&self.changes)
+        crate::model::intents(&self.changes)
     }
 }
 
@@ -229,7 +229,7 @@ impl Store {
         changes: &[HostChange],
         gate_reasons: &[String],
     ) -> Result<i64, StoreError> {
-        let digest = json(&crate::plan::intents(changes));
+        let digest = json(&crate::model::intents(changes));
         let row = sqlx::query(
             "INSERT INTO plans (created_at, state, trigger, digest, changes, gate_reasons) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -246,7 +246,7 @@ impl Store {
 
     /// A pending plan that would make exactly these changes, if one exists.
     pub async fn find_pending(&self, changes: &[HostChange]) -> Result<Option<i64>, StoreError> {
-        let digest = json(&crate::plan::intents(changes));
+        let digest = json(&crate::model::intents(changes));
         let row = sqlx::query("SELECT id FROM plans WHERE state = $1 AND digest = $2 ORDER BY id DESC LIMIT 1")
             .bind(PlanState::PendingApproval.as_str())
             .bind(digest)
@@ -978,7 +978,6 @@ mod tests {
             uac_after: None,
             add: vec![],
             remove: vec!["cifs/hv09.lab.test".into()],
-            reasons: vec!["remove 1 entries".into()],
         }
     }
 
@@ -1093,7 +1092,7 @@ mod tests {
             "cifs/hv02.lab.test".into(),
             "Microsoft Virtual System Migration Service/HV02".into(),
         ];
-        big.reasons.push("unicode: Überprüfung ✓".into());
+        big.groups.push("unicode: Überprüfung ✓".into());
         let gate = vec!["removes entries".to_string(), "more than 1 host".to_string()];
         let a = s
             .create_plan(
@@ -1119,7 +1118,7 @@ mod tests {
         assert_eq!(p.gate_reasons, gate);
         assert_eq!(p.decided_by, None);
         assert_eq!(p.note, None);
-        assert_eq!(p.intents(), crate::plan::intents(&[big, change("CN=HV02,DC=x")]));
+        assert_eq!(p.intents(), crate::model::intents(&[big, change("CN=HV02,DC=x")]));
         let q = s.get_plan(b).await.unwrap().unwrap();
         assert_eq!(
             (q.state, q.changes.len(), q.gate_reasons.len()),

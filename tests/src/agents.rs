@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::Result;
 use kcdsync_agent::client::{self, Settings};
 use kcdsync_agent::probe::simulated::{SimulatedHost, SimulatedProbe};
-use kcdsync_controller::agents::{self, AgentHub, HubOptions, Trigger};
 use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_controller::config::AgentsConfig;
+use kcdsync_controller::grpc::agents::{self, AgentHub, HubOptions, Trigger};
+use kcdsync_controller::grpc::tls;
 use kcdsync_controller::store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -105,7 +106,7 @@ impl AgentEndpoint {
             },
             Some(tx),
         );
-        let tls = agents::server_tls(&cfg)?;
+        let tls = tls::for_agents(&cfg)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let h = hub.clone();
         let task = tokio::spawn(async move {

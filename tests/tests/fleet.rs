@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kcdsync_agent::probe::HostProbe;
-use kcdsync_controller::server;
+use kcdsync_controller::runtime;
 use kcdsync_proto::v1 as pb;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::*;
@@ -23,7 +23,7 @@ async fn a_failed_migration_is_diagnosed_fixed_and_retried_successfully() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let running = server::start(controller_config(lab, &fleet, &pki, "enforce", &names))
+    let running = runtime::start(controller_config(lab, &fleet, &pki, "enforce", &names))
         .await
         .unwrap();
     running.reconciled(1).await;
@@ -113,7 +113,7 @@ async fn in_plan_mode_a_failure_yields_findings_and_a_pending_plan_but_no_write(
         .await
         .unwrap();
     let pki = Pki::new();
-    let running = server::start(controller_config(lab, &fleet, &pki, "plan", &names))
+    let running = runtime::start(controller_config(lab, &fleet, &pki, "plan", &names))
         .await
         .unwrap();
     running.reconciled(1).await;
@@ -195,7 +195,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
         .unwrap();
     let pki = Pki::new();
     // API03 is not in the group: removals wait for approval.
-    let running = server::start(controller_config(lab, &fleet, &pki, "enforce", &["API01", "API02"]))
+    let running = runtime::start(controller_config(lab, &fleet, &pki, "enforce", &["API01", "API02"]))
         .await
         .unwrap();
     running.reconciled(1).await;
@@ -406,7 +406,7 @@ async fn kcdctl_answers_an_operator() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let running = server::start(controller_config(lab, &fleet, &pki, "enforce", &names))
+    let running = runtime::start(controller_config(lab, &fleet, &pki, "enforce", &names))
         .await
         .unwrap();
     running.reconciled(1).await;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcdsync_controller::server;
+use kcdsync_controller::runtime;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::otlp::{Receiver, SpanRecord};
 use kcdsync_tests::*;
@@ -66,7 +66,7 @@ async fn a_remediation_is_one_trace_and_no_secret_leaks() {
         .await
         .unwrap();
     let pki = Pki::new();
-    let running = server::start(controller_config(lab, &fleet, &pki, "enforce", &names))
+    let running = runtime::start(controller_config(lab, &fleet, &pki, "enforce", &names))
         .await
         .unwrap();
     running.reconciled(1).await;

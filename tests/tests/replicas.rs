@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::ldap::Ad;
+use kcdsync_controller::leader::LEADER_LEASE;
 use kcdsync_controller::reconcile::{self, Fence, ReconcileError, RunOptions};
-use kcdsync_controller::server::{self, LEADER_LEASE, Running};
+use kcdsync_controller::runtime::{self, Running};
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1 as pb;
 use kcdsync_tests::agents::*;
@@ -31,7 +32,7 @@ async fn start_replica(
     id: &str,
     advertise: Option<&str>,
 ) -> Running {
-    server::start(controller_config_with(
+    runtime::start(controller_config_with(
         lab,
         fleet,
         pki,
@@ -458,7 +459,7 @@ async fn a_leader_that_loses_postgresql_steps_down_and_recovers() {
     assert!(via_proxy.ends_with(rest));
     let pki = Pki::new();
     let more = format!("[store]\nurl = \"{via_proxy}\"\n\n[replica]\nid = \"net-a\"\nlease_ttl_secs = 2\n");
-    let a = server::start(controller_config_with(lab, &fleet, &pki, "enforce", &names, &more))
+    let a = runtime::start(controller_config_with(lab, &fleet, &pki, "enforce", &names, &more))
         .await
         .unwrap();
     a.leading().await;

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use kcdsync_controller::agents::{self, AgentHub, HubOptions};
 use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_controller::config::AgentsConfig;
+use kcdsync_controller::grpc::agents::{self, AgentHub, HubOptions};
+use kcdsync_controller::grpc::tls;
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
@@ -50,7 +51,7 @@ pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
             },
             None,
         );
-        agents::serve(listener, agents::server_tls(&cfg)?, hub, std::future::pending()).await?;
+        agents::serve(listener, tls::for_agents(&cfg)?, hub, std::future::pending()).await?;
         Ok(())
     })
 }

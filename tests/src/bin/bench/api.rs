@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use kcdsync_controller::certs::Validity;
-use kcdsync_controller::server;
+use kcdsync_controller::runtime;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
@@ -50,7 +50,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
         );
         std::fs::write(pki.path("kcdsync.toml"), text)?;
         let cfg = kcdsync_controller::config::Config::load(&pki.path("kcdsync.toml"))?;
-        let running = server::start(cfg).await?;
+        let running = runtime::start(cfg).await?;
         running.reconciled(1).await;
 
         // N agents report continuously.

@@ -546,7 +546,7 @@ fn otel_child(config: &Path, rounds: usize) -> Result<()> {
 /// store; kill -9 the leader `kills` times and measure how long until the
 /// other holds the lease.
 fn takeover(kills: usize, ttl_secs: u64) -> Result<()> {
-    use kcdsync_controller::server::LEADER_LEASE;
+    use kcdsync_controller::leader::LEADER_LEASE;
     let lab = Lab::start();
     let db = kcdsync_tests::agents::PgTestDb::create().context("no PostgreSQL: run deploy/pg/pg.sh up")?;
     let fleet_ou = format!("OU=bench-takeover,{}", lab.fleet_ou());

@@ -10,19 +10,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use kcdsync_proto::timestamp_from_ms;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::config::{ApiConfig, Config, Mode, Role};
-use crate::diagnose::{self, Account, Finding, Readiness, Severity};
+use super::auth::Auth;
+use super::convert::*;
+use crate::config::{ApiConfig, Config, Role};
+use crate::diagnose;
 use crate::ldap::Ad;
+use crate::leader::Leadership;
 use crate::model::*;
-use crate::plan::HostChange;
-use crate::reconcile::{Approval, Outcome};
+use crate::plan::members;
+use crate::reconcile::{Approval, Outcome, ReconcileError};
 use crate::snapshot::Snapshot;
-use crate::store::{AuditRecord, PlanState, Store, StoredPlan, now_ms};
+use crate::store::{Store, StoredPlan, now_ms};
 
 /// Accounts looked up for CheckMigration are reused for this long.
 const ACCOUNT_TTL: Duration = Duration::from_secs(60);
@@ -36,7 +40,7 @@ pub struct ReconcileRequest {
     /// The caller's span, which the reconcile continues.
     pub traceparent: String,
     pub approve: Option<Approval>,
-    pub reply: oneshot::Sender<Result<Outcome, String>>,
+    pub reply: oneshot::Sender<Result<Outcome, ReconcileError>>,
 }
 
 /// The latest view the API answers from, replaced after every reconcile.
@@ -58,29 +62,26 @@ impl View {
 
 pub struct ApiState {
     pub store: Store,
-    pub hub: Option<crate::agents::AgentHub>,
+    pub hub: Option<crate::grpc::agents::AgentHub>,
     pub view: RwLock<Arc<View>>,
     pub requests: mpsc::Sender<ReconcileRequest>,
     pub events: broadcast::Sender<pb::FleetEvent>,
     accounts: Mutex<HashMap<String, (Option<Account>, Instant)>>,
     ad: tokio::sync::Mutex<Option<Ad>>,
-    auth: Auth,
-    stale_after_ms: i64,
-    /// With `[replica]`: this replica's id and the epoch of the leader lease it holds (`None`:
-    /// a follower). Without, this controller always writes.
-    leadership: Option<(String, watch::Receiver<Option<i64>>)>,
+    pub(super) auth: Auth,
+    leadership: Leadership,
 }
 
 impl ApiState {
     pub fn new(
         cfg: Arc<Config>,
         store: Store,
-        hub: Option<crate::agents::AgentHub>,
+        hub: Option<crate::grpc::agents::AgentHub>,
         requests: mpsc::Sender<ReconcileRequest>,
         events: broadcast::Sender<pb::FleetEvent>,
         api: &ApiConfig,
+        leadership: Leadership,
     ) -> ApiState {
-        let stale_after_ms = cfg.agents.as_ref().map_or(60_000, |a| a.stale_after.as_millis() as i64);
         ApiState {
             store,
             hub,
@@ -89,36 +90,22 @@ impl ApiState {
             events,
             accounts: Mutex::new(HashMap::new()),
             ad: tokio::sync::Mutex::new(None),
-            auth: Auth {
-                tokens: api.tokens.clone(),
-                read_clients: api.read_clients.clone(),
-                write_clients: api.write_clients.clone(),
-            },
-            stale_after_ms,
-            leadership: None,
+            auth: Auth::new(api),
+            leadership,
         }
-    }
-
-    /// Makes write RPCs depend on holding the leader lease (`[replica]`).
-    pub fn with_leadership(mut self, id: String, leader: watch::Receiver<Option<i64>>) -> ApiState {
-        self.leadership = Some((id, leader));
-        self
     }
 
     /// Write RPCs run on the leader only: a follower answers FAILED_PRECONDITION naming the
     /// leader's advertised API address, for the caller to retry there.
     async fn require_leader(&self) -> Result<(), Status> {
-        let Some((id, leader)) = &self.leadership else {
-            return Ok(());
-        };
-        if leader.borrow().is_some() {
+        if self.leadership.is_leader() {
             return Ok(());
         }
-        let lease = self.store.lease(crate::server::LEADER_LEASE).await.ok().flatten();
-        let leader = match lease {
-            Some(l) if l.holder != *id && l.expires_at_ms >= crate::store::now_ms() => l.address,
-            _ => "unknown (no replica holds the lease right now; retry shortly)".to_owned(),
-        };
+        let leader = self
+            .leadership
+            .leader_address()
+            .await
+            .unwrap_or_else(|| "unknown (no replica holds the lease right now; retry shortly)".to_owned());
         Err(Status::failed_precondition(format!(
             "this replica is a follower; the leader is {leader}"
         )))
@@ -189,88 +176,8 @@ impl ApiState {
             .map_err(|_| Status::unavailable("the reconciler is shutting down"))?;
         rx.await
             .map_err(|_| Status::unavailable("the reconciler stopped"))?
-            .map_err(|e| {
-                if e.contains("not pending approval")
-                    || e.contains("no longer matches AD")
-                    || e.contains("this replica is a follower")
-                    || e.contains("no longer holds the leader lease")
-                {
-                    Status::failed_precondition(e)
-                } else if e.contains("does not exist") {
-                    Status::not_found(e)
-                } else {
-                    Status::internal(e)
-                }
-            })
+            .map_err(|e| Status::from(&e))
     }
-}
-
-struct Auth {
-    tokens: Vec<crate::config::ApiToken>,
-    read_clients: Vec<String>,
-    write_clients: Vec<String>,
-}
-
-/// Equal-length comparison that does not stop at the first difference.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl Auth {
-    /// Who is calling, and with which role.
-    fn caller<T>(&self, req: &Request<T>) -> Result<(String, Role), Status> {
-        if let Some(v) = req.metadata().get("authorization") {
-            let v = v
-                .to_str()
-                .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
-            let token = v
-                .strip_prefix("Bearer ")
-                .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
-            return self
-                .tokens
-                .iter()
-                .find(|t| same_secret(t.secret.expose().as_bytes(), token.as_bytes()))
-                .map(|t| (format!("token:{}", t.name), t.role))
-                .ok_or_else(|| Status::unauthenticated("unknown bearer token"));
-        }
-        if let Some(certs) = req.peer_certs().filter(|c| !c.is_empty()) {
-            let names = crate::certs::peer_host_names(certs[0].as_ref())
-                .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-            for n in &names {
-                if self.write_clients.contains(n) {
-                    return Ok((format!("cert:{n}"), Role::Write));
-                }
-            }
-            for n in &names {
-                if self.read_clients.contains(n) {
-                    return Ok((format!("cert:{n}"), Role::Read));
-                }
-            }
-            return Err(Status::permission_denied(format!(
-                "the client certificate for {names:?} has no role: add its name to api.read_clients or api.write_clients"
-            )));
-        }
-        Err(Status::unauthenticated(
-            "authenticate with `authorization: Bearer <token>` or a client certificate",
-        ))
-    }
-
-    fn require<T>(&self, req: &Request<T>, need: Role, what: &str) -> Result<String, Status> {
-        let (who, role) = self.caller(req)?;
-        if role < need {
-            return Err(Status::permission_denied(format!(
-                "{who} has the read role; {what} needs the write role"
-            )));
-        }
-        Ok(who)
-    }
-}
-
-fn ts(ms: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    })
 }
 
 fn page<T: Clone>(items: &[T], size: u32, token: &str) -> Result<(Vec<T>, String), Status> {
@@ -294,98 +201,6 @@ fn page<T: Clone>(items: &[T], size: u32, token: &str) -> Result<(Vec<T>, String
     Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
 }
 
-pub fn finding_to_pb(f: &Finding) -> pb::Finding {
-    pb::Finding {
-        id: f.id.clone(),
-        kind: f.kind.to_proto(),
-        severity: match f.severity {
-            Severity::Info => pb::Severity::Info,
-            Severity::Warning => pb::Severity::Warning,
-            Severity::Critical => pb::Severity::Critical,
-        } as i32,
-        hosts: f.hosts.clone(),
-        account: f.account.clone(),
-        summary: f.summary.clone(),
-        evidence: f
-            .evidence
-            .iter()
-            .map(|(k, v)| pb::Evidence {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
-        remediation: f.remediation.clone(),
-        automatic: f.automatic,
-        raised_at: None,
-    }
-}
-
-fn change_to_pb(c: &HostChange) -> pb::HostChange {
-    pb::HostChange {
-        host: c.host.clone(),
-        dn: c.dn.clone(),
-        user_account_control_before: c.uac_before,
-        user_account_control_after: c.uac_after,
-        add: c.add.clone(),
-        remove: c.remove.clone(),
-        reasons: c.reasons.clone(),
-    }
-}
-
-pub fn plan_to_pb(p: &StoredPlan) -> pb::Plan {
-    pb::Plan {
-        id: p.id.to_string(),
-        state: match p.state {
-            PlanState::PendingApproval => pb::PlanState::PendingApproval,
-            PlanState::Approved => pb::PlanState::Approved,
-            PlanState::Applied => pb::PlanState::Applied,
-            PlanState::Rejected => pb::PlanState::Rejected,
-            PlanState::Superseded => pb::PlanState::Superseded,
-            PlanState::Failed => pb::PlanState::Failed,
-        } as i32,
-        created_at: ts(p.created_at_ms),
-        trigger: p.trigger.clone(),
-        changes: p.changes.iter().map(change_to_pb).collect(),
-        gate_reasons: p.gate_reasons.clone(),
-        decided_by: p.decided_by.clone().unwrap_or_default(),
-        decided_at: None,
-    }
-}
-
-fn audit_to_pb(r: &AuditRecord) -> pb::AuditEntry {
-    pb::AuditEntry {
-        id: r.id,
-        time: ts(r.time_ms),
-        plan_id: r.plan_id.to_string(),
-        host: r.host.clone(),
-        dn: r.dn.clone(),
-        user_account_control_before: r.uac_before,
-        user_account_control_after: r.uac_after,
-        delegate_before: r.delegate_before.clone(),
-        delegate_after: r.delegate_after.clone(),
-        reasons: r.reasons.clone(),
-        trigger: r.trigger.clone(),
-        approved_by: r.approved_by.clone().unwrap_or_default(),
-    }
-}
-
-fn readiness_pb(r: Readiness) -> i32 {
-    let r = match r {
-        Readiness::Ready => pb::Readiness::Ready,
-        Readiness::NotReady => pb::Readiness::NotReady,
-    };
-    r as i32
-}
-
-fn mode_pb(m: Mode) -> i32 {
-    let m = match m {
-        Mode::Observe => pb::Mode::Observe,
-        Mode::Plan => pb::Mode::Plan,
-        Mode::Enforce => pb::Mode::Enforce,
-    };
-    m as i32
-}
-
 fn parse_plan_id(id: &str) -> Result<i64, Status> {
     id.trim()
         .parse()
@@ -400,7 +215,7 @@ pub struct FleetApi {
 
 impl FleetApi {
     fn host(&self, view: &View, c: &Computer) -> pb::Host {
-        let facts = view.snapshot.facts(&view.cfg, self.state.stale_after_ms, now_ms());
+        let facts = view.snapshot.facts(&view.cfg, now_ms());
         let name = c.display_name();
         let groups: Vec<&crate::config::Group> = view
             .cfg
@@ -421,7 +236,7 @@ impl FleetApi {
             name: name.clone(),
             netbios_name: c.netbios(),
             groups: groups.iter().map(|g| g.name.clone()).collect(),
-            mode: groups.iter().map(|g| g.mode).min().map_or(0, mode_pb),
+            mode: groups.iter().map(|g| g.mode).min().map_or(0, mode_to_pb),
             delegation: Some(pb::DelegationState {
                 dn: c.dn.clone(),
                 user_account_control: c.uac,
@@ -432,7 +247,7 @@ impl FleetApi {
                 usn_changed: c.usn_changed,
             }),
             last_report: agent.and_then(|a| a.report.clone()),
-            last_seen: agent.and_then(|a| a.last_seen_ms).and_then(ts),
+            last_seen: agent.and_then(|a| a.last_seen_ms).map(timestamp_from_ms),
             agent_connected: live.as_ref().is_some_and(|l| l.connected),
             stale: live.as_ref().is_some_and(|l| l.stale && l.last_seen.is_some()),
             readiness: if critical {
@@ -446,7 +261,6 @@ impl FleetApi {
 
     /// Computers shown as hosts: every member of a configured group.
     fn hosts<'v>(&self, view: &'v View, group: &str) -> Result<Vec<&'v Computer>, Status> {
-        let facts = view.snapshot.facts(&view.cfg, self.state.stale_after_ms, now_ms());
         let groups: Vec<&crate::config::Group> = view
             .cfg
             .groups
@@ -456,17 +270,14 @@ impl FleetApi {
         if groups.is_empty() {
             return Err(Status::not_found(format!("no group `{group}` in the configuration")));
         }
-        let mut out: Vec<&Computer> = Vec::new();
-        for g in groups {
-            for c in facts.members(g) {
-                if !out.iter().any(|o| o.dn == c.dn) {
-                    // Re-borrow from the view, not from `facts`.
-                    if let Some(i) = view.snapshot.index.find_dn(&c.dn) {
-                        out.push(&view.snapshot.observed.computers[i]);
-                    }
-                }
-            }
-        }
+        let snap = &view.snapshot;
+        let mut idx: Vec<usize> = groups
+            .into_iter()
+            .flat_map(|g| members::resolve(g, &snap.observed, &snap.index).computers)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut out: Vec<&Computer> = idx.into_iter().map(|i| &snap.observed.computers[i]).collect();
         out.sort_by_key(|c| c.display_name());
         Ok(out)
     }
@@ -474,12 +285,11 @@ impl FleetApi {
 
 impl FleetApi {
     /// A stored plan, or NOT_FOUND.
-    async fn stored_plan(&self, id: i64) -> Result<crate::store::StoredPlan, Status> {
+    async fn stored_plan(&self, id: i64) -> Result<StoredPlan, Status> {
         self.state
             .store
             .get_plan(id)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .await?
             .ok_or_else(|| Status::not_found(format!("no plan {id}")))
     }
 }
@@ -502,7 +312,7 @@ impl FleetService for FleetApi {
         self.state.auth.require(&req, Role::Read, "GetHost")?;
         let name = req.into_inner().name;
         let view = self.state.view();
-        let i = crate::names::HostName::parse(&name)
+        let i = crate::model::names::HostName::parse(&name)
             .ok()
             .and_then(|n| view.snapshot.index.find(&n))
             .ok_or_else(|| Status::not_found(format!("no computer `{name}` in the managed scope")))?;
@@ -549,10 +359,10 @@ impl FleetService for FleetApi {
             .account(&view, &r.account)
             .await?
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
-        let facts = view.snapshot.facts(&view.cfg, self.state.stale_after_ms, now_ms());
+        let facts = view.snapshot.facts(&view.cfg, now_ms());
         let v = diagnose::check_migration(&facts, &r.source, &r.destination, &account);
         Ok(Response::new(pb::CheckMigrationResponse {
-            readiness: readiness_pb(v.readiness),
+            readiness: readiness_to_pb(v.readiness),
             blocking: v.blocking.iter().map(finding_to_pb).collect(),
             warnings: v.warnings.iter().map(finding_to_pb).collect(),
             summary: v.summary,
@@ -575,19 +385,19 @@ impl FleetService for FleetApi {
             .account(&view, &r.account)
             .await?
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
-        let facts = view.snapshot.facts(&view.cfg, self.state.stale_after_ms, now_ms());
+        let facts = view.snapshot.facts(&view.cfg, now_ms());
         let names: Vec<String> = members.iter().map(|c| c.display_name()).collect();
 
         let mut cells = Vec::new();
         for s in &names {
             for d in names.iter().filter(|d| *d != s) {
                 let v = diagnose::check_migration(&facts, s, d, &account);
-                let mut reasons: Vec<i32> = v.blocking.iter().map(|f| f.kind.to_proto()).collect();
+                let mut reasons: Vec<i32> = v.blocking.iter().map(|f| kind_to_pb(f.kind)).collect();
                 reasons.dedup();
                 cells.push(pb::MatrixCell {
                     source: s.clone(),
                     destination: d.clone(),
-                    readiness: readiness_pb(v.readiness),
+                    readiness: readiness_to_pb(v.readiness),
                     reasons,
                 });
             }
@@ -598,22 +408,9 @@ impl FleetService for FleetApi {
     async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> Result<Response<pb::ListPlansResponse>, Status> {
         self.state.auth.require(&req, Role::Read, "ListPlans")?;
         let r = req.into_inner();
-        let state = match pb::PlanState::try_from(r.state) {
-            Ok(pb::PlanState::PendingApproval) => Some(PlanState::PendingApproval),
-            Ok(pb::PlanState::Applied) => Some(PlanState::Applied),
-            Ok(pb::PlanState::Unspecified) => None,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "state: filter by PENDING_APPROVAL, APPLIED or leave it unset",
-                ));
-            }
-        };
-        let plans = self
-            .state
-            .store
-            .list_plans(state, 10_000)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let state = plan_filter_from_pb(r.state)
+            .map_err(|()| Status::invalid_argument("state: filter by PENDING_APPROVAL, APPLIED or leave it unset"))?;
+        let plans = self.state.store.list_plans(state, 10_000).await?;
         let all: Vec<pb::Plan> = plans.iter().map(plan_to_pb).collect();
         let (plans, next) = page(&all, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListPlansResponse {
@@ -643,20 +440,9 @@ impl FleetService for FleetApi {
         self.state.require_leader().await?;
         let r = req.into_inner();
         let id = parse_plan_id(&r.id)?;
-        let store = &self.state.store;
-        let p = self.stored_plan(id).await?;
-        if p.state != PlanState::PendingApproval {
-            return Err(Status::failed_precondition(format!(
-                "plan {id} is {}, not pending approval",
-                p.state
-            )));
-        }
         let note = (!r.comment.is_empty()).then_some(r.comment.as_str());
-        store
-            .set_plan_state(id, PlanState::Rejected, Some(&who), note)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
+        let p = crate::reconcile::reject(&self.state.store, id, &who, note).await?;
+        Ok(Response::new(plan_to_pb(&p)))
     }
 
     async fn trigger_reconcile(
@@ -677,12 +463,7 @@ impl FleetService for FleetApi {
         self.state.auth.require(&req, Role::Read, "ListAudit")?;
         let r = req.into_inner();
         let host = (!r.host.is_empty()).then(|| r.host.to_lowercase());
-        let rows = self
-            .state
-            .store
-            .audit(host.as_deref(), 100_000)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let rows = self.state.store.audit(host.as_deref(), 100_000).await?;
         let all: Vec<pb::AuditEntry> = rows
             .iter()
             .filter(|a| r.plan_id.is_empty() || a.plan_id.to_string() == r.plan_id)
@@ -721,22 +502,6 @@ impl FleetService for FleetApi {
             out,
         ))))
     }
-}
-
-/// TLS for the API: the controller's identity; client certificates from
-/// `client_ca_file` are accepted but optional (token callers have none).
-pub fn server_tls(cfg: &ApiConfig) -> Result<tonic::transport::ServerTlsConfig, std::io::Error> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?));
-    if let Some(ca) = &cfg.client_ca_file {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(tls)
 }
 
 /// Serves the fleet API, the gRPC health service and server reflection.

@@ -1,39 +1,9 @@
-//! What the controller knows about AD objects: the userAccountControl bits
-//! it reads, computer objects as observed, and SPN handling.
+//! A computer object as read from AD, and SPN handling: SPNs compare
+//! case-insensitively in Kerberos, so every diff goes through `spn_key`.
 
 use serde::{Deserialize, Serialize};
 
-pub const ACCOUNTDISABLE: u32 = 0x2;
-pub const WORKSTATION_TRUST_ACCOUNT: u32 = 0x1000;
-/// Domain controllers: never written.
-pub const SERVER_TRUST_ACCOUNT: u32 = 0x2000;
-/// Unconstrained delegation: never wanted on a Hyper-V host, never set.
-pub const TRUSTED_FOR_DELEGATION: u32 = 0x80000;
-/// "Account is sensitive and cannot be delegated".
-pub const NOT_DELEGATED: u32 = 0x100000;
-/// "Use any authentication protocol" (protocol transition).
-pub const TRUSTED_TO_AUTH_FOR_DELEGATION: u32 = 0x1000000;
-
-pub const ATTR_UAC: &str = "userAccountControl";
-pub const ATTR_DELEGATE_TO: &str = "msDS-AllowedToDelegateTo";
-pub const ATTR_SPN: &str = "servicePrincipalName";
-pub const ATTR_DNS_HOST_NAME: &str = "dNSHostName";
-pub const ATTR_SAM: &str = "sAMAccountName";
-pub const ATTR_USN_CHANGED: &str = "uSNChanged";
-
-/// The attributes one observe reads, and no others.
-pub const COMPUTER_ATTRS: [&str; 6] = [
-    ATTR_SAM,
-    ATTR_DNS_HOST_NAME,
-    ATTR_UAC,
-    ATTR_DELEGATE_TO,
-    ATTR_SPN,
-    ATTR_USN_CHANGED,
-];
-
-/// Service classes whose entries kcdsync owns (compared lower-case).
-pub const MIGRATION_SERVICE: &str = "Microsoft Virtual System Migration Service";
-pub const CIFS: &str = "cifs";
+use super::{CIFS, MIGRATION_SERVICE, SERVER_TRUST_ACCOUNT};
 
 /// A computer object as read from AD.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +20,20 @@ pub struct Computer {
 }
 
 impl Computer {
+    /// An object written without having been read in this run (an account
+    /// outside the computer scope): all kcdsync knows of it is what it planned from.
+    pub fn unread(dn: &str, uac: u32) -> Computer {
+        Computer {
+            dn: dn.to_owned(),
+            sam_account_name: String::new(),
+            dns_host_name: None,
+            uac,
+            allowed_to_delegate_to: Vec::new(),
+            spns: Vec::new(),
+            usn_changed: 0,
+        }
+    }
+
     /// NetBIOS name: sAMAccountName without the trailing `$`, upper-cased.
     pub fn netbios(&self) -> String {
         self.sam_account_name.trim_end_matches('$').to_ascii_uppercase()

@@ -421,18 +421,6 @@ async fn writer(
     }
 }
 
-/// TLS for the agent endpoint: the controller's identity, and client
-/// certificates required and verified against the agents' CA.
-pub fn server_tls(cfg: &crate::config::AgentsConfig) -> Result<tonic::transport::ServerTlsConfig, std::io::Error> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-    };
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?))
-        .client_ca_root(Certificate::from_pem(read(&cfg.client_ca_file)?)))
-}
-
 /// Serves the agent endpoint on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -155,6 +155,15 @@ impl Dn {
     }
 }
 
+/// The key a DN read from AD is compared by: its normalized form, or, for a
+/// string that does not parse, the string lower-cased (AD's DNs always parse;
+/// the fallback only keeps a hostile value from matching anything by accident).
+pub fn dn_key(dn: &str) -> String {
+    Dn::parse(dn)
+        .map(|d| d.normalized())
+        .unwrap_or_else(|_| dn.to_lowercase())
+}
+
 impl PartialEq for Dn {
     fn eq(&self, other: &Dn) -> bool {
         self.rdns == other.rdns

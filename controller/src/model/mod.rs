@@ -1,0 +1,58 @@
+//! AD as kcdsync reads it, and the changes it plans: the only types that
+//! `plan` and `diagnose` share. Nothing here does I/O.
+//!
+//! - `computer`: a computer object, its names, and the SPN keys every diff uses;
+//! - `account`: accounts and privileged-group membership (who may be delegated);
+//! - `observed`: one observe of AD (`Observed`), looked up by name and DN (`Index`),
+//!   and the accounts that decide delegation (`Directory`);
+//! - `change`: one planned modify of one object, with an explicit kind per part,
+//!   and its intent (what an approval approves);
+//! - `finding`: the one finding type and its kinds, shared by planning and diagnosis;
+//! - `dn`, `names`: validated distinguished names and host names.
+
+mod account;
+mod change;
+mod computer;
+pub mod dn;
+mod finding;
+pub mod names;
+mod observed;
+
+pub use account::{Account, Privileged};
+pub use change::{ChangeKind, HostChange, Intent, intents};
+pub use computer::{Computer, is_migration_class, spn_key, spn_parts};
+pub use dn::dn_key;
+pub use finding::{Finding, FindingKind, Severity};
+pub use observed::{Directory, Index, Observed};
+
+pub const ACCOUNTDISABLE: u32 = 0x2;
+pub const WORKSTATION_TRUST_ACCOUNT: u32 = 0x1000;
+/// Domain controllers: never written.
+pub const SERVER_TRUST_ACCOUNT: u32 = 0x2000;
+/// Unconstrained delegation: never wanted on a Hyper-V host, never set.
+pub const TRUSTED_FOR_DELEGATION: u32 = 0x80000;
+/// "Account is sensitive and cannot be delegated".
+pub const NOT_DELEGATED: u32 = 0x100000;
+/// "Use any authentication protocol" (protocol transition).
+pub const TRUSTED_TO_AUTH_FOR_DELEGATION: u32 = 0x1000000;
+
+pub const ATTR_UAC: &str = "userAccountControl";
+pub const ATTR_DELEGATE_TO: &str = "msDS-AllowedToDelegateTo";
+pub const ATTR_SPN: &str = "servicePrincipalName";
+pub const ATTR_DNS_HOST_NAME: &str = "dNSHostName";
+pub const ATTR_SAM: &str = "sAMAccountName";
+pub const ATTR_USN_CHANGED: &str = "uSNChanged";
+
+/// The attributes one observe reads, and no others.
+pub const COMPUTER_ATTRS: [&str; 6] = [
+    ATTR_SAM,
+    ATTR_DNS_HOST_NAME,
+    ATTR_UAC,
+    ATTR_DELEGATE_TO,
+    ATTR_SPN,
+    ATTR_USN_CHANGED,
+];
+
+/// Service classes whose entries kcdsync owns (compared lower-case).
+pub const MIGRATION_SERVICE: &str = "Microsoft Virtual System Migration Service";
+pub const CIFS: &str = "cifs";

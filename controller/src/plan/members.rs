@@ -1,0 +1,58 @@
+//! Who is in a migration group: the hosts it lists and the members of its
+//! AD group, resolved against one observe. Planning, diagnosis and the API
+//! all ask this one resolver, so they can never disagree on membership.
+
+use crate::config::Group;
+use crate::model::names::HostName;
+use crate::model::{Index, Observed};
+
+/// A group's members as found in one observe.
+#[derive(Debug, Default)]
+pub struct Members<'g> {
+    /// Indexes into `Observed::computers`, in the order first met, each once.
+    pub computers: Vec<usize>,
+    /// Hosts the group lists that are not computers in the managed scope.
+    pub missing: Vec<&'g HostName>,
+    /// Members of the group's AD group that are not computers in the scope.
+    pub out_of_scope: Vec<String>,
+    /// The group names an AD group that does not exist or cannot be read.
+    pub ad_group_missing: bool,
+}
+
+impl Members<'_> {
+    /// The members in the order of `Observed::computers`.
+    pub fn sorted(mut self) -> Vec<usize> {
+        self.computers.sort_unstable();
+        self.computers
+    }
+}
+
+/// Resolves `group` against `observed` (indexed by `index`).
+pub fn resolve<'g>(group: &'g Group, observed: &Observed, index: &Index) -> Members<'g> {
+    let mut m = Members::default();
+    let add = |m: &mut Members, i: usize| {
+        if !m.computers.contains(&i) {
+            m.computers.push(i);
+        }
+    };
+    for h in &group.hosts {
+        match index.find(h) {
+            Some(i) => add(&mut m, i),
+            None => m.missing.push(h),
+        }
+    }
+    if let Some(adg) = &group.ad_group {
+        match observed.ad_groups.get(&adg.normalized()) {
+            None => m.ad_group_missing = true,
+            Some(dns) => {
+                for dn in dns {
+                    match index.find_dn(dn) {
+                        Some(i) => add(&mut m, i),
+                        None => m.out_of_scope.push(dn.clone()),
+                    }
+                }
+            }
+        }
+    }
+    m
+}

@@ -1,0 +1,149 @@
+//! Audit, write-ahead: every write is on record as an intent before it
+//! happens, and settled from the read-back after (done: the row shows what AD
+//! says now; aborted: never written). A writer that dies, or loses its lease,
+//! between the two leaves intents, never unaudited writes: the next run
+//! settles them from AD.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tracing::Instrument;
+
+use super::verify::Verified;
+use super::{AdClient, ReconcileError};
+use crate::model::{Computer, HostChange, dn_key, spn_key};
+use crate::store::{AuditRecord, Store, now_ms};
+
+/// Who a run's audit rows name.
+pub(super) struct Context<'a> {
+    pub plan_id: i64,
+    pub trigger: &'a str,
+    pub approved_by: Option<&'a str>,
+    pub epoch: i64,
+}
+
+impl Context<'_> {
+    fn record(&self, change: &HostChange, before: &Computer, after_uac: u32, after: Vec<String>) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            time_ms: now_ms(),
+            plan_id: self.plan_id,
+            host: change.host.clone(),
+            dn: change.dn.clone(),
+            uac_before: before.uac,
+            uac_after: after_uac,
+            delegate_before: before.allowed_to_delegate_to.clone(),
+            delegate_after: after,
+            reasons: change.reasons(),
+            trigger: self.trigger.to_owned(),
+            approved_by: self.approved_by.map(str::to_owned),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// The intents of a run, by DN.
+pub(super) struct Intents(HashMap<String, i64>);
+
+/// Records an intent for every change about to be written.
+pub(super) async fn record_intents(
+    store: &Store,
+    ctx: &Context<'_>,
+    changes: &[HostChange],
+    observed: &[Computer],
+) -> Result<Intents, ReconcileError> {
+    let before: HashMap<String, &Computer> = observed.iter().map(|c| (dn_key(&c.dn), c)).collect();
+    let records: Vec<AuditRecord> = changes
+        .iter()
+        .map(|c| {
+            let b = before
+                .get(&dn_key(&c.dn))
+                .map_or_else(|| Computer::unread(&c.dn, c.uac_before), |b| (*b).clone());
+            let after = c.delegate_after(&b.allowed_to_delegate_to);
+            ctx.record(c, &b, c.uac_after.unwrap_or(c.uac_before), after)
+        })
+        .collect();
+    let ids = store.record_intents(&records).await?;
+    Ok(Intents(
+        changes.iter().zip(ids).map(|(c, id)| (dn_key(&c.dn), id)).collect(),
+    ))
+}
+
+/// Settles the run's intents: the verified writes become audit rows with
+/// what AD says now; the rest were never written. Returns the rows.
+pub(super) async fn settle(
+    store: &Store,
+    ctx: &Context<'_>,
+    intents: &Intents,
+    verified: &[Verified],
+) -> Result<Vec<AuditRecord>, ReconcileError> {
+    let records: Vec<AuditRecord> = verified
+        .iter()
+        .map(|(change, before, now)| ctx.record(change, before, now.uac, now.allowed_to_delegate_to.clone()))
+        .collect();
+    let done: Vec<(i64, AuditRecord)> = records
+        .iter()
+        .filter_map(|r| intents.0.get(&dn_key(&r.dn)).map(|id| (*id, r.clone())))
+        .collect();
+    let written: BTreeSet<String> = records.iter().map(|r| dn_key(&r.dn)).collect();
+    let aborted: Vec<i64> = intents
+        .0
+        .iter()
+        .filter(|(dn, _)| !written.contains(*dn))
+        .map(|(_, id)| *id)
+        .collect();
+    store
+        .settle_intents(&done, &aborted)
+        .instrument(tracing::info_span!("audit", rows = records.len(), plan = ctx.plan_id))
+        .await?;
+    Ok(records)
+}
+
+/// Settles the intents a previous writer left (it died, or lost its lease,
+/// between its writes and its audit): an intent whose change AD shows
+/// becomes an audit row with the values read now; the others are dropped.
+pub(super) async fn settle_open_intents(ad: &impl AdClient, store: &Store) -> Result<(), ReconcileError> {
+    let open = store.open_intents().await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let (mut done, mut aborted) = (Vec::new(), Vec::new());
+    for r in open {
+        match ad.read_object(&r.dn).await? {
+            Some(now) if reflected(&r, &now) => {
+                let id = r.id;
+                done.push((
+                    id,
+                    AuditRecord {
+                        uac_after: now.uac,
+                        delegate_after: now.allowed_to_delegate_to.clone(),
+                        ..r
+                    },
+                ));
+            }
+            _ => aborted.push(r.id),
+        }
+    }
+    tracing::warn!(
+        written = done.len(),
+        not_written = aborted.len(),
+        "settled the audit intents of an interrupted writer"
+    );
+    store.settle_intents(&done, &aborted).await?;
+    Ok(())
+}
+
+/// AD shows the change an intent describes.
+fn reflected(intent: &AuditRecord, now: &Computer) -> bool {
+    let set = intent.uac_after & !intent.uac_before;
+    let cleared = intent.uac_before & !intent.uac_after;
+    if now.uac & set != set || now.uac & cleared != 0 {
+        return false;
+    }
+    let keys = |v: &[String]| v.iter().map(|e| spn_key(e)).collect::<BTreeSet<String>>();
+    let (before, after, current) = (
+        keys(&intent.delegate_before),
+        keys(&intent.delegate_after),
+        keys(&now.allowed_to_delegate_to),
+    );
+    after.difference(&before).all(|e| current.contains(e)) && before.difference(&after).all(|e| !current.contains(e))
+}

@@ -1,0 +1,73 @@
+//! What can stop a reconcile, and the error policy that decides when the
+//! serve loop tries again. The gRPC status of each error is decided in one
+//! place, `grpc::status`.
+
+use std::time::Duration;
+
+use crate::ldap::LdapError;
+use crate::plan::PlanError;
+use crate::store::{PlanState, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Ldap(#[from] LdapError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("plan {0} does not exist: list plans with `kcdsync-controller plans`")]
+    PlanNotFound(i64),
+    #[error("plan {id} is {state}, not pending approval: there is nothing to approve or reject")]
+    PlanNotPending { id: i64, state: PlanState },
+    #[error("plan {old} no longer matches AD (the fleet changed since it was made){}; nothing was written", match .new { Some(n) => format!(": review plan {n} and approve it instead"), None => ": nothing is held any more".to_owned() })]
+    Superseded { old: i64, new: Option<i64> },
+    #[error("this replica no longer holds the leader lease `{lease}` at epoch {epoch} (as {holder}){}: it stopped writing; the current leader reconciles", match .written { 0 => String::new(), n => format!(" after {n} AD writes, which are not audited") })]
+    Fenced {
+        lease: String,
+        holder: String,
+        epoch: i64,
+        written: usize,
+    },
+    #[error("this replica is a follower: it does not reconcile; ask the leader")]
+    Follower,
+    #[error("{} of {} host changes failed (plan {plan_id}); first: {first}", .failed, .total)]
+    Partial {
+        plan_id: i64,
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("the reconciler is shutting down")]
+    ShuttingDown,
+}
+
+/// Why one host was not written; recorded in the outcome and the plan's note.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Ldap(#[from] LdapError),
+    #[error("{dn}: the object was deleted while being reconciled")]
+    Deleted { dn: String },
+    #[error("{dn}: the object changed after approval and the approved change no longer fits; run a new plan")]
+    ApprovalNoLongerFits { dn: String },
+}
+
+impl ReconcileError {
+    /// The error policy: how long the serve loop waits before trying again
+    /// after the `attempt`-th failure in a row.
+    pub fn retry_after(&self, attempt: u32) -> Duration {
+        let base = match self {
+            // Config-shaped problems will not fix themselves quickly.
+            ReconcileError::Plan(_) | ReconcileError::Ldap(LdapError::MissingPrivilege { .. }) => 300,
+            _ => 5,
+        };
+        Duration::from_secs((base << attempt.min(6)).min(900))
+    }
+
+    /// This replica lost (or never held) the right to write: not a failure to
+    /// back off from, but a change of role.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ReconcileError::Fenced { .. })
+    }
+}

@@ -1,0 +1,210 @@
+//! One reconcile: observe → decide (plan + guard) → approve → apply → verify
+//! → audit, each step in the file named for it.
+//!
+//! `reconcile` is a plain async function that returns what happened (or a
+//! typed error); it knows nothing of timers or retries — the serve loop
+//! (`runtime`) schedules runs and asks `ReconcileError::retry_after` (the
+//! error policy) when to try again. AD is reached through `AdClient`, so the
+//! conflict, retry, fencing and verify paths are unit-tested against an
+//! in-memory directory and the real SQLite store, besides the lab tests.
+
+mod apply;
+mod approve;
+mod audit;
+mod decide;
+mod error;
+mod fence;
+mod observe;
+mod ports;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use apply::{MAX_CONFLICT_RETRIES, MAX_TRANSIENT_RETRIES};
+pub use approve::reject;
+pub use decide::{Decision, decide};
+pub use error::{HostError, ReconcileError};
+pub use fence::Fence;
+pub use observe::observe;
+pub use ports::AdClient;
+
+use crate::config::Config;
+use crate::model::{HostChange, Observed};
+use crate::store::{AuditRecord, PlanState, Store};
+
+/// What a reconcile was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Recorded with the plan and the audit: "cli", "timer", "api", ...
+    pub trigger: String,
+    /// Approve this pending plan (and apply it, if it still matches AD).
+    pub approve: Option<Approval>,
+    pub progress: Option<watch::Sender<Progress>>,
+    /// With several replicas: the lease this run writes under. Checked before every AD modify
+    /// and before the audit; a lost lease aborts the run ([`ReconcileError::Fenced`]).
+    pub fence: Option<Fence>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub plan_id: i64,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The plan under which changes were written.
+    pub plan_id: Option<i64>,
+    /// The plan waiting for approval, if the guard held anything.
+    pub pending_plan: Option<i64>,
+    pub gate_reasons: Vec<String>,
+    pub applied: Vec<AuditRecord>,
+    pub failures: Vec<HostFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostFailure {
+    pub host: String,
+    pub dn: String,
+    pub error: String,
+}
+
+impl HostFailure {
+    fn new(change: &HostChange, error: &HostError) -> HostFailure {
+        HostFailure {
+            host: change.host.clone(),
+            dn: change.dn.clone(),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// observe + decide + execute.
+pub async fn reconcile(
+    cfg: &Config,
+    ad: &impl AdClient,
+    store: &Store,
+    opts: RunOptions,
+) -> Result<Outcome, ReconcileError> {
+    let t = std::time::Instant::now();
+    let observed = observe(cfg, ad).await?;
+    tracing::debug!(
+        computers = observed.computers.len(),
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "observed"
+    );
+    let t = std::time::Instant::now();
+    let decision = decide(cfg, &observed)?;
+    tracing::debug!(
+        changes = decision.plan.changes.len(),
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "planned"
+    );
+    execute(cfg, ad, store, &observed, &decision, opts).await
+}
+
+/// Writes what `decision` allows (approve → apply), verifies it, and audits it.
+pub async fn execute(
+    cfg: &Config,
+    ad: &impl AdClient,
+    store: &Store,
+    observed: &Observed,
+    decision: &Decision,
+    opts: RunOptions,
+) -> Result<Outcome, ReconcileError> {
+    let fence = opts.fence.as_ref();
+    fence::check(fence, store, 0).await?;
+    audit::settle_open_intents(ad, store).await?;
+
+    let selection = approve::select(store, decision, &opts).await?;
+    let mut outcome = Outcome {
+        plan_id: None,
+        pending_plan: selection.pending_plan,
+        gate_reasons: decision.pending_reasons.clone(),
+        applied: Vec::new(),
+        failures: Vec::new(),
+    };
+    let to_apply = &selection.changes;
+    if to_apply.is_empty() {
+        return Ok(outcome);
+    }
+    let plan_id = match selection.plan_id {
+        Some(id) => id,
+        None => {
+            store
+                .create_plan(PlanState::Approved, &opts.trigger, to_apply, &[])
+                .await?
+        }
+    };
+    outcome.plan_id = Some(plan_id);
+    let ctx = audit::Context {
+        plan_id,
+        trigger: &opts.trigger,
+        approved_by: selection.approved_by.as_deref(),
+        epoch: fence.map_or(0, |f| f.epoch),
+    };
+    let intents = audit::record_intents(store, &ctx, to_apply, &observed.computers).await?;
+
+    let mut apply = apply::Apply::new(cfg, ad, observed, selection.part, to_apply);
+    apply.fence = fence.map(|f| (store, f));
+    apply.progress = opts.progress.clone();
+    let applied = apply.run(to_apply).await;
+    outcome.failures = applied.failures;
+    let written = applied.written.len();
+    if let Some(f) = fence
+        && (applied.fenced || !f.holds(store).await)
+    {
+        // Deposed: the new leader owns AD and the store now; write nothing more.
+        return Err(f.lost(written));
+    }
+
+    let verified = verify::verify(cfg, ad, selection.part, applied.written, &mut outcome.failures).await?;
+    if written > 0 {
+        fence::check(fence, store, written).await?;
+    }
+    outcome.applied = audit::settle(store, &ctx, &intents, &verified).await?;
+    crate::metrics::get()
+        .drift_repaired
+        .add(outcome.applied.len() as u64, &[]);
+    finish(store, plan_id, outcome, applied.fatal, to_apply.len()).await
+}
+
+/// Records how the plan ended, and turns failures into the run's error.
+async fn finish(
+    store: &Store,
+    plan_id: i64,
+    outcome: Outcome,
+    fatal: Option<crate::ldap::LdapError>,
+    total: usize,
+) -> Result<Outcome, ReconcileError> {
+    let state = if outcome.failures.is_empty() {
+        PlanState::Applied
+    } else {
+        PlanState::Failed
+    };
+    let first = outcome.failures.first().map(|f| format!("{}: {}", f.host, f.error));
+    store.set_plan_state(plan_id, state, None, first.as_deref()).await?;
+    if let Some(e) = fatal {
+        return Err(e.into());
+    }
+    match first {
+        Some(first) => Err(ReconcileError::Partial {
+            plan_id,
+            failed: outcome.failures.len(),
+            total,
+            first,
+        }),
+        None => Ok(outcome),
+    }
+}

@@ -1,0 +1,396 @@
+//! The reconcile paths the lab cannot provoke on demand: a concurrent writer
+//! (conflict → re-read → re-plan), a busy DC (transient retry), a lease lost
+//! mid-apply (fencing), and a write AD does not keep (verify). AD is an
+//! in-memory directory with AD's modify semantics (a value-level delete of a
+//! value that is not there fails with rc 16, an add of one that is with rc
+//! 20, and the whole modify is atomic); the store is the real SQLite store in
+//! a temp dir. The end-to-end tests against the lab DC prove the same paths
+//! on real AD where they can.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::*;
+use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS};
+use crate::model::dn::Dn;
+use crate::model::{
+    CIFS, Computer, Directory, MIGRATION_SERVICE, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key,
+    spn_key,
+};
+use crate::store::Store;
+
+const BASE: &str = "OU=Hyper-V,DC=lab,DC=test";
+const KERBEROS_ONLY: u32 = WORKSTATION_TRUST_ACCOUNT;
+const ANY_PROTOCOL: u32 = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
+
+type Objects = BTreeMap<String, Computer>;
+/// Runs before modify number N (from 0): may change objects (another
+/// writer) or answer an error instead of AD.
+type Before = Box<dyn FnMut(usize, &mut Objects) -> Option<LdapError> + Send>;
+type After = Box<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// An in-memory directory.
+struct FakeAd {
+    objects: Mutex<Objects>,
+    before: Mutex<Option<Before>>,
+    after: Option<After>,
+    modifies: AtomicUsize,
+    /// Writes are acknowledged but not kept (a DC that loses them).
+    forget_writes: AtomicBool,
+}
+
+impl FakeAd {
+    fn new(computers: Vec<Computer>) -> FakeAd {
+        FakeAd {
+            objects: Mutex::new(computers.into_iter().map(|c| (dn_key(&c.dn), c)).collect()),
+            before: Mutex::new(None),
+            after: None,
+            modifies: AtomicUsize::new(0),
+            forget_writes: AtomicBool::new(false),
+        }
+    }
+
+    fn before_modify(self, f: impl FnMut(usize, &mut Objects) -> Option<LdapError> + Send + 'static) -> FakeAd {
+        *self.before.lock().unwrap() = Some(Box::new(f));
+        self
+    }
+
+    fn get(&self, name: &str) -> Computer {
+        self.objects.lock().unwrap()[&dn_key(&format!("CN={name},{BASE}"))].clone()
+    }
+
+    /// AD's modify: all of it or nothing, values compared as AD does.
+    fn apply(objects: &mut Objects, change: &HostChange) -> Result<(), LdapError> {
+        let conflict = |rc| LdapError::Conflict {
+            dn: change.dn.clone(),
+            rc,
+        };
+        let mut c = objects
+            .get(&dn_key(&change.dn))
+            .cloned()
+            .ok_or_else(|| conflict(RC_NO_SUCH_ATTRIBUTE))?;
+        if let Some(after) = change.uac_after {
+            if c.uac != change.uac_before {
+                return Err(conflict(RC_NO_SUCH_ATTRIBUTE));
+            }
+            c.uac = after;
+        }
+        for a in &change.add {
+            if c.allowed_to_delegate_to.iter().any(|e| e == a) {
+                return Err(conflict(RC_TYPE_OR_VALUE_EXISTS));
+            }
+            c.allowed_to_delegate_to.push(a.clone());
+        }
+        for r in &change.remove {
+            let at = c
+                .allowed_to_delegate_to
+                .iter()
+                .position(|e| spn_key(e) == spn_key(r))
+                .ok_or_else(|| conflict(RC_NO_SUCH_ATTRIBUTE))?;
+            c.allowed_to_delegate_to.remove(at);
+        }
+        objects.insert(dn_key(&c.dn), c);
+        Ok(())
+    }
+}
+
+impl AdClient for FakeAd {
+    async fn observe(&self, _scope: &[Dn], _groups: &[&Dn]) -> Result<Observed, LdapError> {
+        Ok(Observed {
+            computers: self.objects.lock().unwrap().values().cloned().collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn directory(&self, _domain: &Dn, _extra: &[Dn]) -> Result<Directory, LdapError> {
+        Ok(Directory::default())
+    }
+
+    async fn read_object(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        Ok(self.objects.lock().unwrap().get(&dn_key(dn)).cloned())
+    }
+
+    async fn read_computer(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        self.read_object(dn).await
+    }
+
+    async fn modify_host(&self, change: &HostChange) -> Result<(), LdapError> {
+        let n = self.modifies.fetch_add(1, Ordering::SeqCst);
+        let result = {
+            let mut objects = self.objects.lock().unwrap();
+            let injected = self.before.lock().unwrap().as_mut().and_then(|f| f(n, &mut objects));
+            match injected {
+                Some(e) => Err(e),
+                None if self.forget_writes.load(Ordering::SeqCst) => Ok(()),
+                None => FakeAd::apply(&mut objects, change),
+            }
+        };
+        if let (Ok(()), Some(after)) = (&result, &self.after) {
+            after(n).await;
+        }
+        result
+    }
+}
+
+fn computer(name: &str, uac: u32, peers: &[&str]) -> Computer {
+    let lower = name.to_lowercase();
+    Computer {
+        dn: format!("CN={name},{BASE}"),
+        sam_account_name: format!("{name}$"),
+        dns_host_name: Some(format!("{lower}.lab.test")),
+        uac,
+        allowed_to_delegate_to: peers.iter().flat_map(|p| entries_to(p)).collect(),
+        spns: entries_to(name),
+        usn_changed: 1,
+    }
+}
+
+fn entries_to(peer: &str) -> Vec<String> {
+    let lower = peer.to_lowercase();
+    [MIGRATION_SERVICE, CIFS]
+        .iter()
+        .flat_map(|c| [format!("{c}/{lower}.lab.test"), format!("{c}/{peer}")])
+        .collect()
+}
+
+/// A config for one enforce-mode group, and the real SQLite store in a temp dir.
+async fn setup(hosts: &[&str]) -> (Config, Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    let text = format!(
+        r#"
+[ad]
+url = "ldaps://127.0.0.1"
+ca_file = "pw"
+bind_dn = "CN=svc,CN=Users,DC=lab,DC=test"
+password_file = "pw"
+max_in_flight = 1
+[scope]
+base_dns = ["{BASE}"]
+[[group]]
+name = "g"
+mode = "enforce"
+hosts = [{}]
+"#,
+        hosts.join(", ")
+    );
+    let cfg = Config::parse(&text, &dir.path().join("kcdsync.toml")).unwrap();
+    let store = Store::open(&cfg.store_url).await.unwrap();
+    (cfg, store, dir)
+}
+
+fn run_opts() -> RunOptions {
+    RunOptions {
+        trigger: "test".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_concurrent_change_is_reread_replanned_and_kept() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    // HV01 is "Kerberos only"; just before kcdsync writes it, someone else
+    // adds an entry of their own (and, by chance, one of ours).
+    let ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &[]),
+        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+    ])
+    .before_modify(|n, objects| {
+        if n == 0 {
+            let hv01 = objects.get_mut(&dn_key(&format!("CN=HV01,{BASE}"))).unwrap();
+            hv01.allowed_to_delegate_to.push("MSSQLSvc/db01.lab.test:1433".into());
+            hv01.allowed_to_delegate_to.push("cifs/hv02.lab.test".into());
+        }
+        None
+    });
+    let out = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap();
+    assert_eq!(out.applied.len(), 1, "{out:#?}");
+    assert_eq!(
+        ad.modifies.load(Ordering::SeqCst),
+        2,
+        "one conflict, one re-planned write"
+    );
+    let hv01 = ad.get("HV01");
+    assert_eq!(hv01.uac, ANY_PROTOCOL);
+    assert!(
+        hv01.allowed_to_delegate_to
+            .contains(&"MSSQLSvc/db01.lab.test:1433".to_owned())
+    );
+    let mut have: Vec<String> = hv01.allowed_to_delegate_to.iter().map(|e| spn_key(e)).collect();
+    have.sort();
+    let before = have.len();
+    have.dedup();
+    assert_eq!(have.len(), before, "no entry written twice: {have:?}");
+    // The audit row records what AD held just before the write that landed.
+    let row = &out.applied[0];
+    assert!(row.delegate_before.contains(&"MSSQLSvc/db01.lab.test:1433".to_owned()));
+    assert_eq!(store.audit(None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_writer_that_keeps_conflicting_is_given_up_for_this_round() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &["HV02"]),
+        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+    ])
+    .before_modify(|_, objects| {
+        // Every time, just before the write, someone flips a bit.
+        let hv01 = objects.get_mut(&dn_key(&format!("CN=HV01,{BASE}"))).unwrap();
+        hv01.uac ^= 0x20;
+        None
+    });
+    let err = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap_err();
+    assert!(matches!(err, ReconcileError::Partial { failed: 1, .. }), "{err}");
+    assert_eq!(
+        ad.modifies.load(Ordering::SeqCst) as u32,
+        MAX_CONFLICT_RETRIES + 1,
+        "tries once, then once per re-plan"
+    );
+    assert!(store.audit(None, 10).await.unwrap().is_empty(), "nothing was written");
+    assert!(
+        store.open_intents().await.unwrap().is_empty(),
+        "the intent was settled as not written"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_dc_is_retried_with_backoff() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &["HV02"]),
+        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+    ])
+    .before_modify(|n, _| {
+        (n < 2).then(|| LdapError::Modify {
+            dn: format!("CN=HV01,{BASE}"),
+            rc: RC_BUSY,
+            text: "busy".into(),
+        })
+    });
+    let out = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap();
+    assert_eq!(out.applied.len(), 1);
+    assert_eq!(ad.modifies.load(Ordering::SeqCst), 3);
+    assert_eq!(ad.get("HV01").uac, ANY_PROTOCOL);
+}
+
+#[tokio::test]
+async fn a_dc_that_stays_busy_fails_the_host_not_the_fleet() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    let ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+        computer("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        computer("HV03", ANY_PROTOCOL, &["HV01", "HV02"]),
+    ])
+    .before_modify(|n, _| {
+        (n <= MAX_TRANSIENT_RETRIES as usize).then(|| LdapError::Modify {
+            dn: format!("CN=HV01,{BASE}"),
+            rc: RC_BUSY,
+            text: "busy".into(),
+        })
+    });
+    let err = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap_err();
+    let ReconcileError::Partial { failed, total, .. } = err else {
+        panic!("{err}");
+    };
+    assert_eq!((failed, total), (1, 2));
+    assert_eq!(ad.get("HV01").uac, KERBEROS_ONLY);
+    assert_eq!(ad.get("HV02").uac, ANY_PROTOCOL);
+    assert_eq!(store.audit(None, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lease_lost_mid_apply_stops_every_later_write_and_the_audit() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    let epoch = store
+        .acquire_lease("reconciler", "a", "a:1", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+        computer("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        computer("HV03", KERBEROS_ONLY, &["HV01", "HV02"]),
+    ]);
+    // Right after the first write lands, another replica takes the lease.
+    let thief = store.clone();
+    ad.after = Some(Box::new(move |n| {
+        let s = thief.clone();
+        Box::pin(async move {
+            if n == 0 {
+                s.release_lease("reconciler", "a").await.unwrap();
+                assert!(
+                    s.acquire_lease("reconciler", "b", "b:1", 60_000)
+                        .await
+                        .unwrap()
+                        .is_some()
+                );
+            }
+        })
+    }));
+    let opts = RunOptions {
+        fence: Some(Fence {
+            lease: "reconciler".into(),
+            holder: "a".into(),
+            epoch,
+        }),
+        ..run_opts()
+    };
+    let err = reconcile(&cfg, &ad, &store, opts).await.unwrap_err();
+    assert!(matches!(err, ReconcileError::Fenced { written: 1, .. }), "{err}");
+    assert_eq!(
+        ad.modifies.load(Ordering::SeqCst),
+        1,
+        "no write after the lease was lost"
+    );
+    assert!(
+        store.audit(None, 10).await.unwrap().is_empty(),
+        "a deposed writer audits nothing"
+    );
+    // Its intents stay open for the new leader, who settles them from AD.
+    let open = store.open_intents().await.unwrap();
+    assert_eq!(open.len(), 3);
+    audit::settle_open_intents(&ad, &store).await.unwrap();
+    let rows = store.audit(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "exactly the one write that happened is audited");
+    assert_eq!(ad.get(&rows[0].host[..4].to_uppercase()).uac, ANY_PROTOCOL);
+}
+
+#[tokio::test]
+async fn a_write_ad_does_not_keep_fails_verification() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let ad = FakeAd::new(vec![
+        computer("HV01", KERBEROS_ONLY, &["HV02"]),
+        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+    ]);
+    ad.forget_writes.store(true, Ordering::SeqCst);
+    let err = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap_err();
+    let ReconcileError::Partial { plan_id, first, .. } = err else {
+        panic!("{err}");
+    };
+    assert!(first.contains("verify: AD still differs after the write"), "{first}");
+    assert!(first.contains("set protocol transition"), "{first}");
+    let plan = store.get_plan(plan_id).await.unwrap().unwrap();
+    assert_eq!(plan.state, PlanState::Failed);
+    // The audit says what AD holds, not what kcdsync meant to write.
+    let rows = store.audit(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].uac_after, KERBEROS_ONLY);
+}
+
+#[tokio::test]
+async fn a_converged_fleet_writes_nothing() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let ad = FakeAd::new(vec![
+        computer("HV01", ANY_PROTOCOL, &["HV02"]),
+        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+    ]);
+    let out = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap();
+    assert!(out.plan_id.is_none() && out.applied.is_empty());
+    assert_eq!(ad.modifies.load(Ordering::SeqCst), 0);
+    assert!(store.list_plans(None, 10).await.unwrap().is_empty());
+}

@@ -1,0 +1,154 @@
+//! What follows a reconcile: agents of changed hosts are told to purge their
+//! SYSTEM tickets (so the next migration asks the KDC again instead of
+//! waiting for expiry), plan events go out, and a fresh view — findings,
+//! readiness, metrics — is published to the API and the event stream.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use kcdsync_proto::v1 as pb;
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::diagnose::{self, Finding, Severity};
+use crate::grpc::agents::AgentHub;
+use crate::grpc::convert::{event, finding_to_pb, plan_to_pb};
+use crate::grpc::fleet::{ApiState, View};
+use crate::ldap::Ad;
+use crate::model::Observed;
+use crate::reconcile::Outcome;
+use crate::snapshot::Snapshot;
+use crate::store::{Store, now_ms};
+
+pub struct Effects {
+    pub store: Store,
+    pub hub: Option<AgentHub>,
+    pub api: Option<Arc<ApiState>>,
+    pub events: broadcast::Sender<pb::FleetEvent>,
+    /// Findings of the last view, by id, to tell raised from cleared.
+    findings: BTreeMap<String, Finding>,
+}
+
+impl Effects {
+    pub fn new(
+        store: Store,
+        hub: Option<AgentHub>,
+        api: Option<Arc<ApiState>>,
+        events: broadcast::Sender<pb::FleetEvent>,
+    ) -> Effects {
+        Effects {
+            store,
+            hub,
+            api,
+            events,
+            findings: BTreeMap::new(),
+        }
+    }
+
+    pub async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: Observed, o: &Outcome) {
+        self.purge(o).await;
+        self.plan_events(o).await;
+        if self.api.is_none() && self.events.receiver_count() == 0 {
+            return;
+        }
+        // What the writes changed must be read again for the view.
+        let observed = if o.applied.is_empty() { Some(observed) } else { None };
+        let snapshot = match Snapshot::gather(cfg, ad, &self.store, observed).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh the fleet view; the API keeps the previous one");
+                return;
+            }
+        };
+        let findings = diagnose::fleet_findings(&snapshot.facts(cfg, now_ms()));
+        self.finding_events(&findings);
+        self.metrics(cfg, &snapshot, &findings);
+        if let Some(api) = &self.api {
+            api.publish(View {
+                cfg: cfg.clone(),
+                snapshot,
+                findings,
+            });
+        }
+    }
+
+    /// Changed hosts drop their SYSTEM tickets.
+    async fn purge(&self, o: &Outcome) {
+        let (Some(hub), Some(plan)) = (&self.hub, o.plan_id) else {
+            return;
+        };
+        for r in &o.applied {
+            let reason = format!("delegation of {} changed by plan {plan}", r.host);
+            let kind = pb::command::Kind::PurgeSystemTickets(pb::PurgeSystemTickets {});
+            let span = tracing::info_span!("purge_command", host = %r.host, plan = plan);
+            match hub.command(&r.host, kind, &reason).instrument(span).await {
+                Ok(id) => tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets"),
+                Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
+            }
+        }
+    }
+
+    async fn plan_events(&self, o: &Outcome) {
+        for (id, applied) in [(o.plan_id, true), (o.pending_plan, false)] {
+            let Some(id) = id else { continue };
+            if let Ok(Some(p)) = self.store.get_plan(id).await {
+                let pbp = plan_to_pb(&p);
+                let e = if applied {
+                    pb::fleet_event::Event::PlanApplied(pbp)
+                } else {
+                    pb::fleet_event::Event::PlanCreated(pbp)
+                };
+                let _ = self.events.send(event(e));
+            }
+        }
+    }
+
+    fn finding_events(&mut self, findings: &[Finding]) {
+        let now: BTreeMap<String, Finding> = findings.iter().map(|f| (f.id.clone(), f.clone())).collect();
+        let before: HashSet<&String> = self.findings.keys().collect();
+        for (id, f) in &now {
+            if !before.contains(id) {
+                let _ = self
+                    .events
+                    .send(event(pb::fleet_event::Event::FindingRaised(finding_to_pb(f))));
+            }
+        }
+        for (id, f) in &self.findings {
+            if !now.contains_key(id) {
+                let _ = self
+                    .events
+                    .send(event(pb::fleet_event::Event::FindingCleared(finding_to_pb(f))));
+            }
+        }
+        self.findings = now;
+    }
+
+    fn metrics(&self, cfg: &Config, snapshot: &Snapshot, findings: &[Finding]) {
+        let m = crate::metrics::get();
+        let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        for f in findings {
+            *by_kind.entry(format!("{:?}", f.kind)).or_default() += 1;
+        }
+        m.set_gauge("kcdsync.findings", by_kind);
+        let facts = snapshot.facts(cfg, now_ms());
+        let (mut ready, mut not_ready) = (0u64, 0u64);
+        for g in &cfg.groups {
+            for c in facts.members(g) {
+                let name = c.display_name();
+                if findings
+                    .iter()
+                    .any(|f| f.severity == Severity::Critical && f.hosts.contains(&name))
+                {
+                    not_ready += 1;
+                } else {
+                    ready += 1;
+                }
+            }
+        }
+        m.set_gauge(
+            "kcdsync.hosts",
+            [("ready".to_owned(), ready), ("not_ready".to_owned(), not_ready)],
+        );
+    }
+}

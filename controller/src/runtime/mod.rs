@@ -1,0 +1,240 @@
+//! `serve`: the long-running controller, assembled. The binary and the
+//! end-to-end tests both start it from here.
+//!
+//! - `reconciler`: the loop, the only writer of AD (wait → run → effects);
+//! - `scheduler`: what wakes it, with a typed reason;
+//! - `effects`: purge commands, plan and finding events, the published view.
+//!
+//! Leadership among replicas is `crate::leader`; the listeners are `crate::grpc`.
+
+mod effects;
+mod reconciler;
+mod scheduler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kcdsync_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub use scheduler::Reason;
+
+use crate::config::Config;
+use crate::grpc::agents::{self, AgentHub, HubOptions, Trigger};
+use crate::grpc::convert::event;
+use crate::grpc::fleet::{self, ApiState, FleetApi, ReconcileRequest};
+use crate::grpc::tls;
+use crate::leader::{self, Leadership};
+use crate::store::Store;
+use effects::Effects;
+use reconciler::Reconciler;
+use scheduler::Scheduler;
+
+/// A running controller.
+pub struct Running {
+    pub agents_addr: Option<SocketAddr>,
+    pub api_addr: Option<SocketAddr>,
+    pub hub: Option<AgentHub>,
+    pub store: Store,
+    pub api: Option<Arc<ApiState>>,
+    pub events: broadcast::Sender<pb::FleetEvent>,
+    /// Counts finished reconciles (successful or not).
+    pub reconciles: watch::Receiver<u64>,
+    pub leadership: Leadership,
+    reload: mpsc::Sender<Config>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    lease_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Replaces the config (groups, modes, guard, AD) from the next
+    /// reconcile on; listeners stay where they are.
+    pub async fn reload(&self, cfg: Config) {
+        let _ = self.reload.send(cfg).await;
+    }
+
+    /// Waits until `n` reconciles have finished in total.
+    pub async fn reconciled(&self, n: u64) {
+        let mut rx = self.reconciles.clone();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
+    /// Waits until this replica is the leader (at once without `[replica]`); the epoch.
+    pub async fn leading(&self) -> i64 {
+        let mut rx = self.leadership.watch();
+        let e = rx.wait_for(|e| e.is_some()).await.map(|e| *e);
+        e.ok().flatten().unwrap_or(0)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// Stops cleanly: the loop finishes, and a held lease is released so a follower takes over
+    /// at once.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Some(t) = self.lease_task {
+            let _ = t.await;
+        }
+        self.store.close().await;
+    }
+
+    /// Simulates a crash (for tests): the loop and the lease task are aborted where they are,
+    /// the lease is not released (others wait for it to expire), and the listeners close.
+    pub async fn crash(self) {
+        self.task.abort();
+        if let Some(t) = &self.lease_task {
+            t.abort();
+        }
+        let _ = self.task.await;
+        if let Some(t) = self.lease_task {
+            let _ = t.await;
+        }
+        let _ = self.stop.send(true);
+        self.store.close().await;
+    }
+}
+
+/// Resolves when `stop` turns true.
+fn on_stop(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = stop.wait_for(|v| *v).await;
+    }
+}
+
+/// Binds the agent endpoint and starts serving it.
+async fn start_agents(
+    cfg: &Config,
+    store: &Store,
+    events: &broadcast::Sender<pb::FleetEvent>,
+    triggers: mpsc::Sender<Trigger>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Option<AgentHub>, Option<SocketAddr>)> {
+    let Some(a) = &cfg.agents else { return Ok((None, None)) };
+    let tls = tls::for_agents(a).context("loading the agent endpoint's TLS files")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("listening for agents on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let hub = AgentHub::new(
+        store.clone(),
+        HubOptions {
+            heartbeat: a.heartbeat,
+            stale_after: a.stale_after,
+            max_message_bytes: a.max_message_bytes,
+            ..Default::default()
+        },
+        Some(triggers),
+    );
+    let (h, shutdown) = (hub.clone(), on_stop(stop.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = agents::serve(listener, tls, h, shutdown).await {
+            tracing::error!(error = %e, "the agent endpoint stopped");
+        }
+    });
+    // Attempts go out on the fleet event stream as they are stored.
+    let mut attempts = hub.subscribe_attempts();
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Ok((_, a)) = attempts.recv().await {
+            let _ = ev.send(event(pb::fleet_event::Event::AttemptReported(a)));
+        }
+    });
+    tracing::info!(listen = %addr, "serving agents (mTLS)");
+    Ok((Some(hub), Some(addr)))
+}
+
+/// Binds the fleet API and starts serving it.
+async fn start_api(
+    cfg: &Arc<Config>,
+    state: impl FnOnce(&crate::config::ApiConfig) -> ApiState,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Option<Arc<ApiState>>, Option<SocketAddr>)> {
+    let Some(a) = &cfg.api else { return Ok((None, None)) };
+    let tls = tls::for_api(a).context("loading the API's TLS files")?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("listening for the fleet API on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(state(a));
+    let api = FleetApi { state: state.clone() };
+    let shutdown = on_stop(stop.clone());
+    tokio::spawn(async move {
+        if let Err(e) = fleet::serve(listener, tls, api, shutdown).await {
+            tracing::error!(error = %e, "the fleet API stopped");
+        }
+    });
+    tracing::info!(listen = %addr, "serving the fleet API");
+    Ok((Some(state), Some(addr)))
+}
+
+/// Binds the listeners (port 0 is fine) and starts the loop.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let store = Store::open(&cfg.store_url).await?;
+    let (events, _) = broadcast::channel(4096);
+    let (stop, stop_rx) = watch::channel(false);
+    let (trigger_tx, triggers) = mpsc::channel::<Trigger>(1024);
+    let (hub, agents_addr) = start_agents(&cfg, &store, &events, trigger_tx, &stop_rx).await?;
+
+    let (req_tx, requests) = mpsc::channel::<ReconcileRequest>(64);
+    let cfg = Arc::new(cfg);
+    let (leader_tx, leader_rx) = watch::channel(if cfg.replica.is_some() { None } else { Some(0) });
+    let leadership = match &cfg.replica {
+        Some(r) => Leadership::replica(store.clone(), r.id.clone(), leader_rx),
+        None => Leadership::single(store.clone()),
+    };
+    let (api_state, api_addr) = start_api(
+        &cfg,
+        |a| {
+            ApiState::new(
+                cfg.clone(),
+                store.clone(),
+                hub.clone(),
+                req_tx,
+                events.clone(),
+                a,
+                leadership.clone(),
+            )
+        },
+        &stop_rx,
+    )
+    .await?;
+
+    // Started once the API is bound: a default advertise address of port 0 names the real port.
+    let lease_task = cfg.replica.clone().map(|mut r| {
+        if let (Some(a), Some(bound)) = (&cfg.api, api_addr)
+            && r.advertise == a.listen.to_string()
+        {
+            r.advertise = bound.to_string();
+        }
+        tokio::spawn(leader::lease_loop(store.clone(), r, leader_tx, stop_rx.clone()))
+    });
+    let (reload, reloads) = mpsc::channel(4);
+    let (count, reconciles) = watch::channel(0u64);
+    let reconciler = Reconciler {
+        count,
+        leadership: leadership.clone(),
+        cfg,
+        effects: Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone()),
+    };
+    let scheduler = Scheduler::new(triggers, requests, reloads, stop_rx, store.clone());
+    let task = tokio::spawn(reconciler.run(scheduler));
+    Ok(Running {
+        agents_addr,
+        api_addr,
+        hub,
+        store,
+        api: api_state,
+        events,
+        reconciles,
+        leadership,
+        reload,
+        stop,
+        task,
+        lease_task,
+    })
+}

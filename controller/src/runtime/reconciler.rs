@@ -1,0 +1,205 @@
+//! The reconciler loop, the only writer of AD: wait (the scheduler) → run
+//! one reconcile under the current leadership → effects → decide the next
+//! wait (the interval, or the error policy's backoff).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::effects::Effects;
+use super::scheduler::{Reason, Scheduler, Wake};
+use crate::config::Config;
+use crate::ldap::Ad;
+use crate::leader::Leadership;
+use crate::reconcile::{self, Approval, Fence, Outcome, ReconcileError, RunOptions};
+use crate::store::now_ms;
+
+/// What the next run does, and for whom.
+struct Next {
+    reason: Reason,
+    /// The trace the run continues (an agent's failure, an API call).
+    parent: String,
+    approve: Option<Approval>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<Outcome, ReconcileError>>>,
+}
+
+impl Next {
+    fn because(reason: Reason) -> Next {
+        Next {
+            reason,
+            parent: String::new(),
+            approve: None,
+            reply: None,
+        }
+    }
+}
+
+pub struct Reconciler {
+    pub count: watch::Sender<u64>,
+    pub leadership: Leadership,
+    pub cfg: Arc<Config>,
+    pub effects: Effects,
+}
+
+impl Reconciler {
+    pub async fn run(mut self, mut scheduler: Scheduler) {
+        let mut next = Next::because(Reason::Startup);
+        let mut failures: u32 = 0;
+        loop {
+            if self.leadership.is_replica() && !self.leadership.is_leader() {
+                if let Some(r) = next.reply.take() {
+                    let _ = r.send(Err(ReconcileError::Follower));
+                }
+                if !scheduler.follow(&self.leadership, &mut self.cfg).await {
+                    break;
+                }
+                next = Next::because(Reason::Leadership);
+            }
+            let epoch = self.leadership.epoch();
+            let started = (Instant::now(), now_ms());
+            let result = self.run_once(&mut next, epoch).await;
+            let wait = self.settle(&result, &next.reason, started.0, &mut failures);
+            if let Some(r) = next.reply.take() {
+                let _ = r.send(result);
+            }
+            self.count.send_modify(|n| *n += 1);
+            let Some(wait) = wait else {
+                // Deposed mid-run: back to following, no backoff.
+                failures = 0;
+                next = Next::because(Reason::Leadership);
+                continue;
+            };
+            scheduler.answered(started.1);
+            next = match scheduler.next(wait, &self.leadership, epoch).await {
+                Wake::Timer => Next::because(Reason::Timer),
+                Wake::Failures { reasons, traceparent } => Next {
+                    parent: traceparent,
+                    ..Next::because(Reason::Failures(reasons))
+                },
+                Wake::Request(r) => Next {
+                    reason: Reason::Api(r.trigger),
+                    parent: r.traceparent,
+                    approve: r.approve,
+                    reply: Some(r.reply),
+                },
+                Wake::Reload(c) => {
+                    self.cfg = Arc::new(*c);
+                    Next::because(Reason::Config)
+                }
+                Wake::Leadership => Next::because(Reason::Leadership),
+                Wake::Stop => break,
+            };
+        }
+        tracing::info!("reconciler stopped");
+    }
+
+    /// One traced run; losing the lease cancels it at once (the fence stops
+    /// any write that would slip through before).
+    async fn run_once(&mut self, next: &mut Next, epoch: Option<i64>) -> Result<Outcome, ReconcileError> {
+        let trigger = next.reason.to_string();
+        let span = tracing::info_span!(
+            "reconcile",
+            trigger = %trigger,
+            trace_id = tracing::field::Empty,
+            hosts_changed = tracing::field::Empty
+        );
+        kcdsync_telemetry::set_parent(&span, &next.parent);
+        span.record("trace_id", kcdsync_telemetry::trace_id(&span));
+        let approve = next.approve.take();
+        let result = match self.leadership.fence(epoch) {
+            Some(f) => {
+                let mut leader = self.leadership.watch();
+                let lost = f.lost(0);
+                tokio::select! {
+                    r = self.once(&trigger, approve, Some(f)).instrument(span.clone()) => r,
+                    _ = leader.wait_for(|l| *l != epoch) => Err(lost),
+                }
+            }
+            None => self.once(&trigger, approve, None).instrument(span.clone()).await,
+        };
+        if let Ok(o) = &result {
+            span.record("hosts_changed", o.applied.len());
+        }
+        result
+    }
+
+    /// Logs and measures a finished run; the wait before the next one
+    /// (`None`: this replica was deposed).
+    fn settle(
+        &self,
+        result: &Result<Outcome, ReconcileError>,
+        reason: &Reason,
+        started: Instant,
+        failures: &mut u32,
+    ) -> Option<Duration> {
+        let m = crate::metrics::get();
+        m.reconcile_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new(
+                "result",
+                if result.is_ok() { "ok" } else { "error" },
+            )],
+        );
+        if let Some(hub) = &self.effects.hub {
+            m.set_gauge(
+                "kcdsync.agents.connected",
+                [(String::new(), hub.connected_hosts().len() as u64)],
+            );
+        }
+        match result {
+            Ok(o) => {
+                *failures = 0;
+                tracing::info!(
+                    trigger = %reason,
+                    written = o.applied.len(),
+                    pending_plan = o.pending_plan,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                Some(self.cfg.interval)
+            }
+            Err(e) => {
+                *failures += 1;
+                let wait = e.retry_after(*failures - 1);
+                tracing::error!(trigger = %reason, error = %e, retry_in_secs = wait.as_secs(), "reconcile failed");
+                (!e.is_fenced()).then_some(wait)
+            }
+        }
+    }
+
+    /// One reconcile, then the effects.
+    async fn once(
+        &mut self,
+        trigger: &str,
+        approve: Option<Approval>,
+        fence: Option<Fence>,
+    ) -> Result<Outcome, ReconcileError> {
+        let cfg = self.cfg.clone();
+        let ad = Ad::connect(&cfg.ad).await?;
+        let result = async {
+            let observed = reconcile::observe(&cfg, &ad).await?;
+            let decision = reconcile::decide(&cfg, &observed)?;
+            let opts = RunOptions {
+                trigger: trigger.to_owned(),
+                approve,
+                progress: None,
+                fence,
+            };
+            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &observed, &decision, opts).await?;
+            Ok::<_, ReconcileError>((observed, outcome))
+        }
+        .await;
+        let (observed, outcome) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                ad.unbind().await;
+                return Err(e);
+            }
+        };
+        self.effects.after(&cfg, &ad, observed, &outcome).await;
+        ad.unbind().await;
+        Ok(outcome)
+    }
+}

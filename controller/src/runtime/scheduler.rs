@@ -1,0 +1,184 @@
+//! When the reconciler runs next, and why: the timer (or the error policy's
+//! backoff), migration failures reported by agents (directly, or — on a
+//! leader — stored through another replica and found by a poll), API
+//! requests, config reloads, a change of leadership, and stop.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::grpc::agents::{AUTH_FAILURES, Trigger};
+use crate::grpc::fleet::ReconcileRequest;
+use crate::leader::Leadership;
+use crate::store::{Store, now_ms};
+
+/// How often a leader looks for failures stored through other replicas.
+const FAILURE_POLL: Duration = Duration::from_secs(2);
+
+/// Why a reconcile runs; recorded with its plan and audit rows as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    Timer,
+    /// Reported migration failures, as `attempt:<id>`, answered together.
+    Failures(Vec<String>),
+    /// A caller of the API (its own words: `api`, `api:<who>`).
+    Api(String),
+    Config,
+    Leadership,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Startup => f.write_str("startup"),
+            Reason::Timer => f.write_str("timer"),
+            Reason::Failures(r) if r.len() > 3 => write!(f, "{} (+{} more)", r[..3].join(","), r.len() - 3),
+            Reason::Failures(r) => f.write_str(&r.join(",")),
+            Reason::Api(s) => f.write_str(s),
+            Reason::Config => f.write_str("config"),
+            Reason::Leadership => f.write_str("leadership"),
+        }
+    }
+}
+
+/// What woke the reconciler.
+pub enum Wake {
+    Timer,
+    /// Failures, with the trace the reconcile continues (the first one's).
+    Failures {
+        reasons: Vec<String>,
+        traceparent: String,
+    },
+    Request(ReconcileRequest),
+    Reload(Box<Config>),
+    Leadership,
+    Stop,
+}
+
+/// The reconciler's inputs.
+pub struct Scheduler {
+    pub triggers: mpsc::Receiver<Trigger>,
+    pub requests: mpsc::Receiver<ReconcileRequest>,
+    pub reloads: mpsc::Receiver<Config>,
+    pub stop: watch::Receiver<bool>,
+    pub store: Store,
+    /// Failures stored by other replicas' agents since this moment have not
+    /// been answered by a reconcile of ours yet.
+    answered_until: i64,
+    poll: tokio::time::Interval,
+}
+
+impl Scheduler {
+    pub fn new(
+        triggers: mpsc::Receiver<Trigger>,
+        requests: mpsc::Receiver<ReconcileRequest>,
+        reloads: mpsc::Receiver<Config>,
+        stop: watch::Receiver<bool>,
+        store: Store,
+    ) -> Scheduler {
+        let mut poll = tokio::time::interval(FAILURE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Scheduler {
+            triggers,
+            requests,
+            reloads,
+            stop,
+            store,
+            answered_until: now_ms(),
+            poll,
+        }
+    }
+
+    /// A run that started at `ms` answered every failure stored before it.
+    pub fn answered(&mut self, ms: i64) {
+        self.answered_until = self.answered_until.max(ms);
+    }
+
+    /// Waits for the next reason to run, at the latest `wait` from now.
+    /// `epoch` is the leadership the last run had.
+    pub async fn next(&mut self, wait: Duration, leadership: &Leadership, epoch: Option<i64>) -> Wake {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // What woke us is taken out of `select!` first: the branches
+            // borrow the receivers, the follow-ups need all of `self`.
+            enum Got {
+                Wake(Wake),
+                Trigger(Trigger),
+                Poll,
+            }
+            let mut leader = leadership.watch();
+            let poll = leadership.is_replica() && epoch.is_some();
+            let got = tokio::select! {
+                _ = leader.wait_for(|l| *l != epoch), if leadership.is_replica() => Got::Wake(Wake::Leadership),
+                _ = tokio::time::sleep_until(deadline) => Got::Wake(Wake::Timer),
+                Some(t) = self.triggers.recv() => Got::Trigger(t),
+                // A leader also answers failures that agents reported to a follower.
+                _ = self.poll.tick(), if poll => Got::Poll,
+                Some(r) = self.requests.recv() => Got::Wake(Wake::Request(r)),
+                Some(c) = self.reloads.recv() => Got::Wake(Wake::Reload(Box::new(c))),
+                _ = self.stop.wait_for(|v| *v) => Got::Wake(Wake::Stop),
+            };
+            match got {
+                Got::Wake(w) => return w,
+                Got::Trigger(t) => return self.failures(t),
+                Got::Poll => {
+                    if let Some(w) = self.stored_failures().await {
+                        return w;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One reconcile answers every failure queued so far.
+    fn failures(&mut self, first: Trigger) -> Wake {
+        let traceparent = first.traceparent.clone();
+        let mut reasons = vec![first.reason];
+        while let Ok(more) = self.triggers.try_recv() {
+            reasons.push(more.reason);
+        }
+        Wake::Failures { reasons, traceparent }
+    }
+
+    async fn stored_failures(&mut self) -> Option<Wake> {
+        match self
+            .store
+            .auth_failures_since(self.answered_until, &AUTH_FAILURES)
+            .await
+        {
+            Ok(found) if !found.is_empty() => {
+                self.answered_until = found.iter().map(|f| f.2).max().unwrap_or(self.answered_until);
+                Some(Wake::Failures {
+                    reasons: found.into_iter().map(|(id, _, _)| format!("attempt:{id}")).collect(),
+                    traceparent: String::new(),
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read reported failures");
+                None
+            }
+        }
+    }
+
+    /// A follower reconciles nothing: it waits for the lease, answering
+    /// write requests with where the leader is. `false`: stop.
+    pub async fn follow(&mut self, leadership: &Leadership, cfg: &mut std::sync::Arc<Config>) -> bool {
+        tracing::info!("follower: waiting for the leader lease");
+        let mut leader = leadership.watch();
+        loop {
+            tokio::select! {
+                r = leader.wait_for(|e| e.is_some()) => return r.is_ok(),
+                Some(_) = self.triggers.recv() => {}
+                Some(r) = self.requests.recv() => {
+                    let _ = r.reply.send(Err(crate::reconcile::ReconcileError::Follower));
+                }
+                Some(c) = self.reloads.recv() => *cfg = std::sync::Arc::new(c),
+                _ = self.stop.wait_for(|v| *v) => return false,
+            }
+        }
+    }
+}
