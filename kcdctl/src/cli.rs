@@ -1,0 +1,128 @@
+//! The command line: global connection and output flags, and one subcommand
+//! per fleet API call. Only clap types live here, so `--help` can be read
+//! (and reviewed) in one place; the verbs in `verbs/` act on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ask the kcdsync controller about the fleet: which hosts can live-migrate
+/// to which, why not, what it plans to change, and what it changed.
+///
+/// Authenticate with a bearer token (--token-file, one line) or a client
+/// certificate (--cert/--key). Read-role callers can look; approving,
+/// rejecting and triggering need the write role.
+///
+/// Examples:
+///   kcdctl check hv01.contoso.com hv02.contoso.com --as svc-migrate
+///   kcdctl matrix cluster-a --as svc-migrate
+///   kcdctl plans --pending && kcdctl approve 42
+#[derive(Parser)]
+#[command(name = "kcdctl", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Table for people, JSON for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Where the controller is and how to prove who we are (see `client`).
+#[derive(Args)]
+pub struct Connection {
+    /// The controller's fleet API.
+    #[arg(
+        long,
+        env = "KCDSYNC_CONTROLLER",
+        default_value = "https://127.0.0.1:7444",
+        global = true
+    )]
+    pub controller: String,
+    /// CA that issued the controller's API certificate (PEM).
+    #[arg(long, env = "KCDSYNC_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Name to verify in the controller's certificate, when the URL holds an IP.
+    #[arg(long, env = "KCDSYNC_SERVER_NAME", global = true)]
+    pub server_name: Option<String>,
+    /// File holding a bearer token (first line).
+    #[arg(long, env = "KCDSYNC_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), instead of a token.
+    #[arg(long, env = "KCDSYNC_CERT", global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert (PEM).
+    #[arg(long, env = "KCDSYNC_KEY", global = true)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// One-line summary: hosts, ready or not, findings, pending plans.
+    Status,
+    /// Hosts with their delegation state and readiness.
+    Hosts {
+        /// Only the hosts of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Findings, most severe first.
+    Findings {
+        /// Only the findings that involve this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Can a VM move from SRC to DST when ACCOUNT runs Move-VM?
+    ///
+    /// Exits 0 when ready, 3 when not (the reasons are printed), 1 when it cannot ask.
+    Check {
+        /// The host the VM runs on (SRC).
+        source: String,
+        /// The host it should move to (DST).
+        destination: String,
+        /// sAMAccountName or UPN of the account that runs Move-VM.
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        account: String,
+    },
+    /// Readiness of every ordered pair of a group, as a grid.
+    Matrix {
+        group: String,
+        /// sAMAccountName or UPN of the account that runs Move-VM.
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        account: String,
+    },
+    /// Stored plans (newest first).
+    Plans {
+        /// Only the plans waiting for approval.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve a pending plan; the controller applies it if AD still matches.
+    Approve { id: String },
+    /// Reject a pending plan.
+    Reject {
+        id: String,
+        /// Why, stored with the decision.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reconcile now.
+    Reconcile,
+    /// Applied changes, newest first.
+    Audit {
+        /// Only the changes to this host.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Print fleet events as they happen (Ctrl-C to stop).
+    Watch,
+}
