@@ -8,6 +8,12 @@ use serde::Deserialize;
 
 use super::{ConfigError, invalid, resolve};
 
+/// How long a host may go without a heartbeat before it counts as stale,
+/// when `[agents]` does not set `stale_after_secs` or is absent. The hub,
+/// diagnosis and the API should all ask
+/// [`Config::stale_after`](super::Config::stale_after), so they agree.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAgents {
@@ -27,7 +33,7 @@ fn default_heartbeat_secs() -> u64 {
     15
 }
 fn default_stale_secs() -> u64 {
-    60
+    DEFAULT_STALE_AFTER.as_secs()
 }
 fn default_max_message() -> usize {
     1 << 20
@@ -86,4 +92,27 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
         stale_after: Duration::from_secs(raw.stale_after_secs),
         max_message_bytes: raw.max_message_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::DEFAULT_STALE_AFTER;
+    use crate::config::test_util::{AD, parse};
+
+    #[test]
+    fn stale_after_is_the_agents_setting_or_one_minute() {
+        let g = "\n[[group]]\nname = \"a\"\nmode = \"plan\"\nhosts = [\"hv01\"]\n";
+        assert_eq!(DEFAULT_STALE_AFTER, Duration::from_secs(60));
+        let c = parse(&format!("{AD}{g}")).unwrap();
+        assert_eq!(c.stale_after(), DEFAULT_STALE_AFTER);
+        // The test fixture's one file stands in for the certificate, key and CA.
+        let agents =
+            "[agents]\nlisten = \"127.0.0.1:7443\"\ncert_file = \"pw\"\nkey_file = \"pw\"\nclient_ca_file = \"pw\"\n";
+        let c = parse(&format!("{AD}{agents}{g}")).unwrap();
+        assert_eq!(c.stale_after(), DEFAULT_STALE_AFTER);
+        let c = parse(&format!("{AD}{agents}stale_after_secs = 90\n{g}")).unwrap();
+        assert_eq!(c.stale_after(), Duration::from_secs(90));
+    }
 }

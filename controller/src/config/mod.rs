@@ -21,7 +21,7 @@ mod replica;
 mod secret;
 
 pub use ad::AdConfig;
-pub use agents::AgentsConfig;
+pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
 pub use api::{ApiConfig, ApiToken, Role};
 pub use diagnosis::DiagnosisConfig;
 pub use groups::{Group, Guard, Mode};
@@ -148,6 +148,12 @@ impl Config {
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         validate(raw, base_dir, &default_store_url(path))
+    }
+
+    /// How long a host may go without a heartbeat before it is stale:
+    /// `agents.stale_after_secs`, or [`DEFAULT_STALE_AFTER`] without `[agents]`.
+    pub fn stale_after(&self) -> Duration {
+        self.agents.as_ref().map_or(DEFAULT_STALE_AFTER, |a| a.stale_after)
     }
 }
 
