@@ -4,30 +4,11 @@
 use serde::Deserialize;
 
 use super::{ConfigError, invalid};
+pub use crate::model::Mode;
 use crate::model::dn::Dn;
+use crate::model::members::{self, Members};
 use crate::model::names::HostName;
-
-/// What the controller may do with a group's drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Report drift only.
-    Observe,
-    /// Compute plans, never write.
-    Plan,
-    /// Apply plans within the blast-radius guard.
-    Enforce,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Observe => "observe",
-            Mode::Plan => "plan",
-            Mode::Enforce => "enforce",
-        })
-    }
-}
+use crate::model::{Index, Observed};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +29,13 @@ pub struct Group {
     pub hosts: Vec<HostName>,
     pub ad_group: Option<Dn>,
     pub file_servers: Vec<HostName>,
+}
+
+impl Group {
+    /// The group's members as found in one observe.
+    pub fn resolve<'g>(&'g self, observed: &Observed, index: &Index) -> Members<'g> {
+        members::resolve(&self.hosts, self.ad_group.as_ref(), observed, index)
+    }
 }
 
 #[derive(Debug, Deserialize)]

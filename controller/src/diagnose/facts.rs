@@ -9,7 +9,6 @@ use kcdsync_proto::v1::HostReport;
 use crate::config::{DEFAULT_STALE_AFTER, Group};
 use crate::model::names::HostName;
 use crate::model::{Computer, Index, Observed, Privileged};
-use crate::plan::members;
 
 /// What an agent said about its host.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +61,8 @@ impl Facts<'_> {
     /// The computers of a configured group (hosts and AD group members), in
     /// the order of the observe.
     pub fn members(&self, group: &Group) -> Vec<&Computer> {
-        members::resolve(group, self.observed, self.index)
+        group
+            .resolve(self.observed, self.index)
             .sorted()
             .into_iter()
             .map(|i| &self.observed.computers[i])

@@ -23,7 +23,6 @@ pub use crate::model::{Account, Finding, FindingKind, Privileged, Severity};
 pub use facts::{Facts, HostFacts, Policy};
 
 use crate::model::{ATTR_DELEGATE_TO, CIFS, Computer, FindingKind as Kind, spn_key};
-use crate::plan::members;
 use host::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,7 +112,7 @@ pub fn fleet_findings(facts: &Facts) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::new();
     let mut seen_hosts: BTreeSet<usize> = BTreeSet::new();
     for g in facts.groups {
-        let m = members::resolve(g, facts.observed, facts.index);
+        let m = g.resolve(facts.observed, facts.index);
         for h in &m.missing {
             out.push(
                 Finding::new(

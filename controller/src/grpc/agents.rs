@@ -46,7 +46,7 @@ impl Default for HubOptions {
     fn default() -> Self {
         HubOptions {
             heartbeat: Duration::from_secs(15),
-            stale_after: Duration::from_secs(60),
+            stale_after: crate::config::DEFAULT_STALE_AFTER,
             max_message_bytes: 1 << 20,
             hello_timeout: Duration::from_secs(10),
         }

@@ -23,7 +23,6 @@ use crate::diagnose;
 use crate::ldap::Ad;
 use crate::leader::Leadership;
 use crate::model::*;
-use crate::plan::members;
 use crate::reconcile::{Approval, Outcome, ReconcileError};
 use crate::snapshot::Snapshot;
 use crate::store::{Store, StoredPlan, now_ms};
@@ -273,7 +272,7 @@ impl FleetApi {
         let snap = &view.snapshot;
         let mut idx: Vec<usize> = groups
             .into_iter()
-            .flat_map(|g| members::resolve(g, &snap.observed, &snap.index).computers)
+            .flat_map(|g| g.resolve(&snap.observed, &snap.index).computers)
             .collect();
         idx.sort_unstable();
         idx.dedup();

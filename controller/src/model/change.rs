@@ -14,7 +14,28 @@ use serde::{Deserialize, Serialize};
 use super::computer::spn_key;
 use super::dn::dn_key;
 use super::{NOT_DELEGATED, TRUSTED_FOR_DELEGATION, TRUSTED_TO_AUTH_FOR_DELEGATION};
-use crate::config::Mode;
+
+/// What the controller may do with a group's drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Report drift only.
+    Observe,
+    /// Compute plans, never write.
+    Plan,
+    /// Apply plans within the blast-radius guard.
+    Enforce,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Observe => "observe",
+            Mode::Plan => "plan",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
 
 /// One LDAP modify on one object (a computer, or an account marked sensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //!   and the accounts that decide delegation (`Directory`);
 //! - `change`: one planned modify of one object, with an explicit kind per part,
 //!   and its intent (what an approval approves);
+//! - `members`: who is in a migration group (the one resolver);
 //! - `finding`: the one finding type and its kinds, shared by planning and diagnosis;
 //! - `dn`, `names`: validated distinguished names and host names.
 
@@ -15,11 +16,12 @@ mod change;
 mod computer;
 pub mod dn;
 mod finding;
+pub mod members;
 pub mod names;
 mod observed;
 
 pub use account::{Account, Privileged};
-pub use change::{ChangeKind, HostChange, Intent, intents};
+pub use change::{ChangeKind, HostChange, Intent, Mode, intents};
 pub use computer::{Computer, is_migration_class, spn_key, spn_parts};
 pub use dn::dn_key;
 pub use finding::{Finding, FindingKind, Severity};

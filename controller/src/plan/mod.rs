@@ -10,13 +10,11 @@
 //! kcdsync does not manage (other service classes, targets outside the
 //! scope) are never removed.
 //!
-//! - `members`: who is in a group (the one resolver, shared with diagnosis);
 //! - `diff`: one host's change;
 //! - `guard`: what may be written without approval.
 
 mod diff;
 mod guard;
-pub mod members;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -142,7 +140,7 @@ impl<'a> Planner<'a> {
 
     /// The group's computers; what cannot be resolved becomes a finding.
     fn members(&mut self, g: &Group) -> Result<Vec<usize>, PlanError> {
-        let m = members::resolve(g, self.observed, self.index);
+        let m = g.resolve(self.observed, self.index);
         for h in &m.missing {
             self.findings.push(Finding::new(
                 FindingKind::HostMissingFromAd,

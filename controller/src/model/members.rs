@@ -2,9 +2,9 @@
 //! AD group, resolved against one observe. Planning, diagnosis and the API
 //! all ask this one resolver, so they can never disagree on membership.
 
-use crate::config::Group;
-use crate::model::names::HostName;
-use crate::model::{Index, Observed};
+use super::dn::Dn;
+use super::names::HostName;
+use super::{Index, Observed};
 
 /// A group's members as found in one observe.
 #[derive(Debug, Default)]
@@ -27,21 +27,22 @@ impl Members<'_> {
     }
 }
 
-/// Resolves `group` against `observed` (indexed by `index`).
-pub fn resolve<'g>(group: &'g Group, observed: &Observed, index: &Index) -> Members<'g> {
+/// Resolves a group — the `hosts` it lists and its `ad_group` — against
+/// `observed` (indexed by `index`).
+pub fn resolve<'g>(hosts: &'g [HostName], ad_group: Option<&Dn>, observed: &Observed, index: &Index) -> Members<'g> {
     let mut m = Members::default();
     let add = |m: &mut Members, i: usize| {
         if !m.computers.contains(&i) {
             m.computers.push(i);
         }
     };
-    for h in &group.hosts {
+    for h in hosts {
         match index.find(h) {
             Some(i) => add(&mut m, i),
             None => m.missing.push(h),
         }
     }
-    if let Some(adg) = &group.ad_group {
+    if let Some(adg) = ad_group {
         match observed.ad_groups.get(&adg.normalized()) {
             None => m.ad_group_missing = true,
             Some(dns) => {
