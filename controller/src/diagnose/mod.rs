@@ -189,37 +189,12 @@ mod tests {
     use super::*;
     use crate::config::Group;
     use crate::config::Mode;
+    use crate::model::fixtures::delegating;
     use crate::model::names::HostName;
     use crate::model::*;
     use kcdsync_proto::v1::{HostIdentity, KerberosTicket, MigrationSettings, ServiceStatus, StartMode};
     use kcdsync_proto::v1::{HostReport, MigrationAuthType, ServiceState};
     use std::collections::HashMap;
-
-    const BASE: &str = "OU=Hyper-V,DC=lab,DC=test";
-
-    fn computer(name: &str, uac: u32, peers: &[&str]) -> Computer {
-        let lower = name.to_lowercase();
-        let mut delegate = Vec::new();
-        for p in peers {
-            let pl = p.to_lowercase();
-            for class in [MIGRATION_SERVICE, CIFS] {
-                delegate.push(format!("{class}/{pl}.lab.test"));
-                delegate.push(format!("{class}/{p}"));
-            }
-        }
-        Computer {
-            dn: format!("CN={name},{BASE}"),
-            sam_account_name: format!("{name}$"),
-            dns_host_name: Some(format!("{lower}.lab.test")),
-            uac,
-            allowed_to_delegate_to: delegate,
-            spns: [MIGRATION_SERVICE, CIFS]
-                .iter()
-                .flat_map(|c| [format!("{c}/{lower}.lab.test"), format!("{c}/{name}")])
-                .collect(),
-            usn_changed: 1,
-        }
-    }
 
     const GOOD: u32 = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
 
@@ -327,8 +302,8 @@ mod tests {
     #[test]
     fn a_converged_pair_is_ready() {
         let w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ]);
         let v = check_migration(&w.facts(), "hv01.lab.test", "hv02.lab.test", &alice());
         assert_eq!(v.readiness, Readiness::Ready, "{v:#?}");
@@ -343,8 +318,8 @@ mod tests {
     #[test]
     fn kerberos_only_is_the_seeds_failure() {
         let w = World::new(vec![
-            computer("HV01", WORKSTATION_TRUST_ACCOUNT, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", WORKSTATION_TRUST_ACCOUNT, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ])
         .with_report("hv01.lab.test", report(17763));
         let v = check_migration(&w.facts(), "hv01.lab.test", "hv02.lab.test", &alice());
@@ -365,12 +340,12 @@ mod tests {
 
     #[test]
     fn missing_entries_block_by_fqdn_and_warn_by_netbios() {
-        let mut hv01 = computer("HV01", GOOD, &[]);
+        let mut hv01 = delegating("HV01", GOOD, &[]);
         hv01.allowed_to_delegate_to = vec![
             format!("{MIGRATION_SERVICE}/hv02.lab.test"),
             "CIFS/HV02.LAB.TEST".into(),
         ];
-        let w = World::new(vec![hv01, computer("HV02", GOOD, &["HV01"])]);
+        let w = World::new(vec![hv01, delegating("HV02", GOOD, &["HV01"])]);
         let v = check_migration(&w.facts(), "hv01", "hv02", &alice());
         assert_eq!(v.readiness, Readiness::Ready, "FQDN entries present (any case): {v:#?}");
         let nb = v
@@ -380,9 +355,9 @@ mod tests {
             .unwrap();
         assert!(nb.evidence[0].1.contains("cifs/HV02"));
 
-        let mut hv01 = computer("HV01", GOOD, &[]);
+        let mut hv01 = delegating("HV01", GOOD, &[]);
         hv01.allowed_to_delegate_to = vec!["cifs/HV02".into()];
-        let w = World::new(vec![hv01, computer("HV02", GOOD, &["HV01"])]);
+        let w = World::new(vec![hv01, delegating("HV02", GOOD, &["HV01"])]);
         let v = check_migration(&w.facts(), "hv01", "hv02", &alice());
         assert_eq!(kinds(&v), vec![FindingKind::DelegationEntryMissing]);
         assert!(v.blocking[0].evidence[0].1.contains("cifs/hv02.lab.test"));
@@ -390,9 +365,9 @@ mod tests {
 
     #[test]
     fn a_destination_without_spns_cannot_be_delegated_to() {
-        let mut hv02 = computer("HV02", GOOD, &["HV01"]);
+        let mut hv02 = delegating("HV02", GOOD, &["HV01"]);
         hv02.spns.clear();
-        let w = World::new(vec![computer("HV01", GOOD, &["HV02"]), hv02]);
+        let w = World::new(vec![delegating("HV01", GOOD, &["HV02"]), hv02]);
         let v = check_migration(&w.facts(), "hv01", "hv02", &alice());
         assert_eq!(kinds(&v), vec![FindingKind::PeerSpnNotRegistered]);
         assert!(!v.blocking[0].automatic);
@@ -401,8 +376,8 @@ mod tests {
     #[test]
     fn unconstrained_delegation_and_disabled_computers_are_critical() {
         let w = World::new(vec![
-            computer("HV01", GOOD | TRUSTED_FOR_DELEGATION, &["HV02"]),
-            computer("HV02", GOOD | ACCOUNTDISABLE, &["HV01"]),
+            delegating("HV01", GOOD | TRUSTED_FOR_DELEGATION, &["HV02"]),
+            delegating("HV02", GOOD | ACCOUNTDISABLE, &["HV01"]),
         ]);
         let v = check_migration(&w.facts(), "hv01", "hv02", &alice());
         let k = kinds(&v);
@@ -411,8 +386,8 @@ mod tests {
             "{k:?}"
         );
         let w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ]);
         assert!(kinds(&check_migration(&w.facts(), "hv01", "hv02", &alice())).is_empty());
     }
@@ -420,8 +395,8 @@ mod tests {
     #[test]
     fn who_is_delegated_matters() {
         let w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ]);
         let f = w.facts();
         let sensitive = Account {
@@ -451,8 +426,8 @@ mod tests {
     #[test]
     fn a_sensitive_krbtgt_blocks_everything() {
         let mut w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ]);
         w.krbtgt = Some(0x202 | NOT_DELEGATED);
         assert_eq!(
@@ -468,7 +443,7 @@ mod tests {
 
     #[test]
     fn unknown_hosts_are_named() {
-        let w = World::new(vec![computer("HV01", GOOD, &["HV02"])]);
+        let w = World::new(vec![delegating("HV01", GOOD, &["HV02"])]);
         let v = check_migration(&w.facts(), "hv01", "hv99.lab.test", &alice());
         assert_eq!(kinds(&v), vec![FindingKind::HostMissingFromAd]);
         assert_eq!(v.blocking[0].hosts, vec!["hv99.lab.test"]);
@@ -480,8 +455,8 @@ mod tests {
     fn agent_reported_settings_are_diagnosed() {
         let base = || {
             World::new(vec![
-                computer("HV01", GOOD, &["HV02"]),
-                computer("HV02", GOOD, &["HV01"]),
+                delegating("HV01", GOOD, &["HV02"]),
+                delegating("HV02", GOOD, &["HV01"]),
             ])
         };
         let mut credssp = report(26100);
@@ -556,8 +531,8 @@ mod tests {
             ..Default::default()
         }];
         let mut w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ])
         .with_report("hv01.lab.test", r);
         w.changes.insert("hv01.lab.test".into(), 200_000);
@@ -581,8 +556,8 @@ mod tests {
     #[test]
     fn privileged_accounts_that_can_be_delegated_are_flagged() {
         let mut w = World::new(vec![
-            computer("HV01", GOOD, &["HV02"]),
-            computer("HV02", GOOD, &["HV01"]),
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
         ]);
         let admin = |uac, protected_users| Privileged {
             account: Account {
@@ -617,8 +592,8 @@ mod tests {
     #[test]
     fn fleet_findings_cover_groups_and_file_servers() {
         let mut w = World::new(vec![
-            computer("HV01", WORKSTATION_TRUST_ACCOUNT, &["HV02"]),
-            computer("HV02", GOOD, &[]),
+            delegating("HV01", WORKSTATION_TRUST_ACCOUNT, &["HV02"]),
+            delegating("HV02", GOOD, &[]),
         ]);
         w.groups[0].file_servers = vec![HostName::parse("fs01.lab.test").unwrap()];
         w.groups[0].hosts.push(HostName::parse("hv09.lab.test").unwrap());

@@ -16,6 +16,8 @@ mod change;
 mod computer;
 pub mod dn;
 mod finding;
+#[cfg(test)]
+pub mod fixtures;
 pub mod members;
 pub mod names;
 mod observed;

@@ -280,27 +280,8 @@ impl<'a> Planner<'a> {
 mod tests {
     use super::*;
     use crate::config::Guard;
+    use crate::model::fixtures::{BASE, computer, entries_to};
     use crate::model::names::HostName;
-
-    const BASE: &str = "OU=Hyper-V,DC=lab,DC=test";
-
-    fn computer(name: &str, uac: u32, delegate: &[&str]) -> Computer {
-        let lower = name.to_lowercase();
-        Computer {
-            dn: format!("CN={name},{BASE}"),
-            sam_account_name: format!("{name}$"),
-            dns_host_name: Some(format!("{lower}.lab.test")),
-            uac,
-            allowed_to_delegate_to: delegate.iter().map(|s| s.to_string()).collect(),
-            spns: vec![
-                format!("{MIGRATION_SERVICE}/{lower}.lab.test"),
-                format!("{MIGRATION_SERVICE}/{name}"),
-                format!("cifs/{lower}.lab.test"),
-                format!("cifs/{name}"),
-            ],
-            usn_changed: 1,
-        }
-    }
 
     fn group(name: &str, mode: Mode, hosts: &[&str], file_servers: &[&str]) -> Group {
         Group {
@@ -314,16 +295,6 @@ mod tests {
 
     fn scope() -> Vec<Dn> {
         vec![Dn::parse(BASE).unwrap()]
-    }
-
-    fn entries_to(peer: &str) -> Vec<String> {
-        let lower = peer.to_lowercase();
-        vec![
-            format!("{MIGRATION_SERVICE}/{lower}.lab.test"),
-            format!("{MIGRATION_SERVICE}/{peer}"),
-            format!("cifs/{lower}.lab.test"),
-            format!("cifs/{peer}"),
-        ]
     }
 
     fn converged(name: &str, peers: &[&str]) -> Computer {

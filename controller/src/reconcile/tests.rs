@@ -16,13 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use super::*;
 use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS};
 use crate::model::dn::Dn;
-use crate::model::{
-    CIFS, Computer, Directory, MIGRATION_SERVICE, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key,
-    spn_key,
-};
+use crate::model::fixtures::{BASE, delegating};
+use crate::model::{Computer, Directory, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key, spn_key};
 use crate::store::Store;
 
-const BASE: &str = "OU=Hyper-V,DC=lab,DC=test";
 const KERBEROS_ONLY: u32 = WORKSTATION_TRUST_ACCOUNT;
 const ANY_PROTOCOL: u32 = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
 
@@ -135,27 +132,6 @@ impl AdClient for FakeAd {
     }
 }
 
-fn computer(name: &str, uac: u32, peers: &[&str]) -> Computer {
-    let lower = name.to_lowercase();
-    Computer {
-        dn: format!("CN={name},{BASE}"),
-        sam_account_name: format!("{name}$"),
-        dns_host_name: Some(format!("{lower}.lab.test")),
-        uac,
-        allowed_to_delegate_to: peers.iter().flat_map(|p| entries_to(p)).collect(),
-        spns: entries_to(name),
-        usn_changed: 1,
-    }
-}
-
-fn entries_to(peer: &str) -> Vec<String> {
-    let lower = peer.to_lowercase();
-    [MIGRATION_SERVICE, CIFS]
-        .iter()
-        .flat_map(|c| [format!("{c}/{lower}.lab.test"), format!("{c}/{peer}")])
-        .collect()
-}
-
 /// A config for one enforce-mode group, and the real SQLite store in a temp dir.
 async fn setup(hosts: &[&str]) -> (Config, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -196,8 +172,8 @@ async fn a_concurrent_change_is_reread_replanned_and_kept() {
     // HV01 is "Kerberos only"; just before kcdsync writes it, someone else
     // adds an entry of their own (and, by chance, one of ours).
     let ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &[]),
-        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+        delegating("HV01", KERBEROS_ONLY, &[]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
     ])
     .before_modify(|n, objects| {
         if n == 0 {
@@ -235,8 +211,8 @@ async fn a_concurrent_change_is_reread_replanned_and_kept() {
 async fn a_writer_that_keeps_conflicting_is_given_up_for_this_round() {
     let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
     let ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &["HV02"]),
-        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+        delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
     ])
     .before_modify(|_, objects| {
         // Every time, just before the write, someone flips a bit.
@@ -262,8 +238,8 @@ async fn a_writer_that_keeps_conflicting_is_given_up_for_this_round() {
 async fn a_busy_dc_is_retried_with_backoff() {
     let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
     let ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &["HV02"]),
-        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+        delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
     ])
     .before_modify(|n, _| {
         (n < 2).then(|| LdapError::Modify {
@@ -282,9 +258,9 @@ async fn a_busy_dc_is_retried_with_backoff() {
 async fn a_dc_that_stays_busy_fails_the_host_not_the_fleet() {
     let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
     let ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
-        computer("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
-        computer("HV03", ANY_PROTOCOL, &["HV01", "HV02"]),
+        delegating("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+        delegating("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        delegating("HV03", ANY_PROTOCOL, &["HV01", "HV02"]),
     ])
     .before_modify(|n, _| {
         (n <= MAX_TRANSIENT_RETRIES as usize).then(|| LdapError::Modify {
@@ -312,9 +288,9 @@ async fn a_lease_lost_mid_apply_stops_every_later_write_and_the_audit() {
         .unwrap()
         .unwrap();
     let mut ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
-        computer("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
-        computer("HV03", KERBEROS_ONLY, &["HV01", "HV02"]),
+        delegating("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+        delegating("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        delegating("HV03", KERBEROS_ONLY, &["HV01", "HV02"]),
     ]);
     // Right after the first write lands, another replica takes the lease.
     let thief = store.clone();
@@ -364,8 +340,8 @@ async fn a_lease_lost_mid_apply_stops_every_later_write_and_the_audit() {
 async fn a_write_ad_does_not_keep_fails_verification() {
     let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
     let ad = FakeAd::new(vec![
-        computer("HV01", KERBEROS_ONLY, &["HV02"]),
-        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+        delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
     ]);
     ad.forget_writes.store(true, Ordering::SeqCst);
     let err = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap_err();
@@ -386,8 +362,8 @@ async fn a_write_ad_does_not_keep_fails_verification() {
 async fn a_converged_fleet_writes_nothing() {
     let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
     let ad = FakeAd::new(vec![
-        computer("HV01", ANY_PROTOCOL, &["HV02"]),
-        computer("HV02", ANY_PROTOCOL, &["HV01"]),
+        delegating("HV01", ANY_PROTOCOL, &["HV02"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
     ]);
     let out = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap();
     assert!(out.plan_id.is_none() && out.applied.is_empty());
