@@ -1219,10 +1219,7 @@ pub fn parse_event_time(s: &str) -> Option<Timestamp> {
             return None;
         }
         let ms: i64 = inner.parse().ok()?;
-        return Some(Timestamp {
-            seconds: ms.div_euclid(1000),
-            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-        });
+        return Some(kcdsync_proto::timestamp_from_ms(ms));
     }
     parse_iso8601(s)
 }

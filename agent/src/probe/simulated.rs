@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kcdsync_proto::timestamp_from_ms;
 use kcdsync_proto::v1::*;
 use serde::{Deserialize, Serialize};
 
@@ -145,13 +146,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 impl SimulatedProbe {
     /// Reads the host file; the event log and ticket cache live in `state_dir`.
     pub fn load(host_file: &Path, state_dir: &Path) -> Result<SimulatedProbe, ProbeError> {
@@ -255,7 +249,7 @@ impl SimulatedProbe {
     fn to_attempt(&self, ev: &Event) -> MigrationAttempt {
         MigrationAttempt {
             attempt_id: format!("{}:{}", self.host.fqdn, ev.record_id),
-            time: Some(ts(ev.time_ms)),
+            time: Some(timestamp_from_ms(ev.time_ms)),
             vm_name: ev.vm.clone(),
             vm_id: String::new(),
             peer: ev.peer.clone(),
@@ -353,8 +347,8 @@ fn parse_mit_klist(text: &str) -> Vec<KerberosTicket> {
             let end = mit_time(parts[2], parts[3]);
             out.push(KerberosTicket {
                 server: parts[4].to_owned(),
-                start_time: start.map(ts),
-                end_time: end.map(ts),
+                start_time: start.map(timestamp_from_ms),
+                end_time: end.map(timestamp_from_ms),
                 ..Default::default()
             });
         }
@@ -412,7 +406,7 @@ impl HostProbe for SimulatedProbe {
             None => Vec::new(),
         };
         HostReport {
-            observed_at: Some(ts(now_ms())),
+            observed_at: Some(timestamp_from_ms(now_ms())),
             identity: Some(HostIdentity {
                 fqdn: h.fqdn.to_lowercase(),
                 netbios_name: h.netbios.to_uppercase(),
