@@ -5,6 +5,7 @@
 //! controller acknowledges them, and talks to the controller over one mTLS
 //! gRPC stream.
 
+mod calendar;
 pub mod client;
 pub mod config;
 pub mod outbox;

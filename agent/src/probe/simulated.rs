@@ -18,6 +18,7 @@ use kcdsync_proto::v1::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Cursor, HostProbe, ProbeError};
+use crate::calendar::days_from_civil;
 
 /// SEC_E_NO_CREDENTIALS, what a "Kerberos only" host reports.
 pub const SEC_E_NO_CREDENTIALS: u32 = 0x8009030E;
@@ -366,16 +367,6 @@ fn mit_time(date: &str, time: &str) -> Option<i64> {
     let year = if d[2] < 100 { 2000 + d[2] } else { d[2] };
     let days = days_from_civil(year, d[0], d[1]);
     Some(((days * 86400) + t[0] * 3600 + t[1] * 60 + t[2]) * 1000)
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 impl HostProbe for SimulatedProbe {

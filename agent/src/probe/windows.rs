@@ -1,6 +1,6 @@
 //! The probe of a real Hyper-V host: runs PowerShell and klist (one process
 //! per question, each with a timeout) and reads their output with the pure
-//! parsers of [`crate::windows`].
+//! parsers of [`crate::windows::parse`].
 //!
 //! Nothing here is Windows-only at compile time: on Linux the commands are
 //! simply not found (every report step then fails and says so), and the
@@ -14,9 +14,9 @@ use kcdsync_proto::v1::{HostIdentity, HostReport, MigrationAttempt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Cursor, HostProbe, ProbeError};
-use crate::windows::{
-    self as parse, KLIST_PURGE_ARGS, KLIST_SYSTEM_ARGS, PS_MIGRATION_NETWORKS, PS_OS_DEVICE_GUARD, PS_SERVICES,
-    PS_VMHOST, ParseError,
+use crate::windows::parse::{self, ParseError};
+use crate::windows::scripts::{
+    self, KLIST_PURGE_ARGS, KLIST_SYSTEM_ARGS, PS_MIGRATION_NETWORKS, PS_OS_DEVICE_GUARD, PS_SERVICES, PS_VMHOST,
 };
 
 /// More standard output than this is refused (a runaway command).
@@ -145,7 +145,8 @@ impl WindowsProbe {
     }
 
     async fn powershell(&self, script: &str, step: &str) -> Result<String, ProbeError> {
-        self.run(&self.powershell, &parse::powershell_args(script), step).await
+        self.run(&self.powershell, &scripts::powershell_args(script), step)
+            .await
     }
 
     async fn klist(&self, args: &[&str], step: &str) -> Result<String, ProbeError> {
@@ -299,10 +300,12 @@ impl HostProbe for WindowsProbe {
     }
 
     /// One page of VMMS-Admin events after `since` (at most
-    /// [`parse::VMMS_EVENTS_PAGE`]); the new cursor is the highest RecordId
+    /// [`scripts::VMMS_EVENTS_PAGE`]); the new cursor is the highest RecordId
     /// read, migration-related or not, so unrelated events are not re-read.
     async fn attempts(&self, since: Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
-        let out = self.powershell(&parse::vmms_events_script(since), STEP_EVENTS).await?;
+        let out = self
+            .powershell(&scripts::vmms_events_script(since), STEP_EVENTS)
+            .await?;
         let batch = parse::parse_vmms_event_batch(&out, &self.host).map_err(|e| parse_error(STEP_EVENTS, e))?;
         let next = batch.max_record_id.map_or(since, |m| m.max(since));
         let attempts = batch
