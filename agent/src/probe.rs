@@ -1,11 +1,15 @@
 //! How the agent looks at its host. Two implementations: [`windows`] runs
 //! PowerShell and klist on a real Hyper-V host; [`simulated`] reads a host
-//! described by a file, for the lab, the demo and the tests.
+//! described by a file, for the lab, the demo and the tests, and asks a real
+//! KDC through [`kerberos`]. Both run their tools with [`crate::process`].
 
 use std::future::Future;
 
 use kcdsync_proto::v1::{HostReport, MigrationAttempt};
 
+use crate::process::RunError;
+
+pub mod kerberos;
 pub mod simulated;
 pub mod windows;
 
@@ -21,6 +25,27 @@ pub enum ProbeError {
     Parse { command: String, message: String },
     #[error("{0}")]
     Other(String),
+}
+
+impl ProbeError {
+    /// A failed run of the command named `step`, as the probes report it.
+    pub(crate) fn from_run(step: &str, e: RunError) -> ProbeError {
+        let command = step.to_string();
+        match e {
+            RunError::Spawn { .. } => ProbeError::Spawn {
+                command,
+                message: e.to_string(),
+            },
+            RunError::Timeout { after, .. } => ProbeError::Timeout {
+                command,
+                secs: after.as_secs().max(1),
+            },
+            other => ProbeError::Failed {
+                command,
+                message: other.to_string(),
+            },
+        }
+    }
 }
 
 /// Where the attempt reader stopped; persisted by the agent so a restart

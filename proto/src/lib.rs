@@ -1,5 +1,7 @@
 //! The `kcdsync.v1` wire contract. Generated code lives here and only here:
-//! other crates use these types and never hand-write wire messages.
+//! other crates use these types and never hand-write wire messages. Besides
+//! them, only conversions every crate needs to fill those types (Unix ms <->
+//! `Timestamp`).
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
@@ -9,7 +11,10 @@ pub mod v1 {
 /// The encoded FileDescriptorSet of `kcdsync.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kcdsync_descriptor.bin"));
 
-/// A wire timestamp from Unix milliseconds (negative values included).
+/// Unix milliseconds as a protobuf `Timestamp`. The wire carries
+/// `Timestamp`s while stores and clocks count milliseconds; `div_euclid` /
+/// `rem_euclid` keep `nanos` in `0..1e9` for instants before 1970 too, as
+/// the protobuf contract requires.
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
@@ -17,9 +22,13 @@ pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Unix milliseconds from a wire timestamp; the sub-millisecond part is dropped.
+/// A protobuf `Timestamp` as Unix milliseconds, sub-millisecond nanos
+/// dropped (rounded towards the past). Saturates instead of overflowing for
+/// a hostile `seconds`.
 pub fn ms_from_timestamp(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + (t.nanos / 1_000_000) as i64
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos.div_euclid(1_000_000)))
 }
 
 #[cfg(test)]
@@ -27,10 +36,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn milliseconds_round_trip_through_timestamps() {
-        for ms in [0, 1, 999, 1_000, 1_733_000_000_123, -1, -1_001] {
-            assert_eq!(ms_from_timestamp(&timestamp_from_ms(ms)), ms, "{ms}");
+    fn milliseconds_and_timestamps_round_trip() {
+        for ms in [0, 1, 999, 1000, 1_595_374_458_918, -1, -999, -1000, -1001] {
+            let t = timestamp_from_ms(ms);
+            assert!((0..1_000_000_000).contains(&t.nanos), "{ms}: {t:?}");
+            assert_eq!(ms_from_timestamp(&t), ms);
         }
-        assert_eq!(timestamp_from_ms(-1).nanos, 999_000_000);
+        assert_eq!(
+            timestamp_from_ms(-1),
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 999_000_000
+            }
+        );
+        assert_eq!(
+            timestamp_from_ms(1_595_374_458_918),
+            prost_types::Timestamp {
+                seconds: 1_595_374_458,
+                nanos: 918_000_000
+            }
+        );
+        let t = prost_types::Timestamp {
+            seconds: 10,
+            nanos: 999_999,
+        };
+        assert_eq!(ms_from_timestamp(&t), 10_000, "sub-millisecond nanos are dropped");
+        let huge = prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert_eq!(ms_from_timestamp(&huge), i64::MAX);
     }
 }

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
+use kcdsync_agent::probe::kerberos::{self, MitKerberos};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 
 pub const T2A4D: u32 = 0x1000000;
@@ -152,42 +153,34 @@ impl Lab {
     /// S4U2Self then S4U2Proxy, exactly what the source host does for a
     /// live migration. `Ok(())` when the KDC grants it; `Err(message)` with
     /// the KDC's refusal otherwise.
+    /// Runs the agent's own Kerberos helper (the simulated probe asks the
+    /// KDC the same way), on a thread and runtime of its own: callers are
+    /// synchronous code, often inside a `#[tokio::test]` runtime.
     pub fn kvno(&self, source: &TestHost, user: &str, spn: &str) -> std::result::Result<(), String> {
         let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cc = format!("FILE:{}", tmp.path().join("cc").display());
-        let principal = format!("{}$@{}", source.netbios, self.realm());
-        let run = |args: &[&str], input: Option<&str>| -> std::result::Result<String, String> {
-            let mut cmd = Command::new(args[0]);
-            cmd.args(&args[1..])
-                .env("KRB5_CONFIG", self.krb5_conf())
-                .env("KRB5CCNAME", &cc)
-                .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
-            if let Some(i) = input {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("{i}\n").as_bytes())
-                    .map_err(|e| e.to_string())?;
-            }
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if out.status.success() {
-                Ok(text)
-            } else {
-                Err(text.trim().to_owned())
-            }
+        let krb = MitKerberos {
+            krb5_config: self.krb5_conf().into(),
+            ccache: format!("FILE:{}", tmp.path().join("cc").display()),
+            timeout: std::time::Duration::from_secs(60),
         };
-        run(&["kinit", &principal], Some(&source.password)).map_err(|e| format!("kinit {principal} failed: {e}"))?;
-        run(&["kvno", "-U", user, "-P", spn], None).map(|_| ())
+        let principal = format!("{}$@{}", source.netbios, self.realm());
+        let verdict = async {
+            krb.kinit_password(&principal, &source.password)
+                .await
+                .map_err(|e| format!("kinit {principal} failed: {}", kerberos::said(&e)))?;
+            krb.s4u(user, spn).await.map_err(|e| kerberos::said(&e))
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(verdict)
+            })
+            .join()
+            .map_err(|_| "the kvno thread panicked".to_string())?
+        })
     }
 
     /// Reads a computer object as Administrator (not through the code under test).

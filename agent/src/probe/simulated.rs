@@ -9,14 +9,19 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kcdsync_proto::timestamp_from_ms;
 use kcdsync_proto::v1::*;
 use serde::{Deserialize, Serialize};
 
+use super::kerberos::{self, MitKerberos};
 use super::{Cursor, HostProbe, ProbeError};
+use crate::process::RunError;
+
+/// Limit for each Kerberos tool run.
+const KERBEROS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// SEC_E_NO_CREDENTIALS, what a "Kerberos only" host reports.
 pub const SEC_E_NO_CREDENTIALS: u32 = 0x8009030E;
@@ -145,13 +150,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
 impl SimulatedProbe {
     /// Reads the host file; the event log and ticket cache live in `state_dir`.
     pub fn load(host_file: &Path, state_dir: &Path) -> Result<SimulatedProbe, ProbeError> {
@@ -255,7 +253,7 @@ impl SimulatedProbe {
     fn to_attempt(&self, ev: &Event) -> MigrationAttempt {
         MigrationAttempt {
             attempt_id: format!("{}:{}", self.host.fqdn, ev.record_id),
-            time: Some(ts(ev.time_ms)),
+            time: Some(timestamp_from_ms(ev.time_ms)),
             vm_name: ev.vm.clone(),
             vm_id: String::new(),
             peer: ev.peer.clone(),
@@ -269,62 +267,33 @@ impl SimulatedProbe {
         }
     }
 
-    /// S4U2Self + S4U2Proxy as the host, through the host's ticket cache.
+    /// The MIT tools on the host's ticket cache (its "SYSTEM logon session").
+    fn kerberos(&self, k: &Kerberos) -> MitKerberos {
+        MitKerberos {
+            krb5_config: k.krb5_config.clone(),
+            ccache: self.ccache(),
+            timeout: KERBEROS_TIMEOUT,
+        }
+    }
+
+    /// S4U2Self + S4U2Proxy as the host, through the host's ticket cache;
+    /// `Err` with the last line the failing tool printed.
     async fn s4u(&self, k: &Kerberos, peer: &str, account: &str) -> Result<(), String> {
-        let cc = self.ccache();
-        let have_tgt = self.run(k, &["klist", "-s"], None).await.is_ok();
-        if !have_tgt {
+        let krb = self.kerberos(k);
+        let last_line = |e: RunError| kerberos::said(&e).lines().last().unwrap_or_default().to_owned();
+        if !krb.has_tickets().await {
             let r = match (&k.keytab, &k.password_file) {
-                (Some(kt), _) => {
-                    let kt = kt.display().to_string();
-                    self.run(k, &["kinit", "-k", "-t", &kt, &k.principal], None).await
-                }
+                (Some(kt), _) => krb.kinit_keytab(&k.principal, kt).await.map_err(last_line),
                 (None, Some(pw)) => {
                     let pw = std::fs::read_to_string(pw).map_err(|e| format!("password file: {e}"))?;
-                    self.run(k, &["kinit", &k.principal], Some(pw.trim())).await
+                    krb.kinit_password(&k.principal, pw.trim()).await.map_err(last_line)
                 }
                 (None, None) => Err("the [kerberos] section needs keytab or password_file".into()),
             };
-            r.map_err(|e| format!("kinit {} ({cc}): {e}", k.principal))?;
+            r.map_err(|e| format!("kinit {} ({}): {e}", k.principal, krb.ccache))?;
         }
         let spn = format!("cifs/{}", peer.to_lowercase());
-        self.run(k, &["kvno", "-U", account, "-P", &spn], None)
-            .await
-            .map(|_| ())
-    }
-
-    async fn run(&self, k: &Kerberos, args: &[&str], input: Option<&str>) -> Result<String, String> {
-        let mut cmd = tokio::process::Command::new(args[0]);
-        cmd.args(&args[1..])
-            .env("KRB5_CONFIG", &k.krb5_config)
-            .env("KRB5CCNAME", self.ccache())
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", args[0]))?;
-        if let Some(i) = input {
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            stdin
-                .write_all(format!("{i}\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-            .await
-            .map_err(|_| format!("{} timed out", args[0]))?
-            .map_err(|e| e.to_string())?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(text.trim().lines().last().unwrap_or_default().to_owned())
-        }
+        krb.s4u(account, &spn).await.map_err(last_line)
     }
 
     fn service(name: &str, state: &str) -> ServiceStatus {
@@ -340,48 +309,6 @@ impl SimulatedProbe {
             start_mode: StartMode::Automatic as i32,
         }
     }
-}
-
-/// Tickets in an MIT ccache as `klist` prints them:
-/// `11/25/26 08:30:01  11/25/26 18:30:01  krbtgt/LAB.TEST@LAB.TEST`.
-fn parse_mit_klist(text: &str) -> Vec<KerberosTicket> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() >= 5 && parts[0].contains('/') && parts[1].contains(':') {
-            let start = mit_time(parts[0], parts[1]);
-            let end = mit_time(parts[2], parts[3]);
-            out.push(KerberosTicket {
-                server: parts[4].to_owned(),
-                start_time: start.map(ts),
-                end_time: end.map(ts),
-                ..Default::default()
-            });
-        }
-    }
-    out
-}
-
-/// `MM/DD/YY HH:MM:SS` (local time of a UTC lab machine) as Unix ms.
-fn mit_time(date: &str, time: &str) -> Option<i64> {
-    let d: Vec<i64> = date.split('/').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let t: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return None;
-    }
-    let year = if d[2] < 100 { 2000 + d[2] } else { d[2] };
-    let days = days_from_civil(year, d[0], d[1]);
-    Some(((days * 86400) + t[0] * 3600 + t[1] * 60 + t[2]) * 1000)
-}
-
-/// Days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 impl HostProbe for SimulatedProbe {
@@ -404,15 +331,11 @@ impl HostProbe for SimulatedProbe {
             _ => MigrationPerformance::Unspecified,
         };
         let system_tickets = match &h.kerberos {
-            Some(k) => self
-                .run(k, &["klist"], None)
-                .await
-                .map(|t| parse_mit_klist(&t))
-                .unwrap_or_default(),
+            Some(k) => self.kerberos(k).tickets().await.unwrap_or_default(),
             None => Vec::new(),
         };
         HostReport {
-            observed_at: Some(ts(now_ms())),
+            observed_at: Some(timestamp_from_ms(now_ms())),
             identity: Some(HostIdentity {
                 fqdn: h.fqdn.to_lowercase(),
                 netbios_name: h.netbios.to_uppercase(),
@@ -469,7 +392,7 @@ impl HostProbe for SimulatedProbe {
     async fn purge_system_tickets(&self) -> Result<String, ProbeError> {
         match &self.host.kerberos {
             Some(k) => {
-                let _ = self.run(k, &["kdestroy"], None).await;
+                let _ = self.kerberos(k).destroy().await;
                 Ok("Deleting all tickets:\n\tTicket(s) purged!".into())
             }
             None => Ok("no tickets (simulated host without Kerberos)".into()),
@@ -521,15 +444,5 @@ mod tests {
             MigrationAuthType::Credssp as i32
         );
         assert!(toml::from_str::<SimulatedHost>("fqdn = \"a\"\nnetbios = \"A\"\nbogus = 1\n").is_err());
-    }
-
-    #[test]
-    fn mit_klist_lines_become_tickets() {
-        let t = parse_mit_klist(
-            "Ticket cache: FILE:/tmp/x\nDefault principal: HV01$@LAB.TEST\n\nValid starting       Expires              Service principal\n11/25/26 08:30:01  11/25/26 18:30:01  krbtgt/LAB.TEST@LAB.TEST\n\trenew until 11/26/26 08:30:01\n",
-        );
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].server, "krbtgt/LAB.TEST@LAB.TEST");
-        assert_eq!(t[0].start_time.unwrap().seconds, 1795595401);
     }
 }

@@ -1,30 +1,23 @@
 //! The probe of a real Hyper-V host: runs PowerShell and klist (one process
-//! per question, each with a timeout) and reads their output with the pure
-//! parsers of [`crate::windows`].
+//! per question, each through the runner of [`crate::process`], so each has
+//! a timeout) and reads their output with the pure parsers of
+//! [`crate::windows::parse`].
 //!
 //! Nothing here is Windows-only at compile time: on Linux the commands are
 //! simply not found (every report step then fails and says so), and the
 //! tests drive the same code with fake `powershell`/`klist` shell scripts.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use kcdsync_proto::v1::{HostIdentity, HostReport, MigrationAttempt};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Cursor, HostProbe, ProbeError};
-use crate::windows::{
-    self as parse, KLIST_PURGE_ARGS, KLIST_SYSTEM_ARGS, PS_MIGRATION_NETWORKS, PS_OS_DEVICE_GUARD, PS_SERVICES,
-    PS_VMHOST, ParseError,
+use crate::process;
+use crate::windows::parse::{self, ParseError};
+use crate::windows::scripts::{
+    self, KLIST_PURGE_ARGS, KLIST_SYSTEM_ARGS, PS_MIGRATION_NETWORKS, PS_OS_DEVICE_GUARD, PS_SERVICES, PS_VMHOST,
 };
-
-/// More standard output than this is refused (a runaway command).
-const MAX_STDOUT: usize = 16 * 1024 * 1024;
-/// Standard error kept for the error message.
-const MAX_STDERR: usize = 64 * 1024;
-/// Characters of a failing command's output quoted in its error.
-const MAX_ERROR_TEXT: usize = 600;
 
 // Step names, as they appear in `ProbeError`s and `probe_errors`.
 const STEP_OS: &str = "PowerShell host identity (Win32_OperatingSystem, Win32_DeviceGuard)";
@@ -74,78 +67,21 @@ impl WindowsProbe {
     }
 
     /// Runs one command to completion within [`Self::timeout`]; its standard
-    /// output, decoded as UTF-8 (invalid bytes replaced: klist writes the OEM
-    /// code page) without a BOM. A non-zero exit is [`ProbeError::Failed`]
-    /// with what the command said.
+    /// output (see [`process::Command::run`]). A non-zero exit is
+    /// [`ProbeError::Failed`] with what the command said.
     async fn run(&self, program: &Path, args: &[String], step: &str) -> Result<String, ProbeError> {
-        let started = Instant::now();
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        #[cfg(windows)]
-        cmd.creation_flags(0x0800_0000); // CREATE_NO_WINDOW
-        let mut child = spawn(&mut cmd).await.map_err(|e| ProbeError::Spawn {
-            command: step.to_string(),
-            message: format!("{}: {e}", program.display()),
-        })?;
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(ProbeError::Other(format!("{step}: no pipes to the child process")));
-        };
-        let work = async {
-            let (out, err, status) = tokio::join!(
-                read_capped(stdout, MAX_STDOUT),
-                read_capped(stderr, MAX_STDERR),
-                child.wait()
-            );
-            (out, err, status)
-        };
-        let (out, err, status) = match tokio::time::timeout(self.timeout, work).await {
-            Ok(done) => done,
-            Err(_) => {
-                // kill_on_drop would do it too; do not wait for the drop.
-                let _ = child.start_kill();
-                tracing::warn!(
-                    step,
-                    secs = self.timeout.as_secs_f64(),
-                    "command timed out and was killed"
-                );
-                return Err(ProbeError::Timeout {
-                    command: step.to_string(),
-                    secs: self.timeout.as_secs().max(1),
-                });
-            }
-        };
-        let failed = |message: String| ProbeError::Failed {
-            command: step.to_string(),
-            message,
-        };
-        let status = status.map_err(|e| failed(format!("cannot wait for the process: {e}")))?;
-        let (out, out_overflow) = out.map_err(|e| failed(format!("cannot read its output: {e}")))?;
-        let (err, _) = err.map_err(|e| failed(format!("cannot read its error output: {e}")))?;
-        tracing::debug!(
-            step,
-            ms = started.elapsed().as_millis() as u64,
-            bytes = out.len(),
-            "command finished"
-        );
-        if out_overflow {
-            return Err(failed(format!("printed more than {MAX_STDOUT} bytes")));
-        }
-        let out = decode(&out);
-        if !status.success() {
-            let err = decode(&err);
-            let said = if err.trim().is_empty() { out.trim() } else { err.trim() };
-            let said: String = said.chars().take(MAX_ERROR_TEXT).collect();
-            return Err(failed(format!("{status}: {said}")));
-        }
-        Ok(out)
+        process::Command::new(program, self.timeout)
+            .args(args)
+            .label(step)
+            .run()
+            .await
+            .map(|out| out.stdout)
+            .map_err(|e| ProbeError::from_run(step, e))
     }
 
     async fn powershell(&self, script: &str, step: &str) -> Result<String, ProbeError> {
-        self.run(&self.powershell, &parse::powershell_args(script), step).await
+        self.run(&self.powershell, &scripts::powershell_args(script), step)
+            .await
     }
 
     async fn klist(&self, args: &[&str], step: &str) -> Result<String, ProbeError> {
@@ -177,50 +113,6 @@ fn parse_error(step: &str, e: ParseError) -> ProbeError {
     }
 }
 
-/// Spawns; on Unix, retries a few times on ETXTBSY ("text file busy"), which
-/// a just-written executable gives while another thread's fork still holds
-/// it open.
-async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-    #[cfg(unix)]
-    for tries in 1..=5u64 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(26) => tokio::time::sleep(Duration::from_millis(20 * tries)).await,
-            other => return other,
-        }
-    }
-    cmd.spawn()
-}
-
-/// Reads to the end, keeping at most `cap` bytes (the rest is drained so the
-/// child never blocks on a full pipe); `true` when something was dropped.
-async fn read_capped<R: AsyncRead + Unpin>(mut r: R, cap: usize) -> std::io::Result<(Vec<u8>, bool)> {
-    let mut kept = Vec::new();
-    let mut overflow = false;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok((kept, overflow));
-        }
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-        overflow |= n > room;
-    }
-}
-
-fn decode(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    s.strip_prefix('\u{feff}').unwrap_or(&s).to_string()
-}
-
-fn now() -> prost_types::Timestamp {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 impl HostProbe for WindowsProbe {
     /// Runs the five steps at once; each failing step is one line of
     /// `probe_errors` and leaves its fields unset. If only the migration
@@ -235,7 +127,7 @@ impl HostProbe for WindowsProbe {
             self.system_tickets(),
         );
         let mut report = HostReport {
-            observed_at: Some(now()),
+            observed_at: Some(SystemTime::now().into()),
             ..Default::default()
         };
         let mut errors = Vec::new();
@@ -299,10 +191,12 @@ impl HostProbe for WindowsProbe {
     }
 
     /// One page of VMMS-Admin events after `since` (at most
-    /// [`parse::VMMS_EVENTS_PAGE`]); the new cursor is the highest RecordId
+    /// [`scripts::VMMS_EVENTS_PAGE`]); the new cursor is the highest RecordId
     /// read, migration-related or not, so unrelated events are not re-read.
     async fn attempts(&self, since: Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
-        let out = self.powershell(&parse::vmms_events_script(since), STEP_EVENTS).await?;
+        let out = self
+            .powershell(&scripts::vmms_events_script(since), STEP_EVENTS)
+            .await?;
         let batch = parse::parse_vmms_event_batch(&out, &self.host).map_err(|e| parse_error(STEP_EVENTS, e))?;
         let next = batch.max_record_id.map_or(since, |m| m.max(since));
         let attempts = batch
@@ -334,6 +228,8 @@ mod tests {
     use kcdsync_proto::v1::{MigrationAuthType, MigrationRole, ServiceState};
 
     use super::*;
+    use crate::process::MAX_STDOUT;
+    use std::time::Instant;
 
     macro_rules! fixture {
         ($name:literal) => {
