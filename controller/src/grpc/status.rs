@@ -15,7 +15,6 @@ impl From<&ReconcileError> for Status {
             | ReconcileError::Superseded { .. }
             | ReconcileError::Fenced { .. }
             | ReconcileError::Follower => Status::failed_precondition(msg),
-            ReconcileError::ShuttingDown => Status::unavailable(msg),
             ReconcileError::Ldap(_)
             | ReconcileError::Plan(_)
             | ReconcileError::Store(_)

@@ -38,8 +38,6 @@ pub enum ReconcileError {
         total: usize,
         first: String,
     },
-    #[error("the reconciler is shutting down")]
-    ShuttingDown,
 }
 
 /// Why one host was not written; recorded in the outcome and the plan's note.
