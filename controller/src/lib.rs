@@ -6,7 +6,7 @@
 //! read, changes, findings), `plan` and `diagnose`; I/O stays at the edges:
 //! `ldap` (AD), `store` (SQLite/PostgreSQL), `grpc` (agents and the fleet API).
 //! `runtime` runs reconciles continuously (scheduler, effects), under the
-//! leadership of `leader`; `snapshot` gathers what diagnosis reads.
+//! leadership of `leader`; `view` is what the API answers from (gathered by `view::Snapshot`).
 
 pub mod certs;
 pub mod config;
@@ -20,5 +20,5 @@ pub mod plan;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;
-pub mod snapshot;
 pub mod store;
+pub mod view;

@@ -5,8 +5,8 @@
 use kcdsync_controller::config::Config;
 use kcdsync_controller::diagnose::{self, Readiness};
 use kcdsync_controller::ldap::Ad;
-use kcdsync_controller::snapshot::Snapshot;
 use kcdsync_controller::store::{Store, now_ms};
+use kcdsync_controller::view::Snapshot;
 use kcdsync_tests::*;
 
 #[tokio::test]

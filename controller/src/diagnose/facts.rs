@@ -1,6 +1,6 @@
 //! What diagnosis reads: AD as observed, what each agent last reported, and
 //! when kcdsync last changed each host. Gathered at the I/O edges
-//! (`runtime::snapshot`); nothing here does I/O.
+//! (`view::Snapshot`); nothing here does I/O.
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 //! "will a live migration from A to B, run as this account, authenticate?".
 //! No I/O happens here.
 //!
-//! - `facts`: what diagnosis reads (gathered by `runtime::snapshot`);
+//! - `facts`: what diagnosis reads (gathered by `view::Snapshot`);
 //! - `host`: one host's account, agent liveness, settings, services, tickets;
 //! - `source`: what a source needs in AD to delegate to a destination;
 //! - `account`: who is delegated (the migrating account, privileged ones, krbtgt).

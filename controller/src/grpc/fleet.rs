@@ -24,8 +24,8 @@ use crate::ldap::Ad;
 use crate::leader::Leadership;
 use crate::model::*;
 use crate::reconcile::{Approval, Outcome, ReconcileError};
-use crate::snapshot::Snapshot;
 use crate::store::{Store, StoredPlan, now_ms};
+use crate::view::View;
 
 /// Accounts looked up for CheckMigration are reused for this long.
 const ACCOUNT_TTL: Duration = Duration::from_secs(60);
@@ -40,23 +40,6 @@ pub struct ReconcileRequest {
     pub traceparent: String,
     pub approve: Option<Approval>,
     pub reply: oneshot::Sender<Result<Outcome, ReconcileError>>,
-}
-
-/// The latest view the API answers from, replaced after every reconcile.
-pub struct View {
-    pub cfg: Arc<Config>,
-    pub snapshot: Snapshot,
-    pub findings: Vec<Finding>,
-}
-
-impl View {
-    pub fn empty(cfg: Arc<Config>) -> View {
-        View {
-            cfg,
-            snapshot: Snapshot::empty(),
-            findings: Vec::new(),
-        }
-    }
 }
 
 pub struct ApiState {

@@ -14,12 +14,12 @@ use crate::config::Config;
 use crate::diagnose::{self, Finding, Severity};
 use crate::grpc::agents::AgentHub;
 use crate::grpc::convert::{event, finding_to_pb, plan_to_pb};
-use crate::grpc::fleet::{ApiState, View};
+use crate::grpc::fleet::ApiState;
 use crate::ldap::Ad;
 use crate::model::Observed;
 use crate::reconcile::Outcome;
-use crate::snapshot::Snapshot;
 use crate::store::{Store, now_ms};
+use crate::view::{Snapshot, View};
 
 pub struct Effects {
     pub store: Store,

@@ -1,16 +1,35 @@
-//! The controller's current view of the fleet: what one observe read from
-//! AD (computers, privileged accounts, krbtgt, Protected Users), what the
-//! agents last reported, and when kcdsync last changed each host. Gathered
-//! at the I/O edges; diagnosis reads it without I/O.
+//! The controller's current view of the fleet, published after every
+//! reconcile for the API to answer from: the snapshot — what one observe read
+//! from AD (computers, privileged accounts, krbtgt, Protected Users), what the
+//! agents last reported, and when kcdsync last changed each host, gathered at
+//! the I/O edges — and the findings diagnosis drew from it without I/O.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::Config;
-use crate::diagnose::{Facts, HostFacts, Policy};
+use crate::diagnose::{Facts, Finding, HostFacts, Policy};
 use crate::ldap::{Ad, LdapError};
 use crate::model::{Account, Directory, Index, Observed};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
+
+/// The latest view the API answers from, replaced after every reconcile.
+pub struct View {
+    pub cfg: Arc<Config>,
+    pub snapshot: Snapshot,
+    pub findings: Vec<Finding>,
+}
+
+impl View {
+    pub fn empty(cfg: Arc<Config>) -> View {
+        View {
+            cfg,
+            snapshot: Snapshot::empty(),
+            findings: Vec::new(),
+        }
+    }
+}
 
 pub struct Snapshot {
     pub observed: Observed,
