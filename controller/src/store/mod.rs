@@ -13,6 +13,8 @@ mod audit;
 mod ingest;
 mod lease;
 mod plans;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use audit::AuditRecord;
 pub use ingest::{IngestBatch, StoredAttempt};

@@ -1,17 +1,13 @@
-//! Every store test runs twice: on SQLite (a temp file) and on PostgreSQL (a fresh database
-//! in the cluster `deploy/pg/pg.sh up` starts), through the same `Store` code. The
-//! PostgreSQL variant takes its URLs from KCDSYNC_PG_URL / KCDSYNC_PG_ADMIN_URL, else from
-//! `${KCDSYNC_PG_DIR:-/var/tmp/kcdsync-pg}/pg.env`. Without a reachable server it prints a
-//! skip note and passes, unless KCDSYNC_REQUIRE_PG=1 (CI), where it fails.
+//! Every store test runs twice: on SQLite (a temp file) and on PostgreSQL (a fresh database from
+//! `testing::PgTestDb` on the cluster `deploy/pg/pg.sh up` starts), through the same `Store`
+//! code. Without a reachable server the PostgreSQL variants print a skip note and pass, unless
+//! KCDSYNC_REQUIRE_PG=1 (CI), where they fail.
 
-use std::io::Write as _;
-use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kcdsync_proto::v1::{HostIdentity, HostReport, MigrationAttempt, MigrationRole};
-use sqlx::Connection as _;
 
+use super::testing::{PgTestDb, url_user, with_database};
 use super::*;
 use crate::config::Mode;
 use crate::plan::HostChange;
@@ -32,7 +28,7 @@ macro_rules! store_tests {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    if let Some(db) = super::TestDb::postgres().await {
+                    if let Some(db) = super::TestDb::postgres() {
                         super::$name(&db).await;
                     }
                 }
@@ -65,7 +61,7 @@ struct TestDb {
     url: String,
     postgres: bool,
     _dir: Option<tempfile::TempDir>,
-    _pg: Option<PgDatabase>,
+    _pg: Option<PgTestDb>,
 }
 
 impl TestDb {
@@ -79,28 +75,15 @@ impl TestDb {
         }
     }
 
-    /// A fresh database of its own on the test cluster; `None` (after a skip note) when
-    /// no server is configured or reachable and KCDSYNC_REQUIRE_PG is not 1.
-    async fn postgres() -> Option<TestDb> {
-        let required = std::env::var("KCDSYNC_REQUIRE_PG").is_ok_and(|v| v == "1");
-        match PgDatabase::create().await {
-            Ok((url, pg)) => Some(TestDb {
-                url,
-                postgres: true,
-                _dir: None,
-                _pg: Some(pg),
-            }),
-            Err(why) if required => panic!(
-                "PostgreSQL store tests required (KCDSYNC_REQUIRE_PG=1) but {why}.\n\
-                 Start the test cluster with `deploy/pg/pg.sh up` (as root), then run the \
-                 tests again: they read the URLs it writes to \
-                 ${{KCDSYNC_PG_DIR:-/var/tmp/kcdsync-pg}}/pg.env."
-            ),
-            Err(why) => {
-                skip_note(&why);
-                None
-            }
-        }
+    /// A fresh database of its own on the test cluster; `None` (after a skip note) when no
+    /// server is configured or reachable and KCDSYNC_REQUIRE_PG is not 1.
+    fn postgres() -> Option<TestDb> {
+        PgTestDb::create().map(|pg| TestDb {
+            url: pg.url.clone(),
+            postgres: true,
+            _dir: None,
+            _pg: Some(pg),
+        })
     }
 
     /// Opens (and migrates) the store; may be called again to reopen it.
@@ -109,167 +92,6 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("opening {}: {e}", redact_url(&self.url)))
     }
-}
-
-/// Once per test binary, straight to stderr: libtest captures `eprintln!` of passing
-/// tests, so a skip would otherwise go unseen.
-fn skip_note(why: &str) {
-    static NOTE: Once = Once::new();
-    NOTE.call_once(|| {
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n\
-             ************************************************************************\n\
-             * SKIPPING the PostgreSQL variants of the store tests: {why}.\n\
-             * They pass without checking anything. Run `deploy/pg/pg.sh up` (as root)\n\
-             * to run them; KCDSYNC_REQUIRE_PG=1 turns this skip into a failure.\n\
-             ************************************************************************\n"
-        );
-    });
-}
-
-/// A database created for one test on the PostgreSQL test cluster, dropped (with its
-/// connections) when the test ends, also when it panics.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-}
-
-/// (app URL, admin URL): from the environment, else from pg.sh's pg.env.
-fn pg_urls() -> Result<(Option<String>, String), String> {
-    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(admin) = from_env("KCDSYNC_PG_ADMIN_URL") {
-        return Ok((from_env("KCDSYNC_PG_URL"), admin));
-    }
-    let dir = from_env("KCDSYNC_PG_DIR").unwrap_or_else(|| "/var/tmp/kcdsync-pg".into());
-    let path = std::path::Path::new(&dir).join("pg.env");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "KCDSYNC_PG_ADMIN_URL is not set and {} cannot be read ({e})",
-            path.display()
-        )
-    })?;
-    // Lines as pg.sh writes them: export NAME='VALUE'
-    let var = |name: &str| {
-        text.lines().find_map(|l| {
-            let v = l
-                .trim()
-                .strip_prefix("export ")?
-                .strip_prefix(name)?
-                .strip_prefix('=')?;
-            Some(v.trim_matches('\'').to_owned())
-        })
-    };
-    let admin = var("KCDSYNC_PG_ADMIN_URL").ok_or_else(|| format!("{} has no KCDSYNC_PG_ADMIN_URL", path.display()))?;
-    Ok((var("KCDSYNC_PG_URL"), admin))
-}
-
-/// `url` with its database name replaced by `db` (query parameters kept).
-fn with_database(url: &str, db: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (authority, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = authority.split_once('/').map_or(authority, |(a, _)| a);
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
-        None => format!("{scheme}://{authority}/{db}"),
-    }
-}
-
-/// The user name of a `postgres://user:pw@host/db` URL.
-fn url_user(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.split_once('@')?.0;
-    Some(userinfo.split(':').next().unwrap_or(userinfo)).filter(|u| !u.is_empty())
-}
-
-impl PgDatabase {
-    /// Creates `kcdsync_test_<unique>` as the admin role, owned by the app role when
-    /// KCDSYNC_PG_URL names one (so the migrations run with the app's own rights, as in
-    /// production), and returns the URL the test's store opens.
-    async fn create() -> Result<(String, PgDatabase), String> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let (app_url, admin_url) = pg_urls()?;
-        install_default_drivers();
-        let name = format!(
-            "kcdsync_test_{}_{}_{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(&admin_url))
-            .await
-            .map_err(|_| format!("connecting to {} timed out", redact_url(&admin_url)))?
-            .map_err(|e| format!("cannot connect to {} ({e})", redact_url(&admin_url)))?;
-        let owner = app_url.as_deref().and_then(url_user);
-        let sql = match owner {
-            Some(o) => format!("CREATE DATABASE {name} OWNER \"{}\"", o.replace('"', "\"\"")),
-            None => format!("CREATE DATABASE {name}"),
-        };
-        // The name is ours (digits only) and the owner is quoted: safe to splice in.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-            .execute(&mut admin)
-            .await
-            .map_err(|e| format!("`{sql}` failed ({e})"))?;
-        let _ = admin.close().await;
-        let url = with_database(app_url.as_deref().unwrap_or(&admin_url), &name);
-        Ok((url, PgDatabase { admin_url, name }))
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime (or while a panic unwinds it): do the async
-        // work on a thread with a runtime of its own. WITH (FORCE) ends the connections
-        // the test's pools still hold.
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                // A backend the admin may not terminate (an autovacuum worker, on a cluster
-                // where autovacuum is on) fails the drop for a moment: try a few times.
-                let mut last = String::new();
-                for _ in 0..20 {
-                    match drop_database(&admin_url, &name).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = e,
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(last)
-            })
-        })
-        .join();
-        let failed = match dropped {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
-            Err(_) => "panic".to_owned(),
-        };
-        // Straight to stderr: libtest would swallow eprintln! of a passing test.
-        let _ = writeln!(
-            std::io::stderr(),
-            "warning: test database {} not dropped: {failed}",
-            self.name
-        );
-    }
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> Result<(), String> {
-    let mut admin = sqlx::AnyConnection::connect(admin_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    let r = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
-    let _ = admin.close().await;
-    r.map(|_| ()).map_err(|e| e.to_string())
 }
 
 // ----------------------------------------------------------------------------------------
@@ -329,6 +151,7 @@ fn report(fqdn: &str, build: u32) -> HostReport {
 fn attempt(id: &str, time_ms: Option<i64>, success: bool, message: &str) -> MigrationAttempt {
     MigrationAttempt {
         attempt_id: id.into(),
+        // TODO(merge): kcdsync_proto::timestamp_from_ms, plus the sub-ms part.
         time: time_ms.map(|ms| prost_types::Timestamp {
             seconds: ms / 1000,
             nanos: ((ms % 1000) * 1_000_000) as i32 + 999, // sub-ms part is dropped
