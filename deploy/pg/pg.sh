@@ -58,7 +58,7 @@ usage() {
     cat <<EOF
 Usage: $PROG COMMAND
 
-A throwaway PostgreSQL cluster on 127.0.0.1 for kcdsync's store tests (controller/src/store.rs
+A throwaway PostgreSQL cluster on 127.0.0.1 for kcdsync's store tests (controller/src/store/tests.rs
 runs every store test on SQLite and on this cluster). Run as root: the server itself runs as
 the 'postgres' system user the Debian package creates (postgres refuses to run as root).
 As another user, the server runs as that user and the directory must be writable by it.

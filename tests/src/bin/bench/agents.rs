@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_controller::config::AgentsConfig;
 use kcdsync_controller::grpc::agents::{self, AgentHub, HubOptions};
 use kcdsync_controller::grpc::tls;
 use kcdsync_controller::store::Store;
+use kcdsync_controller::store::testing::PgTestDb;
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::controller_message::Body as Down;
@@ -81,39 +82,6 @@ pub enum StoreKind {
     Postgres,
 }
 
-fn pg_env(key: &str) -> Result<String> {
-    if let Ok(v) = std::env::var(key) {
-        return Ok(v);
-    }
-    let text =
-        std::fs::read_to_string("/var/tmp/kcdsync-pg/pg.env").context("no PostgreSQL: run deploy/pg/pg.sh up")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("export {key}=")))
-        .map(|v| v.trim_matches('\'').to_owned())
-        .with_context(|| format!("pg.env has no {key}"))
-}
-
-/// A fresh PostgreSQL database owned by the kcdsync role; its URL.
-fn fresh_pg_database() -> Result<String> {
-    let admin = pg_env("KCDSYNC_PG_ADMIN_URL")?;
-    let url = pg_env("KCDSYNC_PG_URL")?;
-    let name = format!("kcdsync_bench_{}", std::process::id());
-    let out = Command::new("psql")
-        .arg(&admin)
-        .args([
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {name}"),
-            "-c",
-            &format!("CREATE DATABASE {name} OWNER kcdsync"),
-        ])
-        .output()?;
-    ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    let base = url.rsplit_once('/').context("KCDSYNC_PG_URL has no database")?.0;
-    Ok(format!("{base}/{name}"))
-}
-
 pub fn run(n: usize, messages: usize, agent_bin: Option<PathBuf>, stores: &[StoreKind]) -> Result<()> {
     let mut agent_bin = agent_bin;
     for (i, kind) in stores.iter().enumerate() {
@@ -134,9 +102,16 @@ fn run_one(n: usize, messages: usize, agent_bin: Option<PathBuf>, kind: StoreKin
     std::fs::write(dir.join("controller.pem"), c)?;
     std::fs::write(dir.join("controller.key"), k)?;
 
-    let store_url = match kind {
-        StoreKind::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
-        StoreKind::Postgres => fresh_pg_database()?,
+    // Declared before the endpoint's guard, so dropped after it: the endpoint is gone by then.
+    let pg = match kind {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => {
+            Some(PgTestDb::try_create().map_err(|e| anyhow!("no PostgreSQL ({e}): run deploy/pg/pg.sh up"))?)
+        }
+    };
+    let store_url = match &pg {
+        None => format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
+        Some(db) => db.url.clone(),
     };
     let exe = std::env::current_exe()?;
     let mut child = Command::new(&exe)

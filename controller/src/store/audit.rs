@@ -1,0 +1,152 @@
+//! The audit trail: one row per applied modify, written ahead as an intent and settled after
+//! the write, so a writer that stops in between leaves a trace.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::{Store, StoreError, from_json, json, limit, text};
+
+/// One applied modify, before and after as read from AD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub time_ms: i64,
+    pub plan_id: i64,
+    pub host: String,
+    pub dn: String,
+    pub uac_before: u32,
+    pub uac_after: u32,
+    pub delegate_before: Vec<String>,
+    pub delegate_after: Vec<String>,
+    pub reasons: Vec<String>,
+    pub trigger: String,
+    pub approved_by: Option<String>,
+    /// The lease epoch the write was made under; 0 without a lease (a single controller).
+    #[serde(default)]
+    pub epoch: i64,
+}
+
+impl Store {
+    /// Stores finished audit rows in one transaction (imports, tests; the
+    /// reconciler goes through intents).
+    pub async fn record_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        self.insert_audit(records, "done").await.map(|_| ())
+    }
+
+    /// Write-ahead audit: stores `records` (before values, expected after
+    /// values) as intents, before their writes; returns their ids in order.
+    pub async fn record_intents(&self, records: &[AuditRecord]) -> Result<Vec<i64>, StoreError> {
+        self.insert_audit(records, "intent").await
+    }
+
+    async fn insert_audit(&self, records: &[AuditRecord], state: &str) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(records.len());
+        for r in records {
+            let row = sqlx::query(
+                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+            )
+            .bind(r.time_ms)
+            .bind(r.plan_id)
+            .bind(text(&r.host))
+            .bind(text(&r.dn))
+            .bind(r.uac_before as i64)
+            .bind(r.uac_after as i64)
+            .bind(json(&r.delegate_before))
+            .bind(json(&r.delegate_after))
+            .bind(json(&r.reasons))
+            .bind(text(&r.trigger))
+            .bind(r.approved_by.as_deref().map(text))
+            .bind(r.epoch)
+            .bind(state)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(row.try_get::<i64, _>(0)?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Settles intents: `done` ones get the values read back from AD,
+    /// `aborted` ones (never written) leave the audit.
+    pub async fn settle_intents(&self, done: &[(i64, AuditRecord)], aborted: &[i64]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, r) in done {
+            sqlx::query(
+                "UPDATE audit SET state = 'done', time = $1, uac_before = $2, uac_after = $3, delegate_before = $4, delegate_after = $5 WHERE id = $6 AND state = 'intent'",
+            )
+            .bind(r.time_ms)
+            .bind(r.uac_before as i64)
+            .bind(r.uac_after as i64)
+            .bind(json(&r.delegate_before))
+            .bind(json(&r.delegate_after))
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for id in aborted {
+            sqlx::query("UPDATE audit SET state = 'aborted' WHERE id = $1 AND state = 'intent'")
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Intents left by a writer that stopped between its writes and its
+    /// audit (a crash, a lost lease), oldest first.
+    pub async fn open_intents(&self) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'intent' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// Audit rows, newest first; `host` filters by host name.
+    pub async fn audit(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'done' AND ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(text(host.unwrap_or("")))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    pub async fn audit_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM audit WHERE state = 'done'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>(0)?)
+    }
+
+    /// When kcdsync last changed each host (host → Unix ms).
+    pub async fn last_change_per_host(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT host, MAX(time) FROM audit WHERE state = 'done' GROUP BY host")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+}
+
+fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        id: r.try_get(0)?,
+        time_ms: r.try_get(1)?,
+        plan_id: r.try_get(2)?,
+        host: r.try_get(3)?,
+        dn: r.try_get(4)?,
+        uac_before: r.try_get::<i64, _>(5)? as u32,
+        uac_after: r.try_get::<i64, _>(6)? as u32,
+        delegate_before: from_json("audit row", &r.try_get::<String, _>(7)?)?,
+        delegate_after: from_json("audit row", &r.try_get::<String, _>(8)?)?,
+        reasons: from_json("audit row", &r.try_get::<String, _>(9)?)?,
+        trigger: r.try_get(10)?,
+        approved_by: r.try_get(11)?,
+        epoch: r.try_get(12)?,
+    })
+}
