@@ -1,0 +1,161 @@
+//! Agent ingest: reports upserted, attempts stored once, listed.
+
+use super::*;
+
+pub(super) async fn reports_are_upserted_and_last_seen_moves(db: &TestDb) {
+    let s = db.open().await;
+    let t0 = now_ms();
+    s.ingest(&IngestBatch {
+        reports: vec![
+            ("hv02.lab.test".into(), report("hv02.lab.test", 17763)),
+            ("hv01.lab.test".into(), report("hv01.lab.test", 14393)),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (r1, received1, seen1) = s.latest_report("hv01.lab.test").await.unwrap().unwrap();
+    assert_eq!(r1, report("hv01.lab.test", 14393));
+    assert!(received1 >= t0 && received1 == seen1, "{t0} {received1} {seen1}");
+    assert!(s.latest_report("hv09.lab.test").await.unwrap().is_none());
+
+    // A heartbeat moves last_seen only; one for a host that never reported is ignored.
+    tick().await;
+    s.ingest(&IngestBatch {
+        seen: vec!["hv01.lab.test".into(), "hv09.lab.test".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (r, received, seen2) = s.latest_report("hv01.lab.test").await.unwrap().unwrap();
+    assert_eq!((r, received), (report("hv01.lab.test", 14393), received1));
+    assert!(seen2 > seen1, "{seen2} > {seen1}");
+    assert!(s.latest_report("hv09.lab.test").await.unwrap().is_none());
+
+    // A new report replaces the old one and moves both times.
+    tick().await;
+    s.ingest(&IngestBatch {
+        reports: vec![("hv01.lab.test".into(), report("hv01.lab.test", 26100))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (r, received3, seen3) = s.latest_report("hv01.lab.test").await.unwrap().unwrap();
+    assert_eq!(r, report("hv01.lab.test", 26100));
+    assert!(received3 > received1 && seen3 == received3);
+
+    let hosts = s.reporting_hosts().await.unwrap();
+    assert_eq!(
+        hosts.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        vec!["hv01.lab.test", "hv02.lab.test"]
+    );
+    assert_eq!(hosts[0].1, seen3);
+    let mut all = s.all_reports().await.unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], ("hv01.lab.test".into(), report("hv01.lab.test", 26100), seen3));
+    assert_eq!(all[1].0, "hv02.lab.test");
+    assert_eq!(all[1].1, report("hv02.lab.test", 17763));
+    // An empty report (zero bytes encoded) is a report too.
+    s.ingest(&IngestBatch {
+        reports: vec![("hv03.lab.test".into(), HostReport::default())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.latest_report("hv03.lab.test").await.unwrap().unwrap().0,
+        HostReport::default()
+    );
+    assert_eq!(s.attempt_count().await.unwrap(), 0);
+}
+
+pub(super) async fn attempts_are_stored_once_even_when_resent(db: &TestDb) {
+    let s = db.open().await;
+    let t = 1_700_000_000_123;
+    s.ingest(&IngestBatch {
+        attempts: vec![
+            (
+                "hv01.lab.test".into(),
+                attempt("a1", Some(t), false, "0x8009030E first"),
+            ),
+            ("hv01.lab.test".into(), attempt("a2", Some(t + 1), true, "ok")),
+            // The same id twice in one batch.
+            ("hv01.lab.test".into(), attempt("a2", Some(t + 1), true, "ok again")),
+        ],
+        seen: vec!["hv01.lab.test".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.attempt_count().await.unwrap(), 2);
+    // A later batch resends a1 (say the ack was lost) along with a new one.
+    s.ingest(&IngestBatch {
+        attempts: vec![
+            (
+                "hv01.lab.test".into(),
+                attempt("a1", Some(t), false, "0x8009030E resent"),
+            ),
+            ("hv02.lab.test".into(), attempt("a3", Some(t + 2), false, "other")),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.attempt_count().await.unwrap(), 3);
+    let got = s.attempts(None, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|a| a.attempt_id.as_str()).collect::<Vec<_>>(),
+        vec!["a3", "a2", "a1"]
+    );
+    let a1 = &got[2];
+    assert_eq!(
+        a1,
+        &StoredAttempt {
+            attempt_id: "a1".into(),
+            host: "hv01.lab.test".into(),
+            time_ms: t,
+            vm: "vm-a1".into(),
+            peer: "hv02.lab.test".into(),
+            success: false,
+            error_code: 0x8009030E,
+            message: "0x8009030E first".into(),
+            account: "LAB\\svc-migrate".into(),
+        }
+    );
+    assert!(got[1].success && got[1].error_code == 0 && got[1].message == "ok");
+    // Attempts do not make a host a reporting one.
+    assert!(s.reporting_hosts().await.unwrap().is_empty());
+}
+
+pub(super) async fn attempts_list_newest_first_by_host_and_limit(db: &TestDb) {
+    let s = db.open().await;
+    let t = 1_700_000_000_000;
+    let before = now_ms();
+    s.ingest(&IngestBatch {
+        attempts: vec![
+            ("hv01.lab.test".into(), attempt("b", Some(t), true, "")),
+            // Same time: the attempt id breaks the tie, descending.
+            ("hv01.lab.test".into(), attempt("c", Some(t), true, "")),
+            ("hv02.lab.test".into(), attempt("a", Some(t + 5), true, "")),
+            ("hv01.lab.test".into(), attempt("d", Some(t - 5), false, "")),
+            // No time from the agent: stored with the time it arrived.
+            ("hv01.lab.test".into(), attempt("e", None, false, "")),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ids = |v: Vec<StoredAttempt>| v.into_iter().map(|a| a.attempt_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.attempts(None, 10).await.unwrap()), vec!["e", "a", "c", "b", "d"]);
+    assert_eq!(
+        ids(s.attempts(Some("hv01.lab.test"), 10).await.unwrap()),
+        vec!["e", "c", "b", "d"]
+    );
+    assert_eq!(ids(s.attempts(Some("hv01.lab.test"), 2).await.unwrap()), vec!["e", "c"]);
+    assert_eq!(ids(s.attempts(Some("hv02.lab.test"), 10).await.unwrap()), vec!["a"]);
+    assert!(s.attempts(Some("hv03.lab.test"), 10).await.unwrap().is_empty());
+    let e = s.attempts(None, 1).await.unwrap().remove(0);
+    assert!(e.time_ms >= before && e.time_ms <= now_ms(), "{}", e.time_ms);
+    assert_eq!(s.attempt_count().await.unwrap(), 5);
+}
