@@ -1,8 +1,6 @@
-//! What can stop a reconcile, and the error policy that decides when the
-//! serve loop tries again. The gRPC status of each error is decided in one
-//! place, `grpc::status`.
-
-use std::time::Duration;
+//! What can stop a reconcile. When the serve loop tries again is the error
+//! policy's business (`runtime::policy`); the gRPC status of each error is
+//! decided in one place, `grpc::status`.
 
 use crate::ldap::LdapError;
 use crate::plan::PlanError;
@@ -49,23 +47,4 @@ pub enum HostError {
     Deleted { dn: String },
     #[error("{dn}: the object changed after approval and the approved change no longer fits; run a new plan")]
     ApprovalNoLongerFits { dn: String },
-}
-
-impl ReconcileError {
-    /// The error policy: how long the serve loop waits before trying again
-    /// after the `attempt`-th failure in a row.
-    pub fn retry_after(&self, attempt: u32) -> Duration {
-        let base = match self {
-            // Config-shaped problems will not fix themselves quickly.
-            ReconcileError::Plan(_) | ReconcileError::Ldap(LdapError::MissingPrivilege { .. }) => 300,
-            _ => 5,
-        };
-        Duration::from_secs((base << attempt.min(6)).min(900))
-    }
-
-    /// This replica lost (or never held) the right to write: not a failure to
-    /// back off from, but a change of role.
-    pub fn is_fenced(&self) -> bool {
-        matches!(self, ReconcileError::Fenced { .. })
-    }
 }

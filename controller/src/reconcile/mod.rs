@@ -3,8 +3,8 @@
 //!
 //! `reconcile` is a plain async function that returns what happened (or a
 //! typed error); it knows nothing of timers or retries — the serve loop
-//! (`runtime`) schedules runs and asks `ReconcileError::retry_after` (the
-//! error policy) when to try again. AD is reached through `AdClient`, so the
+//! (`runtime`) schedules runs and asks its error policy (`runtime::policy`)
+//! when to try again. AD is reached through `AdClient`, so the
 //! conflict, retry, fencing and verify paths are unit-tested against an
 //! in-memory directory and the real SQLite store, besides the lab tests.
 

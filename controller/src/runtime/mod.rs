@@ -3,11 +3,13 @@
 //!
 //! - `reconciler`: the loop, the only writer of AD (wait → run → effects);
 //! - `scheduler`: what wakes it, with a typed reason;
+//! - `policy`: what follows a run (the interval, a back-off, or following);
 //! - `effects`: purge commands, plan and finding events, the published view.
 //!
 //! Leadership among replicas is `crate::leader`; the listeners are `crate::grpc`.
 
 mod effects;
+pub mod policy;
 mod reconciler;
 mod scheduler;
 

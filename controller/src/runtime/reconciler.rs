@@ -3,12 +3,13 @@
 //! wait (the interval, or the error policy's backoff).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::effects::Effects;
+use super::policy::{self, Action};
 use super::scheduler::{Reason, Scheduler, Wake};
 use crate::config::Config;
 use crate::ldap::Ad;
@@ -60,16 +61,18 @@ impl Reconciler {
             let epoch = self.leadership.epoch();
             let started = (Instant::now(), now_ms());
             let result = self.run_once(&mut next, epoch).await;
-            let wait = self.settle(&result, &next.reason, started.0, &mut failures);
+            let action = self.settle(&result, &next.reason, started.0, &mut failures);
             if let Some(r) = next.reply.take() {
                 let _ = r.send(result);
             }
             self.count.send_modify(|n| *n += 1);
-            let Some(wait) = wait else {
-                // Deposed mid-run: back to following, no backoff.
-                failures = 0;
-                next = Next::because(Reason::Leadership);
-                continue;
+            let wait = match action {
+                Action::RequeueAfter(wait) => wait,
+                Action::Follow => {
+                    failures = 0;
+                    next = Next::because(Reason::Leadership);
+                    continue;
+                }
             };
             scheduler.answered(started.1);
             next = match scheduler.next(wait, &self.leadership, epoch).await {
@@ -125,15 +128,14 @@ impl Reconciler {
         result
     }
 
-    /// Logs and measures a finished run; the wait before the next one
-    /// (`None`: this replica was deposed).
+    /// Logs and measures a finished run; what the loop does next.
     fn settle(
         &self,
         result: &Result<Outcome, ReconcileError>,
         reason: &Reason,
         started: Instant,
         failures: &mut u32,
-    ) -> Option<Duration> {
+    ) -> Action {
         let m = crate::metrics::get();
         m.reconcile_duration.record(
             started.elapsed().as_secs_f64(),
@@ -158,13 +160,13 @@ impl Reconciler {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "reconciled"
                 );
-                Some(self.cfg.interval)
+                policy::after_success(self.cfg.interval)
             }
             Err(e) => {
                 *failures += 1;
-                let wait = e.retry_after(*failures - 1);
-                tracing::error!(trigger = %reason, error = %e, retry_in_secs = wait.as_secs(), "reconcile failed");
-                (!e.is_fenced()).then_some(wait)
+                let next = policy::error_policy(e, *failures);
+                tracing::error!(trigger = %reason, error = %e, next = ?next, "reconcile failed");
+                next
             }
         }
     }
