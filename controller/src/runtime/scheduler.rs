@@ -182,3 +182,18 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_as_the_audit_records_them() {
+        assert_eq!(Reason::Startup.to_string(), "startup");
+        assert_eq!(Reason::Api("api:token:ops".into()).to_string(), "api:token:ops");
+        let attempts = |n: usize| Reason::Failures((1..=n).map(|i| format!("attempt:{i}")).collect());
+        assert_eq!(attempts(2).to_string(), "attempt:1,attempt:2");
+        // One reconcile answers a burst of failures; the trigger names the first three.
+        assert_eq!(attempts(5).to_string(), "attempt:1,attempt:2,attempt:3 (+2 more)");
+    }
+}
