@@ -23,16 +23,20 @@ pub struct Leadership {
     replica: Option<String>,
     /// The epoch of the lease held; `None` as a follower.
     epoch: watch::Receiver<Option<i64>>,
+    /// A single controller's epoch never changes; its sender is kept so the
+    /// channel stays open for whoever waits on it.
+    _fixed: Option<std::sync::Arc<watch::Sender<Option<i64>>>>,
     store: Store,
 }
 
 impl Leadership {
     /// A single controller: always the writer, at epoch 0.
     pub fn single(store: Store) -> Leadership {
-        let (_tx, epoch) = watch::channel(Some(0));
+        let (tx, epoch) = watch::channel(Some(0));
         Leadership {
             replica: None,
             epoch,
+            _fixed: Some(std::sync::Arc::new(tx)),
             store,
         }
     }
@@ -42,6 +46,7 @@ impl Leadership {
         Leadership {
             replica: Some(id),
             epoch,
+            _fixed: None,
             store,
         }
     }
