@@ -1,7 +1,7 @@
 //! The fleet API (`kcdsync.v1.FleetService`) for orchestrators and kcdctl.
 //!
-//! Owns: authenticating callers (bearer tokens from a file, or client
-//! certificates) and their read/write role; answering from the controller's
+//! Owns: checking each caller's role (`auth`: a bearer token from a file, or
+//! a client certificate); answering from the controller's
 //! latest view of the fleet (no AD round trip except to look up an account
 //! not seen in the last minute); turning write calls into requests to the
 //! reconciler, which is the only writer of AD; and the event stream.
@@ -158,7 +158,7 @@ impl ApiState {
             .map_err(|_| Status::unavailable("the reconciler is shutting down"))?;
         rx.await
             .map_err(|_| Status::unavailable("the reconciler stopped"))?
-            .map_err(|e| Status::from(&e))
+            .map_err(Status::from)
     }
 }
 
