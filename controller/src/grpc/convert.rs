@@ -138,12 +138,14 @@ pub fn mode_to_pb(m: Mode) -> i32 {
 }
 
 /// A plan state a caller may filter ListPlans by (`None`: any).
-pub fn plan_filter_from_pb(state: i32) -> Result<Option<PlanState>, ()> {
+pub fn plan_filter_from_pb(state: i32) -> Result<Option<PlanState>, tonic::Status> {
     match pb::PlanState::try_from(state) {
         Ok(pb::PlanState::PendingApproval) => Ok(Some(PlanState::PendingApproval)),
         Ok(pb::PlanState::Applied) => Ok(Some(PlanState::Applied)),
         Ok(pb::PlanState::Unspecified) => Ok(None),
-        _ => Err(()),
+        _ => Err(tonic::Status::invalid_argument(
+            "state: filter by PENDING_APPROVAL, APPLIED or leave it unset",
+        )),
     }
 }
 

@@ -390,8 +390,7 @@ impl FleetService for FleetApi {
     async fn list_plans(&self, req: Request<pb::ListPlansRequest>) -> Result<Response<pb::ListPlansResponse>, Status> {
         self.state.auth.require(&req, Role::Read, "ListPlans")?;
         let r = req.into_inner();
-        let state = plan_filter_from_pb(r.state)
-            .map_err(|()| Status::invalid_argument("state: filter by PENDING_APPROVAL, APPLIED or leave it unset"))?;
+        let state = plan_filter_from_pb(r.state)?;
         let plans = self.state.store.list_plans(state, 10_000).await?;
         let all: Vec<pb::Plan> = plans.iter().map(plan_to_pb).collect();
         let (plans, next) = page(&all, r.page_size, &r.page_token)?;

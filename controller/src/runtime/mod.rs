@@ -102,10 +102,8 @@ impl Running {
 }
 
 /// Resolves when `stop` turns true.
-fn on_stop(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move {
-        let _ = stop.wait_for(|v| *v).await;
-    }
+async fn on_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
 }
 
 /// Binds the agent endpoint and starts serving it.

@@ -177,8 +177,6 @@ impl Store {
     }
 }
 
-/// A protobuf timestamp as Unix ms; the sub-millisecond part is dropped.
-
 /// A stored report of `host`, decoded.
 fn decode_report(host: &str, bytes: &[u8]) -> Result<HostReport, StoreError> {
     HostReport::decode(bytes).map_err(|e| StoreError::Corrupt {
