@@ -45,8 +45,24 @@ impl Part {
     }
 }
 
-/// A change that was written, and the object as it was just before.
+/// A change, and the object as it was just before it (as written, or as
+/// planned from when it has not been written yet).
 pub type Written = (HostChange, Computer);
+
+/// Each change with its object as this run read it; an object outside the
+/// computer scope (an account) as its change describes it.
+pub(super) fn with_before(changes: &[HostChange], observed: &Observed) -> Vec<Written> {
+    let before: HashMap<String, &Computer> = observed.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
+    changes
+        .iter()
+        .map(|c| {
+            let b = before
+                .get(&dn_key(&c.dn))
+                .map_or_else(|| Computer::unread(&c.dn, c.uac_before), |b| (*b).clone());
+            (c.clone(), b)
+        })
+        .collect()
+}
 
 /// What one apply did.
 pub(super) struct Applied {
@@ -72,13 +88,13 @@ pub(super) struct Apply<'a, A> {
 }
 
 impl<'a, A: AdClient> Apply<'a, A> {
-    pub fn new(cfg: &'a Config, ad: &'a A, observed: &'a Observed, part: Part, changes: &[HostChange]) -> Self {
+    pub fn new(cfg: &'a Config, ad: &'a A, observed: &'a Observed, part: Part, work: &[Written]) -> Self {
         Apply {
             cfg,
             ad,
             observed,
             part,
-            approved: changes.iter().map(|c| (dn_key(&c.dn), c.intent())).collect(),
+            approved: work.iter().map(|(c, _)| (dn_key(&c.dn), c.intent())).collect(),
             fence: None,
             progress: None,
             abort: AtomicBool::new(false),
@@ -87,17 +103,13 @@ impl<'a, A: AdClient> Apply<'a, A> {
     }
 
     /// Writes every change, at most `ad.max_in_flight` at once.
-    pub async fn run(&self, changes: &[HostChange]) -> Applied {
-        let before: HashMap<String, &Computer> = self.observed.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
-        let total = changes.len();
+    pub async fn run(&self, work: Vec<Written>) -> Applied {
+        let total = work.len();
         self.report(0, total);
-        let mut results = futures::stream::iter(changes.iter().cloned())
-            .map(|c| {
-                let start = before.get(&dn_key(&c.dn)).map(|b| (*b).clone());
-                async move {
-                    let r = self.one(c.clone(), start).await;
-                    (c, r)
-                }
+        let mut results = futures::stream::iter(work)
+            .map(|(c, before)| async move {
+                let r = self.one(c.clone(), before).await;
+                (c, r)
             })
             .buffer_unordered(self.cfg.ad.max_in_flight);
         let mut out = Applied {
@@ -133,24 +145,21 @@ impl<'a, A: AdClient> Apply<'a, A> {
 
     /// Writes one host; see the module doc. Returns `None` when nothing was
     /// left to write (or the run was stopped).
-    async fn one(&self, mut change: HostChange, mut before: Option<Computer>) -> Result<Option<Written>, HostError> {
+    async fn one(&self, mut change: HostChange, mut before: Computer) -> Result<Option<Written>, HostError> {
         let (mut conflicts, mut transient) = (0, 0);
         loop {
             if self.abort.load(Ordering::Relaxed) || !self.still_leading().await {
                 return Ok(None);
             }
             match self.modify(&change).await {
-                Ok(()) => {
-                    let before = before.unwrap_or_else(|| Computer::unread(&change.dn, change.uac_before));
-                    return Ok(Some((change, before)));
-                }
+                Ok(()) => return Ok(Some((change, before))),
                 Err(LdapError::Conflict { dn, rc }) if conflicts < MAX_CONFLICT_RETRIES => {
                     conflicts += 1;
                     tracing::info!(%dn, rc, "object changed since it was read; re-reading and re-planning");
                     let Some(fresh) = self.ad.read_computer(&dn).await? else {
                         return Err(HostError::Deleted { dn });
                     };
-                    before = Some(fresh.clone());
+                    before = fresh.clone();
                     match self.replan(&dn, fresh)? {
                         Some(next) => change = next,
                         None => return Ok(None),

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use tracing::Instrument;
 
+use super::apply::Written;
 use super::verify::Verified;
 use super::{AdClient, ReconcileError};
 use crate::model::{Computer, HostChange, dn_key, spn_key};
@@ -48,23 +49,18 @@ pub(super) struct Intents(HashMap<String, i64>);
 pub(super) async fn record_intents(
     store: &Store,
     ctx: &Context<'_>,
-    changes: &[HostChange],
-    observed: &[Computer],
+    work: &[Written],
 ) -> Result<Intents, ReconcileError> {
-    let before: HashMap<String, &Computer> = observed.iter().map(|c| (dn_key(&c.dn), c)).collect();
-    let records: Vec<AuditRecord> = changes
+    let records: Vec<AuditRecord> = work
         .iter()
-        .map(|c| {
-            let b = before
-                .get(&dn_key(&c.dn))
-                .map_or_else(|| Computer::unread(&c.dn, c.uac_before), |b| (*b).clone());
+        .map(|(c, b)| {
             let after = c.delegate_after(&b.allowed_to_delegate_to);
-            ctx.record(c, &b, c.uac_after.unwrap_or(c.uac_before), after)
+            ctx.record(c, b, c.uac_after.unwrap_or(c.uac_before), after)
         })
         .collect();
     let ids = store.record_intents(&records).await?;
     Ok(Intents(
-        changes.iter().zip(ids).map(|(c, id)| (dn_key(&c.dn), id)).collect(),
+        work.iter().zip(ids).map(|((c, _), id)| (dn_key(&c.dn), id)).collect(),
     ))
 }
 

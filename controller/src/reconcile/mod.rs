@@ -81,7 +81,7 @@ pub struct HostFailure {
 }
 
 impl HostFailure {
-    fn new(change: &HostChange, error: &HostError) -> HostFailure {
+    fn new(change: &HostChange, error: impl std::fmt::Display) -> HostFailure {
         HostFailure {
             host: change.host.clone(),
             dn: change.dn.clone(),
@@ -154,12 +154,13 @@ pub async fn execute(
         approved_by: selection.approved_by.as_deref(),
         epoch: fence.map_or(0, |f| f.epoch),
     };
-    let intents = audit::record_intents(store, &ctx, to_apply, &observed.computers).await?;
+    let work = apply::with_before(to_apply, observed);
+    let intents = audit::record_intents(store, &ctx, &work).await?;
 
-    let mut apply = apply::Apply::new(cfg, ad, observed, selection.part, to_apply);
+    let mut apply = apply::Apply::new(cfg, ad, observed, selection.part, &work);
     apply.fence = fence.map(|f| (store, f));
     apply.progress = opts.progress.clone();
-    let applied = apply.run(to_apply).await;
+    let applied = apply.run(work).await;
     outcome.failures = applied.failures;
     let written = applied.written.len();
     if let Some(f) = fence

@@ -44,14 +44,11 @@ pub async fn verify(
             },
         };
         if let Some(left) = remaining.get(&key).and_then(|c| part.of_planned(c)) {
-            failures.push(HostFailure {
-                host: change.host.clone(),
-                dn: change.dn.clone(),
-                error: format!(
-                    "verify: AD still differs after the write: {}",
-                    left.reasons().join("; ")
-                ),
-            });
+            let differs = format!(
+                "verify: AD still differs after the write: {}",
+                left.reasons().join("; ")
+            );
+            failures.push(HostFailure::new(&change, differs));
         }
         out.push((change, before, now));
     }
@@ -64,20 +61,16 @@ async fn read_back_account(
     failures: &mut Vec<HostFailure>,
 ) -> Result<Option<Computer>, ReconcileError> {
     let Some(c) = ad.read_object(&change.dn).await? else {
-        failures.push(HostFailure {
-            host: change.host.clone(),
-            dn: change.dn.clone(),
-            error: "verify: the object disappeared right after the write".into(),
-        });
+        failures.push(HostFailure::new(
+            change,
+            "verify: the object disappeared right after the write",
+        ));
         return Ok(None);
     };
     let want = change.uac_after.unwrap_or(change.uac_before);
     if c.uac & want != want {
-        failures.push(HostFailure {
-            host: change.host.clone(),
-            dn: change.dn.clone(),
-            error: format!("verify: userAccountControl is 0x{:x}, expected 0x{want:x}", c.uac),
-        });
+        let got = format!("verify: userAccountControl is 0x{:x}, expected 0x{want:x}", c.uac);
+        failures.push(HostFailure::new(change, got));
     }
     Ok(Some(c))
 }
