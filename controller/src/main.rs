@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
             let observed = reconcile::observe(&cfg, &ad).await?;
-            let decision = reconcile::decide(&cfg, &observed)?;
+            let decision = reconcile::decide(&cfg, &observed);
             match output {
                 Output::Json => print_json(&serde_json::json!({
                     "changes": decision.plan.changes,

@@ -45,7 +45,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         let observed = Observed::default();
         Snapshot {
-            index: Index::new(&observed),
+            index: Index::new(&observed, &[]),
             observed,
             directory: Directory::default(),
             hosts: HashMap::new(),
@@ -85,7 +85,7 @@ impl Snapshot {
             .collect();
         let last_change_ms = store.last_change_per_host().await?.into_iter().collect();
         Ok(Snapshot {
-            index: Index::new(&observed),
+            index: Index::new(&observed, &cfg.dns_suffixes),
             observed,
             directory,
             hosts,

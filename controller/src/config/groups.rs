@@ -20,6 +20,21 @@ pub(super) struct RawGroup {
     ad_group: Option<String>,
     #[serde(default)]
     file_servers: Vec<String>,
+    #[serde(default)]
+    first_grants: FirstGrants,
+}
+
+/// What the guard does with a host that would gain protocol transition or
+/// its first delegation entry (a new member, a pre-created computer object
+/// for a configured name, a new member of the AD group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstGrants {
+    /// Held for approval (the default): a first grant is a new security edge.
+    #[default]
+    Approve,
+    /// Applied within the guard like any other additive change.
+    Auto,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +44,7 @@ pub struct Group {
     pub hosts: Vec<HostName>,
     pub ad_group: Option<Dn>,
     pub file_servers: Vec<HostName>,
+    pub first_grants: FirstGrants,
 }
 
 impl Group {
@@ -126,6 +142,7 @@ pub(super) fn validate_groups(raw: Vec<RawGroup>) -> Result<Vec<Group>, ConfigEr
             hosts,
             ad_group,
             file_servers,
+            first_grants: g.first_grants,
         });
     }
     Ok(groups)

@@ -24,7 +24,7 @@ pub use ad::AdConfig;
 pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
 pub use api::{ApiConfig, ApiToken, Role};
 pub use diagnosis::DiagnosisConfig;
-pub use groups::{Group, Guard, Mode};
+pub use groups::{FirstGrants, Group, Guard, Mode};
 pub use replica::ReplicaConfig;
 pub use secret::Secret;
 
@@ -79,6 +79,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawScope {
     base_dns: Vec<String>,
+    /// The DNS suffixes a managed computer's dNSHostName may have (default:
+    /// the domain's DNS name, from ad.domain_dn).
+    dns_suffixes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -110,6 +113,9 @@ fn default_interval_secs() -> u64 {
 pub struct Config {
     pub ad: AdConfig,
     pub scope: Vec<Dn>,
+    /// Lower-case DNS suffixes a managed computer's dNSHostName may have:
+    /// `<sAMAccountName>.<suffix>` (see `model::identity`).
+    pub dns_suffixes: Vec<String>,
     pub guard: Guard,
     pub store_url: String,
     pub interval: Duration,
@@ -175,6 +181,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         let dn = Dn::parse(s).map_err(|e| invalid(format!("scope.base_dns[{i}]"), e.to_string()))?;
         scope.push(dn);
     }
+    let dns_suffixes = validate_suffixes(raw.scope.dns_suffixes, &ad.domain_dn)?;
 
     let guard = validate_guard(raw.guard)?;
     if raw.reconcile.interval_secs == 0 {
@@ -193,6 +200,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
     Ok(Config {
         ad,
         scope,
+        dns_suffixes,
         guard,
         store_url,
         interval: Duration::from_secs(raw.reconcile.interval_secs),
@@ -202,6 +210,40 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         diagnosis,
         groups,
     })
+}
+
+/// `scope.dns_suffixes`, or the domain's DNS name (`DC=contoso,DC=com` ->
+/// `contoso.com`).
+fn validate_suffixes(raw: Option<Vec<String>>, domain: &Dn) -> Result<Vec<String>, ConfigError> {
+    use crate::model::names::HostName;
+    let Some(list) = raw else {
+        return Ok(vec![domain.dns_name()]);
+    };
+    if list.is_empty() {
+        return Err(invalid(
+            "scope.dns_suffixes",
+            format!(
+                "must list at least one suffix (omit it to allow only the domain's, {})",
+                domain.dns_name()
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let key = format!("scope.dns_suffixes[{i}]");
+        match HostName::parse(s) {
+            Ok(HostName::Fqdn(f)) if !out.contains(&f) => out.push(f),
+            Ok(HostName::Fqdn(_)) => return Err(invalid(key, format!("`{s}` is listed twice"))),
+            Ok(HostName::Netbios(_)) => {
+                return Err(invalid(
+                    key,
+                    format!("`{s}` is a single label: give a DNS suffix such as contoso.com"),
+                ));
+            }
+            Err(e) => return Err(invalid(key, e.to_string())),
+        }
+    }
+    Ok(out)
 }
 
 /// Fixtures shared by the tests of the submodules.

@@ -249,11 +249,10 @@ mod tests {
             let names: Vec<String> = computers.iter().map(|c| c.netbios()).collect();
             let observed = Observed {
                 computers,
-                ad_groups: HashMap::new(),
-                privileged: Vec::new(),
+                ..Default::default()
             };
             World {
-                index: Index::new(&observed),
+                index: Index::new(&observed, &["lab.test".to_owned()]),
                 observed,
                 hosts: HashMap::new(),
                 privileged: Vec::new(),
@@ -265,6 +264,7 @@ mod tests {
                     hosts: names.iter().map(|n| HostName::parse(n).unwrap()).collect(),
                     ad_group: None,
                     file_servers: Vec::new(),
+                    first_grants: Default::default(),
                 }],
             }
         }

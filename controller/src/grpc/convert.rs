@@ -35,6 +35,8 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::ComputerAccountDisabled => F::ComputerAccountDisabled,
         FindingKind::HostOutOfScope => F::HostOutOfScope,
         FindingKind::AdGroupMissing => F::AdGroupMissing,
+        FindingKind::HostIdentityConflict => F::HostIdentityConflict,
+        FindingKind::NotADelegationTarget => F::NotADelegationTarget,
         FindingKind::NoAgentReport => F::NoAgentReport,
     }) as i32
 }

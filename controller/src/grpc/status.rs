@@ -15,10 +15,9 @@ impl From<&ReconcileError> for Status {
             | ReconcileError::Superseded { .. }
             | ReconcileError::Fenced { .. }
             | ReconcileError::Follower => Status::failed_precondition(msg),
-            ReconcileError::Ldap(_)
-            | ReconcileError::Plan(_)
-            | ReconcileError::Store(_)
-            | ReconcileError::Partial { .. } => Status::internal(msg),
+            ReconcileError::Ldap(_) | ReconcileError::Store(_) | ReconcileError::Partial { .. } => {
+                Status::internal(msg)
+            }
         }
     }
 }

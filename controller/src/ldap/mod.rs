@@ -6,15 +6,21 @@
 //! - `read`: observe (paged), one object, group members (ranged retrieval);
 //! - `directory`: privileged accounts, Protected Users, krbtgt, the account
 //!   that runs Move-VM;
+//! - `claims`: who else in the domain answers to the managed hosts' names,
+//!   and which of them are privileged (the identity checks' input);
+//! - `edge`: the last check of every modify, against the run's policy;
 //! - `write`: the one modify per host.
 
+mod claims;
 mod connection;
 mod directory;
+mod edge;
 mod read;
 mod write;
 
 pub use connection::{Ad, tls_config};
 pub use directory::sid_to_string;
+pub use edge::{Refused, WritePolicy};
 
 pub const RC_NO_SUCH_ATTRIBUTE: u32 = 16;
 pub const RC_TYPE_OR_VALUE_EXISTS: u32 = 20;
@@ -47,6 +53,8 @@ pub enum LdapError {
     Search { base: String, rc: u32, text: String },
     #[error("{dn}: {PRIVILEGE_HELP} (server said: rc 50 {text})")]
     MissingPrivilege { dn: String, text: String },
+    #[error(transparent)]
+    Refused(#[from] edge::Refused),
     #[error("{dn} changed in AD after it was read (rc {rc}); re-read and re-plan")]
     Conflict { dn: String, rc: u32 },
     #[error("modify of {dn} failed: rc {rc} {text}")]

@@ -33,7 +33,7 @@ impl Ad {
         Ok(Observed {
             computers,
             ad_groups: groups,
-            privileged: Vec::new(),
+            ..Default::default()
         })
     }
 
@@ -141,7 +141,7 @@ impl Ad {
     }
 }
 
-fn computer_from_entry(mut e: SearchEntry) -> Computer {
+pub(super) fn computer_from_entry(mut e: SearchEntry) -> Computer {
     // Attribute names come back in the server's case; look them up without it.
     let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in e.attrs.drain() {

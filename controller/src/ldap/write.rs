@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use ldap3::Mod;
 
 use super::connection::protocol;
+use super::edge::WritePolicy;
 use super::{Ad, LdapError, RC_INSUFFICIENT_ACCESS, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS};
 use crate::model::{ATTR_DELEGATE_TO, ATTR_UAC, HostChange};
 
@@ -12,7 +13,10 @@ impl Ad {
     /// One modify for one host: value-level add/delete of delegation
     /// entries, and userAccountControl as delete-old + add-new so that a
     /// concurrent change fails the modify (rc 16) instead of being lost.
-    pub async fn modify_host(&self, change: &HostChange) -> Result<(), LdapError> {
+    /// This is the one function that sends a modify: `policy` checks it
+    /// first (`edge`), whatever planning decided.
+    pub async fn modify_host(&self, change: &HostChange, policy: &WritePolicy) -> Result<(), LdapError> {
+        policy.check(change)?;
         let mut mods: Vec<Mod<String>> = Vec::new();
         if let Some(after) = change.uac_after {
             mods.push(Mod::Delete(

@@ -51,6 +51,10 @@ pub struct HostChange {
     pub uac_after: Option<u32>,
     pub add: Vec<String>,
     pub remove: Vec<String>,
+    /// How many `msDS-AllowedToDelegateTo` entries the object had when this
+    /// change was planned: none means an addition is its first grant.
+    #[serde(default)]
+    pub entries_before: usize,
 }
 
 /// What one part of a change does. The guard decides by these, so a part
@@ -142,6 +146,15 @@ impl HostChange {
             .into_iter()
             .map(|kind| Reason { kind, change: self }.to_string())
             .collect()
+    }
+
+    /// A first grant: the host gains protocol transition, or its first
+    /// delegation entries. It is a new security edge ("this host may
+    /// impersonate users"), so the guard holds it for approval by default.
+    pub fn is_first_grant(&self) -> bool {
+        let kinds = self.kinds();
+        kinds.contains(&ChangeKind::SetProtocolTransition)
+            || (self.entries_before == 0 && kinds.contains(&ChangeKind::AddEntries))
     }
 
     /// Takes something away (entries, or unconstrained delegation) and so
@@ -237,6 +250,7 @@ mod tests {
             uac_after,
             add: add.iter().map(|s| s.to_string()).collect(),
             remove: remove.iter().map(|s| s.to_string()).collect(),
+            entries_before: 1,
         }
     }
 
@@ -291,6 +305,18 @@ mod tests {
             c.reasons(),
             vec!["mark sensitive and cannot be delegated (privileged via Domain Admins)"]
         );
+    }
+
+    #[test]
+    fn gaining_protocol_transition_or_a_first_entry_is_a_first_grant() {
+        let w = WORKSTATION_TRUST_ACCOUNT;
+        assert!(change(w, Some(w | TRUSTED_TO_AUTH_FOR_DELEGATION), &[], &[]).is_first_grant());
+        let pt = w | TRUSTED_TO_AUTH_FOR_DELEGATION;
+        assert!(!change(pt, None, &["cifs/hv02"], &[]).is_first_grant());
+        let mut first = change(pt, None, &["cifs/hv02"], &[]);
+        first.entries_before = 0;
+        assert!(first.is_first_grant());
+        assert!(!change(pt, None, &[], &["cifs/old"]).is_first_grant());
     }
 
     #[test]

@@ -153,6 +153,17 @@ impl Dn {
         }
         out
     }
+
+    /// The DNS name of a domain DN: its `DC=` values joined by dots,
+    /// lower-case (`DC=Contoso,DC=com` -> `contoso.com`).
+    pub fn dns_name(&self) -> String {
+        let labels: Vec<&str> = self
+            .rdns
+            .iter()
+            .flat_map(|rdn| rdn.iter().filter(|(t, _)| t == "dc").map(|(_, v)| v.as_str()))
+            .collect();
+        labels.join(".")
+    }
 }
 
 /// The key a DN read from AD is compared by: its normalized form, or, for a
@@ -211,6 +222,15 @@ mod tests {
                 .is_within(&base)
         );
         assert!(!Dn::parse("DC=lab,DC=test").unwrap().is_within(&base));
+    }
+
+    #[test]
+    fn a_domain_dn_names_its_dns_domain() {
+        assert_eq!(Dn::parse("DC=Lab,DC=test").unwrap().dns_name(), "lab.test");
+        assert_eq!(
+            Dn::parse("OU=x,DC=corp,DC=contoso,DC=com").unwrap().dns_name(),
+            "corp.contoso.com"
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum FindingKind {
     HostOutOfScope,
     AdGroupMissing,
     NoAgentReport,
+    /// A computer's dNSHostName or SPNs do not check out (the trust model).
+    HostIdentityConflict,
+    /// A domain controller, read-only DC or privileged machine in a group.
+    NotADelegationTarget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

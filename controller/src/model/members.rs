@@ -9,8 +9,12 @@ use super::{Index, Observed};
 /// A group's members as found in one observe.
 #[derive(Debug, Default)]
 pub struct Members<'g> {
-    /// Indexes into `Observed::computers`, in the order first met, each once.
+    /// Indexes into `Observed::computers`, in the order first met, each once:
+    /// only computers whose identity checks out (`Index::trusted`).
     pub computers: Vec<usize>,
+    /// Members that are not delegation targets (`Index::refusal` says why):
+    /// left out of the group, each a finding.
+    pub refused: Vec<usize>,
     /// Hosts the group lists that are not computers in the managed scope.
     pub missing: Vec<&'g HostName>,
     /// Members of the group's AD group that are not computers in the scope.
@@ -32,8 +36,13 @@ impl Members<'_> {
 pub fn resolve<'g>(hosts: &'g [HostName], ad_group: Option<&Dn>, observed: &Observed, index: &Index) -> Members<'g> {
     let mut m = Members::default();
     let add = |m: &mut Members, i: usize| {
-        if !m.computers.contains(&i) {
-            m.computers.push(i);
+        let list = if index.trusted(i) {
+            &mut m.computers
+        } else {
+            &mut m.refused
+        };
+        if !list.contains(&i) {
+            list.push(i);
         }
     };
     for h in hosts {

@@ -7,6 +7,7 @@
 //!   and the accounts that decide delegation (`Directory`);
 //! - `change`: one planned modify of one object, with an explicit kind per part,
 //!   and its intent (what an approval approves);
+//! - `identity`: who a computer is for delegation, cross-checked (the trust model);
 //! - `members`: who is in a migration group (the one resolver);
 //! - `finding`: the one finding type and its kinds, shared by planning and diagnosis;
 //! - `dn`, `names`: validated distinguished names and host names.
@@ -18,6 +19,7 @@ pub mod dn;
 mod finding;
 #[cfg(test)]
 pub mod fixtures;
+pub mod identity;
 pub mod members;
 pub mod names;
 mod observed;
@@ -27,6 +29,7 @@ pub use change::{ChangeKind, HostChange, Intent, Mode, intents};
 pub use computer::{Computer, is_migration_class, spn_key, spn_parts};
 pub use dn::dn_key;
 pub use finding::{Finding, FindingKind, Severity};
+pub use identity::{Claims, Refusal};
 pub use observed::{Directory, Index, Observed};
 
 pub const ACCOUNTDISABLE: u32 = 0x2;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use super::account::Privileged;
 use super::computer::Computer;
 use super::dn::dn_key;
+use super::identity::{self, Claims, Refusal};
 use super::names::HostName;
 
 /// What one observe read from AD.
@@ -18,6 +19,9 @@ pub struct Observed {
     /// Privileged accounts, read only when sensitive-account enforcement
     /// is on.
     pub privileged: Vec<Privileged>,
+    /// What the rest of the domain says about these computers' names, and
+    /// which of them are privileged: the input of `identity::verify`.
+    pub claims: Claims,
 }
 
 /// Accounts and groups that decide who may be delegated, read once per
@@ -29,23 +33,33 @@ pub struct Directory {
     pub protected_users_dn: Option<String>,
 }
 
-/// Computers of one observe by name and by DN; names compare
-/// case-insensitively.
+/// Computers of one observe by name and by DN, each with its identity
+/// verdict (`identity::verify`); names compare case-insensitively.
 pub struct Index {
+    /// Only computers whose dNSHostName is their own name in an allowed
+    /// suffix: a name an object merely claims never finds it.
     by_fqdn: HashMap<String, usize>,
     by_netbios: HashMap<String, usize>,
     by_dn: HashMap<String, usize>,
+    refusals: Vec<Option<Refusal>>,
+    suffixes: Vec<String>,
 }
 
 impl Index {
-    pub fn new(observed: &Observed) -> Index {
+    /// `suffixes`: the allowed DNS suffixes (lower-case).
+    pub fn new(observed: &Observed, suffixes: &[String]) -> Index {
+        let refusals = identity::verify(observed, suffixes);
         let mut ix = Index {
             by_fqdn: HashMap::new(),
             by_netbios: HashMap::new(),
             by_dn: HashMap::new(),
+            refusals,
+            suffixes: suffixes.to_vec(),
         };
         for (i, c) in observed.computers.iter().enumerate() {
-            if let Some(f) = c.fqdn() {
+            if let Some(f) = c.fqdn()
+                && !ix.refusals[i].as_ref().is_some_and(Refusal::is_about_the_name)
+            {
                 ix.by_fqdn.insert(f, i);
             }
             ix.by_netbios.insert(c.netbios(), i);
@@ -54,15 +68,34 @@ impl Index {
         ix
     }
 
-    /// The computer an FQDN or NetBIOS name refers to.
+    /// The computer an FQDN or NetBIOS name refers to. An FQDN in an allowed
+    /// suffix whose object has another dNSHostName is found by its NetBIOS
+    /// name (sAMAccountName is unique), so its refusal can be reported.
     pub fn find(&self, name: &HostName) -> Option<usize> {
         match name {
-            HostName::Fqdn(f) => self.by_fqdn.get(f).copied(),
+            HostName::Fqdn(f) => self.by_fqdn.get(f).copied().or_else(|| {
+                let (_, suffix) = f.split_once('.')?;
+                self.suffixes
+                    .iter()
+                    .any(|s| s == suffix)
+                    .then(|| self.by_netbios.get(&name.derived_netbios()).copied())
+                    .flatten()
+            }),
             HostName::Netbios(n) => self.by_netbios.get(n).copied(),
         }
     }
 
     pub fn find_dn(&self, dn: &str) -> Option<usize> {
         self.by_dn.get(&dn_key(dn)).copied()
+    }
+
+    /// Why computer `i` is not a delegation target; `None` when it is one.
+    pub fn refusal(&self, i: usize) -> Option<&Refusal> {
+        self.refusals.get(i).and_then(Option::as_ref)
+    }
+
+    /// A trusted delegation target or source.
+    pub fn trusted(&self, i: usize) -> bool {
+        self.refusal(i).is_none()
     }
 }

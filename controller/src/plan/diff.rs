@@ -71,6 +71,7 @@ pub fn diff(want: &Want, managed_targets: &BTreeSet<String>) -> Option<HostChang
         uac_after: (uac_after != c.uac).then_some(uac_after),
         add: add.into_iter().map(|(_, v)| v.to_owned()).collect(),
         remove,
+        entries_before: c.allowed_to_delegate_to.len(),
     };
     (!change.kinds().is_empty()).then_some(change)
 }

@@ -10,6 +10,13 @@
 //! kcdsync does not manage (other service classes, targets outside the
 //! scope) are never removed.
 //!
+//! Only hosts whose identity checks out (`model::identity`) are planned for
+//! or delegated to: a domain controller, a read-only DC, a privileged
+//! machine, or an object whose dNSHostName or SPNs do not match its own name
+//! is a finding for its group and is left out, and the group goes on
+//! without it. [`Plan::targets`] is the list of names the plan may delegate
+//! to; the write edge (`ldap::edge`) checks every modify against it again.
+//!
 //! - `diff`: one host's change;
 //! - `guard`: what may be written without approval.
 
@@ -24,16 +31,10 @@ pub use guard::{Guarded, guard, sensitive_changes};
 
 use crate::config::{Group, Mode};
 use crate::model::dn::Dn;
+use crate::model::identity::{self, names_of};
+use crate::model::names::HostName;
 use crate::model::*;
 use diff::{Entry, Want, entries_to, entries_to_computer};
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PlanError {
-    #[error(
-        "group `{group}` lists `{host}`, which is a domain controller ({dn}); kcdsync never writes domain controllers: remove it from the group"
-    )]
-    DomainControllerInGroup { group: String, host: String, dn: String },
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -41,6 +42,9 @@ pub struct Plan {
     pub changes: Vec<HostChange>,
     /// Planning never fails for these; sorted by kind and host.
     pub findings: Vec<Finding>,
+    /// The names (lower-case FQDN and NetBIOS) of every host this plan may
+    /// delegate to: trusted members and the file servers that checked out.
+    pub targets: BTreeSet<String>,
 }
 
 impl Plan {
@@ -50,13 +54,14 @@ impl Plan {
 }
 
 /// Computes the changes that make AD match the configured groups.
-pub fn plan(groups: &[Group], scope: &[Dn], observed: &Observed) -> Result<Plan, PlanError> {
-    let index = Index::new(observed);
+/// `suffixes` are the allowed DNS suffixes of a managed host's name.
+pub fn plan(groups: &[Group], scope: &[Dn], suffixes: &[String], observed: &Observed) -> Plan {
+    let index = Index::new(observed, suffixes);
     let mut planner = Planner::new(observed, &index, scope);
     for g in groups {
-        planner.group(g)?;
+        planner.group(g);
     }
-    Ok(planner.finish())
+    planner.finish()
 }
 
 /// The state of one planning pass over the groups.
@@ -72,6 +77,7 @@ struct Planner<'a> {
     /// peer of a host points at the same list instead of building its own.
     entries_of: Vec<Vec<Entry>>,
     file_server_entries: Vec<Vec<Entry>>,
+    targets: BTreeSet<String>,
     /// By DN: (computer, groups, mode, peers, file servers).
     wants: BTreeMap<String, Wanted>,
 }
@@ -86,9 +92,13 @@ struct Wanted {
 
 impl<'a> Planner<'a> {
     fn new(observed: &'a Observed, index: &'a Index, scope: &'a [Dn]) -> Planner<'a> {
+        // A name an object merely claims (a dNSHostName that is not its own)
+        // does not make entries to that name ours.
         let mut managed_targets = BTreeSet::new();
-        for c in &observed.computers {
-            if let Some(f) = c.fqdn() {
+        for (i, c) in observed.computers.iter().enumerate() {
+            if let Some(f) = c.fqdn()
+                && !index.refusal(i).is_some_and(Refusal::is_about_the_name)
+            {
                 managed_targets.insert(f);
             }
             managed_targets.insert(c.netbios().to_lowercase());
@@ -101,12 +111,13 @@ impl<'a> Planner<'a> {
             managed_targets,
             entries_of: observed.computers.iter().map(entries_to_computer).collect(),
             file_server_entries: Vec::new(),
+            targets: BTreeSet::new(),
             wants: BTreeMap::new(),
         }
     }
 
-    fn group(&mut self, g: &Group) -> Result<(), PlanError> {
-        let members = self.members(g)?;
+    fn group(&mut self, g: &Group) {
+        let members = self.members(g);
         let file_servers = self.file_servers(g);
         for &m in &members {
             let c = &self.observed.computers[m];
@@ -134,12 +145,16 @@ impl<'a> Planner<'a> {
         }
         if members.len() > 1 {
             self.peer_spn_findings(&members);
+            for &m in &members {
+                let c = &self.observed.computers[m];
+                self.targets.extend(names_of(c));
+            }
         }
-        Ok(())
     }
 
-    /// The group's computers; what cannot be resolved becomes a finding.
-    fn members(&mut self, g: &Group) -> Result<Vec<usize>, PlanError> {
+    /// The group's trusted computers; what cannot be resolved, and every
+    /// member that is not a delegation target, becomes a finding.
+    fn members(&mut self, g: &Group) -> Vec<usize> {
         let m = g.resolve(self.observed, self.index);
         for h in &m.missing {
             self.findings.push(Finding::new(
@@ -176,35 +191,82 @@ impl<'a> Planner<'a> {
                 ),
             ));
         }
-        for &i in &m.computers {
-            let c = &self.observed.computers[i];
-            if c.is_domain_controller() {
-                return Err(PlanError::DomainControllerInGroup {
-                    group: g.name.clone(),
-                    host: c.display_name(),
-                    dn: c.dn.clone(),
-                });
+        for &i in &m.refused {
+            if let Some(r) = self.index.refusal(i) {
+                let c = &self.observed.computers[i];
+                self.findings.push(r.finding(c).evidence("group", g.name.clone()));
             }
         }
-        Ok(m.computers)
+        m.computers
     }
 
-    /// The `cifs/` entries for the group's file servers; their names become managed.
+    /// The `cifs/` entries for the group's file servers; their names become
+    /// managed. A file server whose name is held by a domain controller, a
+    /// read-only DC, a privileged machine or by two objects is a finding and
+    /// gets no entries.
     fn file_servers(&mut self, g: &Group) -> Vec<usize> {
         let mut out = Vec::new();
         for fs in &g.file_servers {
-            let netbios = self
-                .index
-                .find(fs)
-                .map(|i| self.observed.computers[i].netbios())
-                .unwrap_or_else(|| fs.derived_netbios());
+            let owners = identity::owners_of(self.observed, fs.as_str());
             self.managed_targets.insert(fs.as_str().to_owned());
+            if let Some(f) = self.file_server_refusal(g, fs, &owners) {
+                self.findings.push(f);
+                continue;
+            }
+            let netbios = owners
+                .first()
+                .map(|o| o.netbios())
+                .unwrap_or_else(|| fs.derived_netbios());
             self.managed_targets.insert(netbios.to_lowercase());
+            self.targets.insert(fs.as_str().to_owned());
+            self.targets.insert(netbios.to_lowercase());
             self.file_server_entries
                 .push(entries_to(Some(fs.as_str()), &netbios, &[CIFS]));
             out.push(self.file_server_entries.len() - 1);
         }
         out
+    }
+
+    fn file_server_refusal(&self, g: &Group, fs: &HostName, owners: &[&Computer]) -> Option<Finding> {
+        let privileged = |o: &Computer| self.observed.claims.privileged.contains(&dn_key(&o.dn));
+        let (kind, what) = if let Some(o) = owners
+            .iter()
+            .find(|o| o.is_domain_controller() || o.uac & identity::PARTIAL_SECRETS_ACCOUNT != 0 || privileged(o))
+        {
+            (
+                FindingKind::NotADelegationTarget,
+                format!("is served by {}, a domain controller or privileged machine", o.dn),
+            )
+        } else if owners.len() > 1 {
+            (
+                FindingKind::HostIdentityConflict,
+                format!(
+                    "is claimed by {} objects ({}): its tickets would go to either",
+                    owners.len(),
+                    owners.iter().map(|o| o.dn.as_str()).collect::<Vec<_>>().join("; ")
+                ),
+            )
+        } else {
+            return None;
+        };
+        Some(
+            Finding::new(
+                kind,
+                Severity::Critical,
+                &[fs.as_str()],
+                "",
+                format!(
+                    "file server {fs} of group `{}` {what}; kcdsync does not delegate to it",
+                    g.name
+                ),
+            )
+            .evidence("group", g.name.clone())
+            .evidence("attribute", ATTR_SPN)
+            .fix(
+                "correct the group's file_servers, or the SPNs of the objects named",
+                false,
+            ),
+        )
     }
 
     /// A peer that lacks the SPNs cannot be delegated to, whatever the
@@ -272,6 +334,7 @@ impl<'a> Planner<'a> {
         Plan {
             changes,
             findings: self.findings,
+            targets: self.targets,
         }
     }
 }
@@ -279,7 +342,7 @@ impl<'a> Planner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Guard;
+    use crate::config::{FirstGrants, Guard};
     use crate::model::fixtures::{BASE, computer, entries_to};
     use crate::model::names::HostName;
 
@@ -290,7 +353,18 @@ mod tests {
             hosts: hosts.iter().map(|h| HostName::parse(h).unwrap()).collect(),
             ad_group: None,
             file_servers: file_servers.iter().map(|h| HostName::parse(h).unwrap()).collect(),
+            first_grants: FirstGrants::Auto,
         }
+    }
+
+    /// Group `a`, opted out of holding first grants: the guard tests below
+    /// are about the other rules.
+    fn opted_out() -> Vec<Group> {
+        vec![group("a", Mode::Enforce, &[], &[])]
+    }
+
+    fn sfx() -> Vec<String> {
+        vec!["lab.test".to_owned()]
     }
 
     fn scope() -> Vec<Dn> {
@@ -306,8 +380,7 @@ mod tests {
     fn observed(computers: Vec<Computer>) -> Observed {
         Observed {
             computers,
-            ad_groups: HashMap::new(),
-            privileged: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -320,9 +393,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![hv01, hv02]),
-        )
-        .unwrap();
+        );
         assert_eq!(p.changes.len(), 1);
         let c = &p.changes[0];
         assert_eq!(c.host, "hv01.lab.test");
@@ -339,13 +412,13 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01.lab.test", "HV02", "hv03"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![
                 converged("HV01", &["HV02", "HV03"]),
                 converged("HV02", &["HV01", "HV03"]),
                 converged("HV03", &["HV01", "HV02"]),
             ]),
-        )
-        .unwrap();
+        );
         assert!(p.is_noop(), "{p:#?}");
     }
 
@@ -354,13 +427,13 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02", "hv03"], &["fs01.lab.test"])],
             &scope(),
+            &sfx(),
             &observed(vec![
                 computer("HV01", 4096, &[]),
                 computer("HV02", 4096, &[]),
                 computer("HV03", 4096, &[]),
             ]),
-        )
-        .unwrap();
+        );
         assert_eq!(p.changes.len(), 3);
         let hv01 = &p.changes[0];
         let mut want: Vec<String> = entries_to("HV02").into_iter().chain(entries_to("HV03")).collect();
@@ -388,9 +461,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![hv01, converged("HV02", &["HV01"])]),
-        )
-        .unwrap();
+        );
         assert!(p.is_noop(), "uppercase existing entries must not be re-added: {p:#?}");
     }
 
@@ -405,9 +478,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![hv01, converged("HV02", &["HV01"]), computer("HV03", 4096, &[])]),
-        )
-        .unwrap();
+        );
         assert_eq!(p.changes.len(), 1);
         assert!(p.changes[0].remove.is_empty(), "{:?}", p.changes[0].remove);
     }
@@ -418,13 +491,13 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![
                 converged("HV01", &["HV02", "HV03"]),
                 converged("HV02", &["HV01", "HV03"]),
                 converged("HV03", &["HV01", "HV02"]),
             ]),
-        )
-        .unwrap();
+        );
         assert_eq!(p.changes.len(), 2, "HV03 is in no group and is not planned for: {p:#?}");
         for c in &p.changes {
             let mut r = c.remove.clone();
@@ -438,6 +511,7 @@ mod tests {
             &Guard {
                 max_hosts_per_apply: 50,
             },
+            &opted_out(),
         );
         assert!(g.auto.is_empty());
         assert_eq!(g.held.len(), 2);
@@ -457,9 +531,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![hv01, converged("HV02", &["HV01"]), computer("HV03", 4096, &[])]),
-        )
-        .unwrap();
+        );
         let c = &p.changes[0];
         assert!(!c.add.is_empty() && !c.remove.is_empty());
         let g = guard(
@@ -467,6 +541,7 @@ mod tests {
             &Guard {
                 max_hosts_per_apply: 50,
             },
+            &opted_out(),
         );
         assert_eq!(g.auto.len(), 1);
         assert_eq!(g.auto[0].add, c.add);
@@ -486,14 +561,14 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &hosts, &[])],
             &scope(),
+            &sfx(),
             &observed(names.iter().map(|n| computer(n, 4096, &[])).collect()),
-        )
-        .unwrap();
-        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 4 });
+        );
+        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 4 }, &opted_out());
         assert!(g.auto.is_empty());
         assert_eq!(g.held.len(), 5);
         assert!(g.reasons[0].contains("would change 5 hosts"));
-        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 5 });
+        let g = guard(&p.changes, &Guard { max_hosts_per_apply: 5 }, &opted_out());
         assert_eq!((g.auto.len(), g.held.len()), (5, 0));
     }
 
@@ -504,9 +579,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![hv01, converged("HV02", &["HV01"])]),
-        )
-        .unwrap();
+        );
         let c = &p.changes[0];
         assert_eq!(c.uac_after.unwrap() & TRUSTED_FOR_DELEGATION, 0);
         assert!(
@@ -519,15 +594,16 @@ mod tests {
             &Guard {
                 max_hosts_per_apply: 50,
             },
+            &opted_out(),
         );
         assert!(g.auto.is_empty());
         assert_eq!(g.held.len(), 1);
         for c in plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![computer("HV01", 4096, &[]), computer("HV02", 4096, &[])]),
         )
-        .unwrap()
         .changes
         {
             assert_eq!(c.uac_after.unwrap() & TRUSTED_FOR_DELEGATION, 0);
@@ -535,17 +611,138 @@ mod tests {
     }
 
     #[test]
-    fn a_domain_controller_in_a_group_is_an_error() {
+    fn a_domain_controller_in_a_group_is_a_finding_and_the_group_goes_on() {
         let mut dc = computer("DC1", SERVER_TRUST_ACCOUNT | TRUSTED_FOR_DELEGATION, &[]);
         dc.dn = "CN=DC1,OU=Domain Controllers,DC=lab,DC=test".to_string();
-        let e = plan(
-            &[group("a", Mode::Enforce, &["hv01", "dc1"], &[])],
+        let p = plan(
+            &[group("a", Mode::Enforce, &["hv01", "dc1", "hv02"], &[])],
             &scope(),
-            &observed(vec![computer("HV01", 4096, &[]), dc]),
-        )
-        .unwrap_err();
-        assert!(matches!(e, PlanError::DomainControllerInGroup { .. }));
-        assert!(e.to_string().contains("dc1.lab.test"), "{e}");
+            &sfx(),
+            &observed(vec![computer("HV01", 4096, &[]), dc, computer("HV02", 4096, &[])]),
+        );
+        let f = p
+            .findings
+            .iter()
+            .find(|f| f.kind == FindingKind::NotADelegationTarget)
+            .expect("a finding for the DC");
+        assert!(
+            f.summary.contains("DC1") && f.summary.contains("domain controller"),
+            "{}",
+            f.summary
+        );
+        assert_eq!(p.changes.len(), 2, "HV01 and HV02 still get each other: {p:#?}");
+        for c in &p.changes {
+            assert!(!c.dn.contains("DC1"));
+            assert!(c.add.iter().all(|e| !e.to_lowercase().contains("dc1")), "{:?}", c.add);
+        }
+        assert!(!p.targets.contains("dc1.lab.test") && !p.targets.contains("dc1"));
+    }
+
+    /// The scenario: members listed by NetBIOS name; someone with
+    /// write access to AC02 clears its SPNs and points its dNSHostName at
+    /// the domain controller.
+    #[test]
+    fn a_dns_host_name_pointing_at_the_dc_gets_no_entries_anywhere() {
+        let mut ac02 = computer("AC02", 4096, &[]);
+        ac02.dns_host_name = Some("dc1.lab.test".into());
+        ac02.spns.clear();
+        let mut dc = computer("DC1", SERVER_TRUST_ACCOUNT, &[]);
+        dc.dn = "CN=DC1,OU=Domain Controllers,DC=lab,DC=test".to_string();
+        dc.spns = vec!["HOST/dc1.lab.test".into(), "HOST/DC1".into()];
+        let mut obs = observed(vec![computer("AC01", 4096, &[]), ac02, computer("AC03", 4096, &[])]);
+        obs.claims.holders = vec![dc];
+        let p = plan(
+            &[group("a", Mode::Enforce, &["AC01", "AC02", "AC03"], &[])],
+            &scope(),
+            &sfx(),
+            &obs,
+        );
+        for c in &p.changes {
+            assert!(
+                c.add
+                    .iter()
+                    .all(|e| !e.to_lowercase().contains("dc1") && !e.to_lowercase().contains("ac02")),
+                "{:?}",
+                c.add
+            );
+            assert!(!c.dn.contains("AC02"));
+        }
+        let f = p
+            .findings
+            .iter()
+            .find(|f| f.kind == FindingKind::HostIdentityConflict)
+            .expect("an identity finding");
+        assert!(f.summary.contains("AC02"), "{}", f.summary);
+        assert!(
+            f.evidence.contains(&("attribute".into(), "dNSHostName".into())),
+            "{:?}",
+            f.evidence
+        );
+        assert!(
+            f.evidence
+                .iter()
+                .any(|(k, v)| k == "conflicting owner" && v.contains("DC1")),
+            "{:?}",
+            f.evidence
+        );
+    }
+
+    #[test]
+    fn a_file_server_name_held_by_a_dc_gets_no_entries() {
+        let mut dc = computer("DC1", SERVER_TRUST_ACCOUNT, &[]);
+        dc.dn = "CN=DC1,OU=Domain Controllers,DC=lab,DC=test".to_string();
+        dc.spns = vec!["HOST/dc1.lab.test".into()];
+        let mut obs = observed(vec![computer("HV01", 4096, &[]), computer("HV02", 4096, &[])]);
+        obs.claims.holders = vec![dc];
+        let p = plan(
+            &[group("a", Mode::Enforce, &["hv01", "hv02"], &["dc1.lab.test"])],
+            &scope(),
+            &sfx(),
+            &obs,
+        );
+        assert!(p.changes.iter().all(|c| c.add.iter().all(|e| !e.contains("dc1"))));
+        assert!(
+            p.findings
+                .iter()
+                .any(|f| f.kind == FindingKind::NotADelegationTarget && f.host() == "dc1.lab.test")
+        );
+    }
+
+    #[test]
+    fn first_grants_wait_for_approval_unless_the_group_opts_out() {
+        let mut g = group("a", Mode::Enforce, &["hv01", "hv02", "hv03"], &[]);
+        g.first_grants = FirstGrants::Approve;
+        // HV01 and HV02 are converged with each other; HV03 is a new member
+        // (a pre-created computer object): it would gain protocol transition
+        // and its first entries, the others gain entries to it.
+        let obs = observed(vec![
+            converged("HV01", &["HV02"]),
+            converged("HV02", &["HV01"]),
+            computer("HV03", 4096, &[]),
+        ]);
+        let p = plan(std::slice::from_ref(&g), &scope(), &sfx(), &obs);
+        let gd = guard(
+            &p.changes,
+            &Guard {
+                max_hosts_per_apply: 50,
+            },
+            std::slice::from_ref(&g),
+        );
+        assert_eq!(
+            gd.held.iter().map(|c| c.host.as_str()).collect::<Vec<_>>(),
+            ["hv03.lab.test"]
+        );
+        assert_eq!(gd.auto.len(), 2, "the existing members' additions go through");
+        assert!(gd.reasons[0].contains("first delegation entries"), "{:?}", gd.reasons);
+        g.first_grants = FirstGrants::Auto;
+        let gd = guard(
+            &p.changes,
+            &Guard {
+                max_hosts_per_apply: 50,
+            },
+            std::slice::from_ref(&g),
+        );
+        assert_eq!((gd.auto.len(), gd.held.len()), (3, 0));
     }
 
     #[test]
@@ -553,13 +750,13 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02", "hv09.lab.test"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![
                 computer("HV01", 4096, &[]),
                 computer("HV02", 4096, &[]),
                 computer("HV05", 4096, &[]),
             ]),
-        )
-        .unwrap();
+        );
         assert_eq!(p.changes.len(), 2);
         assert!(
             p.changes
@@ -582,7 +779,7 @@ mod tests {
             g.ad_group.as_ref().unwrap().normalized(),
             vec![format!("cn=hv02,{BASE}"), "CN=OUTSIDER,OU=Other,DC=lab,DC=test".into()],
         );
-        let p = plan(&[g], &scope(), &obs).unwrap();
+        let p = plan(&[g], &scope(), &sfx(), &obs);
         assert_eq!(p.changes.len(), 2);
         assert!(p.findings.iter().any(|f| f.kind == FindingKind::HostOutOfScope));
     }
@@ -595,13 +792,13 @@ mod tests {
                 group("b", Mode::Plan, &["hv01", "hv03"], &[]),
             ],
             &scope(),
+            &sfx(),
             &observed(vec![
                 computer("HV01", 4096, &[]),
                 computer("HV02", 4096, &[]),
                 computer("HV03", 4096, &[]),
             ]),
-        )
-        .unwrap();
+        );
         let hv01 = p.changes.iter().find(|c| c.host == "hv01.lab.test").unwrap();
         assert_eq!(hv01.add.len(), 8);
         assert_eq!(hv01.mode, Mode::Plan);
@@ -619,9 +816,9 @@ mod tests {
         let p = plan(
             &[group("a", Mode::Enforce, &["hv01", "hv02"], &[])],
             &scope(),
+            &sfx(),
             &observed(vec![computer("HV01", 4096, &[]), hv02]),
-        )
-        .unwrap();
+        );
         assert!(
             p.findings
                 .iter()
@@ -666,6 +863,7 @@ mod tests {
             uac_after: None,
             add: vec!["cifs/A".into(), "cifs/b".into()],
             remove: vec![],
+            entries_before: 0,
         };
         let b = HostChange {
             dn: "cn=h,dc=X".into(),

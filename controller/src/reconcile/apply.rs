@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::error::HostError;
 use super::{AdClient, Fence, HostFailure, Progress};
 use crate::config::Config;
-use crate::ldap::LdapError;
+use crate::ldap::{LdapError, WritePolicy};
 use crate::model::{Computer, HostChange, Intent, Observed, dn_key};
 use crate::plan;
 use crate::store::Store;
@@ -78,6 +78,8 @@ pub(super) struct Apply<'a, A> {
     pub cfg: &'a Config,
     pub ad: &'a A,
     pub observed: &'a Observed,
+    /// What the write edge lets through (`ldap::edge`).
+    pub policy: &'a WritePolicy,
     pub part: Part,
     /// With an approval: what was approved, by DN; a re-planned change must still match it.
     pub approved: HashMap<String, Intent>,
@@ -88,11 +90,19 @@ pub(super) struct Apply<'a, A> {
 }
 
 impl<'a, A: AdClient> Apply<'a, A> {
-    pub fn new(cfg: &'a Config, ad: &'a A, observed: &'a Observed, part: Part, work: &[Written]) -> Self {
+    pub fn new(
+        cfg: &'a Config,
+        ad: &'a A,
+        observed: &'a Observed,
+        policy: &'a WritePolicy,
+        part: Part,
+        work: &[Written],
+    ) -> Self {
         Apply {
             cfg,
             ad,
             observed,
+            policy,
             part,
             approved: work.iter().map(|(c, _)| (dn_key(&c.dn), c.intent())).collect(),
             fence: None,
@@ -200,7 +210,7 @@ impl<'a, A: AdClient> Apply<'a, A> {
             uac_after = ?change.uac_after,
             ldap.result_code = tracing::field::Empty
         );
-        let result = self.ad.modify_host(change).instrument(span.clone()).await;
+        let result = self.ad.modify_host(change, self.policy).instrument(span.clone()).await;
         let rc = result.as_ref().map_or_else(|e| e.rc().unwrap_or(u32::MAX), |_| 0);
         span.record("ldap.result_code", rc);
         crate::metrics::get().ldap("modify", rc);
@@ -215,9 +225,10 @@ impl<'a, A: AdClient> Apply<'a, A> {
         for c in observed.computers.iter_mut().filter(|c| dn_key(&c.dn) == key) {
             *c = fresh.clone();
         }
-        let replanned = plan::plan(&self.cfg.groups, &self.cfg.scope, &observed)
-            .ok()
-            .and_then(|p| p.changes.into_iter().find(|c| dn_key(&c.dn) == key));
+        let replanned = plan::plan(&self.cfg.groups, &self.cfg.scope, &self.cfg.dns_suffixes, &observed)
+            .changes
+            .into_iter()
+            .find(|c| dn_key(&c.dn) == key);
         let Some(next) = replanned.and_then(|c| self.part.of_planned(&c)) else {
             return Ok(None);
         };

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Mode};
 use crate::model::{HostChange, Observed};
-use crate::plan::{self, Guarded, Plan, PlanError};
+use crate::plan::{self, Guarded, Plan};
 
 /// What should change, and what the guard lets through.
 #[derive(Debug, Clone)]
@@ -28,19 +28,19 @@ impl Decision {
 }
 
 /// Plans and guards.
-pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> {
+pub fn decide(cfg: &Config, observed: &Observed) -> Decision {
     let span = tracing::info_span!(
         "plan",
         hosts_changed = tracing::field::Empty,
         pending = tracing::field::Empty
     );
     let _entered = span.enter();
-    let plan = plan::plan(&cfg.groups, &cfg.scope, observed)?;
+    let plan = plan::plan(&cfg.groups, &cfg.scope, &cfg.dns_suffixes, observed);
     span.record("hosts_changed", plan.changes.len());
     crate::metrics::get().drift_detected.add(plan.changes.len() as u64, &[]);
     let (enforce, not_enforced): (Vec<HostChange>, Vec<HostChange>) =
         plan.changes.iter().cloned().partition(|c| c.mode == Mode::Enforce);
-    let guarded = plan::guard(&enforce, &cfg.guard);
+    let guarded = plan::guard(&enforce, &cfg.guard, &cfg.groups);
     let planned: Vec<HostChange> = not_enforced.iter().filter(|c| c.mode == Mode::Plan).cloned().collect();
     let mut pending_reasons = guarded.reasons.clone();
     if !planned.is_empty() {
@@ -55,11 +55,11 @@ pub fn decide(cfg: &Config, observed: &Observed) -> Result<Decision, PlanError> 
         }
         pending.extend(sensitive);
     }
-    Ok(Decision {
+    Decision {
         plan,
         guarded,
         not_enforced,
         pending,
         pending_reasons,
-    })
+    }
 }

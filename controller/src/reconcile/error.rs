@@ -3,15 +3,12 @@
 //! decided in one place, `grpc::status`.
 
 use crate::ldap::LdapError;
-use crate::plan::PlanError;
 use crate::store::{PlanState, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
     Ldap(#[from] LdapError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("plan {0} does not exist: list plans with `kcdsync-controller plans`")]

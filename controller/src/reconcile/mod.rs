@@ -33,6 +33,7 @@ pub use observe::observe;
 pub use ports::AdClient;
 
 use crate::config::Config;
+use crate::ldap::WritePolicy;
 use crate::model::{HostChange, Observed};
 use crate::store::{AuditRecord, PlanState, Store};
 
@@ -105,7 +106,7 @@ pub async fn reconcile(
         "observed"
     );
     let t = std::time::Instant::now();
-    let decision = decide(cfg, &observed)?;
+    let decision = decide(cfg, &observed);
     tracing::debug!(
         changes = decision.plan.changes.len(),
         elapsed_ms = t.elapsed().as_millis() as u64,
@@ -157,7 +158,11 @@ pub async fn execute(
     let work = apply::with_before(to_apply, observed);
     let intents = audit::record_intents(store, &ctx, &work).await?;
 
-    let mut apply = apply::Apply::new(cfg, ad, observed, selection.part, &work);
+    let policy = WritePolicy {
+        scope: cfg.scope.clone(),
+        targets: decision.plan.targets.clone(),
+    };
+    let mut apply = apply::Apply::new(cfg, ad, observed, &policy, selection.part, &work);
     apply.fence = fence.map(|f| (store, f));
     apply.progress = opts.progress.clone();
     let applied = apply.run(work).await;

@@ -14,10 +14,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
-use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS};
+use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS, WritePolicy};
 use crate::model::dn::Dn;
 use crate::model::fixtures::{BASE, delegating};
-use crate::model::{Computer, Directory, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key, spn_key};
+use crate::model::{
+    Claims, Computer, Directory, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key, spn_key,
+};
 use crate::store::Store;
 
 const KERBEROS_ONLY: u32 = WORKSTATION_TRUST_ACCOUNT;
@@ -102,6 +104,14 @@ impl AdClient for FakeAd {
         })
     }
 
+    async fn claims(&self, _domain: &Dn, _scope: &[Dn], _names: &[String], _extra: &[Dn]) -> Result<Claims, LdapError> {
+        // Every object of the fake directory answers to its own names only.
+        Ok(Claims {
+            holders: self.objects.lock().unwrap().values().cloned().collect(),
+            privileged: Vec::new(),
+        })
+    }
+
     async fn directory(&self, _domain: &Dn, _extra: &[Dn]) -> Result<Directory, LdapError> {
         Ok(Directory::default())
     }
@@ -114,7 +124,8 @@ impl AdClient for FakeAd {
         self.read_object(dn).await
     }
 
-    async fn modify_host(&self, change: &HostChange) -> Result<(), LdapError> {
+    async fn modify_host(&self, change: &HostChange, policy: &WritePolicy) -> Result<(), LdapError> {
+        policy.check(change)?;
         let n = self.modifies.fetch_add(1, Ordering::SeqCst);
         let result = {
             let mut objects = self.objects.lock().unwrap();
@@ -133,6 +144,8 @@ impl AdClient for FakeAd {
 }
 
 /// A config for one enforce-mode group, and the real SQLite store in a temp dir.
+/// The group opts out of holding first grants: these tests are about what
+/// happens to writes, not about what waits for approval.
 async fn setup(hosts: &[&str]) -> (Config, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
@@ -150,6 +163,7 @@ base_dns = ["{BASE}"]
 [[group]]
 name = "g"
 mode = "enforce"
+first_grants = "auto"
 hosts = [{}]
 "#,
         hosts.join(", ")

@@ -28,7 +28,7 @@ pub async fn verify(
     }
     let span = tracing::info_span!("verify", hosts = written.len());
     let after = observe(cfg, ad).instrument(span).await?;
-    let replan = plan::plan(&cfg.groups, &cfg.scope, &after)?;
+    let replan = plan::plan(&cfg.groups, &cfg.scope, &cfg.dns_suffixes, &after);
     let mut now_by_dn: HashMap<String, Computer> = after.computers.into_iter().map(|c| (dn_key(&c.dn), c)).collect();
     let remaining: HashMap<String, HostChange> = replan.changes.into_iter().map(|c| (dn_key(&c.dn), c)).collect();
     let mut out = Vec::new();

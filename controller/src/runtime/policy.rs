@@ -31,7 +31,7 @@ pub fn after_success(interval: Duration) -> Action {
 pub fn error_policy(e: &ReconcileError, failures: u32) -> Action {
     let base = match e {
         ReconcileError::Fenced { .. } => return Action::Follow,
-        ReconcileError::Plan(_) | ReconcileError::Ldap(LdapError::MissingPrivilege { .. }) => 300,
+        ReconcileError::Ldap(LdapError::MissingPrivilege { .. }) => 300,
         _ => 5,
     };
     let exp = failures.saturating_sub(1).min(6);
@@ -41,7 +41,6 @@ pub fn error_policy(e: &ReconcileError, failures: u32) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlanError;
 
     fn wait(a: Action) -> u64 {
         match a {
@@ -59,10 +58,9 @@ mod tests {
 
     #[test]
     fn configuration_shaped_failures_wait_longer() {
-        let e = ReconcileError::Plan(PlanError::DomainControllerInGroup {
-            group: "g".into(),
-            host: "dc01".into(),
-            dn: "CN=DC01".into(),
+        let e = ReconcileError::Ldap(LdapError::MissingPrivilege {
+            dn: "CN=HV01".into(),
+            text: "00002098: SeEnableDelegationPrivilege".into(),
         });
         assert_eq!(wait(error_policy(&e, 1)), 300);
         assert_eq!(wait(error_policy(&e, 2)), 600);

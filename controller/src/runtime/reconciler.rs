@@ -182,7 +182,7 @@ impl Reconciler {
         let ad = Ad::connect(&cfg.ad).await?;
         let result = async {
             let observed = reconcile::observe(&cfg, &ad).await?;
-            let decision = reconcile::decide(&cfg, &observed)?;
+            let decision = reconcile::decide(&cfg, &observed);
             let opts = RunOptions {
                 trigger: trigger.to_owned(),
                 approve,

@@ -117,6 +117,7 @@ fn change(dn: &str) -> HostChange {
         uac_after: None,
         add: vec![],
         remove: vec!["cifs/hv09.lab.test".into()],
+        entries_before: 1,
     }
 }
 
