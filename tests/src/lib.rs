@@ -459,11 +459,32 @@ impl Fleet {
     }
 
     /// A controller config managing exactly this fleet's OU, with one group
-    /// holding `members` in `mode`.
+    /// holding `members` in `mode`. The group opts out of holding first
+    /// grants for approval (`first_grants = "auto"`): most lab tests are
+    /// about what gets written; the trust tests use [`Fleet::guarded_config`].
     pub fn config(&self, lab: &Lab, bind: BindAs, mode: &str, members: &[&str], extra: &str) -> String {
+        self.group_config(lab, bind, mode, members, extra, "first_grants = \"auto\"\n")
+    }
+
+    /// As [`Fleet::config`], with the guard's defaults: a first grant (a host
+    /// gaining protocol transition or its first delegation entry) waits for
+    /// approval. `group_extra` goes into the `[[group]]` table.
+    pub fn guarded_config(&self, lab: &Lab, members: &[&str], group_extra: &str) -> String {
+        self.group_config(lab, BindAs::Svc, "enforce", members, "", group_extra)
+    }
+
+    fn group_config(
+        &self,
+        lab: &Lab,
+        bind: BindAs,
+        mode: &str,
+        members: &[&str],
+        extra: &str,
+        group_extra: &str,
+    ) -> String {
         let hosts: Vec<String> = members.iter().map(|m| format!("\"{}\"", m.to_lowercase())).collect();
         format!(
-            "{}\n[scope]\nbase_dns = [\"{}\"]\n\n{extra}\n\n[[group]]\nname = \"g\"\nmode = \"{mode}\"\nhosts = [{}]\n",
+            "{}\n[scope]\nbase_dns = [\"{}\"]\n\n{extra}\n\n[[group]]\nname = \"g\"\nmode = \"{mode}\"\n{group_extra}hosts = [{}]\n",
             lab.ad_section(bind),
             self.ou_dn,
             hosts.join(", ")

@@ -306,7 +306,7 @@ async fn kill_9_of_the_leader_process_mid_apply_loses_and_repeats_no_ad_write() 
     for (i, pair) in fleet.hosts.chunks(2).enumerate() {
         let hosts: Vec<String> = pair.iter().map(|h| format!("\"{}\"", h.fqdn)).collect();
         groups.push_str(&format!(
-            "\n[[group]]\nname = \"k{i:03}\"\nmode = \"enforce\"\nhosts = [{}]\n",
+            "\n[[group]]\nname = \"k{i:03}\"\nmode = \"enforce\"\nfirst_grants = \"auto\"\nhosts = [{}]\n",
             hosts.join(", ")
         ));
     }

@@ -8,7 +8,7 @@ use kcdsync_proto::v1::HostReport;
 
 use crate::config::{DEFAULT_STALE_AFTER, Group};
 use crate::model::names::HostName;
-use crate::model::{Computer, Index, Observed, Privileged};
+use crate::model::{Computer, Finding, Index, Observed, Privileged};
 
 /// What an agent said about its host.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +67,12 @@ impl Facts<'_> {
             .into_iter()
             .map(|i| &self.observed.computers[i])
             .collect()
+    }
+
+    /// The finding that says why `c` is not a delegation target, if it is not one.
+    pub(super) fn refusal(&self, c: &Computer) -> Option<Finding> {
+        let i = self.index.find_dn(&c.dn)?;
+        self.index.refusal(i).map(|r| r.finding(c))
     }
 
     pub(super) fn agent(&self, c: &Computer) -> Option<&HostFacts> {

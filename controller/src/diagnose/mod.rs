@@ -60,6 +60,7 @@ pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: 
             );
         }
     }
+    found.extend([src, dst].into_iter().flatten().filter_map(|c| facts.refusal(c)));
     if let (Some(s), Some(d)) = (src, dst) {
         found.extend(facts.source_findings(s, d));
         found.extend(facts.host_findings(
@@ -127,6 +128,10 @@ pub fn fleet_findings(facts: &Facts) -> Vec<Finding> {
                 )
                 .fix("correct the group's host list or widen scope.base_dns", false),
             );
+        }
+        for &i in &m.refused {
+            let c = &facts.observed.computers[i];
+            out.extend(facts.refusal(c).map(|f| f.evidence("group", g.name.clone())));
         }
         let members = m.sorted();
         for &i in &members {

@@ -392,7 +392,7 @@ pub fn fleet_config(lab: &Lab, ou_dn: &str, groups: &[Vec<usize>], n: usize) -> 
             .map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase()))
             .collect();
         cfg.push_str(&format!(
-            "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nhosts = [{}]\n",
+            "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nfirst_grants = \"auto\"\nhosts = [{}]\n",
             hosts.join(", ")
         ));
     }
