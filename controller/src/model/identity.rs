@@ -16,7 +16,7 @@
 //! Anything else is a [`Refusal`]: a finding that names the object, the
 //! attribute and the conflicting owner, and the host is left out of the plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::computer::{Computer, spn_key, spn_parts};
 use super::dn::dn_key;
@@ -46,9 +46,10 @@ pub enum Refusal {
         expected: Vec<String>,
         owner: Option<String>,
     },
-    /// Another object with the same name claims the same dNSHostName: the
-    /// name does not tell them apart. (An object whose own name differs
-    /// cannot take a name away: it is refused itself, by `NameMismatch`.)
+    /// Another object with the same name, or a domain controller or
+    /// privileged machine, claims the same dNSHostName: the name does not
+    /// tell them apart. (Any other object whose own name differs cannot take
+    /// a name away: it is refused itself, by `NameMismatch`.)
     DuplicateName {
         dns_host_name: String,
         owner: String,
@@ -196,23 +197,23 @@ pub fn names_of(c: &Computer) -> Vec<String> {
 /// Verifies every observed computer; `None` for a trusted one. `suffixes`
 /// are the allowed DNS suffixes, lower-case.
 pub fn verify(observed: &Observed, suffixes: &[String]) -> Vec<Option<Refusal>> {
+    let privileged: HashSet<&str> = observed.claims.privileged.iter().map(String::as_str).collect();
     // name (lower-case) -> every object that answers to it.
     let mut dns_owners: Owners = HashMap::new();
     let mut spn_owners: Owners = HashMap::new();
     let all = observed.computers.iter().chain(observed.claims.holders.iter());
     for o in all {
         if let Some(f) = o.fqdn() {
-            push_once(dns_owners.entry(f).or_default(), o);
+            push_once(dns_owners.entry(f).or_default(), o, &privileged);
         }
         for s in &o.spns {
             if let Some((class, _)) = spn_parts(s)
                 && OWNER_CLASSES.iter().any(|c| c.eq_ignore_ascii_case(class))
             {
-                push_once(spn_owners.entry(spn_key(s)).or_default(), o);
+                push_once(spn_owners.entry(spn_key(s)).or_default(), o, &privileged);
             }
         }
     }
-    let privileged: std::collections::HashSet<&str> = observed.claims.privileged.iter().map(String::as_str).collect();
     observed
         .computers
         .iter()
@@ -235,14 +236,18 @@ struct Owner<'a> {
     key: String,
     dn: &'a str,
     netbios: String,
+    /// A DC, RODC or privileged machine.
+    tier0: bool,
 }
 
 type Owners<'a> = HashMap<String, Vec<Owner<'a>>>;
 
-fn push_once<'a>(v: &mut Vec<Owner<'a>>, o: &'a Computer) {
+fn push_once<'a>(v: &mut Vec<Owner<'a>>, o: &'a Computer, privileged: &HashSet<&str>) {
     let key = dn_key(&o.dn);
     if !v.iter().any(|x| x.key == key) {
         v.push(Owner {
+            tier0: o.uac & (super::SERVER_TRUST_ACCOUNT | PARTIAL_SECRETS_ACCOUNT) != 0
+                || privileged.contains(key.as_str()),
             key,
             dn: &o.dn,
             netbios: o.netbios(),
@@ -299,7 +304,7 @@ fn refusal(
     }
     if let Some((owner, _)) = dns_owners
         .get(&fqdn)
-        .and_then(|v| v.iter().find(|o| o.key != key && o.netbios == netbios))
+        .and_then(|v| v.iter().find(|o| o.key != key && (o.netbios == netbios || o.tier0)))
         .map(|o| (o.dn.to_owned(), ()))
     {
         return Some(Refusal::DuplicateName {

@@ -22,6 +22,8 @@
 
 mod diff;
 mod guard;
+#[cfg(test)]
+mod proptests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -197,7 +199,30 @@ impl<'a> Planner<'a> {
                 self.findings.push(r.finding(c).evidence("group", g.name.clone()));
             }
         }
-        m.computers
+        // Observe reads only the scope; a computer from anywhere else is
+        // never planned for, whoever handed it over.
+        let (inside, outside): (Vec<usize>, Vec<usize>) = m
+            .computers
+            .into_iter()
+            .partition(|&i| self.in_scope(&self.observed.computers[i].dn));
+        for i in outside {
+            let dn = &self.observed.computers[i].dn;
+            self.findings.push(Finding::new(
+                FindingKind::HostOutOfScope,
+                Severity::Warning,
+                &[dn],
+                "",
+                format!(
+                    "group `{}`: {dn} is outside the managed scope; it is left alone",
+                    g.name
+                ),
+            ));
+        }
+        inside
+    }
+
+    fn in_scope(&self, dn: &str) -> bool {
+        Dn::parse(dn).is_ok_and(|d| self.scope.iter().any(|b| d.is_within(b)))
     }
 
     /// The `cifs/` entries for the group's file servers; their names become
