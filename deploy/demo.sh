@@ -62,8 +62,14 @@ matrix
 step "kcdsync-controller plan (dry run)"
 "$ctl" plan
 
-step "kcdsync-controller apply"
-"$ctl" apply
+step "kcdsync-controller apply (a host gaining protocol transition is a first grant: it waits for approval)"
+out=$("$ctl" apply)
+echo "$out"
+plan_id=$(grep -o 'apply --approve [0-9]*' <<<"$out" | head -n1 | awk '{print $3}')
+if [[ -n $plan_id ]]; then
+    step "kcdsync-controller apply --approve $plan_id (an operator reviewed the plan)"
+    "$ctl" apply --approve "$plan_id"
+fi
 
 step "What the KDC says after the apply"
 matrix
