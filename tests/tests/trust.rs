@@ -138,15 +138,23 @@ async fn a_dns_host_name_hijack_towards_the_dc_is_never_written() {
     );
 }
 
-/// The same hijack, with the members coming from an AD group.
+/// The same hijack, with the members coming from an AD group that also
+/// holds the domain controller itself: a finding for that group, not a halt.
 #[tokio::test]
 async fn a_hijack_through_an_ad_group_source_is_never_written() {
     let lab = Lab::start();
     let names = ["TRG01", "TRG02", "TRG03"];
     let fleet = FleetSpec::new("t-hijack-group", &names).create(lab).await.unwrap();
     let group_dn = format!("CN=trg-hosts,{}", fleet.ou_dn);
+    let dc = lab.var("LAB_DC_HOST").to_owned();
+    let dc_dn = format!(
+        "CN={},OU=Domain Controllers,{}",
+        dc.split('.').next().unwrap().to_uppercase(),
+        lab.var("LAB_BASE_DN")
+    );
     let mut ldap = lab.admin().await.unwrap();
-    let members: HashSet<&str> = fleet.hosts.iter().map(|h| h.dn.as_str()).collect();
+    let mut members: HashSet<&str> = fleet.hosts.iter().map(|h| h.dn.as_str()).collect();
+    members.insert(&dc_dn);
     ldap.add(
         &group_dn,
         vec![
@@ -160,7 +168,6 @@ async fn a_hijack_through_an_ad_group_source_is_never_written() {
     .success()
     .unwrap();
     let _ = ldap.unbind().await;
-    let dc = lab.var("LAB_DC_HOST").to_owned();
     edit(
         lab,
         &fleet.host("TRG02").dn,
@@ -176,6 +183,11 @@ async fn a_hijack_through_an_ad_group_source_is_never_written() {
             .any(|f| f.kind == FindingKind::HostIdentityConflict && f.summary.contains("TRG02")),
         "{f:#?}"
     );
+    let dc_finding = f
+        .iter()
+        .find(|f| f.summary.contains(&dc_dn))
+        .unwrap_or_else(|| panic!("no finding names the DC in the group: {f:#?}"));
+    println!("finding: {}", dc_finding.summary);
     reconcile_and_approve_everything(&cfg, &ad, &store).await;
     nobody_delegates_to(lab, &fleet, "dc1").await;
     let trg01 = lab.read_host(&fleet.host("TRG01").dn).await.unwrap();

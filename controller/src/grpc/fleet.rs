@@ -198,7 +198,14 @@ pub struct FleetApi {
 impl FleetApi {
     fn host(&self, view: &View, c: &Computer) -> pb::Host {
         let facts = view.snapshot.facts(&view.cfg, now_ms());
-        let name = c.display_name();
+        // A refused object goes by its NetBIOS name: its dNSHostName is
+        // exactly what is not trusted.
+        let trusted = view
+            .snapshot
+            .index
+            .find_dn(&c.dn)
+            .is_some_and(|i| view.snapshot.index.trusted(i));
+        let name = if trusted { c.display_name() } else { c.netbios() };
         let groups: Vec<&crate::config::Group> = view
             .cfg
             .groups
@@ -255,7 +262,12 @@ impl FleetApi {
         let snap = &view.snapshot;
         let mut idx: Vec<usize> = groups
             .into_iter()
-            .flat_map(|g| g.resolve(&snap.observed, &snap.index).computers)
+            .flat_map(|g| {
+                // Members refused by the identity checks are listed too (as
+                // NOT_READY, with their finding): an operator must see them.
+                let m = g.resolve(&snap.observed, &snap.index);
+                m.computers.into_iter().chain(m.refused)
+            })
             .collect();
         idx.sort_unstable();
         idx.dedup();
