@@ -53,16 +53,6 @@ async fn bad_configs_get_a_clear_error_and_no_ldap_write() {
         ),
         ("wildcard host", good.replace("\"bad02\"", "\"*\""), "group[0].hosts[1]"),
         ("plaintext LDAP", good.replace("ldaps://", "ldap://"), "clear text"),
-        // The scope is the whole domain, so the DC is visible and refused.
-        (
-            "domain controller in a group",
-            good.replace(
-                &format!("base_dns = [\"{}\"]", fleet.ou_dn),
-                &format!("base_dns = [\"{base_dn}\"]"),
-            )
-            .replace("\"bad02\"", "\"bad02\", \"dc1\""),
-            "domain controller",
-        ),
     ];
     for (what, text, expect) in cases {
         let (_dir, path) = write_config(&text);
@@ -75,6 +65,21 @@ async fn bad_configs_get_a_clear_error_and_no_ldap_write() {
     for (h, b) in fleet.hosts.iter().zip(&before) {
         assert_eq!(&lab.read_host(&h.dn).await.unwrap(), b, "{} was written", h.dn);
     }
+
+    // A domain controller in a group (the scope is the whole domain, so the
+    // DC is visible) is a finding for that group, not an error; the group's
+    // plan goes on without it.
+    let with_dc = good
+        .replace(
+            &format!("base_dns = [\"{}\"]", fleet.ou_dn),
+            &format!("base_dns = [\"{base_dn}\"]"),
+        )
+        .replace("\"bad02\"", "\"bad02\", \"dc1\"");
+    let (_dir, path) = write_config(&with_dc);
+    let out = controller(&path, &["plan"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(text.contains("domain controller"), "{text}");
 
     // A scope base that does not exist is named, not silently empty.
     let (_dir, path) = write_config(&good.replace("OU=t-bad,", "OU=t-nonexistent,"));
