@@ -365,7 +365,7 @@ async fn a_host_removed_from_a_group_loses_its_entries_only_after_approval() {
     assert_eq!(rm03.delegate.len(), 8, "a host in no group is not planned for");
 
     let twice = reconcile::reconcile(&cfg, &ad, &store, approve).await.unwrap_err();
-    assert!(matches!(twice, ReconcileError::PlanNotPending { .. }), "{twice}");
+    assert!(matches!(twice, ReconcileError::PlanDecided(_)), "{twice}");
 }
 
 #[tokio::test]
