@@ -9,9 +9,10 @@ use tokio::sync::watch;
 
 use kcdsync_controller::config::Config;
 use kcdsync_controller::ldap::Ad;
+use kcdsync_controller::leader::{self, Writer};
 use kcdsync_controller::reconcile::{self, Approval, Progress, RunOptions};
 use kcdsync_controller::report;
-use kcdsync_controller::store::{PlanState, Store};
+use kcdsync_controller::store::{PlanState, Store, redact_url};
 
 /// Keeps Kerberos constrained delegation for Hyper-V live migration right
 /// across a fleet.
@@ -70,6 +71,9 @@ enum Command {
     /// enforce mode, verify them, and audit them. Removals, clearing
     /// unconstrained delegation, and plans touching more than
     /// guard.max_hosts_per_apply hosts are held as a pending plan.
+    ///
+    /// Takes the AD write lease in the store for the run: while `serve` (or
+    /// another apply) holds it, apply writes nothing and says who holds it.
     Apply {
         /// Approve a pending plan and apply it, if AD still matches it.
         #[arg(long, value_name = "PLAN_ID")]
@@ -148,14 +152,6 @@ fn load(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| format!("invalid configuration in {}", path.display()))
 }
 
-async fn connect(cfg: &Config) -> Result<(Ad, Store)> {
-    let store = Store::open(&cfg.store_url).await?;
-    let ad = Ad::connect(&cfg.ad)
-        .await
-        .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
-    Ok((ad, store))
-}
-
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -188,27 +184,7 @@ async fn run(cli: Cli) -> Result<()> {
             approve,
             approver,
             output,
-        } => {
-            let cfg = load(&cli.config)?;
-            let (ad, store) = connect(&cfg).await?;
-            let (tx, rx) = watch::channel(Progress::default());
-            let printer = tokio::spawn(show_progress(rx));
-            let opts = RunOptions {
-                trigger: "cli".into(),
-                approve: approve.map(|plan_id| Approval { plan_id, by: approver }),
-                progress: Some(tx),
-                fence: None,
-            };
-            let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
-            printer.abort();
-            ad.unbind().await;
-            let outcome = result?;
-            match output {
-                Output::Json => print_json(&outcome)?,
-                Output::Table => print!("{}", report::outcome(&outcome)),
-            }
-            Ok(())
-        }
+        } => apply(&cli.config, approve, approver, output).await,
         Command::Reject { plan_id, approver } => {
             let cfg = load(&cli.config)?;
             let store = Store::open(&cfg.store_url).await?;
@@ -254,6 +230,43 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve => serve(cli.config).await,
+    }
+}
+
+/// `apply`: one reconcile under the writer lease, so it never runs beside `serve` (or another
+/// apply) as a second AD writer; refused, it says who writes instead and writes nothing.
+async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, output: Output) -> Result<()> {
+    let cfg = load(path)?;
+    let store = Store::open(&cfg.store_url).await?;
+    let held = leader::hold_for_run(&store, Writer::cli(&cfg), approve)
+        .await
+        .with_context(|| format!("taking the AD write lease in {}", redact_url(&cfg.store_url)))?;
+    let result = async {
+        let ad = Ad::connect(&cfg.ad)
+            .await
+            .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
+        let (tx, rx) = watch::channel(Progress::default());
+        let printer = tokio::spawn(show_progress(rx));
+        let opts = RunOptions {
+            trigger: "cli".into(),
+            approve: approve.map(|plan_id| Approval { plan_id, by: approver }),
+            progress: Some(tx),
+            fence: Some(held.fence.clone()),
+        };
+        let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
+        printer.abort();
+        ad.unbind().await;
+        Ok::<_, anyhow::Error>(result?)
+    }
+    .await;
+    held.release().await;
+    let outcome = result?;
+    match output {
+        Output::Json => print_json(&outcome),
+        Output::Table => {
+            print!("{}", report::outcome(&outcome));
+            Ok(())
+        }
     }
 }
 

@@ -365,7 +365,7 @@ async fn a_host_removed_from_a_group_loses_its_entries_only_after_approval() {
     assert_eq!(rm03.delegate.len(), 8, "a host in no group is not planned for");
 
     let twice = reconcile::reconcile(&cfg, &ad, &store, approve).await.unwrap_err();
-    assert!(matches!(twice, ReconcileError::PlanNotPending { .. }), "{twice}");
+    assert!(matches!(twice, ReconcileError::PlanDecided(_)), "{twice}");
 }
 
 #[tokio::test]
@@ -575,14 +575,30 @@ async fn intents_left_by_an_interrupted_writer_are_settled_from_ad() {
     let (_dir, path) = write_config(&fleet.config(lab, BindAs::Svc, "enforce", &names, ""));
     let (cfg, ad, store) = open(&path).await;
 
-    // A writer put both hosts on record, wrote WAL01, then died.
+    // A writer (epoch 1) put both hosts on record, wrote WAL01, then died; its lease lapsed and
+    // this run writes under epoch 2. Its intents are older than lease TTL + LDAP timeout, so no
+    // write of it can still be on its way.
+    use kcdsync_controller::leader::LEADER_LEASE;
+    let old = store
+        .acquire_lease(LEADER_LEASE, "crashed", "", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release_lease(LEADER_LEASE, "crashed").await.unwrap();
+    let epoch = store
+        .acquire_lease(LEADER_LEASE, "test", "", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old, epoch), (1, 2));
+    let long_ago = now_ms() - (cfg.lease_ttl() + cfg.ad.timeout).as_millis() as i64 - 1_000;
     let crashed = store
         .create_plan(PlanState::Approved, "crashed-writer", &[], &[])
         .await
         .unwrap();
     let intent = |h: &TestHost| AuditRecord {
         id: 0,
-        time_ms: now_ms(),
+        time_ms: long_ago,
         plan_id: crashed,
         host: h.fqdn.clone(),
         dn: h.dn.clone(),
@@ -593,7 +609,7 @@ async fn intents_left_by_an_interrupted_writer_are_settled_from_ad() {
         reasons: vec!["set protocol transition".into()],
         trigger: "crashed-writer".into(),
         approved_by: None,
-        epoch: 0,
+        epoch: old,
     };
     store
         .record_intents(&[intent(fleet.host("WAL01")), intent(fleet.host("WAL02"))])
@@ -602,7 +618,15 @@ async fn intents_left_by_an_interrupted_writer_are_settled_from_ad() {
     lab.set_uac(&fleet.host("WAL01").dn, WORKSTATION | T2A4D).await.unwrap();
     assert_eq!(store.audit_count().await.unwrap(), 0, "intents are not the audit");
 
-    let out = reconcile::reconcile(&cfg, &ad, &store, opts()).await.unwrap();
+    let fenced = RunOptions {
+        fence: Some(reconcile::Fence {
+            lease: LEADER_LEASE.into(),
+            holder: "test".into(),
+            epoch,
+        }),
+        ..opts()
+    };
+    let out = reconcile::reconcile(&cfg, &ad, &store, fenced).await.unwrap();
     assert_eq!(out.applied.len(), 1, "only WAL02 still needed a write");
     let audit = store.audit(None, 10).await.unwrap();
     assert_eq!(audit.len(), 2, "one row per AD write: {audit:#?}");

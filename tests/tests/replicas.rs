@@ -301,7 +301,9 @@ async fn kill_9_of_the_leader_process_mid_apply_loses_and_repeats_no_ad_write() 
     let names: Vec<String> = (1..=N).map(|i| format!("KIL{i:03}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let fleet = FleetSpec::new("t-kill", &refs).create(lab).await.unwrap();
-    // Groups of two; one modify at a time so the apply is long enough to interrupt.
+    // Groups of two; one modify at a time so the apply is long enough to interrupt. The new
+    // leader settles the killed one's intents only after lease TTL + LDAP timeout, so the
+    // timeout is short here.
     let mut groups = String::new();
     for (i, pair) in fleet.hosts.chunks(2).enumerate() {
         let hosts: Vec<String> = pair.iter().map(|h| format!("\"{}\"", h.fqdn)).collect();
@@ -313,7 +315,7 @@ async fn kill_9_of_the_leader_process_mid_apply_loses_and_repeats_no_ad_write() 
     let dir = tempfile::tempdir().unwrap();
     let config = |id: &str| {
         let text = format!(
-            "{}max_in_flight = 1\n\n[scope]\nbase_dns = [\"{}\"]\n\n[guard]\nmax_hosts_per_apply = {N}\n\n[reconcile]\ninterval_secs = 3600\n\n[store]\nurl = \"{}\"\n\n[replica]\nid = \"{id}\"\nlease_ttl_secs = 3\n{groups}",
+            "{}max_in_flight = 1\ntimeout_secs = 10\n\n[scope]\nbase_dns = [\"{}\"]\n\n[guard]\nmax_hosts_per_apply = {N}\n\n[reconcile]\ninterval_secs = 3600\n\n[store]\nurl = \"{}\"\n\n[replica]\nid = \"{id}\"\nlease_ttl_secs = 3\n{groups}",
             lab.ad_section(BindAs::Svc),
             fleet.ou_dn,
             db.url

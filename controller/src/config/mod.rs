@@ -25,7 +25,7 @@ pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
 pub use api::{ApiConfig, ApiToken, Role};
 pub use diagnosis::DiagnosisConfig;
 pub use groups::{FirstGrants, Group, Guard, Mode};
-pub use replica::ReplicaConfig;
+pub use replica::{DEFAULT_LEASE_TTL, ReplicaConfig, hostname};
 pub use secret::Secret;
 
 use ad::{RawAd, validate_ad};
@@ -154,6 +154,12 @@ impl Config {
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
         validate(raw, base_dir, &default_store_url(path))
+    }
+
+    /// The writer lease's TTL: `replica.lease_ttl_secs`, or [`DEFAULT_LEASE_TTL`] for a single
+    /// controller and the one-shot CLI.
+    pub fn lease_ttl(&self) -> Duration {
+        self.replica.as_ref().map_or(DEFAULT_LEASE_TTL, |r| r.lease_ttl)
     }
 
     /// How long a host may go without a heartbeat before it is stale:

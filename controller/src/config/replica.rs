@@ -16,8 +16,12 @@ pub(super) struct RawReplica {
     advertise: Option<String>,
 }
 
+/// The writer lease's TTL without `[replica]` (a single controller, the one-shot CLI), and
+/// `replica.lease_ttl_secs`'s default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
 fn default_lease_ttl_secs() -> u64 {
-    15
+    DEFAULT_LEASE_TTL.as_secs()
 }
 
 /// Several controllers on one PostgreSQL store (`[replica]`): only the holder of the leader
@@ -32,15 +36,19 @@ pub struct ReplicaConfig {
     pub advertise: String,
 }
 
-fn default_replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's name, for lease holders.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .unwrap_or_else(|| "kcdsync".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "kcdsync".into())
+}
+
+fn default_replica_id() -> String {
+    format!("{}-{}", hostname(), std::process::id())
 }
 
 pub(super) fn validate_replica(

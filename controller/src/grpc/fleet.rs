@@ -83,6 +83,15 @@ impl ApiState {
         if self.leadership.is_leader() {
             return Ok(());
         }
+        if !self.leadership.is_replica()
+            && let Some(lease) = self.leadership.other_writer().await
+        {
+            // A single controller waits while a one-shot CLI apply writes.
+            return Err(Status::failed_precondition(format!(
+                "another writer holds the AD write lease: {}; retry when it is done",
+                crate::leader::holder(&lease)
+            )));
+        }
         let leader = self
             .leadership
             .leader_address()

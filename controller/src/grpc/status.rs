@@ -11,7 +11,7 @@ impl From<&ReconcileError> for Status {
         let msg = e.to_string();
         match e {
             ReconcileError::PlanNotFound(_) => Status::not_found(msg),
-            ReconcileError::PlanNotPending { .. }
+            ReconcileError::PlanDecided(_)
             | ReconcileError::Superseded { .. }
             | ReconcileError::Fenced { .. }
             | ReconcileError::Follower => Status::failed_precondition(msg),

@@ -13,7 +13,7 @@ use super::apply::Part;
 use super::{Approval, Decision, ReconcileError, RunOptions};
 use crate::config::Mode;
 use crate::model::{HostChange, intents};
-use crate::store::{PlanState, Store, StoreError, StoredPlan};
+use crate::store::{PlanChanged, PlanState, Store, StoreError, StoredPlan};
 
 /// What a run writes, and under which plan.
 pub(super) struct Selection {
@@ -43,14 +43,19 @@ pub(super) async fn select(store: &Store, decision: &Decision, opts: &RunOptions
     }
 }
 
-/// A pending plan, or the error that says why it cannot be acted on.
-async fn pending_plan(store: &Store, id: i64) -> Result<StoredPlan, ReconcileError> {
+/// A pending plan, or the error that says why it cannot be acted on (as `wanted`). This read
+/// only spares a doomed run its work: the compare-and-set that follows decides.
+async fn pending_plan(store: &Store, id: i64, wanted: PlanState) -> Result<StoredPlan, ReconcileError> {
     let stored = store.get_plan(id).await?.ok_or(ReconcileError::PlanNotFound(id))?;
     if stored.state != PlanState::PendingApproval {
-        return Err(ReconcileError::PlanNotPending {
-            id: stored.id,
-            state: stored.state,
-        });
+        return Err(ReconcileError::PlanDecided(PlanChanged {
+            id,
+            expected: PlanState::PendingApproval,
+            wanted,
+            found: Some(stored.state),
+            by: stored.decided_by,
+            at_ms: stored.decided_at_ms,
+        }));
     }
     Ok(stored)
 }
@@ -61,11 +66,12 @@ async fn approved(
     approval: &Approval,
     trigger: &str,
 ) -> Result<Selection, ReconcileError> {
-    let stored = pending_plan(store, approval.plan_id).await?;
+    let stored = pending_plan(store, approval.plan_id, PlanState::Approved).await?;
     if stored.intents() != intents(&decision.pending) {
         store
-            .set_plan_state(
+            .decide_plan(
                 stored.id,
+                PlanState::PendingApproval,
                 PlanState::Superseded,
                 None,
                 Some("AD changed before approval"),
@@ -74,8 +80,16 @@ async fn approved(
         let new = store_pending(store, decision, trigger, false).await?;
         return Err(ReconcileError::Superseded { old: stored.id, new });
     }
+    // The claim, before anything is written to AD: a reject that got here first wins, and
+    // this run then writes nothing.
     store
-        .set_plan_state(stored.id, PlanState::Approved, Some(&approval.by), None)
+        .decide_plan(
+            stored.id,
+            PlanState::PendingApproval,
+            PlanState::Approved,
+            Some(&approval.by),
+            None,
+        )
         .await?;
     Ok(Selection {
         changes: approved_changes(decision),
@@ -139,7 +153,9 @@ async fn store_pending(
 
 /// Rejects a pending plan: nothing is written, the plan records who and why.
 pub async fn reject(store: &Store, id: i64, by: &str, note: Option<&str>) -> Result<StoredPlan, ReconcileError> {
-    pending_plan(store, id).await?;
-    store.set_plan_state(id, PlanState::Rejected, Some(by), note).await?;
+    pending_plan(store, id, PlanState::Rejected).await?;
+    store
+        .decide_plan(id, PlanState::PendingApproval, PlanState::Rejected, Some(by), note)
+        .await?;
     store.get_plan(id).await?.ok_or(ReconcileError::PlanNotFound(id))
 }

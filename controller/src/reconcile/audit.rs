@@ -5,6 +5,7 @@
 //! settles them from AD.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -97,11 +98,41 @@ pub(super) async fn settle(
 /// Settles the intents a previous writer left (it died, or lost its lease,
 /// between its writes and its audit): an intent whose change AD shows
 /// becomes an audit row with the values read now; the others are dropped.
-pub(super) async fn settle_open_intents(ad: &impl AdClient, store: &Store) -> Result<(), ReconcileError> {
-    let open = store.open_intents().await?;
-    if open.is_empty() {
-        return Ok(());
+///
+/// Only intents that no writer can still be acting on are settled: of an epoch older than
+/// `epoch` (the one this run writes under; its own open intents are its own business), and
+/// older than `grace` (the lease TTL + the LDAP timeout). A deposed writer checks its fence
+/// before each modify, so its last write starts before its lease lapses and lands within
+/// the LDAP timeout; reading AD for its intents before then could call a write that is
+/// still on its way "not written", and leave it unaudited. Returns how long until the
+/// freshest of the older writers' intents may be settled, when some had to wait.
+pub(super) async fn settle_open_intents(
+    ad: &impl AdClient,
+    store: &Store,
+    epoch: i64,
+    grace: Duration,
+) -> Result<Option<Duration>, ReconcileError> {
+    let now = now_ms();
+    let grace_ms = grace.as_millis() as i64;
+    let (mut ripe, mut wait_ms) = (Vec::new(), None::<i64>);
+    for r in store.open_intents().await? {
+        if r.epoch >= epoch {
+            continue;
+        }
+        let age = now - r.time_ms;
+        if age < grace_ms {
+            wait_ms = wait_ms.max(Some(grace_ms - age));
+        } else {
+            ripe.push(r);
+        }
     }
+    if !ripe.is_empty() {
+        settle_ripe(ad, store, ripe).await?;
+    }
+    Ok(wait_ms.map(|ms| Duration::from_millis(ms as u64)))
+}
+
+async fn settle_ripe(ad: &impl AdClient, store: &Store, open: Vec<AuditRecord>) -> Result<(), ReconcileError> {
     let (mut done, mut aborted) = (Vec::new(), Vec::new());
     for r in open {
         match ad.read_object(&r.dn).await? {

@@ -3,18 +3,20 @@
 //! decided in one place, `grpc::status`.
 
 use crate::ldap::LdapError;
-use crate::store::{PlanState, StoreError};
+use crate::store::{PlanChanged, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
     Ldap(#[from] LdapError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("plan {0} does not exist: list plans with `kcdsync-controller plans`")]
     PlanNotFound(i64),
-    #[error("plan {id} is {state}, not pending approval: there is nothing to approve or reject")]
-    PlanNotPending { id: i64, state: PlanState },
+    /// The plan was not (or no longer) in the state this decision needs: someone else
+    /// approved, rejected or superseded it first.
+    #[error(transparent)]
+    PlanDecided(PlanChanged),
     #[error("plan {old} no longer matches AD (the fleet changed since it was made){}; nothing was written", match .new { Some(n) => format!(": review plan {n} and approve it instead"), None => ": nothing is held any more".to_owned() })]
     Superseded { old: i64, new: Option<i64> },
     #[error("this replica no longer holds the leader lease `{lease}` at epoch {epoch} (as {holder}){}: it stopped writing; the current leader reconciles", match .written { 0 => String::new(), n => format!(" after {n} AD writes, which are not audited") })]
@@ -33,6 +35,16 @@ pub enum ReconcileError {
         total: usize,
         first: String,
     },
+}
+
+/// A lost plan compare-and-set is the caller's precondition, not a store fault.
+impl From<StoreError> for ReconcileError {
+    fn from(e: StoreError) -> ReconcileError {
+        match e {
+            StoreError::PlanChanged(c) => ReconcileError::PlanDecided(c),
+            e => ReconcileError::Store(e),
+        }
+    }
 }
 
 /// Why one host was not written; recorded in the outcome and the plan's note.

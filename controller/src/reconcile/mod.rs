@@ -126,7 +126,7 @@ pub async fn execute(
 ) -> Result<Outcome, ReconcileError> {
     let fence = opts.fence.as_ref();
     fence::check(fence, store, 0).await?;
-    audit::settle_open_intents(ad, store).await?;
+    settle_before_writing(cfg, ad, store, fence).await?;
 
     let selection = approve::select(store, decision, &opts).await?;
     let mut outcome = Outcome {
@@ -186,6 +186,28 @@ pub async fn execute(
     finish(store, plan_id, outcome, applied.fatal, to_apply.len()).await
 }
 
+/// Settles what earlier writers left open before this run writes anything: a write of theirs
+/// that may still be on its way waits out its grace (at most the lease TTL + the LDAP timeout)
+/// rather than meet ours on the same objects.
+async fn settle_before_writing(
+    cfg: &Config,
+    ad: &impl AdClient,
+    store: &Store,
+    fence: Option<&Fence>,
+) -> Result<(), ReconcileError> {
+    let epoch = fence.map_or(0, |f| f.epoch);
+    let grace = cfg.lease_ttl() + cfg.ad.timeout;
+    while let Some(wait) = audit::settle_open_intents(ad, store, epoch, grace).await? {
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "an earlier writer's audit intents are too recent to settle (it may still be writing); waiting"
+        );
+        tokio::time::sleep(wait).await;
+        fence::check(fence, store, 0).await?;
+    }
+    Ok(())
+}
+
 /// Records how the plan ended, and turns failures into the run's error.
 async fn finish(
     store: &Store,
@@ -200,7 +222,9 @@ async fn finish(
         PlanState::Failed
     };
     let first = outcome.failures.first().map(|f| format!("{}: {}", f.host, f.error));
-    store.set_plan_state(plan_id, state, None, first.as_deref()).await?;
+    store
+        .decide_plan(plan_id, PlanState::Approved, state, None, first.as_deref())
+        .await?;
     if let Some(e) = fatal {
         return Err(e.into());
     }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::*;
 use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS, WritePolicy};
@@ -20,7 +21,7 @@ use crate::model::fixtures::{BASE, delegating};
 use crate::model::{
     Claims, Computer, Directory, TRUSTED_TO_AUTH_FOR_DELEGATION, WORKSTATION_TRUST_ACCOUNT, dn_key, spn_key,
 };
-use crate::store::Store;
+use crate::store::{Store, now_ms};
 
 const KERBEROS_ONLY: u32 = WORKSTATION_TRUST_ACCOUNT;
 const ANY_PROTOCOL: u32 = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
@@ -344,7 +345,11 @@ async fn a_lease_lost_mid_apply_stops_every_later_write_and_the_audit() {
     // Its intents stay open for the new leader, who settles them from AD.
     let open = store.open_intents().await.unwrap();
     assert_eq!(open.len(), 3);
-    audit::settle_open_intents(&ad, &store).await.unwrap();
+    // The new leader (a later epoch) settles them once no write of "a" can be on its way.
+    let wait = audit::settle_open_intents(&ad, &store, epoch + 1, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(wait, None);
     let rows = store.audit(None, 10).await.unwrap();
     assert_eq!(rows.len(), 1, "exactly the one write that happened is audited");
     assert_eq!(ad.get(&rows[0].host[..4].to_uppercase()).uac, ANY_PROTOCOL);
@@ -383,4 +388,126 @@ async fn a_converged_fleet_writes_nothing() {
     assert!(out.plan_id.is_none() && out.applied.is_empty());
     assert_eq!(ad.modifies.load(Ordering::SeqCst), 0);
     assert!(store.list_plans(None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_approval_racing_a_rejection_never_writes_a_rejected_plan() {
+    let (mut approvals, mut rejections) = (0, 0);
+    for round in 0..20 {
+        let (mut cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+        cfg.guard.max_hosts_per_apply = 1;
+        let ad = FakeAd::new(vec![
+            delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+            delegating("HV02", KERBEROS_ONLY, &["HV01"]),
+        ]);
+        let held = reconcile(&cfg, &ad, &store, run_opts()).await.unwrap();
+        let plan = held
+            .pending_plan
+            .expect("two hosts are more than the guard lets through");
+        assert_eq!(ad.modifies.load(Ordering::SeqCst), 0);
+
+        let approve = RunOptions {
+            approve: Some(Approval {
+                plan_id: plan,
+                by: "bob".into(),
+            }),
+            ..run_opts()
+        };
+        let approving = reconcile(&cfg, &ad, &store, approve);
+        // The rejection starts a little later each round, so it meets the approval at every
+        // step: before its read, between its read and its claim, after its claim.
+        let rejecting = async {
+            for _ in 0..round * 2 {
+                tokio::task::yield_now().await;
+            }
+            reject(&store, plan, "token:alice", None).await
+        };
+        let (a, r) = tokio::join!(approving, rejecting);
+        let end = store.get_plan(plan).await.unwrap().unwrap();
+        match (a, r) {
+            (Ok(out), Err(ReconcileError::PlanDecided(_))) => {
+                assert_eq!((out.plan_id, end.state), (Some(plan), PlanState::Applied));
+                assert_eq!(ad.modifies.load(Ordering::SeqCst), 2);
+                approvals += 1;
+            }
+            (Err(e @ ReconcileError::PlanDecided(_)), Ok(rejected)) => {
+                assert_eq!((rejected.state, end.state), (PlanState::Rejected, PlanState::Rejected));
+                assert_eq!(ad.modifies.load(Ordering::SeqCst), 0, "a rejected plan writes nothing");
+                assert!(store.audit(None, 10).await.unwrap().is_empty());
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("plan {plan} was rejected by token:alice at "))
+                        && msg.ends_with("; nothing was applied"),
+                    "{msg}"
+                );
+                assert_eq!(tonic::Status::from(&e).code(), tonic::Code::FailedPrecondition);
+                rejections += 1;
+            }
+            (a, r) => panic!("round {round}: not exactly one winner: {a:?} / {r:?}"),
+        }
+    }
+    println!("approve won {approvals}, reject won {rejections}");
+    assert!(approvals > 0 && rejections > 0, "both sides won some rounds");
+}
+
+#[tokio::test]
+async fn only_old_intents_of_earlier_epochs_are_settled() {
+    let (_cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    // AD shows all three intended writes made.
+    let ad = FakeAd::new(vec![
+        delegating("HV01", ANY_PROTOCOL, &["HV02", "HV03"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01", "HV03"]),
+        delegating("HV03", ANY_PROTOCOL, &["HV01", "HV02"]),
+    ]);
+    let plan = store.create_plan(PlanState::Approved, "timer", &[], &[]).await.unwrap();
+    let intent = |name: &str, epoch: i64, age: Duration| {
+        let c = ad.get(name);
+        AuditRecord {
+            id: 0,
+            time_ms: now_ms() - age.as_millis() as i64,
+            plan_id: plan,
+            host: name.to_lowercase(),
+            dn: c.dn.clone(),
+            uac_before: KERBEROS_ONLY,
+            uac_after: ANY_PROTOCOL,
+            delegate_before: c.allowed_to_delegate_to.clone(),
+            delegate_after: c.allowed_to_delegate_to.clone(),
+            reasons: vec!["set protocol transition".into()],
+            trigger: "timer".into(),
+            approved_by: None,
+            epoch,
+        }
+    };
+    let grace = Duration::from_secs(45); // a 15 s lease TTL + a 30 s LDAP timeout
+    store
+        .record_intents(&[
+            // This run's own epoch: its own business, however old.
+            intent("HV01", 4, Duration::from_secs(600)),
+            // An earlier writer 10 s ago: its lease may have lapsed, its last write may not have landed.
+            intent("HV02", 3, Duration::from_secs(10)),
+            // An earlier writer long ago: settled from what AD shows.
+            intent("HV03", 3, Duration::from_secs(60)),
+        ])
+        .await
+        .unwrap();
+
+    let wait = audit::settle_open_intents(&ad, &store, 4, grace)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        wait > Duration::from_secs(30) && wait <= Duration::from_secs(35),
+        "the fresh one is settled after its grace: {wait:?}"
+    );
+    let rows = store.audit(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].host.as_str(), rows[0].epoch), ("hv03", 3));
+    let open: Vec<String> = store
+        .open_intents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.host)
+        .collect();
+    assert_eq!(open, ["hv01", "hv02"]);
 }

@@ -27,7 +27,7 @@ use crate::grpc::agents::{self, AgentHub, HubOptions, Trigger};
 use crate::grpc::convert::event;
 use crate::grpc::fleet::{self, ApiState, FleetApi, ReconcileRequest};
 use crate::grpc::tls;
-use crate::leader::{self, Leadership};
+use crate::leader::{self, Leadership, Writer};
 use crate::store::Store;
 use effects::Effects;
 use reconciler::Reconciler;
@@ -63,7 +63,8 @@ impl Running {
         let _ = rx.wait_for(|c| *c >= n).await;
     }
 
-    /// Waits until this replica is the leader (at once without `[replica]`); the epoch.
+    /// Waits until this process holds the writer lease (at once for a single controller whose
+    /// store has no other writer); the epoch.
     pub async fn leading(&self) -> i64 {
         let mut rx = self.leadership.watch();
         let e = rx.wait_for(|e| e.is_some()).await.map(|e| *e);
@@ -182,11 +183,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let (req_tx, requests) = mpsc::channel::<ReconcileRequest>(64);
     let cfg = Arc::new(cfg);
-    let (leader_tx, leader_rx) = watch::channel(if cfg.replica.is_some() { None } else { Some(0) });
-    let leadership = match &cfg.replica {
-        Some(r) => Leadership::replica(store.clone(), r.id.clone(), leader_rx),
-        None => Leadership::single(store.clone()),
+    // Every serve writes AD under the lease: a replica competes for it; a single controller
+    // holds it too, so a one-shot CLI apply on the same store is refused, not raced.
+    let mut writer = match &cfg.replica {
+        Some(r) => Writer::replica(r),
+        None => Writer::serve(&cfg, None),
     };
+    let (leader_tx, leader_rx) = watch::channel(None);
+    let leadership = Leadership::lease(store.clone(), writer.holder.clone(), cfg.replica.is_some(), leader_rx);
     let (api_state, api_addr) = start_api(
         &cfg,
         |a| {
@@ -205,14 +209,32 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     .await?;
 
     // Started once the API is bound: a default advertise address of port 0 names the real port.
-    let lease_task = cfg.replica.clone().map(|mut r| {
-        if let (Some(a), Some(bound)) = (&cfg.api, api_addr)
-            && r.advertise == a.listen.to_string()
+    match (&cfg.replica, &cfg.api, api_addr) {
+        (Some(r), Some(a), Some(bound)) if r.advertise == a.listen.to_string() => writer.address = bound.to_string(),
+        (None, _, Some(bound)) => writer.address = bound.to_string(),
+        _ => {}
+    }
+    if cfg.replica.is_none() {
+        // A single controller's first run writes at once, unless a CLI apply holds the lease.
+        let ttl_ms = writer.ttl.as_millis() as i64;
+        match store
+            .acquire_lease(leader::LEADER_LEASE, &writer.holder, &writer.address, ttl_ms)
+            .await
         {
-            r.advertise = bound.to_string();
+            Ok(Some(e)) => {
+                tracing::info!(holder = %writer.holder, epoch = e, "holding the AD write lease");
+                leader_tx.send_replace(Some(e));
+            }
+            Ok(None) => tracing::warn!("another writer holds the AD write lease; waiting for it"),
+            Err(e) => tracing::warn!(error = %e, "cannot take the AD write lease; retrying"),
         }
-        tokio::spawn(leader::lease_loop(store.clone(), r, leader_tx, stop_rx.clone()))
-    });
+    }
+    let lease_task = Some(tokio::spawn(leader::lease_loop(
+        store.clone(),
+        writer,
+        leader_tx,
+        stop_rx.clone(),
+    )));
     let (reload, reloads) = mpsc::channel(4);
     let (count, reconciles) = watch::channel(0u64);
     let reconciler = Reconciler {

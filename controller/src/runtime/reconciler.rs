@@ -1,4 +1,4 @@
-//! The reconciler loop, the only writer of AD: wait (the scheduler) → run
+//! The reconciler loop, serve's only writer of AD (under the writer lease): wait (the scheduler) → run
 //! one reconcile under the current leadership → effects → decide the next
 //! wait (the interval, or the error policy's backoff).
 
@@ -49,7 +49,7 @@ impl Reconciler {
         let mut next = Next::because(Reason::Startup);
         let mut failures: u32 = 0;
         loop {
-            if self.leadership.is_replica() && !self.leadership.is_leader() {
+            if !self.leadership.is_leader() {
                 if let Some(r) = next.reply.take() {
                     let _ = r.send(Err(ReconcileError::Follower));
                 }

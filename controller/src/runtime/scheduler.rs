@@ -112,7 +112,7 @@ impl Scheduler {
             let mut leader = leadership.watch();
             let poll = leadership.is_replica() && epoch.is_some();
             let got = tokio::select! {
-                _ = leader.wait_for(|l| *l != epoch), if leadership.is_replica() => Got::Wake(Wake::Leadership),
+                _ = leader.wait_for(|l| *l != epoch) => Got::Wake(Wake::Leadership),
                 _ = tokio::time::sleep_until(deadline) => Got::Wake(Wake::Timer),
                 Some(t) = self.triggers.recv() => Got::Trigger(t),
                 // A leader also answers failures that agents reported to a follower.

@@ -19,7 +19,7 @@ pub mod testing;
 pub use audit::AuditRecord;
 pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
-pub use plans::{PlanState, StoredPlan};
+pub use plans::{PlanChanged, PlanState, StoredPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +39,9 @@ pub enum StoreError {
     },
     #[error("state store: {0}")]
     Query(#[from] sqlx::Error),
+    /// A compare-and-set on a plan's state lost: someone decided first.
+    #[error(transparent)]
+    PlanChanged(PlanChanged),
     #[error("state store holds a corrupt {what}: {message}")]
     Corrupt { what: String, message: String },
 }

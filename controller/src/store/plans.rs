@@ -42,6 +42,48 @@ impl PlanState {
     }
 }
 
+/// A plan decision that lost: plan `id` was no longer `expected` when this decider tried to make
+/// it `wanted`, because someone else decided first (`found`, by `by`, at `at_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanChanged {
+    pub id: i64,
+    pub expected: PlanState,
+    pub wanted: PlanState,
+    /// `None`: the plan does not exist.
+    pub found: Option<PlanState>,
+    pub by: Option<String>,
+    pub at_ms: Option<i64>,
+}
+
+impl std::fmt::Display for PlanChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = self.id;
+        let Some(found) = self.found else {
+            return write!(
+                f,
+                "plan {id} does not exist: list plans with `kcdsync-controller plans`"
+            );
+        };
+        write!(f, "plan {id} was {}", found.as_str().replace('_', " "))?;
+        if let Some(by) = &self.by {
+            write!(f, " by {by}")?;
+        }
+        if let Some(at) = self.at_ms {
+            write!(f, " at {}", crate::report::format_ms(at))?;
+        }
+        match self.wanted {
+            PlanState::Approved => f.write_str("; nothing was applied"),
+            PlanState::Rejected => write!(f, "; it was not rejected (see `kcdsync-controller plans --id {id}`)"),
+            PlanState::Applied | PlanState::Failed => {
+                f.write_str(" while this run applied it; the audit has what was written")
+            }
+            PlanState::PendingApproval | PlanState::Superseded => f.write_str("; nothing was written"),
+        }
+    }
+}
+
+impl std::error::Error for PlanChanged {}
+
 impl std::fmt::Display for PlanState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -57,6 +99,8 @@ pub struct StoredPlan {
     pub changes: Vec<HostChange>,
     pub gate_reasons: Vec<String>,
     pub decided_by: Option<String>,
+    /// When the plan last changed state (Unix ms).
+    pub decided_at_ms: Option<i64>,
     pub note: Option<String>,
 }
 
@@ -113,29 +157,63 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    pub async fn set_plan_state(
+    /// Moves plan `id` from state `from` to `to`, as a compare-and-set: the UPDATE names the
+    /// state it expects and its row count says whether it won. Two deciders (an approve and a
+    /// reject, two replicas, the CLI and the API) can read the same pending plan; only one of
+    /// them moves it, and the other gets [`PlanChanged`] with who decided first — so a
+    /// rejected plan can never be approved into AD afterwards. `None` leaves `decided_by` /
+    /// `note` as they are.
+    pub async fn decide_plan(
         &self,
         id: i64,
-        state: PlanState,
+        from: PlanState,
+        to: PlanState,
         decided_by: Option<&str>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE plans SET state = $1, decided_by = COALESCE($2, decided_by), decided_at = $3, note = COALESCE($4, note) WHERE id = $5",
+        let r = sqlx::query(
+            "UPDATE plans SET state = $1, decided_by = COALESCE($2, decided_by), decided_at = $3, note = COALESCE($4, note) WHERE id = $5 AND state = $6",
         )
-        .bind(state.as_str())
+        .bind(to.as_str())
         .bind(decided_by.map(text))
         .bind(now_ms())
         .bind(note.map(text))
         .bind(id)
+        .bind(from.as_str())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if r.rows_affected() == 1 {
+            return Ok(());
+        }
+        // Lost (or the plan is gone): say who got there first.
+        let row = sqlx::query("SELECT state, decided_by, decided_at FROM plans WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let (found, by, at_ms) = match row {
+            Some(r) => {
+                let state: String = r.try_get(0)?;
+                let found = PlanState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                    what: "plan state".into(),
+                    message: state.clone(),
+                })?;
+                (Some(found), r.try_get(1)?, r.try_get(2)?)
+            }
+            None => (None, None, None),
+        };
+        Err(StoreError::PlanChanged(PlanChanged {
+            id,
+            expected: from,
+            wanted: to,
+            found,
+            by,
+            at_ms,
+        }))
     }
 
     pub async fn get_plan(&self, id: i64) -> Result<Option<StoredPlan>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note FROM plans WHERE id = $1",
+            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note, decided_at FROM plans WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -145,7 +223,7 @@ impl Store {
 
     pub async fn list_plans(&self, state: Option<PlanState>, max: i64) -> Result<Vec<StoredPlan>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note FROM plans WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note, decided_at FROM plans WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(state.map(PlanState::as_str).unwrap_or(""))
         .bind(limit(max))
@@ -169,5 +247,6 @@ fn plan_from_row(r: &sqlx::any::AnyRow) -> Result<StoredPlan, StoreError> {
         gate_reasons: from_json("plan", &r.try_get::<String, _>(5)?)?,
         decided_by: r.try_get(6)?,
         note: r.try_get(7)?,
+        decided_at_ms: r.try_get(8)?,
     })
 }

@@ -50,6 +50,8 @@ store_tests!(
     pending_plans_are_found_by_what_they_do,
     plans_round_trip_with_increasing_ids,
     plan_decisions_keep_earlier_values_when_not_given,
+    plan_decisions_move_only_from_the_state_they_expect,
+    an_approve_racing_a_reject_has_exactly_one_winner,
     plans_list_newest_first_by_state_and_limit,
     superseding_without_a_plan_to_keep_touches_only_pending_plans,
     audit_rows_round_trip_and_survive_reopen,
@@ -264,9 +266,15 @@ async fn nul_characters_in_text_are_replaced(db: &TestDb) {
         .create_plan(PlanState::PendingApproval, "api:\0", &[change("CN=HV\0,DC=x")], &[])
         .await
         .unwrap();
-    s.set_plan_state(p, PlanState::Rejected, Some("alice\0"), Some("no\0pe"))
-        .await
-        .unwrap();
+    s.decide_plan(
+        p,
+        PlanState::PendingApproval,
+        PlanState::Rejected,
+        Some("alice\0"),
+        Some("no\0pe"),
+    )
+    .await
+    .unwrap();
     let plan = s.get_plan(p).await.unwrap().unwrap();
     assert_eq!(plan.trigger, "api:\u{FFFD}");
     assert_eq!(plan.changes, vec![change("CN=HV\0,DC=x")], "JSON escapes NUL itself");

@@ -93,24 +93,29 @@ pub(super) async fn plan_decisions_keep_earlier_values_when_not_given(db: &TestD
         .create_plan(PlanState::PendingApproval, "cli", &[change("CN=HV02,DC=x")], &[])
         .await
         .unwrap();
-    s.set_plan_state(id, PlanState::Approved, Some("alice"), Some("change 42"))
-        .await
-        .unwrap();
+    let before = now_ms();
+    s.decide_plan(
+        id,
+        PlanState::PendingApproval,
+        PlanState::Approved,
+        Some("alice"),
+        Some("change 42"),
+    )
+    .await
+    .unwrap();
     let p = s.get_plan(id).await.unwrap().unwrap();
     assert_eq!(p.state, PlanState::Approved);
     assert_eq!(p.decided_by.as_deref(), Some("alice"));
     assert_eq!(p.note.as_deref(), Some("change 42"));
+    assert!(p.decided_at_ms.unwrap() >= before);
     // NULL parameters leave what is there (COALESCE).
-    s.set_plan_state(id, PlanState::Applied, None, None).await.unwrap();
+    s.decide_plan(id, PlanState::Approved, PlanState::Applied, None, None)
+        .await
+        .unwrap();
     let p = s.get_plan(id).await.unwrap().unwrap();
     assert_eq!(p.state, PlanState::Applied);
     assert_eq!(p.decided_by.as_deref(), Some("alice"));
     assert_eq!(p.note.as_deref(), Some("change 42"));
-    s.set_plan_state(id, PlanState::Failed, None, Some("rc 16"))
-        .await
-        .unwrap();
-    let p = s.get_plan(id).await.unwrap().unwrap();
-    assert_eq!((p.state, p.note.as_deref()), (PlanState::Failed, Some("rc 16")));
     // Only the plan named changed; every state survives the round trip.
     assert_eq!(
         s.get_plan(other).await.unwrap().unwrap().state,
@@ -124,13 +129,127 @@ pub(super) async fn plan_decisions_keep_earlier_values_when_not_given(db: &TestD
         PlanState::Superseded,
         PlanState::Failed,
     ] {
-        s.set_plan_state(other, state, Some("bob"), None).await.unwrap();
-        assert_eq!(s.get_plan(other).await.unwrap().unwrap().state, state);
+        let p = s
+            .create_plan(state, "cli", &[change("CN=HV03,DC=x")], &[])
+            .await
+            .unwrap();
+        assert_eq!(s.get_plan(p).await.unwrap().unwrap().state, state);
     }
-    // A missing plan is not an error.
-    s.set_plan_state(other + 1000, PlanState::Rejected, None, None)
+}
+
+/// Every decision is a compare-and-set on the state it expects: from any other state it
+/// changes nothing and says who decided first.
+pub(super) async fn plan_decisions_move_only_from_the_state_they_expect(db: &TestDb) {
+    let s = db.open().await;
+    let id = s
+        .create_plan(PlanState::PendingApproval, "cli", &[change("CN=HV01,DC=x")], &[])
         .await
         .unwrap();
+    s.decide_plan(
+        id,
+        PlanState::PendingApproval,
+        PlanState::Rejected,
+        Some("token:alice"),
+        Some("not today"),
+    )
+    .await
+    .unwrap();
+    let lost = s
+        .decide_plan(id, PlanState::PendingApproval, PlanState::Approved, Some("bob"), None)
+        .await
+        .unwrap_err();
+    let StoreError::PlanChanged(c) = &lost else {
+        panic!("{lost}")
+    };
+    assert_eq!(
+        (c.id, c.found, c.by.as_deref()),
+        (id, Some(PlanState::Rejected), Some("token:alice"))
+    );
+    let msg = lost.to_string();
+    assert!(
+        msg.starts_with(&format!("plan {id} was rejected by token:alice at 20"))
+            && msg.ends_with("; nothing was applied"),
+        "{msg}"
+    );
+    // The loser changed nothing.
+    let p = s.get_plan(id).await.unwrap().unwrap();
+    assert_eq!(
+        (p.state, p.decided_by.as_deref(), p.note.as_deref()),
+        (PlanState::Rejected, Some("token:alice"), Some("not today"))
+    );
+    // A rejected plan cannot be finished as applied either; a missing plan is said so.
+    let e = s
+        .decide_plan(id, PlanState::Approved, PlanState::Applied, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        StoreError::PlanChanged(PlanChanged {
+            found: Some(PlanState::Rejected),
+            ..
+        })
+    ));
+    let e = s
+        .decide_plan(id + 1000, PlanState::PendingApproval, PlanState::Rejected, None, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+/// An approve racing a reject on the same plan, many times over, on as many connections as
+/// the store has: exactly one wins each time, and a rejected plan never reaches applied.
+pub(super) async fn an_approve_racing_a_reject_has_exactly_one_winner(db: &TestDb) {
+    let s = db.open().await;
+    let (mut approvals, mut rejections) = (0, 0);
+    for round in 0..40 {
+        let id = s
+            .create_plan(PlanState::PendingApproval, "timer", &[change("CN=HV01,DC=x")], &[])
+            .await
+            .unwrap();
+        let approve = {
+            let s = s.clone();
+            async move {
+                s.decide_plan(id, PlanState::PendingApproval, PlanState::Approved, Some("bob"), None)
+                    .await?;
+                // Only a claimed plan is applied.
+                s.decide_plan(id, PlanState::Approved, PlanState::Applied, None, None)
+                    .await
+            }
+        };
+        let reject = {
+            let s = s.clone();
+            async move {
+                s.decide_plan(id, PlanState::PendingApproval, PlanState::Rejected, Some("alice"), None)
+                    .await
+            }
+        };
+        // Alternate who starts first, so either side gets to win.
+        let (a, r) = if round % 2 == 0 {
+            let (a, r) = tokio::join!(tokio::spawn(approve), tokio::spawn(reject));
+            (a.unwrap(), r.unwrap())
+        } else {
+            let (r, a) = tokio::join!(tokio::spawn(reject), tokio::spawn(approve));
+            (a.unwrap(), r.unwrap())
+        };
+        let end = s.get_plan(id).await.unwrap().unwrap();
+        match (a, r) {
+            (Ok(()), Err(StoreError::PlanChanged(c))) => {
+                assert_eq!(end.state, PlanState::Applied);
+                assert_eq!(end.decided_by.as_deref(), Some("bob"));
+                assert!(matches!(c.found, Some(PlanState::Approved | PlanState::Applied)), "{c}");
+                approvals += 1;
+            }
+            (Err(StoreError::PlanChanged(c)), Ok(())) => {
+                assert_eq!(end.state, PlanState::Rejected, "a rejected plan never reaches applied");
+                assert_eq!(end.decided_by.as_deref(), Some("alice"));
+                assert_eq!(c.found, Some(PlanState::Rejected));
+                rejections += 1;
+            }
+            (a, r) => panic!("round {round}: not exactly one winner: approve {a:?}, reject {r:?}"),
+        }
+    }
+    assert_eq!(approvals + rejections, 40);
+    println!("approve won {approvals}, reject won {rejections}");
 }
 
 pub(super) async fn plans_list_newest_first_by_state_and_limit(db: &TestDb) {
