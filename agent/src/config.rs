@@ -47,6 +47,9 @@ struct Raw {
     probe_timeout_secs: u64,
 }
 
+/// The longest report, attempts or probe interval: a day.
+const MAX_INTERVAL_SECS: u64 = 86_400;
+
 fn d60() -> u64 {
     60
 }
@@ -78,7 +81,14 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        let raw: Raw = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of the file at `path` (relative paths in it are relative to
+    /// the file's directory). Never panics: any text is a config or an error naming the file or
+    /// the key.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
@@ -117,10 +127,12 @@ impl AgentConfig {
             ("attempts_interval_secs", raw.attempts_interval_secs),
             ("probe_timeout_secs", raw.probe_timeout_secs),
         ] {
-            if v == 0 {
+            // Bounded above too: an interval is added to clock instants, and a year-long one
+            // is a typo, not a wish.
+            if !(1..=MAX_INTERVAL_SECS).contains(&v) {
                 return Err(ConfigError::Invalid {
                     key,
-                    message: "must be at least 1".into(),
+                    message: format!("must be 1 to {MAX_INTERVAL_SECS} seconds, not {v}"),
                 });
             }
         }

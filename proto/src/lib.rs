@@ -31,6 +31,16 @@ pub fn ms_from_timestamp(t: &prost_types::Timestamp) -> i64 {
         .saturating_add(i64::from(t.nanos.div_euclid(1_000_000)))
 }
 
+/// A protobuf `Timestamp` as Unix milliseconds, or `None` when it is not one: `nanos` outside
+/// `0..1e9` (the protobuf contract) or `seconds` whose milliseconds overflow an i64. For values
+/// that come off the wire, where saturating would turn garbage into a plausible instant.
+pub fn checked_ms_from_timestamp(t: &prost_types::Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos / 1_000_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +76,21 @@ mod tests {
             nanos: 0,
         };
         assert_eq!(ms_from_timestamp(&huge), i64::MAX);
+    }
+
+    #[test]
+    fn checked_conversion_refuses_what_is_not_a_timestamp() {
+        let t = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(
+            checked_ms_from_timestamp(&t(1_595_374_458, 918_000_001)),
+            Some(1_595_374_458_918)
+        );
+        assert_eq!(checked_ms_from_timestamp(&t(-1, 999_000_000)), Some(-1));
+        assert_eq!(checked_ms_from_timestamp(&t(i64::MAX, 0)), None);
+        assert_eq!(checked_ms_from_timestamp(&t(i64::MIN, 0)), None);
+        assert_eq!(checked_ms_from_timestamp(&t(i64::MAX / 1000, 999_999_999)), None);
+        assert_eq!(checked_ms_from_timestamp(&t(10, -1)), None);
+        assert_eq!(checked_ms_from_timestamp(&t(10, 1_000_000_000)), None);
+        assert_eq!(checked_ms_from_timestamp(&t(10, i32::MIN)), None);
     }
 }

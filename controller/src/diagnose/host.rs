@@ -36,7 +36,7 @@ impl Facts<'_> {
         let mut out = Vec::new();
         let facts = self.agent(c);
         if let Some(seen) = facts.and_then(|f| f.last_seen_ms)
-            && self.now_ms - seen > self.policy.stale_after_ms
+            && self.now_ms.saturating_sub(seen) > self.policy.stale_after_ms
         {
             out.push(
                 Finding::new(
@@ -44,7 +44,10 @@ impl Facts<'_> {
                     Severity::Warning,
                     &[h],
                     "",
-                    format!("the agent on {h} has been silent for {} s", (self.now_ms - seen) / 1000),
+                    format!(
+                        "the agent on {h} has been silent for {} s",
+                        self.now_ms.saturating_sub(seen) / 1000
+                    ),
                 )
                 .evidence("last_seen_ms", seen.to_string())
                 .fix(

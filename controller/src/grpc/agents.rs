@@ -197,40 +197,6 @@ fn certificate_hosts<T>(req: &Request<T>) -> Result<Vec<String>, Status> {
         .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))
 }
 
-/// Rejects enum numbers this controller does not know: a report it cannot
-/// read is an error to fix, not something to store half-understood.
-fn validate(msg: &AgentMessage) -> Result<(), Status> {
-    fn check<E: TryFrom<i32>>(v: i32, what: &str) -> Result<(), Status> {
-        E::try_from(v)
-            .map(|_| ())
-            .map_err(|_| Status::invalid_argument(format!("{what} = {v} is not a known value")))
-    }
-    match &msg.body {
-        Some(Body::Report(r)) => {
-            for (i, s) in r.services.iter().enumerate() {
-                check::<ServiceState>(s.state, &format!("report.services[{i}].state"))?;
-                check::<StartMode>(s.start_mode, &format!("report.services[{i}].start_mode"))?;
-            }
-            if let Some(m) = &r.migration {
-                check::<MigrationAuthType>(m.authentication_type, "report.migration.authentication_type")?;
-                check::<MigrationPerformance>(m.performance_option, "report.migration.performance_option")?;
-            }
-        }
-        Some(Body::Attempts(a)) => {
-            for (i, at) in a.attempts.iter().enumerate() {
-                check::<MigrationRole>(at.role, &format!("attempts[{i}].role"))?;
-                if at.attempt_id.is_empty() || at.attempt_id.len() > 512 {
-                    return Err(Status::invalid_argument(format!(
-                        "attempts[{i}].attempt_id must be 1 to 512 bytes"
-                    )));
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl AgentService for AgentHub {
     type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
@@ -306,7 +272,7 @@ impl AgentHub {
     /// Reads one agent's messages until the stream ends.
     async fn pump(&self, host: &str, inbound: &mut Streaming<AgentMessage>, tx: &Downlink) -> Result<(), Status> {
         while let Some(msg) = inbound.message().await? {
-            validate(&msg)?;
+            super::validate::validate(&msg, crate::store::now_ms())?;
             self.seen(host);
             let item = match msg.body {
                 Some(Body::Report(r)) => {

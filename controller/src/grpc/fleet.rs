@@ -171,25 +171,34 @@ impl ApiState {
     }
 }
 
+/// One page of `items`. The token is the offset this server put in `next_page_token`: digits
+/// only, checked arithmetic, so a forged token is INVALID_ARGUMENT and never a panic or a wrap.
+/// An offset past the end (the list shrank between pages) is an empty last page.
 fn page<T: Clone>(items: &[T], size: u32, token: &str) -> Result<(Vec<T>, String), Status> {
     let start: usize = if token.is_empty() {
         0
     } else {
-        token
-            .parse()
-            .map_err(|_| Status::invalid_argument("page_token is not one this server gave out"))?
+        Some(token)
+            .filter(|t| t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "page_token is not one this server issued: pass the previous page's next_page_token, or none to start",
+                )
+            })?
     };
-    let size = match size as usize {
+    let size = match usize::try_from(size).unwrap_or(MAX_PAGE) {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     };
-    let end = (start + size).min(items.len());
+    let start = start.min(items.len());
+    let end = start.saturating_add(size).min(items.len());
     let next = if end < items.len() {
         end.to_string()
     } else {
         String::new()
     };
-    Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
+    Ok((items[start..end].to_vec(), next))
 }
 
 fn parse_plan_id(id: &str) -> Result<i64, Status> {
@@ -531,4 +540,44 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_the_tokens_this_server_issues() {
+        let items: Vec<u32> = (0..250).collect();
+        let (first, next) = page(&items, 0, "").unwrap();
+        assert_eq!((first.len(), next.as_str()), (DEFAULT_PAGE, "100"));
+        let (last, next) = page(&items, 200, &next).unwrap();
+        assert_eq!((last.len(), last[0], next.as_str()), (150, 100, ""));
+        let (most, _) = page(&items, u32::MAX, "").unwrap();
+        assert_eq!(most.len(), 250, "page_size is capped, never overflowed");
+    }
+
+    #[test]
+    fn huge_or_forged_page_tokens_are_refused_or_end_the_list() {
+        let items: Vec<u32> = (0..10).collect();
+        // The largest offset a usize holds: past the end, so an empty last page (no overflow).
+        let (none, next) = page(&items, u32::MAX, &usize::MAX.to_string()).unwrap();
+        assert!(none.is_empty() && next.is_empty());
+        for forged in [
+            "-1",
+            "+5",
+            "1e3",
+            " 5",
+            "99999999999999999999999",
+            "18446744073709551616",
+            "abc",
+        ] {
+            let e = page(&items, 10, forged).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{forged}");
+            assert!(
+                e.message().starts_with("page_token is not one this server issued"),
+                "{forged}: {e:?}"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! - `fleet`: FleetService — answers from the published view, turns writes
 //!   into requests to the reconciler;
 //! - `auth`: callers of the fleet API and their role;
+//! - `validate`: every agent message checked before it is stored (enums, ids, timestamps);
 //! - `convert`, `status`, `tls`.
 
 pub mod agents;
@@ -15,3 +16,4 @@ pub mod convert;
 pub mod fleet;
 mod status;
 pub mod tls;
+pub mod validate;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use ldap3::adapters::PagedResults;
 use ldap3::{Scope, SearchEntry};
 
 use super::connection::protocol;
@@ -42,6 +43,11 @@ const PROTECTED_USERS_RID: &str = "525";
 const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
 
 impl Ad {
+    /// Every entry a search finds, read in pages of `ad.page_size`: AD answers an unpaged search
+    /// with at most MaxPageSize (1,000) entries and rc 4 sizeLimitExceeded, so a domain-wide
+    /// search (members of Protected Users or of an admin group) must page to see them all.
+    /// Samba 4.17 does not enforce the limit (an unpaged search of 1,501 Protected Users members
+    /// returned all of them on the lab) but pages the same way.
     async fn search_all(
         &self,
         base: &str,
@@ -50,23 +56,32 @@ impl Ad {
         attrs: &[&str],
     ) -> Result<Vec<SearchEntry>, LdapError> {
         let mut ldap = self.ldap.clone();
-        let res = ldap
-            .with_timeout(self.cfg.timeout)
-            .search(base, scope, filter, attrs.to_vec())
+        ldap.with_timeout(self.cfg.timeout);
+        let what = || format!("search of {base}");
+        let mut stream = ldap
+            .streaming_search_with(
+                PagedResults::new(self.cfg.page_size),
+                base,
+                scope,
+                filter,
+                attrs.to_vec(),
+            )
             .await
-            .map_err(protocol(format!("search of {base}")))?;
-        match res.1.rc {
-            0 => Ok(res
-                .0
-                .into_iter()
-                .filter(|e| !e.is_ref() && !e.is_intermediate())
-                .map(SearchEntry::construct)
-                .collect()),
+            .map_err(protocol(what()))?;
+        let mut out = Vec::new();
+        while let Some(entry) = stream.next().await.map_err(protocol(what()))? {
+            if !entry.is_ref() && !entry.is_intermediate() {
+                out.push(SearchEntry::construct(entry));
+            }
+        }
+        let res = stream.finish().await;
+        match res.rc {
+            0 => Ok(out),
             RC_NO_SUCH_OBJECT => Ok(Vec::new()),
             rc => Err(LdapError::Search {
                 base: base.to_owned(),
                 rc,
-                text: res.1.text,
+                text: res.text,
             }),
         }
     }

@@ -104,6 +104,7 @@ impl Ad {
     async fn group_members(&self, dn: &str) -> Result<Option<Vec<String>>, LdapError> {
         let mut members = Vec::new();
         let mut attr = "member".to_owned();
+        let mut from = 0u64;
         loop {
             let mut ldap = self.ldap.clone();
             let res = ldap
@@ -125,16 +126,19 @@ impl Ad {
                     members.extend(v);
                 } else if let Some(range) = k.to_ascii_lowercase().strip_prefix("member;range=") {
                     members.extend(v);
+                    // The server's range is input: the next start must move forward (checked,
+                    // so `range=0-18446744073709551615` ends the read instead of overflowing).
                     if let Some((_, end)) = range.split_once('-')
                         && end != "*"
-                        && let Ok(end) = end.parse::<u64>()
+                        && let Some(start) = end.parse::<u64>().ok().and_then(|e| e.checked_add(1))
+                        && start > from
                     {
-                        next = Some(format!("member;range={}-*", end + 1));
+                        next = Some((start, format!("member;range={start}-*")));
                     }
                 }
             }
             match next {
-                Some(a) => attr = a,
+                Some((start, a)) => (from, attr) = (start, a),
                 None => return Ok(Some(members)),
             }
         }

@@ -20,10 +20,20 @@ pub struct Dn {
     rdns: Vec<Vec<(String, String)>>,
 }
 
+/// What one attribute value ended with.
+enum ValueEnd {
+    Rdn,
+    Multi,
+    Input,
+}
+
 impl Dn {
+    /// Parses `input` (RFC 4514, as AD writes DNs). Never panics: any string is either a DN or
+    /// an error naming it. `\XX` escapes are bytes of UTF-8 (`\c3\a9` is é); escaped bytes
+    /// that are not UTF-8 are refused.
     pub fn parse(input: &str) -> Result<Dn, DnError> {
         let err = |reason| DnError {
-            input: input.to_owned(),
+            input: input.chars().take(300).collect(),
             reason,
         };
         if input.trim().is_empty() {
@@ -36,82 +46,16 @@ impl Dn {
         let mut rdn: Vec<(String, String)> = Vec::new();
         let mut chars = input.chars().peekable();
         loop {
-            // attribute type
-            let mut ty = String::new();
-            while let Some(&c) = chars.peek() {
-                if c == '=' {
-                    break;
-                }
-                if !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ' ') {
-                    return Err(err("an attribute type may hold only letters, digits, '-' and '.'"));
-                }
-                ty.push(c);
-                chars.next();
+            let ty = attribute_type(&mut chars).map_err(err)?;
+            let (value, end) = attribute_value(&mut chars).map_err(err)?;
+            rdn.push((ty, value.to_lowercase()));
+            if let ValueEnd::Multi = end {
+                continue;
             }
-            let ty = ty.trim().to_ascii_lowercase();
-            if ty.is_empty() {
-                return Err(err("an RDN has no attribute type (expected e.g. `CN=name`)"));
-            }
-            if !ty.starts_with(|c: char| c.is_ascii_alphabetic()) && !ty.chars().all(|c| c.is_ascii_digit() || c == '.')
-            {
-                return Err(err("an attribute type must start with a letter"));
-            }
-            if chars.next() != Some('=') {
-                return Err(err("an RDN lacks `=`"));
-            }
-            // attribute value
-            let mut value = String::new();
-            let mut end = None;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        let Some(n) = chars.next() else {
-                            return Err(err("it ends in a lone backslash"));
-                        };
-                        if n.is_ascii_hexdigit() {
-                            let Some(m) = chars.next().filter(|m| m.is_ascii_hexdigit()) else {
-                                return Err(err("a \\XX escape needs two hex digits"));
-                            };
-                            let byte = u8::from_str_radix(&format!("{n}{m}"), 16).expect("two hex digits");
-                            value.push(char::from(byte));
-                        } else if ",+\"\\<>;=# ".contains(n) {
-                            value.push(n);
-                        } else {
-                            return Err(err(
-                                "an escape must be \\ followed by a special character or two hex digits",
-                            ));
-                        }
-                    }
-                    ',' | ';' => {
-                        end = Some(',');
-                        break;
-                    }
-                    '+' => {
-                        end = Some('+');
-                        break;
-                    }
-                    '"' | '<' | '>' | '=' | '\0' => {
-                        return Err(err("a value holds an unescaped special character"));
-                    }
-                    c => value.push(c),
-                }
-            }
-            let value = value.trim().to_lowercase();
-            if value.is_empty() {
-                return Err(err("an RDN has an empty value"));
-            }
-            rdn.push((ty, value));
-            match end {
-                Some('+') => continue,
-                Some(_) => {
-                    rdn.sort();
-                    rdns.push(std::mem::take(&mut rdn));
-                }
-                None => {
-                    rdn.sort();
-                    rdns.push(std::mem::take(&mut rdn));
-                    break;
-                }
+            rdn.sort();
+            rdns.push(std::mem::take(&mut rdn));
+            if let ValueEnd::Input = end {
+                break;
             }
         }
         Ok(Dn {
@@ -143,12 +87,7 @@ impl Dn {
                 }
                 out.push_str(t);
                 out.push('=');
-                for c in v.chars() {
-                    if ",+\"\\<>;=".contains(c) {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
+                escape_value(v, &mut out);
             }
         }
         out
@@ -163,6 +102,104 @@ impl Dn {
             .flat_map(|rdn| rdn.iter().filter(|(t, _)| t == "dc").map(|(_, v)| v.as_str()))
             .collect();
         labels.join(".")
+    }
+}
+
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+/// The attribute type of an RDN, lower-cased, up to and including its `=`.
+fn attribute_type(chars: &mut Chars) -> Result<String, &'static str> {
+    let mut ty = String::new();
+    while let Some(&c) = chars.peek() {
+        if c == '=' {
+            break;
+        }
+        if !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ' ') {
+            return Err("an attribute type may hold only letters, digits, '-' and '.'");
+        }
+        ty.push(c);
+        chars.next();
+    }
+    let ty = ty.trim().to_ascii_lowercase();
+    if ty.is_empty() {
+        return Err("an RDN has no attribute type (expected e.g. `CN=name`)");
+    }
+    if !ty.starts_with(|c: char| c.is_ascii_alphabetic()) && !ty.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err("an attribute type must start with a letter");
+    }
+    if chars.next() != Some('=') {
+        return Err("an RDN lacks `=`");
+    }
+    Ok(ty)
+}
+
+/// One attribute value, unescaped, and what ended it. The value is gathered as bytes so that
+/// consecutive `\XX` escapes form one UTF-8 character; unescaped spaces at either end are not
+/// part of it (RFC 4514), escaped ones are.
+fn attribute_value(chars: &mut Chars) -> Result<(String, ValueEnd), &'static str> {
+    let mut bytes: Vec<u8> = Vec::new();
+    // Length of `bytes` up to its last significant (non-space or escaped) byte.
+    let mut significant = 0;
+    let mut end = ValueEnd::Input;
+    let mut utf8 = [0u8; 4];
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                match chars.next() {
+                    None => return Err("it ends in a lone backslash"),
+                    Some(n) if n.is_ascii_hexdigit() => {
+                        let m = chars.next().and_then(|m| m.to_digit(16));
+                        let (Some(hi), Some(lo)) = (n.to_digit(16), m) else {
+                            return Err("a \\XX escape needs two hex digits");
+                        };
+                        bytes.push((hi * 16 + lo) as u8);
+                    }
+                    Some(n) if ",+\"\\<>;=# ".contains(n) => bytes.push(n as u8),
+                    Some(_) => return Err("an escape must be \\ followed by a special character or two hex digits"),
+                }
+                significant = bytes.len();
+            }
+            ',' | ';' => {
+                end = ValueEnd::Rdn;
+                break;
+            }
+            '+' => {
+                end = ValueEnd::Multi;
+                break;
+            }
+            '"' | '<' | '>' | '=' | '\0' => return Err("a value holds an unescaped special character"),
+            // Leading blanks (and stray tabs or line ends around a value) are not part of it.
+            c if c.is_ascii_whitespace() && bytes.is_empty() => {}
+            c => {
+                bytes.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                if !c.is_ascii_whitespace() {
+                    significant = bytes.len();
+                }
+            }
+        }
+    }
+    bytes.truncate(significant);
+    if bytes.is_empty() {
+        return Err("an RDN has an empty value");
+    }
+    let value = String::from_utf8(bytes).map_err(|_| "its \\XX escapes do not decode as UTF-8")?;
+    Ok((value, end))
+}
+
+/// Writes an attribute value so that `Dn::parse` reads it back unchanged: specials escaped,
+/// a leading `#` or space and a trailing space escaped, control characters as `\XX`.
+fn escape_value(v: &str, out: &mut String) {
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        if c.is_control() && (c as u32) < 0x80 {
+            out.push_str(&format!("\\{:02x}", c as u32));
+            continue;
+        }
+        let edge_space = c == ' ' && (i == 0 || i == last);
+        if ",+\"\\<>;=".contains(c) || edge_space || (i == 0 && c == '#') {
+            out.push('\\');
+        }
+        out.push(c);
     }
 }
 
@@ -242,6 +279,37 @@ mod tests {
     }
 
     #[test]
+    fn hex_escapes_are_utf8_bytes() {
+        let a = Dn::parse(r"CN=Ren\c3\a9,OU=Users,DC=lab,DC=test").unwrap();
+        let b = Dn::parse("CN=René,OU=Users,DC=lab,DC=test").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.normalized(), "cn=rené,ou=users,dc=lab,dc=test");
+        // A four-byte character from four escapes, next to a literal one.
+        assert_eq!(Dn::parse(r"CN=\f0\9f\94\91ü,DC=x").unwrap().normalized(), "cn=🔑ü,dc=x");
+    }
+
+    #[test]
+    fn escapes_that_are_not_utf8_name_the_dn() {
+        for bad in [r"CN=\c3,DC=x", r"CN=\ff\fe,DC=x", r"CN=a\c3\28,DC=x", r"CN=\a9\c3,DC=x"] {
+            let e = Dn::parse(bad).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("`{bad}` is not a valid distinguished name: its \\XX escapes do not decode as UTF-8")
+            );
+        }
+    }
+
+    #[test]
+    fn escaped_edge_spaces_are_kept_and_printed_back() {
+        let d = Dn::parse(r"CN=\ a \ ,DC=x").unwrap();
+        assert_eq!(d.rdns[0][0].1, " a  ");
+        assert_eq!(Dn::parse(&d.normalized()).unwrap(), d);
+        let hash = Dn::parse(r"CN=\#1\00,DC=x").unwrap();
+        assert_eq!(hash.normalized(), r"cn=\#1\00,dc=x");
+        assert_eq!(Dn::parse(&hash.normalized()).unwrap(), hash);
+    }
+
+    #[test]
     fn malformed_dns_are_refused() {
         for bad in [
             "",
@@ -253,6 +321,12 @@ mod tests {
             "CN=a\\zz",
             "CN=a=b",
             "CN=(x)*,DC=b\0",
+            "CN=a\\c",
+            "CN=a\\c3\\",
+            "CN=\\é1,DC=x",
+            "CN=\\1é,DC=x",
+            "CN=   ,DC=x",
+            "CN=é,DC=x\\",
         ] {
             assert!(Dn::parse(bad).is_err(), "{bad:?} should be refused");
         }

@@ -1,5 +1,6 @@
-//! What agents send: the latest report per host, migration attempts (stored once by id) and
-//! when each host was last heard from.
+//! What agents send: the latest report per host, migration attempts (stored once per
+//! (host, attempt id), the host being the one the stream's certificate is bound to) and when each
+//! host was last heard from.
 
 use kcdsync_proto::v1::{HostReport, MigrationAttempt};
 use prost::Message;
@@ -12,6 +13,8 @@ use super::{Store, StoreError, limit, now_ms, text};
 #[derive(Debug, Default)]
 pub struct IngestBatch {
     pub reports: Vec<(String, HostReport)>,
+    /// (host, attempt): the host is always the stream's certificate-bound host, never a field of
+    /// the message.
     pub attempts: Vec<(String, MigrationAttempt)>,
     /// Hosts heard from (heartbeats), whose last_seen moves to now.
     pub seen: Vec<String>,
@@ -39,8 +42,9 @@ pub struct StoredAttempt {
 
 impl Store {
     /// Writes what agents sent, in one transaction: the latest report per
-    /// host, every attempt once (a resend of a stored id is a no-op), and
-    /// when each host was last heard from.
+    /// host, every attempt once per (host, attempt id) (a resend is a no-op;
+    /// the same id from another host is that host's own attempt), and when
+    /// each host was last heard from.
     pub async fn ingest(&self, batch: &IngestBatch) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -55,9 +59,15 @@ impl Store {
             .await?;
         }
         for (host, a) in &batch.attempts {
-            let time = a.time.as_ref().map(kcdsync_proto::ms_from_timestamp).unwrap_or(now);
+            // The hub has refused times out of range; a time that still does not convert
+            // (a caller other than the hub) is stored as the arrival time, never wrapped.
+            let time = a
+                .time
+                .as_ref()
+                .and_then(kcdsync_proto::checked_ms_from_timestamp)
+                .unwrap_or(now);
             sqlx::query(
-                "INSERT INTO attempts (attempt_id, host, time, vm, peer, role, success, event_id, error_code, message, account, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (attempt_id) DO NOTHING",
+                "INSERT INTO attempts (attempt_id, host, time, vm, peer, role, success, event_id, error_code, message, account, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (host, attempt_id) DO NOTHING",
             )
             .bind(text(&a.attempt_id))
             .bind(text(host))
@@ -124,7 +134,7 @@ impl Store {
     /// Attempts, newest first; `host` filters by reporting host.
     pub async fn attempts(&self, host: Option<&str>, max: i64) -> Result<Vec<StoredAttempt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT attempt_id, host, time, vm, peer, success, error_code, message, account FROM attempts WHERE ($1 = '' OR host = $1) ORDER BY time DESC, attempt_id DESC LIMIT $2",
+            "SELECT attempt_id, host, time, vm, peer, success, error_code, message, account FROM attempts WHERE ($1 = '' OR host = $1) ORDER BY time DESC, attempt_id DESC, host LIMIT $2",
         )
         .bind(text(host.unwrap_or("")))
         .bind(limit(max))

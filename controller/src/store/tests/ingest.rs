@@ -1,4 +1,4 @@
-//! Agent ingest: reports upserted, attempts stored once, listed.
+//! Agent ingest: reports upserted, attempts stored once per (host, attempt id), listed.
 
 use super::*;
 
@@ -158,4 +158,89 @@ pub(super) async fn attempts_list_newest_first_by_host_and_limit(db: &TestDb) {
     let e = s.attempts(None, 1).await.unwrap().remove(0);
     assert!(e.time_ms >= before && e.time_ms <= now_ms(), "{}", e.time_ms);
     assert_eq!(s.attempt_count().await.unwrap(), 5);
+}
+
+pub(super) async fn one_hosts_attempt_ids_never_shadow_anothers(db: &TestDb) {
+    let s = db.open().await;
+    let t = 1_700_000_000_000;
+    s.ingest(&IngestBatch {
+        attempts: vec![(
+            "hv-b.lab.test".into(),
+            attempt("hv-b.lab.test:7", Some(t), false, "b's own"),
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // hv-a sends the very same id (by mistake or on purpose), then resends it.
+    for _ in 0..2 {
+        s.ingest(&IngestBatch {
+            attempts: vec![(
+                "hv-a.lab.test".into(),
+                attempt("hv-b.lab.test:7", Some(t + 1), true, "a's"),
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.attempt_count().await.unwrap(), 2);
+    let b = s.attempts(Some("hv-b.lab.test"), 10).await.unwrap();
+    assert_eq!((b.len(), b[0].message.as_str(), b[0].success), (1, "b's own", false));
+    let a = s.attempts(Some("hv-a.lab.test"), 10).await.unwrap();
+    assert_eq!((a.len(), a[0].message.as_str(), a[0].success), (1, "a's", true));
+    assert_eq!(a[0].attempt_id, b[0].attempt_id);
+    // Failures are found with the host they belong to.
+    let failed = s.auth_failures_since(0, &[0x8009030E]).await.unwrap();
+    assert_eq!(
+        failed.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect::<Vec<_>>(),
+        vec![("hv-b.lab.test:7", "hv-b.lab.test")]
+    );
+}
+
+/// Migration 0005 re-keys attempts by (host, attempt id): rows stored before it keep their host
+/// and content, and afterwards another host may use the same id.
+pub(super) async fn attempts_stored_before_the_rekey_keep_their_host(db: &TestDb) {
+    sqlx::any::install_default_drivers();
+    let migrator = if db.postgres {
+        sqlx::migrate!("./migrations/postgres")
+    } else {
+        sqlx::migrate!("./migrations/sqlite")
+    };
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    migrator.run_to(4, &pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO attempts (attempt_id, host, time, vm, peer, role, success, event_id, error_code, message, account, received_at) \
+         VALUES ('x:1', 'hv-b.lab.test', 5, 'vm', 'hv-a.lab.test', 1, 0, 21502, 2148074254, 'old', 'LAB\\svc', 6)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let s = db.open().await;
+    let old = s.attempts(None, 10).await.unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        (
+            old[0].host.as_str(),
+            old[0].attempt_id.as_str(),
+            old[0].time_ms,
+            old[0].message.as_str()
+        ),
+        ("hv-b.lab.test", "x:1", 5, "old")
+    );
+    assert_eq!(old[0].error_code, 0x8009030E);
+    s.ingest(&IngestBatch {
+        attempts: vec![("hv-a.lab.test".into(), attempt("x:1", Some(7), true, "new"))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.attempt_count().await.unwrap(), 2);
+    assert_eq!(s.attempts(Some("hv-b.lab.test"), 10).await.unwrap()[0].message, "old");
 }

@@ -60,6 +60,8 @@ store_tests!(
     reports_are_upserted_and_last_seen_moves,
     attempts_are_stored_once_even_when_resent,
     attempts_list_newest_first_by_host_and_limit,
+    one_hosts_attempt_ids_never_shadow_anothers,
+    attempts_stored_before_the_rekey_keep_their_host,
     an_empty_store_answers_empty,
     negative_limits_mean_no_limit,
     nul_characters_in_text_are_replaced,
