@@ -22,7 +22,7 @@ mod secret;
 
 pub use ad::AdConfig;
 pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
-pub use api::{ApiConfig, ApiToken, Role};
+pub use api::{ApiConfig, ApiToken, Role, TokenDigest};
 pub use diagnosis::DiagnosisConfig;
 pub use groups::{Group, Guard, Mode};
 pub use replica::ReplicaConfig;
@@ -189,6 +189,9 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         .map(|r| validate_replica(r, &store_url, api.as_ref()))
         .transpose()?;
     let agents = raw.agents.map(|a| validate_agents(a, base_dir)).transpose()?;
+    if let (Some(api), Some(agents)) = (&api, &agents) {
+        api::check_separate_cas(api, agents)?;
+    }
     let diagnosis = validate_diagnosis(raw.diagnosis)?;
     Ok(Config {
         ad,
@@ -212,6 +215,12 @@ mod test_util {
     pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        // The one fixture file also stands in for private keys: private to its owner.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path().join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let path = dir.path().join("kcdsync.toml");
         Config::parse(text, &path)
     }

@@ -431,6 +431,12 @@ impl FleetService for FleetApi {
         req: Request<pb::TriggerReconcileRequest>,
     ) -> Result<Response<pb::TriggerReconcileResponse>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "TriggerReconcile")?;
+        // A caller asking for some hosts must not get a write to all of them.
+        if !req.get_ref().hosts.is_empty() {
+            return Err(Status::invalid_argument(
+                "TriggerReconcile.hosts is not supported yet: a reconcile always covers the whole fleet; send an empty list",
+            ));
+        }
         self.state.require_leader().await?;
         let o = self.state.reconcile(format!("api:{who}"), None).await?;
         Ok(Response::new(pb::TriggerReconcileResponse {
