@@ -3,7 +3,8 @@
 //!
 //! One submodule per table: `ad`, `agents`, `api`, `diagnosis`, `groups`
 //! (with `[guard]`), `replica`; `secret` reads passwords. Each pairs the
-//! table as written (`Raw*`, `deny_unknown_fields`) with its validated form.
+//! table as written (`Raw*`, `deny_unknown_fields`) with its validated form; `store` checks
+//! the store URL's transport.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +20,7 @@ mod diagnosis;
 mod groups;
 mod replica;
 mod secret;
+mod store;
 
 pub use ad::AdConfig;
 pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
@@ -183,6 +185,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
     let groups = validate_groups(raw.groups)?;
 
     let store_url = raw.store.url.unwrap_or_else(|| default_store.to_owned());
+    store::check_store_url(&store_url)?;
     let api = raw.api.map(|a| validate_api(a, base_dir)).transpose()?;
     let replica = raw
         .replica
