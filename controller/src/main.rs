@@ -311,13 +311,16 @@ async fn serve(path: PathBuf) -> Result<()> {
     let running = kcdsync_controller::runtime::start(cfg).await?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match load(&path) {
-                Ok(c) => {
-                    tracing::info!("config reloaded (listeners keep their addresses)");
-                    running.reload(c).await;
+            _ = hup.recv() => {
+                let reloaded = match load(&path) {
+                    Ok(c) => running.reload(c).await,
+                    Err(e) => Err(e),
+                };
+                match reloaded {
+                    Ok(()) => tracing::info!("config, API tokens and TLS files reloaded (listeners keep their addresses)"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
-            },
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

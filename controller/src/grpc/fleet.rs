@@ -93,6 +93,11 @@ impl ApiState {
         )))
     }
 
+    /// Replaces who may call (tokens, client names) with `api`'s: SIGHUP.
+    pub fn reload_callers(&self, api: &ApiConfig) {
+        self.auth.reload(api);
+    }
+
     pub fn publish(&self, view: View) {
         *self.view.write().unwrap() = Arc::new(view);
     }
@@ -494,7 +499,7 @@ impl FleetService for FleetApi {
 /// Serves the fleet API, the gRPC health service and server reflection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: tonic::transport::ServerTlsConfig,
+    tls: std::sync::Arc<super::tls::ServerTls>,
     api: FleetApi,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -505,15 +510,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FleetServiceServer::new(api))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls), shutdown)
         .await?;
     Ok(())
 }

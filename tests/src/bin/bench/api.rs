@@ -111,7 +111,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
             // A read token cannot trigger; ask the reconciler directly through a config reload.
             let cfg = kcdsync_controller::config::Config::load(&pki.path("kcdsync.toml"))?;
             let before = *running.reconciles.borrow();
-            running.reload(cfg).await;
+            running.reload(cfg).await?;
             running.reconciled(before + 1).await;
             let hosts = w.list_hosts(pb::ListHostsRequest { page_size: 1, ..Default::default() }).await?.into_inner().hosts;
             ensure!(hosts.first().is_some_and(|h| h.last_report.is_some()), "the view holds agent reports");
