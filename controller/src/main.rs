@@ -108,13 +108,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Create the CA and the controller's and agents' mTLS certificates.
+    /// Create the CAs and the controller's, agents' and API clients' mTLS certificates.
     Certs {
         #[command(subcommand)]
         command: kcdsync_controller::certs::CertsCommand,
     },
     /// Run continuously: reconcile every reconcile.interval_secs, and at
-    /// once on SIGHUP (which also re-reads the config).
+    /// once on SIGHUP (which also re-reads the config, the API tokens and the
+    /// TLS files; secret files must be mode 600).
     Serve,
 }
 
@@ -127,9 +128,9 @@ async fn main() -> std::process::ExitCode {
             LogFormat::Human => kcdsync_telemetry::LogFormat::Human,
             LogFormat::Json => kcdsync_telemetry::LogFormat::Json,
         },
-        // tonic logs refused TLS handshakes (no, expired or foreign client
-        // certificate) at debug level only; operators need to see them.
-        "info,tonic::transport::server::io_stream=debug",
+        // Refused TLS handshakes (no, expired or foreign client certificate)
+        // are logged at info by grpc::tls; operators need to see them.
+        "info",
     );
     // One crypto provider, chosen explicitly (see STACK.md pitfalls).
     let _ = rustls::crypto::ring::default_provider().install_default();
