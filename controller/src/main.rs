@@ -112,13 +112,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Create the CA and the controller's and agents' mTLS certificates.
+    /// Create the CAs and the controller's, agents' and API clients' mTLS certificates.
     Certs {
         #[command(subcommand)]
         command: kcdsync_controller::certs::CertsCommand,
     },
     /// Run continuously: reconcile every reconcile.interval_secs, and at
-    /// once on SIGHUP (which also re-reads the config).
+    /// once on SIGHUP (which also re-reads the config, the API tokens and the
+    /// TLS files; secret files must be mode 600).
     Serve,
 }
 
@@ -131,9 +132,9 @@ async fn main() -> std::process::ExitCode {
             LogFormat::Human => kcdsync_telemetry::LogFormat::Human,
             LogFormat::Json => kcdsync_telemetry::LogFormat::Json,
         },
-        // tonic logs refused TLS handshakes (no, expired or foreign client
-        // certificate) at debug level only; operators need to see them.
-        "info,tonic::transport::server::io_stream=debug",
+        // Refused TLS handshakes (no, expired or foreign client certificate)
+        // are logged at info by grpc::tls; operators need to see them.
+        "info",
     );
     // One crypto provider, chosen explicitly (see STACK.md pitfalls).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -324,13 +325,16 @@ async fn serve(path: PathBuf) -> Result<()> {
     let running = kcdsync_controller::runtime::start(cfg).await?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match load(&path) {
-                Ok(c) => {
-                    tracing::info!("config reloaded (listeners keep their addresses)");
-                    running.reload(c).await;
+            _ = hup.recv() => {
+                let reloaded = match load(&path) {
+                    Ok(c) => running.reload(c).await,
+                    Err(e) => Err(e),
+                };
+                match reloaded {
+                    Ok(()) => tracing::info!("config, API tokens and TLS files reloaded (listeners keep their addresses)"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload failed; keeping the previous config"),
-            },
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -32,7 +32,7 @@ pub struct Cli {
 /// Where the controller is and how to prove who we are (see `client`).
 #[derive(Args)]
 pub struct Connection {
-    /// The controller's fleet API.
+    /// The controller's fleet API (https://; http:// only to loopback).
     #[arg(
         long,
         env = "KCDSYNC_CONTROLLER",
@@ -113,7 +113,7 @@ pub enum Cmd {
         #[arg(long, default_value = "")]
         comment: String,
     },
-    /// Reconcile now.
+    /// Reconcile now: always the whole fleet (the API refuses a host list).
     Reconcile,
     /// Applied changes, newest first.
     Audit {

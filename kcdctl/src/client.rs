@@ -31,6 +31,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 pub async fn connect(conn: &Connection) -> Result<Client> {
+    refuse_plaintext(&conn.controller)?;
     let tls = tls_config(conn)?;
     let token = match &conn.token_file {
         Some(f) => Some(bearer(f)?),
@@ -44,6 +45,16 @@ pub async fn connect(conn: &Connection) -> Result<Client> {
         .await
         .with_context(|| format!("cannot connect to the controller at {}", conn.controller))?;
     Ok(FleetServiceClient::with_interceptor(channel, Auth(token)))
+}
+
+/// Refuses `http://` to anything but loopback, before a byte is sent: the
+/// bearer token (or the answers) would cross the network in clear.
+fn refuse_plaintext(url: &str) -> Result<()> {
+    let uri: tonic::codegen::http::Uri = url.parse().with_context(|| format!("`{url}` is not a URL"))?;
+    if uri.scheme_str() == Some("http") && !kcdsync_telemetry::is_loopback_host(uri.host().unwrap_or_default()) {
+        bail!("refusing {url}: the bearer token would cross the network in clear; use https://");
+    }
+    Ok(())
 }
 
 fn tls_config(conn: &Connection) -> Result<ClientTlsConfig> {
@@ -81,4 +92,27 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>> {
 /// controller's message (which names what to fix).
 pub fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_plaintext;
+
+    #[test]
+    fn http_is_refused_for_a_remote_controller_only() {
+        let e = refuse_plaintext("http://ctl.corp:7443").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "refusing http://ctl.corp:7443: the bearer token would cross the network in clear; use https://"
+        );
+        assert!(refuse_plaintext("http://10.0.0.5:7444").is_err());
+        for ok in [
+            "https://ctl.corp:7443",
+            "http://127.0.0.1:7444",
+            "http://localhost:7444",
+            "http://[::1]:7444",
+        ] {
+            refuse_plaintext(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
 }

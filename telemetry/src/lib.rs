@@ -10,6 +10,8 @@
 //! migration attempts, so an agent's failed attempt, the controller's
 //! reconcile and LDAP writes, and the purge sent back are one trace.
 
+mod transport;
+
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -26,6 +28,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use opentelemetry::metrics::Meter;
+pub use transport::{ALLOW_PLAINTEXT, is_loopback_host};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -54,6 +57,14 @@ fn resource(service: &str) -> Resource {
         .build()
 }
 
+/// An exporter builder with `tls` (from [`transport::client_tls`]) when set.
+fn with_tls<B: opentelemetry_otlp::WithTonicConfig>(b: B, tls: Option<tonic::transport::ClientTlsConfig>) -> B {
+    match tls {
+        Some(tls) => b.with_tls_config(tls),
+        None => b,
+    }
+}
+
 /// Installs the global subscriber (logs to stderr, in `format`, filtered by
 /// `RUST_LOG` or `default_filter`) and, when configured, the OTLP exporters.
 /// Must run inside a tokio runtime when an endpoint is configured.
@@ -74,7 +85,11 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
         .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
         .unwrap_or(false);
     let tracer = if endpoint_configured("TRACES") {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        match transport::client_tls("TRACES").and_then(|tls| {
+            with_tls(opentelemetry_otlp::SpanExporter::builder().with_tonic(), tls)
+                .build()
+                .map_err(|e| format!("OTLP trace exporter: {e}"))
+        }) {
             Ok(exporter) => {
                 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
                 let b = SdkTracerProvider::builder().with_resource(resource(service));
@@ -90,7 +105,7 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
                 Some(b.build())
             }
             Err(e) => {
-                problems.push(format!("OTLP trace exporter: {e}"));
+                problems.push(e);
                 None
             }
         }
@@ -98,7 +113,11 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
         None
     };
     let meter = if endpoint_configured("METRICS") {
-        match opentelemetry_otlp::MetricExporter::builder().with_tonic().build() {
+        match transport::client_tls("METRICS").and_then(|tls| {
+            with_tls(opentelemetry_otlp::MetricExporter::builder().with_tonic(), tls)
+                .build()
+                .map_err(|e| format!("OTLP metrics exporter: {e}"))
+        }) {
             Ok(exporter) => {
                 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
                 let b = SdkMeterProvider::builder().with_resource(resource(service));
@@ -114,7 +133,7 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
                 Some(p)
             }
             Err(e) => {
-                problems.push(format!("OTLP metrics exporter: {e}"));
+                problems.push(e);
                 None
             }
         }
@@ -146,8 +165,10 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
             )
             .init(),
     }
+    // An exporter refused here exports nothing: the process still runs (telemetry is
+    // not worth an outage), and says so loudly at start-up.
     for p in problems {
-        tracing::warn!("{p}; continuing without it");
+        tracing::error!("{p}; continuing without that exporter");
     }
     Telemetry { tracer, meter }
 }

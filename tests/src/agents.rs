@@ -18,10 +18,13 @@ use kcdsync_controller::store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-/// A CA with a controller certificate for 127.0.0.1 / localhost, in a temp dir.
+/// A CA with a controller certificate for 127.0.0.1 / localhost, in a temp dir,
+/// and a separate CA for fleet API client certificates (`api-ca.pem`): the
+/// controller refuses the agents' CA as the API's.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca: Ca,
+    pub api_ca: Ca,
 }
 
 impl Pki {
@@ -33,8 +36,10 @@ impl Pki {
             .issue_server(&["localhost"], &["127.0.0.1".parse().unwrap()], Validity::days(1))
             .expect("server cert");
         std::fs::write(dir.path().join("controller.pem"), cert).unwrap();
-        std::fs::write(dir.path().join("controller.key"), key).unwrap();
-        Pki { dir, ca }
+        crate::write_private(&dir.path().join("controller.key"), key);
+        let api_ca = Ca::new("kcdsync test API clients CA").expect("API CA");
+        std::fs::write(dir.path().join("api-ca.pem"), api_ca.cert_pem()).unwrap();
+        Pki { dir, ca, api_ca }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -257,20 +262,26 @@ pub fn controller_config_with(
     members: &[&str],
     more: &str,
 ) -> kcdsync_controller::config::Config {
-    std::fs::write(
-        pki.path("tokens.toml"),
-        format!(
-            "[[token]]\nname = \"reader\"\nrole = \"read\"\ntoken = \"{READ_TOKEN}\"\n\n[[token]]\nname = \"orchestrator\"\nrole = \"write\"\ntoken = \"{WRITE_TOKEN}\"\n"
-        ),
-    )
-    .unwrap();
+    write_tokens(
+        pki,
+        &[("reader", "read", READ_TOKEN), ("orchestrator", "write", WRITE_TOKEN)],
+    );
     let extra = format!(
-        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n{more}\n"
+        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"api-ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n{more}\n"
     );
     let text = fleet.config(lab, crate::BindAs::Svc, mode, members, &extra);
     let path = pki.path("kcdsync.toml");
     std::fs::write(&path, text).unwrap();
     kcdsync_controller::config::Config::load(&path).expect("valid controller config")
+}
+
+/// Writes the API's `tokens.toml` (mode 0600) with `(name, role, token)` entries.
+pub fn write_tokens(pki: &Pki, tokens: &[(&str, &str, &str)]) {
+    let text: String = tokens
+        .iter()
+        .map(|(name, role, token)| format!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken = \"{token}\"\n\n"))
+        .collect();
+    crate::write_private(&pki.path("tokens.toml"), text);
 }
 
 /// A fleet API client authenticated with `token`.

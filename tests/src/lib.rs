@@ -518,6 +518,18 @@ async fn delete_subtree(ldap: &mut Ldap, dn: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes a secret (token file, private key) private to its owner, as the
+/// controller requires (it refuses group/other mode bits).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(contents.as_ref()).expect("write secret");
+}
+
 /// Writes `text` as a config file in a fresh temp dir (which also holds the
 /// SQLite store by default) and returns both.
 pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {

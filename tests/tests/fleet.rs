@@ -318,7 +318,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
     );
     // Client certificates map to roles too.
     let cert_reader = pki
-        .ca
+        .api_ca
         .issue_agent("reader.lab.test", kcdsync_controller::certs::Validity::days(1))
         .unwrap();
     let mut by_cert = fleet_client(&pki, addr, None, Some(cert_reader)).await;
@@ -334,6 +334,20 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
 
     // The write role approves; Watch sees it.
     let mut write = fleet_client(&pki, addr, Some(WRITE_TOKEN), None).await;
+    // A reconcile of "some hosts" is refused, not widened to the whole fleet.
+    let e = write
+        .trigger_reconcile(pb::TriggerReconcileRequest {
+            hosts: vec!["api01.lab.test".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "TriggerReconcile.hosts is not supported yet: a reconcile always covers the whole fleet; send an empty list"
+        )
+    );
     let mut events = read.watch(pb::WatchRequest {}).await.unwrap().into_inner();
     let plan = write
         .approve_plan(pb::ApprovePlanRequest {

@@ -25,7 +25,13 @@ pub enum CertsCommand {
     /// issued by it, and every agent verifies the controller with it. ca.key
     /// is its private key (mode 0600): whoever holds it can mint any agent's
     /// identity, so keep it offline or at least off the Hyper-V hosts.
-    #[command(after_long_help = "Example:\n  kcdsync-controller certs ca --out-dir /etc/kcdsync/ca")]
+    /// Fleet API client certificates need a CA of their own (a second
+    /// `certs ca`, then `certs client`): the controller refuses the agents'
+    /// CA as api.client_ca_file.
+    #[command(
+        after_long_help = "Example:\n  kcdsync-controller certs ca --out-dir /etc/kcdsync/ca\n  \
+        kcdsync-controller certs ca --out-dir /etc/kcdsync/api-ca --name \"kcdsync API clients\""
+    )]
     Ca {
         /// Directory to write ca.pem and ca.key to (created with mode 0700 if missing).
         #[arg(long, value_name = "DIR")]
@@ -123,6 +129,39 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a fleet API client certificate (clientAuth) for an orchestrator or operator: writes <NAME>.pem and <NAME>.key.
+    ///
+    /// Issue it from the API clients' CA (api.client_ca_file), never the
+    /// agents' CA, and list NAME in api.read_clients or api.write_clients.
+    /// kcdctl uses it with --cert/--key.
+    #[command(
+        after_long_help = "Example:\n  kcdsync-controller certs client --ca-dir /etc/kcdsync/api-ca \
+        --out-dir ./clients --name orchestrator.contoso.com"
+    )]
+    Client {
+        /// Directory holding the API clients' CA: ca.pem and ca.key (as written by `certs ca`).
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// Directory to write the certificate and key to (created with mode 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// The client's DNS-style name, as listed in api.read_clients / api.write_clients.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DAYS)))]
+        days: u32,
+        /// Replace existing files instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Whom a client certificate is for, in what `run` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Agent,
+    ApiClient,
 }
 
 /// Executes a `certs` command, printing each file it writes.
@@ -188,7 +227,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             days,
             force,
         } => {
-            issue_agents(&ca_dir, &out_dir, &[host], days, force)?;
+            issue_clients(&ca_dir, &out_dir, &[host], days, force, Holder::Agent)?;
         }
         CertsCommand::Agents {
             ca_dir,
@@ -197,13 +236,31 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             days,
             force,
         } => {
-            issue_agents(&ca_dir, &out_dir, &hosts, days, force)?;
+            issue_clients(&ca_dir, &out_dir, &hosts, days, force, Holder::Agent)?;
+        }
+        CertsCommand::Client {
+            ca_dir,
+            out_dir,
+            name,
+            days,
+            force,
+        } => {
+            issue_clients(&ca_dir, &out_dir, &[name], days, force, Holder::ApiClient)?;
         }
     }
     Ok(())
 }
 
-fn issue_agents(ca_dir: &Path, out_dir: &Path, hosts: &[String], days: u32, force: bool) -> anyhow::Result<()> {
+/// Client certificates (clientAuth, the name as DNS subjectAltName): an
+/// agent's names its host; an API client's names what api.*_clients lists.
+fn issue_clients(
+    ca_dir: &Path,
+    out_dir: &Path,
+    hosts: &[String],
+    days: u32,
+    force: bool,
+    holder: Holder,
+) -> anyhow::Result<()> {
     let mut fqdns: Vec<String> = Vec::new();
     for h in hosts {
         let fqdn = normalize_host_fqdn(h)?;
@@ -228,15 +285,26 @@ fn issue_agents(ca_dir: &Path, out_dir: &Path, hosts: &[String], days: u32, forc
     for ((fqdn, (cert_path, key_path)), (cert, key)) in fqdns.iter().zip(&paths).zip(&issued) {
         write_key(key_path, key.as_bytes(), force)?;
         write_cert(cert_path, cert.as_bytes(), force)?;
+        let what = if holder == Holder::Agent {
+            "agent"
+        } else {
+            "fleet API client"
+        };
         println!(
-            "agent certificate for {fqdn} (clientAuth), valid until {}",
+            "{what} certificate for {fqdn} (clientAuth), valid until {}",
             fmt_time(validity.not_after)
         );
     }
-    println!(
-        "Copy each host's .pem and .key, and {}, to that host only.",
-        ca_dir.join(CA_CERT_FILE).display()
-    );
+    match holder {
+        Holder::Agent => println!(
+            "Copy each host's .pem and .key, and {}, to that host only.",
+            ca_dir.join(CA_CERT_FILE).display()
+        ),
+        Holder::ApiClient => println!(
+            "Set api.client_ca_file = {} (not the agents' CA) and list the name in api.read_clients or api.write_clients.",
+            ca_dir.join(CA_CERT_FILE).display()
+        ),
+    }
     Ok(())
 }
 
@@ -353,6 +421,7 @@ mod tests {
             ("controller", &["serverAuth", "--name", "--ip", "Example:"][..]),
             ("agent", &["dNSHostName", "another host is refused", "Example:"][..]),
             ("agents", &["nothing is written", "Example:"][..]),
+            ("client", &["api.write_clients", "never the agents' CA", "Example:"][..]),
         ] {
             let help = cmd.find_subcommand_mut(sub).unwrap().render_long_help().to_string();
             println!("==== {sub}\n{help}");

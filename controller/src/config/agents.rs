@@ -82,6 +82,7 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
     }
     let client_ca_file = files.pop().expect("three files");
     let key_file = files.pop().expect("three files");
+    super::secret::check_private("agents.key_file", &key_file)?;
     let cert_file = files.pop().expect("three files");
     Ok(AgentsConfig {
         listen,

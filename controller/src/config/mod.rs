@@ -3,7 +3,8 @@
 //!
 //! One submodule per table: `ad`, `agents`, `api`, `diagnosis`, `groups`
 //! (with `[guard]`), `replica`; `secret` reads passwords. Each pairs the
-//! table as written (`Raw*`, `deny_unknown_fields`) with its validated form.
+//! table as written (`Raw*`, `deny_unknown_fields`) with its validated form; `store` checks
+//! the store URL's transport.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,10 +20,11 @@ mod diagnosis;
 mod groups;
 mod replica;
 mod secret;
+mod store;
 
 pub use ad::AdConfig;
 pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
-pub use api::{ApiConfig, ApiToken, Role};
+pub use api::{ApiConfig, ApiToken, Role, TokenDigest};
 pub use diagnosis::DiagnosisConfig;
 pub use groups::{FirstGrants, Group, Guard, Mode};
 pub use replica::{DEFAULT_LEASE_TTL, ReplicaConfig, hostname};
@@ -196,12 +198,16 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
     let groups = validate_groups(raw.groups)?;
 
     let store_url = raw.store.url.unwrap_or_else(|| default_store.to_owned());
+    store::check_store_url(&store_url)?;
     let api = raw.api.map(|a| validate_api(a, base_dir)).transpose()?;
     let replica = raw
         .replica
         .map(|r| validate_replica(r, &store_url, api.as_ref()))
         .transpose()?;
     let agents = raw.agents.map(|a| validate_agents(a, base_dir)).transpose()?;
+    if let (Some(api), Some(agents)) = (&api, &agents) {
+        api::check_separate_cas(api, agents)?;
+    }
     let diagnosis = validate_diagnosis(raw.diagnosis)?;
     Ok(Config {
         ad,
@@ -260,6 +266,12 @@ mod test_util {
     pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        // The one fixture file also stands in for private keys: private to its owner.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path().join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let path = dir.path().join("kcdsync.toml");
         Config::parse(text, &path)
     }

@@ -93,7 +93,7 @@ mod tests {
         let g = "\n[[group]]\nname = \"a\"\nmode = \"enforce\"\nhosts = [\"hv01.lab.test\"]\n";
         let e = err(&format!("{AD}\n[replica]\n{g}"));
         assert!(e.contains("`replica`") && e.contains("PostgreSQL"), "{e}");
-        let pg = "[store]\nurl = \"postgres://k@db/k\"\n";
+        let pg = "[store]\nurl = \"postgres://k@db/k?sslmode=verify-full&sslrootcert=pw\"\n";
         let c = parse(&format!("{AD}\n{pg}[replica]\n{g}")).unwrap();
         let r = c.replica.unwrap();
         assert_eq!(r.lease_ttl, Duration::from_secs(15));

@@ -390,19 +390,15 @@ async fn writer(
 /// Serves the agent endpoint on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: tonic::transport::ServerTlsConfig,
+    tls: std::sync::Arc<super::tls::ServerTls>,
     hub: AgentHub,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(hub.service())
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls), shutdown)
         .await
 }

@@ -102,6 +102,11 @@ impl ApiState {
         )))
     }
 
+    /// Replaces who may call (tokens, client names) with `api`'s: SIGHUP.
+    pub fn reload_callers(&self, api: &ApiConfig) {
+        self.auth.reload(api);
+    }
+
     pub fn publish(&self, view: View) {
         *self.view.write().unwrap() = Arc::new(view);
     }
@@ -461,6 +466,12 @@ impl FleetService for FleetApi {
         req: Request<pb::TriggerReconcileRequest>,
     ) -> Result<Response<pb::TriggerReconcileResponse>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "TriggerReconcile")?;
+        // A caller asking for some hosts must not get a write to all of them.
+        if !req.get_ref().hosts.is_empty() {
+            return Err(Status::invalid_argument(
+                "TriggerReconcile.hosts is not supported yet: a reconcile always covers the whole fleet; send an empty list",
+            ));
+        }
         self.state.require_leader().await?;
         let o = self.state.reconcile(format!("api:{who}"), None).await?;
         Ok(Response::new(pb::TriggerReconcileResponse {
@@ -518,7 +529,7 @@ impl FleetService for FleetApi {
 /// Serves the fleet API, the gRPC health service and server reflection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: tonic::transport::ServerTlsConfig,
+    tls: std::sync::Arc<super::tls::ServerTls>,
     api: FleetApi,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -529,15 +540,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FleetServiceServer::new(api))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls), shutdown)
         .await?;
     Ok(())
 }

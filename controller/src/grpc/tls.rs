@@ -2,38 +2,187 @@
 //! identity, and the CA that client certificates are verified against —
 //! required for agents (a stream speaks for the host in its certificate),
 //! optional for the fleet API (token callers have no certificate).
+//!
+//! tonic's own `ServerTlsConfig` is fixed when the server starts, so the
+//! endpoints accept TLS here instead ([`incoming`]): each new connection takes
+//! the [`ServerTls`]'s current rustls config, and SIGHUP swaps it
+//! ([`ServerTls::replace`]) — a renewed certificate or a changed client CA
+//! applies to the next connection without a restart. The streams are
+//! tokio-rustls streams over TCP, so `Request::peer_certs()` (the agent's and
+//! API client's identity) works as with tonic's own TLS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::{AgentsConfig, ApiConfig};
 
-fn read(p: &Path) -> Result<Vec<u8>, std::io::Error> {
-    std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+/// A peer that has not finished its handshake by then is dropped, so idle
+/// or slow connections cannot pile up before authentication.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key} {path}: {message}")]
+    File {
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
 }
 
-fn server_tls(
+/// The server TLS config of one endpoint, swappable while it serves.
+pub struct ServerTls {
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    fn new(cfg: ServerConfig) -> ServerTls {
+        ServerTls {
+            current: RwLock::new(Arc::new(cfg)),
+        }
+    }
+
+    /// Takes `other`'s config for every connection accepted from now on;
+    /// connections already open keep theirs.
+    pub fn replace(&self, other: &ServerTls) {
+        let next = other.current();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn current(&self) -> Arc<ServerConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The agent endpoint: client certificates required, from the agents' CA.
+pub fn for_agents(cfg: &AgentsConfig) -> Result<Arc<ServerTls>, TlsError> {
+    Ok(Arc::new(ServerTls::new(server_config(
+        "agents",
+        &cfg.cert_file,
+        &cfg.key_file,
+        Some(&cfg.client_ca_file),
+        true,
+    )?)))
+}
+
+/// The fleet API: client certificates from `client_ca_file` accepted, not required.
+pub fn for_api(cfg: &ApiConfig) -> Result<Arc<ServerTls>, TlsError> {
+    Ok(Arc::new(ServerTls::new(server_config(
+        "api",
+        &cfg.cert_file,
+        &cfg.key_file,
+        cfg.client_ca_file.as_deref(),
+        false,
+    )?)))
+}
+
+fn pem_err(key: &str, path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        key: key.into(),
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(key, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(key, path, e))?;
+    if certs.is_empty() {
+        return Err(pem_err(key, path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn server_config(
+    table: &str,
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
     client_required: bool,
-) -> Result<ServerTlsConfig, std::io::Error> {
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(!client_required);
-    }
-    Ok(tls)
+) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let invalid = |k: &str, e: &dyn std::fmt::Display| TlsError::Invalid {
+        key: format!("{table}.{k}"),
+        message: e.to_string(),
+    };
+    let chain = certs(&format!("{table}.cert_file"), cert)?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(&format!("{table}.key_file"), key, e))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("cert_file", &e))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let key = format!("{table}.client_ca_file");
+            let mut roots = RootCertStore::empty();
+            for c in certs(&key, ca)? {
+                roots.add(c).map_err(|e| pem_err(&key, ca, e))?;
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let v = if client_required { v } else { v.allow_unauthenticated() };
+            builder.with_client_cert_verifier(v.build().map_err(|e| invalid("client_ca_file", &e))?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| invalid("key_file", &format!("does not match the certificate: {e}")))?;
+    // gRPC is HTTP/2 only.
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
 }
 
-/// The agent endpoint: client certificates required, from the agents' CA.
-pub fn for_agents(cfg: &AgentsConfig) -> Result<ServerTlsConfig, std::io::Error> {
-    server_tls(&cfg.cert_file, &cfg.key_file, Some(&cfg.client_ca_file), true)
-}
-
-/// The fleet API: client certificates from `client_ca_file` accepted, not required.
-pub fn for_api(cfg: &ApiConfig) -> Result<ServerTlsConfig, std::io::Error> {
-    server_tls(&cfg.cert_file, &cfg.key_file, cfg.client_ca_file.as_deref(), false)
+/// The TLS connections accepted on `listener`, for tonic's
+/// `serve_with_incoming_shutdown`. Handshakes run concurrently, each with
+/// the config current when its TCP connection arrived; a failed or slow
+/// handshake drops that connection only. Accepting stops when the server
+/// drops the stream.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = tx.closed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

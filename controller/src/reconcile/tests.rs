@@ -150,6 +150,13 @@ impl AdClient for FakeAd {
 async fn setup(hosts: &[&str]) -> (Config, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    // The controller refuses a password file others can read.
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        dir.path().join("pw"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
     let text = format!(
         r#"

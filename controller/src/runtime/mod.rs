@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::grpc::agents::{self, AgentHub, HubOptions, Trigger};
 use crate::grpc::convert::event;
 use crate::grpc::fleet::{self, ApiState, FleetApi, ReconcileRequest};
-use crate::grpc::tls;
+use crate::grpc::tls::{self, ServerTls};
 use crate::leader::{self, Leadership, Writer};
 use crate::store::Store;
 use effects::Effects;
@@ -44,6 +44,9 @@ pub struct Running {
     /// Counts finished reconciles (successful or not).
     pub reconciles: watch::Receiver<u64>,
     pub leadership: Leadership,
+    /// The listeners' TLS, swapped by [`Running::reload`].
+    agents_tls: Option<Arc<ServerTls>>,
+    api_tls: Option<Arc<ServerTls>>,
     reload: mpsc::Sender<Config>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -51,10 +54,35 @@ pub struct Running {
 }
 
 impl Running {
-    /// Replaces the config (groups, modes, guard, AD) from the next
-    /// reconcile on; listeners stay where they are.
-    pub async fn reload(&self, cfg: Config) {
+    /// What SIGHUP does with the freshly loaded config: the listeners' TLS
+    /// files (certificate, key, client CA) apply to the next connection, the
+    /// API tokens and client names to the next call, and the rest (groups,
+    /// modes, guard, AD) from the next reconcile on. All or nothing: when a
+    /// TLS file cannot be loaded, nothing changes. Listeners keep their
+    /// addresses; adding or removing `[agents]` / `[api]` needs a restart.
+    pub async fn reload(&self, cfg: Config) -> anyhow::Result<()> {
+        let agents = match (&self.agents_tls, &cfg.agents) {
+            (Some(_), Some(a)) => Some(tls::for_agents(a).context("reloading the agent endpoint's TLS files")?),
+            _ => None,
+        };
+        let api = match (&self.api_tls, &cfg.api) {
+            (Some(_), Some(a)) => Some(tls::for_api(a).context("reloading the API's TLS files")?),
+            _ => None,
+        };
+        if let (Some(now), Some(next)) = (&self.agents_tls, &agents) {
+            now.replace(next);
+        }
+        if let (Some(now), Some(next)) = (&self.api_tls, &api) {
+            now.replace(next);
+        }
+        if let (Some(state), Some(a)) = (&self.api, &cfg.api) {
+            state.reload_callers(a);
+        }
+        if self.agents_tls.is_some() != cfg.agents.is_some() || self.api_tls.is_some() != cfg.api.is_some() {
+            tracing::warn!("[agents] or [api] was added or removed: that takes a restart");
+        }
         let _ = self.reload.send(cfg).await;
+        Ok(())
     }
 
     /// Waits until `n` reconciles have finished in total.
@@ -114,8 +142,10 @@ async fn start_agents(
     events: &broadcast::Sender<pb::FleetEvent>,
     triggers: mpsc::Sender<Trigger>,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<(Option<AgentHub>, Option<SocketAddr>)> {
-    let Some(a) = &cfg.agents else { return Ok((None, None)) };
+) -> anyhow::Result<(Option<AgentHub>, Option<SocketAddr>, Option<Arc<ServerTls>>)> {
+    let Some(a) = &cfg.agents else {
+        return Ok((None, None, None));
+    };
     let tls = tls::for_agents(a).context("loading the agent endpoint's TLS files")?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -131,9 +161,9 @@ async fn start_agents(
         },
         Some(triggers),
     );
-    let (h, shutdown) = (hub.clone(), on_stop(stop.clone()));
+    let (h, shutdown, served) = (hub.clone(), on_stop(stop.clone()), tls.clone());
     tokio::spawn(async move {
-        if let Err(e) = agents::serve(listener, tls, h, shutdown).await {
+        if let Err(e) = agents::serve(listener, served, h, shutdown).await {
             tracing::error!(error = %e, "the agent endpoint stopped");
         }
     });
@@ -146,7 +176,7 @@ async fn start_agents(
         }
     });
     tracing::info!(listen = %addr, "serving agents (mTLS)");
-    Ok((Some(hub), Some(addr)))
+    Ok((Some(hub), Some(addr), Some(tls)))
 }
 
 /// Binds the fleet API and starts serving it.
@@ -154,8 +184,10 @@ async fn start_api(
     cfg: &Arc<Config>,
     state: impl FnOnce(&crate::config::ApiConfig) -> ApiState,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<(Option<Arc<ApiState>>, Option<SocketAddr>)> {
-    let Some(a) = &cfg.api else { return Ok((None, None)) };
+) -> anyhow::Result<(Option<Arc<ApiState>>, Option<SocketAddr>, Option<Arc<ServerTls>>)> {
+    let Some(a) = &cfg.api else {
+        return Ok((None, None, None));
+    };
     let tls = tls::for_api(a).context("loading the API's TLS files")?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -163,14 +195,14 @@ async fn start_api(
     let addr = listener.local_addr()?;
     let state = Arc::new(state(a));
     let api = FleetApi { state: state.clone() };
-    let shutdown = on_stop(stop.clone());
+    let (shutdown, served) = (on_stop(stop.clone()), tls.clone());
     tokio::spawn(async move {
-        if let Err(e) = fleet::serve(listener, tls, api, shutdown).await {
+        if let Err(e) = fleet::serve(listener, served, api, shutdown).await {
             tracing::error!(error = %e, "the fleet API stopped");
         }
     });
     tracing::info!(listen = %addr, "serving the fleet API");
-    Ok((Some(state), Some(addr)))
+    Ok((Some(state), Some(addr), Some(tls)))
 }
 
 /// Binds the listeners (port 0 is fine) and starts the loop.
@@ -179,7 +211,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (events, _) = broadcast::channel(4096);
     let (stop, stop_rx) = watch::channel(false);
     let (trigger_tx, triggers) = mpsc::channel::<Trigger>(1024);
-    let (hub, agents_addr) = start_agents(&cfg, &store, &events, trigger_tx, &stop_rx).await?;
+    let (hub, agents_addr, agents_tls) = start_agents(&cfg, &store, &events, trigger_tx, &stop_rx).await?;
 
     let (req_tx, requests) = mpsc::channel::<ReconcileRequest>(64);
     let cfg = Arc::new(cfg);
@@ -191,7 +223,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let (leader_tx, leader_rx) = watch::channel(None);
     let leadership = Leadership::lease(store.clone(), writer.holder.clone(), cfg.replica.is_some(), leader_rx);
-    let (api_state, api_addr) = start_api(
+    let (api_state, api_addr, api_tls) = start_api(
         &cfg,
         |a| {
             ApiState::new(
@@ -254,6 +286,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events,
         reconciles,
         leadership,
+        agents_tls,
+        api_tls,
         reload,
         stop,
         task,

@@ -12,7 +12,7 @@ use kcdsync_controller::runtime;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
-use kcdsync_tests::agents::{Pki, READ_TOKEN, fleet_client};
+use kcdsync_tests::agents::{Pki, READ_TOKEN, fleet_client, write_tokens};
 use kcdsync_tests::{FleetSpec, Lab, T2A4D, WORKSTATION};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -40,10 +40,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
 
         // The controller: the seeded groups, agents and API on port 0.
         let mut text = crate::fleet_config(lab, &ou_dn, &groups, n);
-        std::fs::write(
-            pki.path("tokens.toml"),
-            format!("[[token]]\nname = \"bench\"\nrole = \"read\"\ntoken = \"{READ_TOKEN}\"\n"),
-        )?;
+        write_tokens(&pki, &[("bench", "read", READ_TOKEN)]);
         text = text.replace(
             "\n[scope]",
             "\n[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nstale_after_secs = 120\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\ntokens_file = \"tokens.toml\"\n\n[scope]",
@@ -114,7 +111,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
             // A read token cannot trigger; ask the reconciler directly through a config reload.
             let cfg = kcdsync_controller::config::Config::load(&pki.path("kcdsync.toml"))?;
             let before = *running.reconciles.borrow();
-            running.reload(cfg).await;
+            running.reload(cfg).await?;
             running.reconciled(before + 1).await;
             let hosts = w.list_hosts(pb::ListHostsRequest { page_size: 1, ..Default::default() }).await?.into_inner().hosts;
             ensure!(hosts.first().is_some_and(|h| h.last_report.is_some()), "the view holds agent reports");
