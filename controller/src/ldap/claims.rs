@@ -11,12 +11,10 @@
 use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt};
-use ldap3::adapters::PagedResults;
-use ldap3::{Scope, SearchEntry, ldap_escape};
+use ldap3::{Scope, ldap_escape};
 
-use super::connection::protocol;
 use super::read::computer_from_entry;
-use super::{Ad, LdapError, RC_NO_SUCH_OBJECT};
+use super::{Ad, LdapError};
 use crate::model::dn::{Dn, dn_key};
 use crate::model::identity::OWNER_CLASSES;
 use crate::model::{ATTR_DNS_HOST_NAME, ATTR_SPN, COMPUTER_ATTRS, Claims, Computer};
@@ -91,35 +89,8 @@ impl Ad {
 
     /// A paged subtree search returning objects with the computer attributes.
     async fn paged(&self, base: &str, filter: String) -> Result<Vec<Computer>, LdapError> {
-        let mut ldap = self.ldap.clone();
-        ldap.with_timeout(self.cfg.timeout);
-        let what = || format!("search of {base}");
-        let mut stream = ldap
-            .streaming_search_with(
-                PagedResults::new(self.cfg.page_size),
-                base,
-                Scope::Subtree,
-                &filter,
-                COMPUTER_ATTRS.to_vec(),
-            )
-            .await
-            .map_err(protocol(what()))?;
-        let mut out = Vec::new();
-        while let Some(entry) = stream.next().await.map_err(protocol(what()))? {
-            if entry.is_ref() || entry.is_intermediate() {
-                continue;
-            }
-            out.push(computer_from_entry(SearchEntry::construct(entry)));
-        }
-        let res = stream.finish().await;
-        match res.rc {
-            0 | RC_NO_SUCH_OBJECT => Ok(out),
-            rc => Err(LdapError::Search {
-                base: base.to_owned(),
-                rc,
-                text: res.text,
-            }),
-        }
+        let found = self.search_all(base, Scope::Subtree, &filter, &COMPUTER_ATTRS).await?;
+        Ok(found.into_iter().map(computer_from_entry).collect())
     }
 }
 

@@ -48,7 +48,7 @@ impl Ad {
     /// search (members of Protected Users or of an admin group) must page to see them all.
     /// Samba 4.17 does not enforce the limit (an unpaged search of 1,501 Protected Users members
     /// returned all of them on the lab) but pages the same way.
-    async fn search_all(
+    pub(super) async fn search_all(
         &self,
         base: &str,
         scope: Scope,
