@@ -107,10 +107,24 @@ impl Store {
 
     /// Audit rows, newest first; `host` filters by host name.
     pub async fn audit(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_page(host, None, None, max).await
+    }
+
+    /// One page of the audit, newest first: rows with an id below `before` (keyset paging),
+    /// at most `max`; `host` and `plan` filter.
+    pub async fn audit_page(
+        &self,
+        host: Option<&str>,
+        plan: Option<i64>,
+        before: Option<i64>,
+        max: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'done' AND ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'done' AND ($1 = '' OR host = $1) AND ($2 < 0 OR plan_id = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
         )
         .bind(text(host.unwrap_or("")))
+        .bind(plan.unwrap_or(-1))
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit(max))
         .fetch_all(&self.pool)
         .await?;

@@ -1,7 +1,8 @@
 //! The state store: one `Store` over sqlx's `Any` driver, so one code path serves SQLite (the
 //! embedded default) and PostgreSQL (by URL; what replicas share). The schema has one migration
 //! set per dialect, applied at start-up. The methods live by job: `plans`, `audit` (write-ahead
-//! intents included), `ingest` (what agents send) and `lease` (the leader lease).
+//! intents included), `ingest` (what agents send), `purges` (ticket purges an agent has not received yet) and
+//! `lease` (the leader lease).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ mod audit;
 mod ingest;
 mod lease;
 mod plans;
+mod purges;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -20,6 +22,7 @@ pub use audit::AuditRecord;
 pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
+pub use purges::UndeliveredPurge;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

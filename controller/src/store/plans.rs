@@ -221,11 +221,24 @@ impl Store {
         row.map(|r| plan_from_row(&r)).transpose()
     }
 
+    /// Plans, newest first, at most `max` (negative: all); `state` filters.
     pub async fn list_plans(&self, state: Option<PlanState>, max: i64) -> Result<Vec<StoredPlan>, StoreError> {
+        self.plans_page(state, None, max).await
+    }
+
+    /// One page of plans, newest first: those with an id below `before` (keyset paging, so a
+    /// plan created between two pages neither repeats nor hides one), at most `max`.
+    pub async fn plans_page(
+        &self,
+        state: Option<PlanState>,
+        before: Option<i64>,
+        max: i64,
+    ) -> Result<Vec<StoredPlan>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note, decided_at FROM plans WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, created_at, state, trigger, changes, gate_reasons, decided_by, note, decided_at FROM plans WHERE ($1 = '' OR state = $1) AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(state.map(PlanState::as_str).unwrap_or(""))
+        .bind(before.unwrap_or(i64::MAX))
         .bind(limit(max))
         .fetch_all(&self.pool)
         .await?;

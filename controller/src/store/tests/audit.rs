@@ -98,3 +98,32 @@ pub(super) async fn last_change_per_host_is_the_newest_audit_time(db: &TestDb) {
 // ----------------------------------------------------------------------------------------
 // Agents
 // ----------------------------------------------------------------------------------------
+
+/// ListAudit pages in SQL by id, filtered by host and plan in the query.
+pub(super) async fn audit_pages_by_id_with_host_and_plan_filters(db: &TestDb) {
+    let s = db.open().await;
+    let p1 = s.create_plan(PlanState::Applied, "cli", &[], &[]).await.unwrap();
+    let p2 = s.create_plan(PlanState::Applied, "cli", &[], &[]).await.unwrap();
+    let t = now_ms();
+    let rows: Vec<AuditRecord> = [(p1, "hv01"), (p1, "hv02"), (p2, "hv01"), (p2, "hv02"), (p2, "hv01")]
+        .iter()
+        .map(|(p, h)| audit_record(*p, &format!("{h}.lab.test"), t))
+        .collect();
+    s.record_audit(&rows).await.unwrap();
+    let ids = |v: Vec<AuditRecord>| v.iter().map(|r| (r.plan_id, r.host.clone(), r.id)).collect::<Vec<_>>();
+    let all = ids(s.audit_page(None, None, None, 100).await.unwrap());
+    assert_eq!(all.len(), 5);
+    let first = ids(s.audit_page(None, None, None, 2).await.unwrap());
+    assert_eq!(first, all[..2]);
+    let next = ids(s.audit_page(None, None, Some(first[1].2), 2).await.unwrap());
+    assert_eq!(next, all[2..4]);
+    let p2_hv01 = ids(s.audit_page(Some("hv01.lab.test"), Some(p2), None, 10).await.unwrap());
+    assert_eq!(p2_hv01.len(), 2);
+    assert!(p2_hv01.iter().all(|(p, h, _)| *p == p2 && h == "hv01.lab.test"));
+    let p1_rows = ids(s.audit_page(None, Some(p1), None, 10).await.unwrap());
+    assert_eq!(
+        p1_rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["hv02.lab.test", "hv01.lab.test"]
+    );
+    assert!(s.audit_page(None, Some(p2 + 100), None, 10).await.unwrap().is_empty());
+}

@@ -244,3 +244,51 @@ pub(super) async fn attempts_stored_before_the_rekey_keep_their_host(db: &TestDb
     assert_eq!(s.attempt_count().await.unwrap(), 2);
     assert_eq!(s.attempts(Some("hv-b.lab.test"), 10).await.unwrap()[0].message, "old");
 }
+
+/// The failure poll filters by error code in SQL: 1,500 other failures received first do not
+/// push an authentication failure past the page (before, the LIMIT came before the filter).
+pub(super) async fn the_failure_poll_finds_auth_failures_behind_a_flood_of_others(db: &TestDb) {
+    let s = db.open().await;
+    let flood: Vec<(String, MigrationAttempt)> = (0..1500)
+        .map(|i| {
+            let mut a = attempt(&format!("flood:{i}"), Some(1_700_000_000_000), false, "disk full");
+            a.error_code = 0x80070070;
+            ("hv-flood.lab.test".to_owned(), a)
+        })
+        .collect();
+    s.ingest(&IngestBatch {
+        attempts: flood,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let since = now_ms() - 60_000;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.ingest(&IngestBatch {
+        attempts: vec![
+            (
+                "hv-k.lab.test".into(),
+                attempt("auth:1", Some(1_700_000_000_000), false, "no creds"),
+            ),
+            (
+                "hv-k.lab.test".into(),
+                attempt("ok:1", Some(1_700_000_000_000), true, ""),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let found = s.auth_failures_since(since, &[0x8009030E, 0x8009030D]).await.unwrap();
+    assert_eq!(
+        found.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect::<Vec<_>>(),
+        vec![("auth:1", "hv-k.lab.test")]
+    );
+    assert!(s.auth_failures_since(since, &[]).await.unwrap().is_empty());
+    assert!(
+        s.auth_failures_since(now_ms() + 60_000, &[0x8009030E])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -16,10 +16,12 @@ mod audit;
 mod ingest;
 mod lease;
 mod plans;
+mod purges;
 use audit::*;
 use ingest::*;
 use lease::*;
 use plans::*;
+use purges::*;
 
 /// One store test, on both backends: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! store_tests {
@@ -67,6 +69,10 @@ store_tests!(
     nul_characters_in_text_are_replaced,
     two_stores_on_one_database_see_each_other,
     leases_are_taken_renewed_fenced_and_taken_over,
+    the_failure_poll_finds_auth_failures_behind_a_flood_of_others,
+    an_undelivered_purge_waits_per_host_until_its_answer,
+    plans_page_by_id_below_the_previous_page,
+    audit_pages_by_id_with_host_and_plan_filters,
 );
 
 /// The store of one test: where it lives, and what removes it afterwards.

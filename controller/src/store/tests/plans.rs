@@ -326,3 +326,34 @@ pub(super) async fn superseding_without_a_plan_to_keep_touches_only_pending_plan
 // ----------------------------------------------------------------------------------------
 // Audit
 // ----------------------------------------------------------------------------------------
+
+/// ListPlans pages in SQL by id: each page starts below the last id of the one before, so a
+/// plan created between pages shifts nothing.
+pub(super) async fn plans_page_by_id_below_the_previous_page(db: &TestDb) {
+    let s = db.open().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let state = if i % 2 == 0 {
+            PlanState::Applied
+        } else {
+            PlanState::Rejected
+        };
+        ids.push(
+            s.create_plan(state, "cli", &[change(&format!("CN=HV{i:02},DC=x"))], &[])
+                .await
+                .unwrap(),
+        );
+    }
+    let page = |p: Vec<StoredPlan>| p.iter().map(|p| p.id).collect::<Vec<_>>();
+    let first = page(s.plans_page(None, None, 2).await.unwrap());
+    assert_eq!(first, vec![ids[4], ids[3]]);
+    // A plan created now is newer than every page already read: it does not shift the next one.
+    s.create_plan(PlanState::Applied, "cli", &[], &[]).await.unwrap();
+    let second = page(s.plans_page(None, Some(ids[3]), 2).await.unwrap());
+    assert_eq!(second, vec![ids[2], ids[1]]);
+    let last = page(s.plans_page(None, Some(ids[1]), 2).await.unwrap());
+    assert_eq!(last, vec![ids[0]]);
+    let applied = page(s.plans_page(Some(PlanState::Applied), Some(ids[4]), 10).await.unwrap());
+    assert_eq!(applied, vec![ids[2], ids[0]]);
+    assert!(s.plans_page(None, Some(i64::MIN), 10).await.unwrap().is_empty());
+}
