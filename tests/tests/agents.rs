@@ -72,7 +72,6 @@ async fn three_simulated_agents_report_over_mtls_and_are_queryable() {
             command::Kind::PurgeSystemTickets(PurgeSystemTickets {}),
             "test",
         )
-        .await
         .unwrap();
     for a in agents {
         a.stop().await;

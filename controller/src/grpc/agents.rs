@@ -6,6 +6,11 @@
 //! of connected agents through which commands are sent, liveness (last
 //! heard from, stale), and turning a reported authentication failure into
 //! a reconcile trigger.
+//!
+//! Sending never waits on an agent: each stream has a bounded queue, a
+//! command that finds it full cuts that agent off (it is not reading), and a
+//! purge that could not be handed over is recorded in the store and sent
+//! again when the agent connects.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +21,7 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use kcdsync_proto::v1::controller_message::Body as Down;
 use kcdsync_proto::v1::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::store::{IngestBatch, Store};
@@ -25,8 +29,9 @@ use crate::store::{IngestBatch, Store};
 /// HRESULTs that mean "Kerberos delegation did not work" in a migration.
 pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
 
-/// Messages queued towards one agent.
-const DOWN_QUEUE: usize = 32;
+/// Messages queued towards one agent; a command that finds them all still
+/// waiting disconnects the agent.
+pub const DOWN_QUEUE: usize = 32;
 /// Items the writer takes per transaction at most.
 const MAX_BATCH: usize = 4096;
 
@@ -75,6 +80,8 @@ pub struct Liveness {
 pub enum CommandError {
     #[error("no agent of {0} is connected")]
     NotConnected(String),
+    #[error("the agent of {0} did not read its stream ({DOWN_QUEUE} messages were waiting): it was disconnected")]
+    NotReading(String),
 }
 
 enum Ingest {
@@ -91,6 +98,8 @@ enum Ingest {
 struct Conn {
     id: u64,
     tx: Downlink,
+    /// Set to true to cut this stream off (both directions).
+    cut: watch::Sender<bool>,
 }
 
 struct Inner {
@@ -98,7 +107,11 @@ struct Inner {
     /// Attempts as they are stored, for the fleet event stream.
     attempts: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
     ingest: mpsc::Sender<Ingest>,
+    store: Store,
     connected: Mutex<HashMap<String, Conn>>,
+    /// host -> (command id, recorded at): the undelivered purge sent again on
+    /// its last connection, cleared from the store when the agent answers it.
+    redelivered: Mutex<HashMap<String, (String, i64)>>,
     last_seen: Mutex<HashMap<String, Instant>>,
     next_id: AtomicU64,
 }
@@ -114,13 +127,15 @@ impl AgentHub {
     pub fn new(store: Store, opts: HubOptions, triggers: Option<mpsc::Sender<Trigger>>) -> AgentHub {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let (attempts, _) = tokio::sync::broadcast::channel(1024);
-        tokio::spawn(writer(store, rx, triggers, attempts.clone()));
+        tokio::spawn(writer(store.clone(), rx, triggers, attempts.clone()));
         AgentHub {
             inner: Arc::new(Inner {
                 opts,
                 attempts,
                 ingest: tx,
+                store,
                 connected: Mutex::new(HashMap::new()),
+                redelivered: Mutex::new(HashMap::new()),
                 last_seen: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
             }),
@@ -157,14 +172,15 @@ impl AgentHub {
         }
     }
 
-    /// Sends a command to the host's agent; returns the command id.
-    pub async fn command(&self, host: &str, kind: command::Kind, reason: &str) -> Result<String, CommandError> {
+    /// Queues a command for the host's agent; returns the command id. Never
+    /// waits: an agent whose queue is full is not reading, and is cut off.
+    pub fn command(&self, host: &str, kind: command::Kind, reason: &str) -> Result<String, CommandError> {
         let host = host.to_lowercase();
-        let tx = {
+        let conn = {
             let map = self.inner.connected.lock().unwrap();
-            map.get(&host).map(|c| c.tx.clone())
+            map.get(&host).map(|c| (c.id, c.tx.clone()))
         };
-        let tx = tx.ok_or_else(|| CommandError::NotConnected(host.clone()))?;
+        let (conn, tx) = conn.ok_or_else(|| CommandError::NotConnected(host.clone()))?;
         let id = format!("cmd-{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let msg = ControllerMessage {
             body: Some(Down::Command(Command {
@@ -174,8 +190,91 @@ impl AgentHub {
                 traceparent: kcdsync_telemetry::traceparent(&tracing::Span::current()).unwrap_or_default(),
             })),
         };
-        tx.send(Ok(msg)).await.map_err(|_| CommandError::NotConnected(host))?;
-        Ok(id)
+        match tx.try_send(Ok(msg)) {
+            Ok(()) => Ok(id),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CommandError::NotConnected(host)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.cut_off(&host, conn);
+                Err(CommandError::NotReading(host))
+            }
+        }
+    }
+
+    /// Asks the host's agent to purge its SYSTEM tickets. A purge it cannot
+    /// take now (not connected, or cut off for not reading) is recorded and
+    /// sent again when the agent connects.
+    pub async fn purge(&self, host: &str, reason: &str) -> Result<String, CommandError> {
+        let kind = command::Kind::PurgeSystemTickets(PurgeSystemTickets {});
+        let sent = self.command(host, kind, reason);
+        if sent.is_err()
+            && let Err(e) = self
+                .inner
+                .store
+                .record_undelivered_purge(&host.to_lowercase(), reason)
+                .await
+        {
+            tracing::warn!(%host, error = %e, "could not record an undelivered purge; its tickets renew on expiry");
+        }
+        sent
+    }
+
+    /// Ends connection `id` of `host` (if it is still the current one): its
+    /// stream closes with RESOURCE_EXHAUSTED and its reader stops.
+    fn cut_off(&self, host: &str, id: u64) {
+        let conn = {
+            let mut map = self.inner.connected.lock().unwrap();
+            if map.get(host).is_some_and(|c| c.id == id) {
+                map.remove(host)
+            } else {
+                None
+            }
+        };
+        if let Some(c) = conn {
+            tracing::warn!(%host, queued = DOWN_QUEUE, "agent does not read its stream: disconnected");
+            let _ = c.cut.send(true);
+        }
+    }
+
+    /// Sends the purge recorded for `host` while its agent was away.
+    async fn redeliver(&self, host: &str) {
+        let pending = match self.inner.store.undelivered_purge(host).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "cannot read undelivered purges");
+                return;
+            }
+        };
+        let kind = command::Kind::PurgeSystemTickets(PurgeSystemTickets {});
+        let reason = format!("{} (not delivered earlier)", pending.reason);
+        match self.command(host, kind, &reason) {
+            Ok(id) => {
+                tracing::info!(%host, command = id, "sent the purge the agent missed");
+                let mut map = self.inner.redelivered.lock().unwrap();
+                map.insert(host.to_owned(), (id, pending.recorded_at_ms));
+            }
+            Err(e) => tracing::info!(%host, "{e}; the purge stays recorded"),
+        }
+    }
+
+    /// The agent answered command `id`: a re-sent purge leaves the store.
+    async fn answered(&self, host: &str, id: &str) {
+        let recorded = {
+            let mut map = self.inner.redelivered.lock().unwrap();
+            match map.get(host) {
+                Some((sent, at)) if sent == id => {
+                    let at = *at;
+                    map.remove(host);
+                    Some(at)
+                }
+                _ => None,
+            }
+        };
+        if let Some(at) = recorded
+            && let Err(e) = self.inner.store.clear_undelivered_purge(host, at).await
+        {
+            tracing::warn!(%host, error = %e, "could not clear a delivered purge; it is sent again next time");
+        }
     }
 
     fn seen(&self, host: &str) {
@@ -199,7 +298,7 @@ fn certificate_hosts<T>(req: &Request<T>) -> Result<Vec<String>, Status> {
 
 #[tonic::async_trait]
 impl AgentService for AgentHub {
-    type SessionStream = ReceiverStream<Result<ControllerMessage, Status>>;
+    type SessionStream = Downstream;
 
     async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let names = certificate_hosts(&req)?;
@@ -238,18 +337,24 @@ impl AgentService for AgentHub {
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .connected
-            .lock()
-            .unwrap()
-            .insert(host.clone(), Conn { id, tx: tx.clone() });
+        let (cut, cut_rx) = watch::channel(false);
+        let down = Downstream::new(rx, cut_rx.clone());
+        self.inner.connected.lock().unwrap().insert(
+            host.clone(),
+            Conn {
+                id,
+                tx: tx.clone(),
+                cut,
+            },
+        );
         self.seen(&host);
         let _ = self.inner.ingest.send(Ingest::Seen(host.clone())).await;
         tracing::info!(%host, %remote, version = hello.agent_version, outbox = hello.outbox_depth, "agent connected");
+        self.redeliver(&host).await;
 
         let hub = self.clone();
         tokio::spawn(async move {
-            let end = hub.pump(&host, &mut inbound, &tx).await;
+            let end = hub.pump(&host, &mut inbound, &tx, cut_rx).await;
             {
                 let mut map = hub.inner.connected.lock().unwrap();
                 if map.get(&host).is_some_and(|c| c.id == id) {
@@ -260,18 +365,30 @@ impl AgentService for AgentHub {
                 Ok(()) => tracing::info!(%host, "agent disconnected"),
                 Err(s) => {
                     tracing::warn!(%host, code = ?s.code(), message = s.message(), "agent stream ended with an error");
-                    let _ = tx.send(Err(s)).await;
+                    // Never waits: an agent that does not read gets no final word.
+                    let _ = tx.try_send(Err(s));
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(down))
     }
 }
 
 impl AgentHub {
     /// Reads one agent's messages until the stream ends.
-    async fn pump(&self, host: &str, inbound: &mut Streaming<AgentMessage>, tx: &Downlink) -> Result<(), Status> {
-        while let Some(msg) = inbound.message().await? {
+    async fn pump(
+        &self,
+        host: &str,
+        inbound: &mut Streaming<AgentMessage>,
+        tx: &Downlink,
+        mut cut: watch::Receiver<bool>,
+    ) -> Result<(), Status> {
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m?,
+                Ok(_) = cut.wait_for(|c| *c) => return Err(not_reading()),
+            };
+            let Some(msg) = msg else { break };
             super::validate::validate(&msg, crate::store::now_ms())?;
             self.seen(host);
             let item = match msg.body {
@@ -293,6 +410,7 @@ impl AgentHub {
                 Some(Body::Heartbeat(_)) => Ingest::Seen(host.to_owned()),
                 Some(Body::CommandResult(r)) => {
                     tracing::info!(%host, command = r.command_id, ok = r.ok, message = r.message, "command result");
+                    self.answered(host, &r.command_id).await;
                     continue;
                 }
                 Some(Body::Hello(_)) => return Err(Status::failed_precondition("Hello was already received")),
@@ -303,6 +421,54 @@ impl AgentHub {
             }
         }
         Ok(())
+    }
+}
+
+/// What an agent cut off for not reading is told (if it ever reads again).
+fn not_reading() -> Status {
+    Status::resource_exhausted(format!(
+        "this agent did not read its stream ({DOWN_QUEUE} messages were waiting): disconnected; reconnect to get the purges it missed"
+    ))
+}
+
+/// One agent's downlink as tonic sends it: the queued messages, until the hub
+/// cuts the agent off — then RESOURCE_EXHAUSTED and the end, whatever is still
+/// queued (the purges among it are recorded for the next connection).
+pub struct Downstream {
+    rx: mpsc::Receiver<Result<ControllerMessage, Status>>,
+    cut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    ended: bool,
+}
+
+impl Downstream {
+    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, mut cut: watch::Receiver<bool>) -> Downstream {
+        let cut = Box::pin(async move {
+            // A hub that drops the connection without cutting it (the agent
+            // left) ends the stream by closing the queue instead.
+            if cut.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        Downstream { rx, cut, ended: false }
+    }
+}
+
+impl tokio_stream::Stream for Downstream {
+    type Item = Result<ControllerMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.cut.as_mut().poll(cx).is_ready() {
+            self.ended = true;
+            return Poll::Ready(Some(Err(not_reading())));
+        }
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -394,11 +560,12 @@ pub async fn serve(
     hub: AgentHub,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    super::limits::server(&super::limits::AGENTS)
         .trace_fn(kcdsync_telemetry::grpc_server_span)
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(hub.service())
-        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(
+            super::tls::incoming(listener, tls, super::limits::AGENTS.conn),
+            shutdown,
+        )
         .await
 }

@@ -6,9 +6,8 @@
 //! not seen in the last minute); turning write calls into requests to the
 //! reconciler, which is the only writer of AD; and the event stream.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kcdsync_proto::timestamp_from_ms;
 use kcdsync_proto::v1 as pb;
@@ -17,7 +16,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use super::auth::Auth;
+use super::cache::Bounded;
 use super::convert::*;
+use super::paging::{keyset, keyset_next, page};
 use crate::config::{ApiConfig, Config, Role};
 use crate::diagnose;
 use crate::ldap::Ad;
@@ -27,10 +28,15 @@ use crate::reconcile::{Approval, Outcome, ReconcileError};
 use crate::store::{Store, StoredPlan, now_ms};
 use crate::view::View;
 
-/// Accounts looked up for CheckMigration are reused for this long.
+/// Accounts looked up for CheckMigration are reused for this long …
 const ACCOUNT_TTL: Duration = Duration::from_secs(60);
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+/// … and at most this many are kept (the least recently used go first).
+pub const ACCOUNT_CACHE: usize = 1024;
+/// A ReadinessMatrix answers at most this many cells (a group of 100 hosts: 9,900).
+pub const MAX_MATRIX_CELLS: usize = 10_000;
+/// ApprovePlan and TriggerReconcile wait this long for their reconcile at most (less when the
+/// caller's own deadline is shorter), then answer DEADLINE_EXCEEDED while the reconcile goes on.
+pub const RECONCILE_WAIT: Duration = Duration::from_secs(60);
 
 /// What the reconciler is asked to do on behalf of an API caller.
 #[derive(Debug)]
@@ -48,7 +54,7 @@ pub struct ApiState {
     pub view: RwLock<Arc<View>>,
     pub requests: mpsc::Sender<ReconcileRequest>,
     pub events: broadcast::Sender<pb::FleetEvent>,
-    accounts: Mutex<HashMap<String, (Option<Account>, Instant)>>,
+    accounts: Mutex<Bounded<Option<Account>>>,
     ad: tokio::sync::Mutex<Option<Ad>>,
     pub(super) auth: Auth,
     leadership: Leadership,
@@ -70,7 +76,7 @@ impl ApiState {
             view: RwLock::new(Arc::new(View::empty(cfg))),
             requests,
             events,
-            accounts: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(Bounded::new(ACCOUNT_CACHE, ACCOUNT_TTL)),
             ad: tokio::sync::Mutex::new(None),
             auth: Auth::new(api),
             leadership,
@@ -123,10 +129,8 @@ impl ApiState {
             ));
         }
         let key = name.to_lowercase();
-        if let Some((a, at)) = self.accounts.lock().unwrap().get(&key)
-            && at.elapsed() < ACCOUNT_TTL
-        {
-            return Ok(a.clone());
+        if let Some(a) = self.accounts.lock().unwrap().get(&key) {
+            return Ok(a);
         }
         let mut ad = self.ad.lock().await;
         if ad.is_none() {
@@ -155,55 +159,89 @@ impl ApiState {
                     .map_err(|_| Status::unavailable(format!("cannot read account {name} from AD: {e}")))?
             }
         };
-        self.accounts.lock().unwrap().insert(key, (a.clone(), Instant::now()));
+        self.accounts.lock().unwrap().insert(key, a.clone());
         Ok(a)
     }
 
-    async fn reconcile(&self, trigger: String, approve: Option<Approval>) -> Result<Outcome, Status> {
+    /// Asks the reconciler for a run and waits for it, at most `wait`. Never
+    /// waits to queue: a full queue is RESOURCE_EXHAUSTED (nothing queued); a
+    /// run that takes longer is DEADLINE_EXCEEDED, and goes on.
+    async fn reconcile(&self, trigger: String, approve: Option<Approval>, wait: Duration) -> Result<Outcome, Status> {
         let (reply, rx) = oneshot::channel();
+        let plan = approve.as_ref().map(|a| a.plan_id);
         self.requests
-            .send(ReconcileRequest {
+            .try_send(ReconcileRequest {
                 trigger,
                 approve,
                 reply,
                 traceparent: kcdsync_telemetry::traceparent(&tracing::Span::current()).unwrap_or_default(),
             })
-            .await
-            .map_err(|_| Status::unavailable("the reconciler is shutting down"))?;
-        rx.await
-            .map_err(|_| Status::unavailable("the reconciler stopped"))?
-            .map_err(Status::from)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Status::resource_exhausted(
+                    "the reconciler has as many requests waiting as it takes; this one was not queued: retry shortly",
+                ),
+                mpsc::error::TrySendError::Closed(_) => Status::unavailable("the reconciler is shutting down"),
+            })?;
+        match tokio::time::timeout(wait, rx).await {
+            Err(_) => Err(still_running(wait, plan)),
+            Ok(r) => r
+                .map_err(|_| Status::unavailable("the reconciler stopped"))?
+                .map_err(Status::from),
+        }
     }
 }
 
-/// One page of `items`. The token is the offset this server put in `next_page_token`: digits
-/// only, checked arithmetic, so a forged token is INVALID_ARGUMENT and never a panic or a wrap.
-/// An offset past the end (the list shrank between pages) is an empty last page.
-fn page<T: Clone>(items: &[T], size: u32, token: &str) -> Result<(Vec<T>, String), Status> {
-    let start: usize = if token.is_empty() {
-        0
-    } else {
-        Some(token)
-            .filter(|t| t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "page_token is not one this server issued: pass the previous page's next_page_token, or none to start",
-                )
-            })?
+/// The answer to a call whose reconcile outlasted its wait.
+fn still_running(wait: Duration, plan: Option<i64>) -> Status {
+    let follow = match plan {
+        Some(id) => format!("see GetPlan {id} (or `kcdctl plans`) for its outcome"),
+        None => "see ListPlans, ListAudit or Watch for its outcome".to_owned(),
     };
-    let size = match usize::try_from(size).unwrap_or(MAX_PAGE) {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    let start = start.min(items.len());
-    let end = start.saturating_add(size).min(items.len());
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
-    Ok((items[start..end].to_vec(), next))
+    Status::deadline_exceeded(format!(
+        "the reconcile did not finish within {:.1}s; it goes on without this call: {follow}",
+        wait.as_secs_f64()
+    ))
+}
+
+/// How long a call may wait for its reconcile: RECONCILE_WAIT, or nine tenths of the
+/// caller's own deadline (`grpc-timeout`) when that is shorter, so the caller hears why
+/// before its deadline passes.
+fn reconcile_wait<T>(req: &Request<T>) -> Duration {
+    let caller = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    caller.map_or(RECONCILE_WAIT, |d| (d * 9 / 10).min(RECONCILE_WAIT))
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n); `None` if malformed.
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The cells of a readiness matrix over `hosts` hosts, or INVALID_ARGUMENT above the cap.
+fn matrix_cells(group: &str, hosts: usize) -> Result<usize, Status> {
+    let cells = hosts.saturating_mul(hosts.saturating_sub(1));
+    if cells > MAX_MATRIX_CELLS {
+        return Err(Status::invalid_argument(format!(
+            "group `{group}` has {hosts} hosts: its matrix would have {cells} cells, more than the {MAX_MATRIX_CELLS} a ReadinessMatrix answers; ask CheckMigration for the pairs you need"
+        )));
+    }
+    Ok(cells)
 }
 
 fn parse_plan_id(id: &str) -> Result<i64, Status> {
@@ -397,6 +435,7 @@ impl FleetService for FleetApi {
         }
         let view = self.state.view();
         let members = self.hosts(&view, &r.group)?;
+        let cells = matrix_cells(&r.group, members.len())?;
         let account = self
             .state
             .account(&view, &r.account)
@@ -405,7 +444,7 @@ impl FleetService for FleetApi {
         let facts = view.snapshot.facts(&view.cfg, now_ms());
         let names: Vec<String> = members.iter().map(|c| c.display_name()).collect();
 
-        let mut cells = Vec::new();
+        let mut cells = Vec::with_capacity(cells);
         for s in &names {
             for d in names.iter().filter(|d| *d != s) {
                 let v = diagnose::check_migration(&facts, s, d, &account);
@@ -426,11 +465,11 @@ impl FleetService for FleetApi {
         self.state.auth.require(&req, Role::Read, "ListPlans")?;
         let r = req.into_inner();
         let state = plan_filter_from_pb(r.state)?;
-        let plans = self.state.store.list_plans(state, 10_000).await?;
-        let all: Vec<pb::Plan> = plans.iter().map(plan_to_pb).collect();
-        let (plans, next) = page(&all, r.page_size, &r.page_token)?;
+        let (before, size, fetch) = keyset(r.page_size, &r.page_token)?;
+        let mut rows = self.state.store.plans_page(state, before, fetch).await?;
+        let next = keyset_next(&mut rows, size, |p| p.id);
         Ok(Response::new(pb::ListPlansResponse {
-            plans,
+            plans: rows.iter().map(plan_to_pb).collect(),
             next_page_token: next,
         }))
     }
@@ -444,9 +483,10 @@ impl FleetService for FleetApi {
     async fn approve_plan(&self, req: Request<pb::ApprovePlanRequest>) -> Result<Response<pb::Plan>, Status> {
         let who = self.state.auth.require(&req, Role::Write, "ApprovePlan")?;
         self.state.require_leader().await?;
+        let wait = reconcile_wait(&req);
         let id = parse_plan_id(&req.into_inner().id)?;
         self.state
-            .reconcile("api".into(), Some(Approval { plan_id: id, by: who }))
+            .reconcile("api".into(), Some(Approval { plan_id: id, by: who }), wait)
             .await?;
         Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
     }
@@ -473,7 +513,10 @@ impl FleetService for FleetApi {
             ));
         }
         self.state.require_leader().await?;
-        let o = self.state.reconcile(format!("api:{who}"), None).await?;
+        let o = self
+            .state
+            .reconcile(format!("api:{who}"), None, reconcile_wait(&req))
+            .await?;
         Ok(Response::new(pb::TriggerReconcileResponse {
             plan_id: o.plan_id.map(|p| p.to_string()).unwrap_or_default(),
             hosts_changed: o.applied.len() as u32,
@@ -485,15 +528,16 @@ impl FleetService for FleetApi {
         self.state.auth.require(&req, Role::Read, "ListAudit")?;
         let r = req.into_inner();
         let host = (!r.host.is_empty()).then(|| r.host.to_lowercase());
-        let rows = self.state.store.audit(host.as_deref(), 100_000).await?;
-        let all: Vec<pb::AuditEntry> = rows
-            .iter()
-            .filter(|a| r.plan_id.is_empty() || a.plan_id.to_string() == r.plan_id)
-            .map(audit_to_pb)
-            .collect();
-        let (entries, next) = page(&all, r.page_size, &r.page_token)?;
+        let plan = (!r.plan_id.is_empty()).then(|| parse_plan_id(&r.plan_id)).transpose()?;
+        let (before, size, fetch) = keyset(r.page_size, &r.page_token)?;
+        let mut rows = self
+            .state
+            .store
+            .audit_page(host.as_deref(), plan, before, fetch)
+            .await?;
+        let next = keyset_next(&mut rows, size, |a| a.id);
         Ok(Response::new(pb::ListAuditResponse {
-            entries,
+            entries: rows.iter().map(audit_to_pb).collect(),
             next_page_token: next,
         }))
     }
@@ -539,52 +583,69 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    use super::limits::{API, API_MAX_REQUEST_BYTES, API_MAX_RESPONSE_BYTES};
+    let fleet = FleetServiceServer::new(api)
+        .max_decoding_message_size(API_MAX_REQUEST_BYTES)
+        .max_encoding_message_size(API_MAX_RESPONSE_BYTES);
+    super::limits::server(&API)
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(FleetServiceServer::new(api))
-        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls), shutdown)
+        .add_service(fleet)
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls, API.conn), shutdown)
         .await?;
     Ok(())
 }
 
 #[cfg(test)]
-mod page_tests {
+mod tests {
     use super::*;
 
     #[test]
-    fn pages_follow_the_tokens_this_server_issues() {
-        let items: Vec<u32> = (0..250).collect();
-        let (first, next) = page(&items, 0, "").unwrap();
-        assert_eq!((first.len(), next.as_str()), (DEFAULT_PAGE, "100"));
-        let (last, next) = page(&items, 200, &next).unwrap();
-        assert_eq!((last.len(), last[0], next.as_str()), (150, 100, ""));
-        let (most, _) = page(&items, u32::MAX, "").unwrap();
-        assert_eq!(most.len(), 250, "page_size is capped, never overflowed");
+    fn a_callers_deadline_shortens_the_wait_for_a_reconcile() {
+        let mut req = Request::new(());
+        assert_eq!(reconcile_wait(&req), RECONCILE_WAIT, "no deadline: the server's cap");
+        req.set_timeout(Duration::from_secs(10));
+        assert_eq!(
+            reconcile_wait(&req),
+            Duration::from_secs(9),
+            "answered before the caller gives up"
+        );
+        req.set_timeout(Duration::from_secs(3600));
+        assert_eq!(reconcile_wait(&req), RECONCILE_WAIT, "never longer than the cap");
+        for (v, d) in [
+            ("2S", Some(2_000)),
+            ("150m", Some(150)),
+            ("1M", Some(60_000)),
+            ("5u", Some(0)),
+        ] {
+            assert_eq!(grpc_timeout(v).map(|d| d.as_millis() as u64), d, "{v}");
+        }
+        for bad in ["", "S", "123456789S", "10x", "-1S", "1.5S", "٣S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 
     #[test]
-    fn huge_or_forged_page_tokens_are_refused_or_end_the_list() {
-        let items: Vec<u32> = (0..10).collect();
-        // The largest offset a usize holds: past the end, so an empty last page (no overflow).
-        let (none, next) = page(&items, u32::MAX, &usize::MAX.to_string()).unwrap();
-        assert!(none.is_empty() && next.is_empty());
-        for forged in [
-            "-1",
-            "+5",
-            "1e3",
-            " 5",
-            "99999999999999999999999",
-            "18446744073709551616",
-            "abc",
-        ] {
-            let e = page(&items, 10, forged).unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{forged}");
-            assert!(
-                e.message().starts_with("page_token is not one this server issued"),
-                "{forged}: {e:?}"
-            );
-        }
+    fn a_matrix_above_the_cap_is_refused_saying_so() {
+        assert_eq!(matrix_cells("g", 100).unwrap(), 9_900);
+        assert_eq!(matrix_cells("g", 0).unwrap(), 0);
+        let e = matrix_cells("big", 101).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "group `big` has 101 hosts: its matrix would have 10100 cells, more than the 10000 a ReadinessMatrix answers; ask CheckMigration for the pairs you need"
+        );
+        assert!(matrix_cells("huge", usize::MAX).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn a_reconcile_that_outlasts_its_wait_is_said_to_go_on() {
+        let s = still_running(Duration::from_millis(900), Some(7));
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            s.message(),
+            "the reconcile did not finish within 0.9s; it goes on without this call: see GetPlan 7 (or `kcdctl plans`) for its outcome"
+        );
     }
 }

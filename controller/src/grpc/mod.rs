@@ -8,12 +8,16 @@
 //!   into requests to the reconciler;
 //! - `auth`: callers of the fleet API and their role;
 //! - `validate`: every agent message checked before it is stored (enums, ids, timestamps);
+//! - `limits`: what one caller can hold on each endpoint (connections, handshakes, streams, sizes);
 //! - `convert`, `status`, `tls`.
 
 pub mod agents;
 pub mod auth;
+mod cache;
 pub mod convert;
 pub mod fleet;
+pub mod limits;
+mod paging;
 mod status;
 pub mod tls;
 pub mod validate;

@@ -11,24 +11,28 @@
 //! tokio-rustls streams over TCP, so `Request::peer_certs()` (the agent's and
 //! API client's identity) works as with tonic's own TLS.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::{AgentsConfig, ApiConfig};
+use tonic::transport::server::Connected;
 
-/// A peer that has not finished its handshake by then is dropped, so idle
-/// or slow connections cannot pile up before authentication.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::limits::ConnLimits;
+use crate::config::{AgentsConfig, ApiConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -148,13 +152,19 @@ fn server_config(
 /// The TLS connections accepted on `listener`, for tonic's
 /// `serve_with_incoming_shutdown`. Handshakes run concurrently, each with
 /// the config current when its TCP connection arrived; a failed or slow
-/// handshake drops that connection only. Accepting stops when the server
-/// drops the stream.
+/// handshake drops that connection only. Within `limits`: a connection over
+/// the open-connection cap, or over the handshake caps (in all, and per peer
+/// IP, so one slow client cannot hold every slot), is closed at once; a
+/// handshake not done within the timeout is dropped. Accepting stops when the
+/// server drops the stream.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    limits: ConnLimits,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Limited, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let open = Arc::new(Semaphore::new(limits.connections));
+    let shaking = Arc::new(Handshakes::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -170,13 +180,28 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = limits.connections, "connection refused: too many open connections");
+                continue;
+            };
+            let Some(slot) = shaking.take(peer.ip(), &limits) else {
+                tracing::info!(%peer, "connection refused: too many TLS handshakes in flight");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let shaken = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(slot);
+                match shaken {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx
+                            .send(Ok(Limited {
+                                stream,
+                                _permit: permit,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -185,4 +210,119 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// TLS handshakes in flight, in all and per peer IP.
+#[derive(Default)]
+struct Handshakes {
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One handshake slot; given back when dropped.
+struct HandshakeSlot {
+    of: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    fn take(self: &Arc<Self>, ip: IpAddr, limits: &ConnLimits) -> Option<HandshakeSlot> {
+        let mut map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = map.values().sum();
+        let mine = map.get(&ip).copied().unwrap_or(0);
+        if total >= limits.handshakes || mine >= limits.handshakes_per_ip {
+            return None;
+        }
+        *map.entry(ip).or_default() += 1;
+        Some(HandshakeSlot { of: self.clone(), ip })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.of.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// An accepted TLS connection holding one of the endpoint's connection slots
+/// until tonic drops it. Reads, writes and `peer_certs()` are the TLS stream's.
+pub struct Limited {
+    stream: TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(handshakes: usize, per_ip: usize) -> ConnLimits {
+        ConnLimits {
+            connections: 10,
+            handshakes,
+            handshakes_per_ip: per_ip,
+            handshake_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_handshake_slot() {
+        let h = Arc::new(Handshakes::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let l = limits(3, 2);
+        let a1 = h.take(a, &l).expect("first");
+        let _a2 = h.take(a, &l).expect("second");
+        assert!(
+            h.take(a, &l).is_none(),
+            "a third from one address waits for a slot of its own"
+        );
+        let _b1 = h.take(b, &l).expect("another address still gets one");
+        assert!(h.take(b, &l).is_none(), "all slots taken");
+        drop(a1);
+        assert!(h.take(a, &l).is_some(), "a finished handshake gives its slot back");
+    }
 }

@@ -80,11 +80,11 @@ impl Effects {
         };
         for r in &o.applied {
             let reason = format!("delegation of {} changed by plan {plan}", r.host);
-            let kind = pb::command::Kind::PurgeSystemTickets(pb::PurgeSystemTickets {});
             let span = tracing::info_span!("purge_command", host = %r.host, plan = plan);
-            match hub.command(&r.host, kind, &reason).instrument(span).await {
+            // Never waits on the agent: one that is away or not reading gets it on reconnect.
+            match hub.purge(&r.host, &reason).instrument(span).await {
                 Ok(id) => tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets"),
-                Err(e) => tracing::info!(host = %r.host, "{e}; its tickets renew on expiry"),
+                Err(e) => tracing::info!(host = %r.host, "{e}; the purge is sent when the agent connects"),
             }
         }
     }
