@@ -100,6 +100,8 @@ struct Conn {
     tx: Downlink,
     /// Set to true to cut this stream off (both directions).
     cut: watch::Sender<bool>,
+    /// The connection it came on, closed when the agent is cut off.
+    remote: Option<std::net::SocketAddr>,
 }
 
 struct Inner {
@@ -108,6 +110,8 @@ struct Inner {
     attempts: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
     ingest: mpsc::Sender<Ingest>,
     store: Store,
+    /// The agent endpoint's connections, to close one that does not read.
+    cutoffs: Arc<super::tls::Cutoffs>,
     connected: Mutex<HashMap<String, Conn>>,
     /// host -> (command id, recorded at): the undelivered purge sent again on
     /// its last connection, cleared from the store when the agent answers it.
@@ -134,6 +138,7 @@ impl AgentHub {
                 attempts,
                 ingest: tx,
                 store,
+                cutoffs: Arc::default(),
                 connected: Mutex::new(HashMap::new()),
                 redelivered: Mutex::new(HashMap::new()),
                 last_seen: Mutex::new(HashMap::new()),
@@ -232,6 +237,11 @@ impl AgentHub {
         if let Some(c) = conn {
             tracing::warn!(%host, queued = DOWN_QUEUE, "agent does not read its stream: disconnected");
             let _ = c.cut.send(true);
+            // The stream alone cannot end while the agent reads nothing (its
+            // end would queue behind what is already waiting): close the connection.
+            if let Some(peer) = c.remote {
+                self.inner.cutoffs.cut(peer);
+            }
         }
     }
 
@@ -302,7 +312,8 @@ impl AgentService for AgentHub {
 
     async fn session(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let names = certificate_hosts(&req)?;
-        let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = req.remote_addr();
+        let remote = peer.map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(self.inner.opts.hello_timeout, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no Hello within the time limit")),
@@ -345,6 +356,7 @@ impl AgentService for AgentHub {
                 id,
                 tx: tx.clone(),
                 cut,
+                remote: peer,
             },
         );
         self.seen(&host);
@@ -564,7 +576,12 @@ pub async fn serve(
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(hub.service())
         .serve_with_incoming_shutdown(
-            super::tls::incoming(listener, tls, super::limits::AGENTS.conn),
+            super::tls::incoming(
+                listener,
+                tls,
+                super::limits::AGENTS.conn,
+                Some(hub.inner.cutoffs.clone()),
+            ),
             shutdown,
         )
         .await

@@ -592,7 +592,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(fleet)
-        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls, API.conn), shutdown)
+        .serve_with_incoming_shutdown(super::tls::incoming(listener, tls, API.conn, None), shutdown)
         .await?;
     Ok(())
 }

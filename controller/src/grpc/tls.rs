@@ -12,7 +12,8 @@
 //! API client's identity) works as with tonic's own TLS.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -157,10 +158,14 @@ fn server_config(
 /// IP, so one slow client cannot hold every slot), is closed at once; a
 /// handshake not done within the timeout is dropped. Accepting stops when the
 /// server drops the stream.
+///
+/// `cutoffs`, when given, can close any of these connections by peer address
+/// (the agent hub cuts off an agent that does not read).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     limits: ConnLimits,
+    cutoffs: Option<Arc<Cutoffs>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Limited, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let open = Arc::new(Semaphore::new(limits.connections));
@@ -191,17 +196,14 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let tx = tx.clone();
+            let cutoffs = cutoffs.clone();
             tokio::spawn(async move {
                 let shaken = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
                 drop(slot);
                 match shaken {
                     Ok(Ok(stream)) => {
-                        let _ = tx
-                            .send(Ok(Limited {
-                                stream,
-                                _permit: permit,
-                            }))
-                            .await;
+                        let cut = cutoffs.map(|c| c.register(peer));
+                        let _ = tx.send(Ok(Limited::new(stream, permit, cut))).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -249,11 +251,91 @@ impl Drop for HandshakeSlot {
     }
 }
 
+/// Open connections by peer address, each closable from outside.
+#[derive(Default)]
+pub struct Cutoffs {
+    by_peer: Mutex<HashMap<SocketAddr, watch::Sender<bool>>>,
+}
+
+impl Cutoffs {
+    fn register(self: &Arc<Self>, peer: SocketAddr) -> Cutoff {
+        let (tx, rx) = watch::channel(false);
+        self.by_peer.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, tx);
+        Cutoff {
+            of: self.clone(),
+            peer,
+            rx,
+        }
+    }
+
+    /// Closes the connection from `peer`: its next read or write fails, and
+    /// the server drops it with every stream on it. `false` if none is open.
+    pub fn cut(&self, peer: SocketAddr) -> bool {
+        let map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&peer).is_some_and(|tx| tx.send(true).is_ok())
+    }
+}
+
+/// One connection's entry in [`Cutoffs`]; removed when the connection goes.
+struct Cutoff {
+    of: Arc<Cutoffs>,
+    peer: SocketAddr,
+    rx: watch::Receiver<bool>,
+}
+
+impl Drop for Cutoff {
+    fn drop(&mut self) {
+        self.of
+            .by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.peer);
+    }
+}
+
 /// An accepted TLS connection holding one of the endpoint's connection slots
-/// until tonic drops it. Reads, writes and `peer_certs()` are the TLS stream's.
+/// until tonic drops it. Reads, writes and `peer_certs()` are the TLS stream's;
+/// once cut off, both fail, which ends the connection even while the server
+/// waits on a peer that reads nothing.
 pub struct Limited {
     stream: TlsStream<TcpStream>,
     _permit: OwnedSemaphorePermit,
+    cut: Option<(Cutoff, Pin<Box<dyn Future<Output = ()> + Send + Sync>>)>,
+    dead: bool,
+}
+
+impl Limited {
+    fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit, cut: Option<Cutoff>) -> Limited {
+        let cut = cut.map(|c| {
+            let mut rx = c.rx.clone();
+            let fut: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
+                if rx.wait_for(|v| *v).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            });
+            (c, fut)
+        });
+        Limited {
+            stream,
+            _permit: permit,
+            cut,
+            dead: false,
+        }
+    }
+
+    /// An error once the connection was cut off (and registers for the cut).
+    fn cut_off(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        let (_, fut) = self.cut.as_mut()?;
+        // A finished future must not be polled again: remember the cut.
+        if self.dead || fut.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+            return Some(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the controller cut this connection off",
+            ));
+        }
+        None
+    }
 }
 
 impl Connected for Limited {
@@ -266,13 +348,21 @@ impl Connected for Limited {
 
 impl AsyncRead for Limited {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let me = self.get_mut();
+        if let Some(e) = me.cut_off(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut me.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Limited {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let me = self.get_mut();
+        if let Some(e) = me.cut_off(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut me.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -288,7 +378,11 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        if let Some(e) = me.cut_off(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut me.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
