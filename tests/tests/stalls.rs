@@ -81,6 +81,29 @@ async fn deaf_agent(url: &str, tls: ClientTlsConfig, fqdn: &str) -> DeafAgent {
     DeafAgent { uplink, downlink }
 }
 
+/// A fleet in `ou` whose hosts all delegate to each other correctly.
+async fn healthy_mesh(lab: &Lab, ou: &str, names: &[&str]) -> Fleet {
+    FleetSpec::new(ou, names)
+        .kerberos_only_mesh()
+        .uac(WORKSTATION | T2A4D)
+        .create(lab)
+        .await
+        .unwrap()
+}
+
+type Api = pb::fleet_service_client::FleetServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+async fn pending_plans(api: &mut Api) -> Vec<pb::Plan> {
+    let state = pb::PlanState::PendingApproval as i32;
+    let r = api.list_plans(pb::ListPlansRequest {
+        state,
+        ..Default::default()
+    });
+    r.await.unwrap().into_inner().plans
+}
+
 /// The deadline of the write calls (the shared lab can be slow).
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -94,13 +117,7 @@ fn with_deadline<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
 #[tokio::test]
 async fn an_agent_that_never_reads_is_cut_off_while_reconciles_and_approvals_go_on() {
     let lab = Lab::start();
-    let names = ["STL01", "STL02", "STL03"];
-    let fleet = FleetSpec::new("t-stl", &names)
-        .kerberos_only_mesh()
-        .uac(WORKSTATION | T2A4D)
-        .create(lab)
-        .await
-        .unwrap();
+    let fleet = healthy_mesh(lab, "t-stl", &["STL01", "STL02", "STL03"]).await;
     let pki = Pki::new();
     // STL03 is not in the group: removing the entries to it waits for approval.
     let running = runtime::start(controller_config(lab, &fleet, &pki, "enforce", &["STL01", "STL02"]))
@@ -167,15 +184,7 @@ async fn an_agent_that_never_reads_is_cut_off_while_reconciles_and_approvals_go_
     );
 
     // An approval answers within its deadline; its purge to the absent agent is kept too.
-    let pending = api
-        .list_plans(pb::ListPlansRequest {
-            state: pb::PlanState::PendingApproval as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let pending = pending_plans(&mut api).await;
     assert_eq!(pending.len(), 1, "the removals of STL03's entries wait");
     let asked = Instant::now();
     let approved = api
@@ -228,12 +237,7 @@ async fn an_agent_that_never_reads_is_cut_off_while_reconciles_and_approvals_go_
 async fn a_call_that_outlasts_its_deadline_hears_so_and_its_reconcile_goes_on() {
     let lab = Lab::start();
     let names = ["DLN01", "DLN02"];
-    let fleet = FleetSpec::new("t-dln", &names)
-        .kerberos_only_mesh()
-        .uac(WORKSTATION | T2A4D)
-        .create(lab)
-        .await
-        .unwrap();
+    let fleet = healthy_mesh(lab, "t-dln", &names).await;
     let pki = Pki::new();
     let cfg = controller_config(lab, &fleet, &pki, "enforce", &names);
     let store_url = cfg.store_url.clone();

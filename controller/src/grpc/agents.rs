@@ -448,20 +448,19 @@ fn not_reading() -> Status {
 /// queued (the purges among it are recorded for the next connection).
 pub struct Downstream {
     rx: mpsc::Receiver<Result<ControllerMessage, Status>>,
-    cut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    cut: super::tls::CutSignal,
     ended: bool,
 }
 
 impl Downstream {
-    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, mut cut: watch::Receiver<bool>) -> Downstream {
-        let cut = Box::pin(async move {
-            // A hub that drops the connection without cutting it (the agent
-            // left) ends the stream by closing the queue instead.
-            if cut.wait_for(|c| *c).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        });
-        Downstream { rx, cut, ended: false }
+    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, cut: watch::Receiver<bool>) -> Downstream {
+        // A hub that drops the connection without cutting it (the agent left)
+        // ends the stream by closing the queue instead.
+        Downstream {
+            rx,
+            cut: super::tls::cut_signal(cut),
+            ended: false,
+        }
     }
 }
 

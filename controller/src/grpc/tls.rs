@@ -276,6 +276,17 @@ impl Cutoffs {
     }
 }
 
+/// Resolves once a cut is signalled; never, when the sender goes without one.
+pub(super) type CutSignal = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+pub(super) fn cut_signal(mut rx: watch::Receiver<bool>) -> CutSignal {
+    Box::pin(async move {
+        if rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
 /// One connection's entry in [`Cutoffs`]; removed when the connection goes.
 struct Cutoff {
     of: Arc<Cutoffs>,
@@ -300,20 +311,15 @@ impl Drop for Cutoff {
 pub struct Limited {
     stream: TlsStream<TcpStream>,
     _permit: OwnedSemaphorePermit,
-    cut: Option<(Cutoff, Pin<Box<dyn Future<Output = ()> + Send + Sync>>)>,
+    cut: Option<(Cutoff, CutSignal)>,
     dead: bool,
 }
 
 impl Limited {
     fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit, cut: Option<Cutoff>) -> Limited {
         let cut = cut.map(|c| {
-            let mut rx = c.rx.clone();
-            let fut: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
-                if rx.wait_for(|v| *v).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            });
-            (c, fut)
+            let signal = cut_signal(c.rx.clone());
+            (c, signal)
         });
         Limited {
             stream,
