@@ -14,6 +14,7 @@ mod audit;
 mod decide;
 mod error;
 mod fence;
+pub mod incremental;
 mod observe;
 mod ports;
 mod verify;
