@@ -64,7 +64,7 @@ pub struct Progress {
 }
 
 /// What a reconcile did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
     /// The plan under which changes were written.
     pub plan_id: Option<i64>,

@@ -650,7 +650,7 @@ async fn another_dc_a_restored_dc_or_a_deleted_host_means_a_full_read() {
     let usn = ad.usn.fetch_add(1, Ordering::SeqCst) + 1;
     ad.tombstones.lock().unwrap().push(Change {
         object: Computer {
-            dn: format!("CN=HV02\\0ADEL:1,CN=Deleted Objects,DC=lab,DC=test"),
+            dn: "CN=HV02\\0ADEL:1,CN=Deleted Objects,DC=lab,DC=test".to_string(),
             usn_changed: usn,
             ..gone
         },
