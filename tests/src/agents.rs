@@ -242,7 +242,9 @@ pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
 pub const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
 
 /// A full controller config (agents + API on port 0) for `fleet`, with one
-/// group of `members` in `mode`. Files live in the PKI's temp dir.
+/// group of `members` in `mode`. Files live in the PKI's temp dir. The AD watch
+/// is off: these tests are about runs that failures, API calls and the timer
+/// start (tests/tests/watch.rs has it on).
 pub fn controller_config(
     lab: &crate::Lab,
     fleet: &crate::Fleet,
@@ -267,7 +269,7 @@ pub fn controller_config_with(
         &[("reader", "read", READ_TOKEN), ("orchestrator", "write", WRITE_TOKEN)],
     );
     let extra = format!(
-        "[reconcile]\ninterval_secs = 3600\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"api-ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n{more}\n"
+        "[reconcile]\ninterval_secs = 3600\nwatch = false\n\n[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"ca.pem\"\nheartbeat_secs = 1\nstale_after_secs = 5\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\nclient_ca_file = \"api-ca.pem\"\ntokens_file = \"tokens.toml\"\nwrite_clients = [\"orchestrator.lab.test\"]\nread_clients = [\"reader.lab.test\"]\n{more}\n"
     );
     let text = fleet.config(lab, crate::BindAs::Svc, mode, members, &extra);
     let path = pki.path("kcdsync.toml");

@@ -21,6 +21,7 @@ mod groups;
 mod replica;
 mod secret;
 mod store;
+mod watch;
 
 pub use ad::AdConfig;
 pub use agents::{AgentsConfig, DEFAULT_STALE_AFTER};
@@ -29,6 +30,7 @@ pub use diagnosis::DiagnosisConfig;
 pub use groups::{FirstGrants, Group, Guard, Mode};
 pub use replica::{DEFAULT_LEASE_TTL, ReplicaConfig, hostname};
 pub use secret::Secret;
+pub use watch::{AD_NOTIFICATIONS_PER_CONN, WatchConfig};
 
 use ad::{RawAd, validate_ad};
 use agents::{RawAgents, validate_agents};
@@ -36,6 +38,7 @@ use api::{RawApi, validate_api};
 use diagnosis::{RawDiagnosis, validate_diagnosis};
 use groups::{RawGroup, RawGuard, validate_groups, validate_guard};
 use replica::{RawReplica, validate_replica};
+use watch::{RawReconcile, validate_reconcile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -92,25 +95,6 @@ struct RawStore {
     url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReconcile {
-    #[serde(default = "default_interval_secs")]
-    interval_secs: u64,
-}
-
-impl Default for RawReconcile {
-    fn default() -> Self {
-        RawReconcile {
-            interval_secs: default_interval_secs(),
-        }
-    }
-}
-
-fn default_interval_secs() -> u64 {
-    300
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub ad: AdConfig,
@@ -120,7 +104,9 @@ pub struct Config {
     pub dns_suffixes: Vec<String>,
     pub guard: Guard,
     pub store_url: String,
+    /// How often the timer wakes the (delta) reconcile.
     pub interval: Duration,
+    pub watch: WatchConfig,
     pub agents: Option<AgentsConfig>,
     pub api: Option<ApiConfig>,
     /// `None`: a single controller, always the writer.
@@ -192,9 +178,7 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
     let dns_suffixes = validate_suffixes(raw.scope.dns_suffixes, &ad.domain_dn)?;
 
     let guard = validate_guard(raw.guard)?;
-    if raw.reconcile.interval_secs == 0 {
-        return Err(invalid("reconcile.interval_secs", "must be at least 1"));
-    }
+    let (interval, watch) = validate_reconcile(&raw.reconcile)?;
     let groups = validate_groups(raw.groups)?;
 
     let store_url = raw.store.url.unwrap_or_else(|| default_store.to_owned());
@@ -215,7 +199,8 @@ fn validate(raw: RawConfig, base_dir: &Path, default_store: &str) -> Result<Conf
         dns_suffixes,
         guard,
         store_url,
-        interval: Duration::from_secs(raw.reconcile.interval_secs),
+        interval,
+        watch,
         agents,
         api,
         replica,

@@ -65,6 +65,8 @@ pub struct Trigger {
     pub host: String,
     /// "attempt:<attempt id>"
     pub reason: String,
+    /// When the attempt failed (Unix ms; 0: unknown).
+    pub at_ms: i64,
     /// The diagnosis span the reconcile continues (W3C traceparent).
     pub traceparent: String,
 }
@@ -528,6 +530,10 @@ async fn writer(
                             failed.push(Trigger {
                                 host: host.clone(),
                                 reason: format!("attempt:{}", a.attempt_id),
+                                at_ms: a
+                                    .time
+                                    .as_ref()
+                                    .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
                                 traceparent: kcdsync_telemetry::traceparent(&span).unwrap_or_default(),
                             });
                         }

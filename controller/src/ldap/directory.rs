@@ -55,8 +55,23 @@ impl Ad {
         filter: &str,
         attrs: &[&str],
     ) -> Result<Vec<SearchEntry>, LdapError> {
+        self.search_all_with(base, scope, filter, attrs, Vec::new()).await
+    }
+
+    /// [`Ad::search_all`] with request controls besides paging (e.g. show-deleted).
+    pub(super) async fn search_all_with(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<ldap3::controls::RawControl>,
+    ) -> Result<Vec<SearchEntry>, LdapError> {
         let mut ldap = self.ldap.clone();
         ldap.with_timeout(self.cfg.timeout);
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
         let what = || format!("search of {base}");
         let mut stream = ldap
             .streaming_search_with(

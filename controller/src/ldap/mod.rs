@@ -8,17 +8,22 @@
 //!   that runs Move-VM;
 //! - `claims`: who else in the domain answers to the managed hosts' names,
 //!   and which of them are privileged (the identity checks' input);
+//! - `delta`: the DC's identity and USN (the cursor), and what changed since it;
+//! - `watch`: change notifications, the delta read's wake-up;
 //! - `edge`: the last check of every modify, against the run's policy;
 //! - `write`: the one modify per host.
 
 mod claims;
 mod connection;
+mod delta;
 mod directory;
 mod edge;
 mod read;
+pub mod watch;
 mod write;
 
 pub use connection::{Ad, tls_config};
+pub use delta::{Change, Cursor, DcIdentity};
 pub use directory::sid_to_string;
 pub use edge::{Refused, WritePolicy};
 

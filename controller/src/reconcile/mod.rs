@@ -14,6 +14,7 @@ mod audit;
 mod decide;
 mod error;
 mod fence;
+pub mod incremental;
 mod observe;
 mod ports;
 mod verify;
@@ -63,7 +64,7 @@ pub struct Progress {
 }
 
 /// What a reconcile did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
     /// The plan under which changes were written.
     pub plan_id: Option<i64>,

@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use crate::ldap::WritePolicy;
-use crate::ldap::{Ad, LdapError};
+use crate::ldap::{Ad, Change, Cursor, LdapError};
 use crate::model::dn::Dn;
 use crate::model::{Claims, Computer, Directory, HostChange, Observed};
 
@@ -34,6 +34,10 @@ pub trait AdClient: Sync {
         change: &HostChange,
         policy: &WritePolicy,
     ) -> impl Future<Output = Result<(), LdapError>> + Send;
+    /// The DC read from, and its highestCommittedUSN (the delta read's cursor).
+    fn cursor(&self) -> impl Future<Output = Result<Cursor, LdapError>> + Send;
+    /// Every object of `domain` (tombstones too) with uSNChanged >= `from`.
+    fn changes_since(&self, domain: &Dn, from: i64) -> impl Future<Output = Result<Vec<Change>, LdapError>> + Send;
 }
 
 impl AdClient for Ad {
@@ -64,5 +68,11 @@ impl AdClient for Ad {
         policy: &WritePolicy,
     ) -> impl Future<Output = Result<(), LdapError>> + Send {
         Ad::modify_host(self, change, policy)
+    }
+    fn cursor(&self) -> impl Future<Output = Result<Cursor, LdapError>> + Send {
+        Ad::cursor(self)
+    }
+    fn changes_since(&self, domain: &Dn, from: i64) -> impl Future<Output = Result<Vec<Change>, LdapError>> + Send {
+        Ad::changes_since(self, domain, from)
     }
 }

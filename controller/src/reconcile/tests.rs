@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::ldap::{LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS, WritePolicy};
+use crate::ldap::{
+    Change, Cursor, DcIdentity, LdapError, RC_BUSY, RC_NO_SUCH_ATTRIBUTE, RC_TYPE_OR_VALUE_EXISTS, WritePolicy,
+};
 use crate::model::dn::Dn;
 use crate::model::fixtures::{BASE, delegating};
 use crate::model::{
@@ -40,6 +42,11 @@ struct FakeAd {
     modifies: AtomicUsize,
     /// Writes are acknowledged but not kept (a DC that loses them).
     forget_writes: AtomicBool,
+    /// The DC's highestCommittedUSN; every write takes the next one.
+    usn: AtomicI64,
+    /// The DC's invocationId (a restore from backup changes it).
+    invocation: Mutex<String>,
+    tombstones: Mutex<Vec<Change>>,
 }
 
 impl FakeAd {
@@ -50,7 +57,18 @@ impl FakeAd {
             after: None,
             modifies: AtomicUsize::new(0),
             forget_writes: AtomicBool::new(false),
+            usn: AtomicI64::new(100),
+            invocation: Mutex::new("aa".into()),
+            tombstones: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Another writer changes `name` (outside kcdsync), as AD would: a new uSNChanged.
+    fn touch(&self, name: &str, f: impl FnOnce(&mut Computer)) {
+        let mut objects = self.objects.lock().unwrap();
+        let c = objects.get_mut(&dn_key(&format!("CN={name},{BASE}"))).unwrap();
+        f(c);
+        c.usn_changed = self.usn.fetch_add(1, Ordering::SeqCst) + 1;
     }
 
     fn before_modify(self, f: impl FnMut(usize, &mut Objects) -> Option<LdapError> + Send + 'static) -> FakeAd {
@@ -134,13 +152,47 @@ impl AdClient for FakeAd {
             match injected {
                 Some(e) => Err(e),
                 None if self.forget_writes.load(Ordering::SeqCst) => Ok(()),
-                None => FakeAd::apply(&mut objects, change),
+                None => FakeAd::apply(&mut objects, change).map(|()| {
+                    let usn = self.usn.fetch_add(1, Ordering::SeqCst) + 1;
+                    if let Some(c) = objects.get_mut(&dn_key(&change.dn)) {
+                        c.usn_changed = usn;
+                    }
+                }),
             }
         };
         if let (Ok(()), Some(after)) = (&result, &self.after) {
             after(n).await;
         }
         result
+    }
+
+    async fn cursor(&self) -> Result<Cursor, LdapError> {
+        Ok(Cursor {
+            dc: DcIdentity {
+                service: "CN=NTDS Settings,CN=DC1".into(),
+                invocation_id: self.invocation.lock().unwrap().clone(),
+            },
+            usn: self.usn.load(Ordering::SeqCst),
+        })
+    }
+
+    async fn changes_since(&self, _domain: &Dn, from: i64) -> Result<Vec<Change>, LdapError> {
+        let mut out: Vec<Change> = self
+            .objects
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| c.usn_changed >= from)
+            .map(|c| Change {
+                object: c.clone(),
+                classes: vec!["computer".into()],
+                deleted: false,
+                last_parent: None,
+            })
+            .collect();
+        let dead = self.tombstones.lock().unwrap().clone();
+        out.extend(dead.into_iter().filter(|t| t.object.usn_changed >= from));
+        Ok(out)
     }
 }
 
@@ -517,4 +569,154 @@ async fn only_old_intents_of_earlier_epochs_are_settled() {
         .map(|r| r.host)
         .collect();
     assert_eq!(open, ["hv01", "hv02"]);
+}
+
+// The event-driven observe: a delta read patches the last full observe.
+
+#[tokio::test]
+async fn a_delta_read_patches_the_cache_and_marks_the_host_and_its_peers() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    let ad = FakeAd::new(vec![
+        delegating("HV01", ANY_PROTOCOL, &["HV02", "HV03"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01", "HV03"]),
+        delegating("HV03", ANY_PROTOCOL, &["HV01", "HV02"]),
+    ]);
+    let mut cache = incremental::full(&cfg, &ad).await.unwrap();
+    assert!(decide(&cfg, &cache.observed).is_noop());
+    assert_eq!(
+        incremental::refresh(&cfg, &ad, &mut cache).await.unwrap(),
+        incremental::Refresh::Unchanged
+    );
+
+    // Someone flips HV02 back to "Kerberos only" out of band.
+    ad.touch("HV02", |c| c.uac = KERBEROS_ONLY);
+    let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
+    let incremental::Refresh::Patched { dirty } = got else {
+        panic!("{got:?}")
+    };
+    // HV02 changed; its peers' desired state names it, so they are looked at too.
+    assert_eq!(dirty.len(), 3, "{dirty:?}");
+    let decision = decide(&cfg, &cache.observed);
+    let hosts: Vec<&str> = decision.guarded.auto.iter().map(|c| c.host.as_str()).collect();
+    assert_eq!(hosts, vec!["hv02.lab.test"]);
+    // The same execute path a full reconcile takes repairs it.
+    let outcome = execute(&cfg, &ad, &store, &cache.observed, &decision, run_opts())
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied.len(), 1);
+    assert_eq!(ad.get("HV02").uac, ANY_PROTOCOL);
+    // kcdsync's own write comes back in the next delta; planning on it finds nothing to do.
+    assert!(matches!(
+        incremental::refresh(&cfg, &ad, &mut cache).await.unwrap(),
+        incremental::Refresh::Patched { .. }
+    ));
+    assert!(decide(&cfg, &cache.observed).is_noop());
+}
+
+#[tokio::test]
+async fn another_dc_a_restored_dc_or_a_deleted_host_means_a_full_read() {
+    let (cfg, _store, _dir) = setup(&["HV01", "HV02"]).await;
+    let ad = FakeAd::new(vec![
+        delegating("HV01", ANY_PROTOCOL, &["HV02"]),
+        delegating("HV02", ANY_PROTOCOL, &["HV01"]),
+    ]);
+    let mut cache = incremental::full(&cfg, &ad).await.unwrap();
+
+    // Restored from backup: a new invocationId, and the USN may even go backwards.
+    *ad.invocation.lock().unwrap() = "bb".into();
+    ad.usn.store(50, Ordering::SeqCst);
+    let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
+    assert!(
+        matches!(&got, incremental::Refresh::Resynced(why) if why.contains("another DC")),
+        "{got:?}"
+    );
+    assert_eq!(cache.cursor.usn, 50);
+
+    // The same DC, but its USN went backwards.
+    ad.usn.store(40, Ordering::SeqCst);
+    let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
+    assert!(
+        matches!(&got, incremental::Refresh::Resynced(why) if why.contains("backwards")),
+        "{got:?}"
+    );
+
+    // HV02 is deleted: the delta shows its tombstone, the cache is read again without it.
+    let gone = ad
+        .objects
+        .lock()
+        .unwrap()
+        .remove(&dn_key(&format!("CN=HV02,{BASE}")))
+        .unwrap();
+    let usn = ad.usn.fetch_add(1, Ordering::SeqCst) + 1;
+    ad.tombstones.lock().unwrap().push(Change {
+        object: Computer {
+            dn: "CN=HV02\\0ADEL:1,CN=Deleted Objects,DC=lab,DC=test".to_string(),
+            usn_changed: usn,
+            ..gone
+        },
+        classes: vec!["computer".into()],
+        deleted: true,
+        last_parent: Some(BASE.into()),
+    });
+    let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
+    assert!(
+        matches!(&got, incremental::Refresh::Resynced(why) if why.contains("deleted")),
+        "{got:?}"
+    );
+    assert_eq!(cache.observed.computers.len(), 1);
+}
+
+#[test]
+fn classify_reads_again_what_a_patch_cannot_express() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (cfg, _store, _dir) = rt.block_on(setup(&["HV01", "HV02"]));
+    let hv01 = delegating("HV01", ANY_PROTOCOL, &["HV02"]);
+    let observed = Observed {
+        computers: vec![hv01.clone()],
+        ..Default::default()
+    };
+    let change = |object: Computer| Change {
+        object,
+        classes: vec!["top".into(), "computer".into()],
+        deleted: false,
+        last_parent: None,
+    };
+    // A computer new in the scope (added, moved in, or renamed): a full read.
+    let p = incremental::classify(&cfg, &observed, &[change(delegating("HV09", ANY_PROTOCOL, &[]))]);
+    assert!(p.resync.is_some_and(|w| w.contains("new in the scope")));
+    // A known host moved out of the scope.
+    let moved = Computer {
+        dn: "CN=HV01,OU=Elsewhere,DC=lab,DC=test".into(),
+        ..hv01.clone()
+    };
+    let p = incremental::classify(&cfg, &observed, &[change(moved)]);
+    assert!(p.resync.is_some_and(|w| w.contains("left the scope")));
+    // A user elsewhere that starts claiming HV01's name: the claims are read again.
+    let claimant = Computer {
+        dn: "CN=svc-x,CN=Users,DC=lab,DC=test".into(),
+        sam_account_name: "svc-x".into(),
+        spns: vec!["cifs/hv01.lab.test".into()],
+        ..Computer::unread("", 0)
+    };
+    let p = incremental::classify(
+        &cfg,
+        &observed,
+        &[Change {
+            classes: vec!["user".into()],
+            ..change(claimant)
+        }],
+    );
+    assert!(p.context && p.resync.is_none() && p.update.is_empty());
+    // Only uSNChanged moved (e.g. a password change): nothing to patch.
+    let touched = Computer {
+        usn_changed: 999,
+        ..hv01.clone()
+    };
+    assert_eq!(
+        incremental::classify(&cfg, &observed, &[change(touched)]),
+        incremental::Patch::default()
+    );
 }

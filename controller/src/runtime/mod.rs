@@ -4,12 +4,17 @@
 //! - `reconciler`: the loop, the only writer of AD (wait → run → effects);
 //! - `scheduler`: what wakes it, with a typed reason;
 //! - `policy`: what follows a run (the interval, a back-off, or following);
+//! - `observer`: what a run plans from (a full observe, or the last one patched by a
+//!   uSNChanged delta read) and the change-notification watch that wakes it;
+//! - `queue`: the per-host rate limit (a host written again and again is held back);
 //! - `effects`: purge commands, plan and finding events, the published view.
 //!
 //! Leadership among replicas is `crate::leader`; the listeners are `crate::grpc`.
 
 mod effects;
+mod observer;
 pub mod policy;
+mod queue;
 mod reconciler;
 mod scheduler;
 
@@ -269,13 +274,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )));
     let (reload, reloads) = mpsc::channel(4);
     let (count, reconciles) = watch::channel(0u64);
+    // Change notifications wake the loop; a full queue already holds a wake-up.
+    let (notice_tx, notices) = mpsc::channel(256);
+    let debounce = cfg.watch.failure_debounce;
     let reconciler = Reconciler {
         count,
         leadership: leadership.clone(),
         cfg,
         effects: Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone()),
+        observer: observer::Observer::new(notice_tx),
+        queue: queue::HostQueue::default(),
+        due: None,
     };
-    let scheduler = Scheduler::new(triggers, requests, reloads, stop_rx, store.clone());
+    let scheduler = Scheduler::new(triggers, requests, reloads, stop_rx, store.clone(), notices, debounce);
     let task = tokio::spawn(reconciler.run(scheduler));
     Ok(Running {
         agents_addr,

@@ -9,7 +9,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::effects::Effects;
+use super::observer::Observer;
 use super::policy::{self, Action};
+use super::queue::HostQueue;
 use super::scheduler::{Reason, Scheduler, Wake};
 use crate::config::Config;
 use crate::ldap::Ad;
@@ -42,14 +44,22 @@ pub struct Reconciler {
     pub leadership: Leadership,
     pub cfg: Arc<Config>,
     pub effects: Effects,
+    pub observer: Observer,
+    pub queue: HostQueue,
+    /// When a host the queue holds back is due.
+    pub due: Option<tokio::time::Instant>,
 }
 
 impl Reconciler {
     pub async fn run(mut self, mut scheduler: Scheduler) {
         let mut next = Next::because(Reason::Startup);
         let mut failures: u32 = 0;
+        if let Ok(last) = self.effects.store.last_change_per_host().await {
+            scheduler.changed(last);
+        }
         loop {
             if !self.leadership.is_leader() {
+                self.observer.reset();
                 if let Some(r) = next.reply.take() {
                     let _ = r.send(Err(ReconcileError::Follower));
                 }
@@ -62,6 +72,9 @@ impl Reconciler {
             let started = (Instant::now(), now_ms());
             let result = self.run_once(&mut next, epoch).await;
             let action = self.settle(&result, &next.reason, started.0, &mut failures);
+            if let Ok(o) = &result {
+                scheduler.changed(o.applied.iter().map(|a| (a.host.clone(), a.time_ms)));
+            }
             if let Some(r) = next.reply.take() {
                 let _ = r.send(result);
             }
@@ -75,6 +88,10 @@ impl Reconciler {
                 }
             };
             scheduler.answered(started.1);
+            let wait = match self.due {
+                Some(d) => wait.min(d.saturating_duration_since(tokio::time::Instant::now())),
+                None => wait,
+            };
             next = match scheduler.next(wait, &self.leadership, epoch).await {
                 Wake::Timer => Next::because(Reason::Timer),
                 Wake::Failures { reasons, traceparent } => Next {
@@ -92,6 +109,7 @@ impl Reconciler {
                     Next::because(Reason::Config)
                 }
                 Wake::Leadership => Next::because(Reason::Leadership),
+                Wake::Changed => Next::because(Reason::Changed),
                 Wake::Stop => break,
             };
         }
@@ -116,11 +134,11 @@ impl Reconciler {
                 let mut leader = self.leadership.watch();
                 let lost = f.lost(0);
                 tokio::select! {
-                    r = self.once(&trigger, approve, Some(f)).instrument(span.clone()) => r,
+                    r = self.once(&next.reason, approve, Some(f)).instrument(span.clone()) => r,
                     _ = leader.wait_for(|l| *l != epoch) => Err(lost),
                 }
             }
-            None => self.once(&trigger, approve, None).instrument(span.clone()).await,
+            None => self.once(&next.reason, approve, None).instrument(span.clone()).await,
         };
         if let Ok(o) = &result {
             span.record("hosts_changed", o.applied.len());
@@ -171,35 +189,55 @@ impl Reconciler {
         }
     }
 
-    /// One reconcile, then the effects.
+    /// One reconcile, then the effects. Planned from the observer's current picture of AD; a
+    /// delta that changed nothing kcdsync reads (and no host due, no approval, no failure to
+    /// answer) ends the run there: nothing to plan, write, or republish.
     async fn once(
         &mut self,
-        trigger: &str,
+        reason: &Reason,
         approve: Option<Approval>,
         fence: Option<Fence>,
     ) -> Result<Outcome, ReconcileError> {
         let cfg = self.cfg.clone();
         let ad = Ad::connect(&cfg.ad).await?;
         let result = async {
-            let observed = reconcile::observe(&cfg, &ad).await?;
-            let decision = reconcile::decide(&cfg, &observed);
+            let seen = self.observer.observe(&cfg, &ad, reason).await?;
+            tracing::debug!(how = %seen.how, "observed");
+            let now = tokio::time::Instant::now();
+            let due = self.due.is_some_and(|d| d <= now);
+            if seen.unchanged && approve.is_none() && !due && !matches!(reason, Reason::Failures(_)) {
+                return Ok(None);
+            }
+            let mut decision = reconcile::decide(&cfg, &seen.observed);
+            self.due = self
+                .queue
+                .hold(&mut decision, now.into_std())
+                .map(tokio::time::Instant::from_std);
             let opts = RunOptions {
-                trigger: trigger.to_owned(),
+                trigger: reason.to_string(),
                 approve,
                 progress: None,
                 fence,
             };
-            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &observed, &decision, opts).await?;
-            Ok::<_, ReconcileError>((observed, outcome))
+            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &seen.observed, &decision, opts).await?;
+            Ok::<_, ReconcileError>(Some((seen.observed, outcome)))
         }
         .await;
         let (observed, outcome) = match result {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                ad.unbind().await;
+                return Ok(Outcome::default());
+            }
             Err(e) => {
                 ad.unbind().await;
                 return Err(e);
             }
         };
+        self.queue.written(
+            outcome.applied.iter().map(|a| a.host.as_str()),
+            std::time::Instant::now(),
+        );
         self.effects.after(&cfg, &ad, observed, &outcome).await;
         ad.unbind().await;
         Ok(outcome)

@@ -3,14 +3,16 @@
 //! leader — stored through another replica and found by a poll), API
 //! requests, config reloads, a change of leadership, and stop.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::grpc::agents::{AUTH_FAILURES, Trigger};
 use crate::grpc::fleet::ReconcileRequest;
+use crate::ldap::watch::Notice;
 use crate::leader::Leadership;
 use crate::store::{Store, now_ms};
 
@@ -28,6 +30,8 @@ pub enum Reason {
     Api(String),
     Config,
     Leadership,
+    /// AD told us something changed (a change notification).
+    Changed,
 }
 
 impl fmt::Display for Reason {
@@ -40,6 +44,7 @@ impl fmt::Display for Reason {
             Reason::Api(s) => f.write_str(s),
             Reason::Config => f.write_str("config"),
             Reason::Leadership => f.write_str("leadership"),
+            Reason::Changed => f.write_str("ad-change"),
         }
     }
 }
@@ -55,6 +60,8 @@ pub enum Wake {
     Request(ReconcileRequest),
     Reload(Box<Config>),
     Leadership,
+    /// Change notifications (collapsed: one delta read answers them all).
+    Changed,
     Stop,
 }
 
@@ -65,6 +72,12 @@ pub struct Scheduler {
     pub reloads: mpsc::Receiver<Config>,
     pub stop: watch::Receiver<bool>,
     pub store: Store,
+    pub notices: mpsc::Receiver<Notice>,
+    /// Per host: when a failure report of it last woke the loop (the debounce).
+    woken_for: HashMap<String, Instant>,
+    /// Per host: when kcdsync last changed its delegation (Unix ms).
+    last_change_ms: HashMap<String, i64>,
+    pub debounce: Duration,
     /// Failures stored by other replicas' agents since this moment have not
     /// been answered by a reconcile of ours yet.
     answered_until: i64,
@@ -78,6 +91,8 @@ impl Scheduler {
         reloads: mpsc::Receiver<Config>,
         stop: watch::Receiver<bool>,
         store: Store,
+        notices: mpsc::Receiver<Notice>,
+        debounce: Duration,
     ) -> Scheduler {
         let mut poll = tokio::time::interval(FAILURE_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,6 +102,10 @@ impl Scheduler {
             reloads,
             stop,
             store,
+            notices,
+            woken_for: HashMap::new(),
+            last_change_ms: HashMap::new(),
+            debounce,
             answered_until: now_ms(),
             poll,
         }
@@ -115,6 +134,10 @@ impl Scheduler {
                 _ = leader.wait_for(|l| *l != epoch) => Got::Wake(Wake::Leadership),
                 _ = tokio::time::sleep_until(deadline) => Got::Wake(Wake::Timer),
                 Some(t) = self.triggers.recv() => Got::Trigger(t),
+                Some(_) = self.notices.recv() => {
+                    while self.notices.try_recv().is_ok() {}
+                    Got::Wake(Wake::Changed)
+                }
                 // A leader also answers failures that agents reported to a follower.
                 _ = self.poll.tick(), if poll => Got::Poll,
                 Some(r) = self.requests.recv() => Got::Wake(Wake::Request(r)),
@@ -123,7 +146,11 @@ impl Scheduler {
             };
             match got {
                 Got::Wake(w) => return w,
-                Got::Trigger(t) => return self.failures(t),
+                Got::Trigger(t) => {
+                    if let Some(w) = self.failures(t) {
+                        return w;
+                    }
+                }
                 Got::Poll => {
                     if let Some(w) = self.stored_failures().await {
                         return w;
@@ -133,14 +160,44 @@ impl Scheduler {
         }
     }
 
-    /// One reconcile answers every failure queued so far.
-    fn failures(&mut self, first: Trigger) -> Wake {
-        let traceparent = first.traceparent.clone();
-        let mut reasons = vec![first.reason];
-        while let Ok(more) = self.triggers.try_recv() {
-            reasons.push(more.reason);
+    /// kcdsync changed these hosts' delegation at `ms`: failures reported from before are
+    /// answered already.
+    pub fn changed(&mut self, hosts: impl IntoIterator<Item = (String, i64)>) {
+        for (h, ms) in hosts {
+            let e = self.last_change_ms.entry(h).or_insert(ms);
+            *e = (*e).max(ms);
         }
-        Wake::Failures { reasons, traceparent }
+    }
+
+    /// One reconcile answers every failure queued so far. Per host, a failure within the
+    /// debounce of the last one that woke the loop, or older than kcdsync's last change of
+    /// that host's delegation, wakes nothing: an agent retrying a failing migration must not
+    /// become a reconcile storm.
+    fn failures(&mut self, first: Trigger) -> Option<Wake> {
+        let traceparent = first.traceparent.clone();
+        let mut reasons = Vec::new();
+        let now = Instant::now();
+        let mut next = Some(first);
+        while let Some(t) = next {
+            let stale = self
+                .last_change_ms
+                .get(&t.host)
+                .is_some_and(|&c| t.at_ms != 0 && t.at_ms < c);
+            let recent = self
+                .woken_for
+                .get(&t.host)
+                .is_some_and(|&w| now.duration_since(w) < self.debounce);
+            if stale || recent {
+                tracing::debug!(host = %t.host, reason = %t.reason, stale, recent, "failure report debounced");
+            } else {
+                self.woken_for.insert(t.host.clone(), now);
+                reasons.push(t.reason);
+            }
+            next = self.triggers.try_recv().ok();
+        }
+        let debounce = self.debounce;
+        self.woken_for.retain(|_, w| now.duration_since(*w) < debounce);
+        (!reasons.is_empty()).then_some(Wake::Failures { reasons, traceparent })
     }
 
     async fn stored_failures(&mut self) -> Option<Wake> {
@@ -173,6 +230,7 @@ impl Scheduler {
             tokio::select! {
                 r = leader.wait_for(|e| e.is_some()) => return r.is_ok(),
                 Some(_) = self.triggers.recv() => {}
+                Some(_) = self.notices.recv() => {}
                 Some(r) = self.requests.recv() => {
                     let _ = r.reply.send(Err(crate::reconcile::ReconcileError::Follower));
                 }

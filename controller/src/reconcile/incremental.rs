@@ -1,0 +1,251 @@
+//! Observe, event-driven: the last full observe is kept in memory with the
+//! cursor it was read at (the DC's identity and highestCommittedUSN), and a
+//! delta read — every object with `uSNChanged >= cursor + 1`, domain-wide,
+//! tombstones included — patches it. Planning then runs on the patched
+//! observe exactly as on a full one (same plan, guard, approval, apply,
+//! verify and audit), so the cost of noticing a change follows the changes,
+//! not the fleet.
+//!
+//! What a patch cannot express safely is read in full instead: another DC
+//! (or the same DC restored from backup) behind the cursor, a USN that went
+//! backwards, and structural changes of the scope — a computer added,
+//! deleted, renamed or moved in or out. Those are rare; a delta that is only
+//! modifications of known objects is the common case.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
+
+use super::AdClient;
+use super::observe::{names_to_check, observe, read_context};
+use crate::config::Config;
+use crate::ldap::{Change, Cursor, LdapError};
+use crate::model::dn::{Dn, dn_key};
+use crate::model::identity::PARTIAL_SECRETS_ACCOUNT;
+use crate::model::{Computer, Index, Observed, SERVER_TRUST_ACCOUNT, spn_parts};
+
+/// The last observe, kept current by delta reads.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub observed: Observed,
+    pub cursor: Cursor,
+    /// When the scope was last read in full.
+    pub full_at: Instant,
+}
+
+/// What a delta read did to the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// Nothing committed on the DC since the cursor.
+    Unchanged,
+    /// Known objects changed: these hosts (DN keys), and the peers whose desired state
+    /// depends on them, may need a reconcile. Empty: nothing kcdsync reads changed.
+    Patched { dirty: BTreeSet<String> },
+    /// The scope was read again in full, and why.
+    Resynced(String),
+}
+
+/// A full observe, with the cursor read first: whatever commits during the read is read
+/// again by the next delta, never missed.
+pub async fn full(cfg: &Config, ad: &impl AdClient) -> Result<Cache, LdapError> {
+    let cursor = ad.cursor().await?;
+    let observed = observe(cfg, ad).await?;
+    Ok(Cache {
+        observed,
+        cursor,
+        full_at: Instant::now(),
+    })
+}
+
+/// Brings `cache` up to date with what changed on its DC since its cursor.
+#[tracing::instrument(name = "delta", skip_all, fields(changes = tracing::field::Empty))]
+pub async fn refresh(cfg: &Config, ad: &impl AdClient, cache: &mut Cache) -> Result<Refresh, LdapError> {
+    let now = ad.cursor().await?;
+    let resync = if now.dc != cache.cursor.dc {
+        Some(format!(
+            "the cursor belongs to another DC or database ({} / {}), now {} / {}",
+            cache.cursor.dc.service, cache.cursor.dc.invocation_id, now.dc.service, now.dc.invocation_id
+        ))
+    } else if now.usn < cache.cursor.usn {
+        Some(format!(
+            "the DC's highestCommittedUSN went backwards ({} -> {})",
+            cache.cursor.usn, now.usn
+        ))
+    } else if now.usn == cache.cursor.usn {
+        return Ok(Refresh::Unchanged);
+    } else {
+        None
+    };
+    let patch = match resync {
+        Some(why) => Patch::resync(why),
+        None => {
+            let changes = ad.changes_since(&cfg.ad.domain_dn, cache.cursor.usn + 1).await?;
+            tracing::Span::current().record("changes", changes.len());
+            classify(cfg, &cache.observed, &changes)
+        }
+    };
+    if let Some(why) = patch.resync {
+        tracing::info!(reason = %why, "full resync");
+        *cache = full(cfg, ad).await?;
+        return Ok(Refresh::Resynced(why));
+    }
+    let mut changed: HashSet<String> = patch.update.iter().map(|c| dn_key(&c.dn)).collect();
+    for c in &mut cache.observed.computers {
+        if let Some(new) = patch.update.iter().find(|n| dn_key(&n.dn) == dn_key(&c.dn)) {
+            *c = new.clone();
+        }
+    }
+    if !patch.groups.is_empty() {
+        let refs: Vec<&Dn> = patch.groups.iter().collect();
+        let fresh = ad.observe(&[], &refs).await?;
+        for g in &patch.groups {
+            // Who left the group is affected as much as who stayed.
+            if let Some(old) = cache.observed.ad_groups.get(&g.normalized()) {
+                changed.extend(old.iter().map(|m| dn_key(m)));
+            }
+            match fresh.ad_groups.get(&g.normalized()) {
+                Some(m) => cache.observed.ad_groups.insert(g.normalized(), m.clone()),
+                None => cache.observed.ad_groups.remove(&g.normalized()),
+            };
+        }
+    }
+    if patch.context {
+        read_context(cfg, ad, &mut cache.observed).await?;
+    } else {
+        // Holders are computers as read: keep the ones that changed current too.
+        for h in &mut cache.observed.claims.holders {
+            if let Some(new) = patch.update.iter().find(|n| dn_key(&n.dn) == dn_key(&h.dn)) {
+                *h = new.clone();
+            }
+        }
+    }
+    cache.cursor = now;
+    let dirty = if patch.context {
+        // Identity verdicts may have moved: every host is worth a look (planning is cheap).
+        cache.observed.computers.iter().map(|c| dn_key(&c.dn)).collect()
+    } else {
+        dependents(cfg, &cache.observed, &changed, &patch.groups)
+    };
+    Ok(Refresh::Patched { dirty })
+}
+
+/// What one delta means for the cache.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Patch {
+    /// Known computers of the scope, as they are now.
+    pub update: Vec<Computer>,
+    /// Configured AD groups whose members must be read again.
+    pub groups: Vec<Dn>,
+    /// The claims on the hosts' names (or the privileged accounts) may have changed.
+    pub context: bool,
+    /// Why the scope must be read in full instead.
+    pub resync: Option<String>,
+}
+
+impl Patch {
+    fn resync(why: String) -> Patch {
+        Patch {
+            resync: Some(why),
+            ..Default::default()
+        }
+    }
+}
+
+/// Sorts the changed objects into what the cache needs (pure).
+pub fn classify(cfg: &Config, observed: &Observed, changes: &[Change]) -> Patch {
+    let known: HashMap<String, &Computer> = observed.computers.iter().map(|c| (dn_key(&c.dn), c)).collect();
+    let sams: HashSet<String> = observed
+        .computers
+        .iter()
+        .map(|c| c.sam_account_name.to_ascii_lowercase())
+        .collect();
+    let holders: HashSet<String> = observed.claims.holders.iter().map(|h| dn_key(&h.dn)).collect();
+    let names: HashSet<String> = names_to_check(cfg, observed).into_iter().collect();
+    let ad_groups: Vec<&Dn> = cfg.groups.iter().filter_map(|g| g.ad_group.as_ref()).collect();
+    let in_scope = |dn: &str| Dn::parse(dn).is_ok_and(|d| cfg.scope.iter().any(|b| d.is_within(b)));
+    let mut patch = Patch::default();
+    for ch in changes {
+        let o = &ch.object;
+        let key = dn_key(&o.dn);
+        let sam_known = !o.sam_account_name.is_empty() && sams.contains(&o.sam_account_name.to_ascii_lowercase());
+        if ch.deleted {
+            if sam_known || ch.last_parent.as_deref().is_some_and(in_scope) {
+                return Patch::resync(format!("{} was deleted", o.sam_account_name));
+            }
+            patch.context |= holders.contains(&key) || ch.is("group");
+            continue;
+        }
+        if let Some(g) = ad_groups.iter().find(|g| g.normalized() == key) {
+            patch.groups.push((*g).clone());
+        }
+        if ch.is("computer") && in_scope(&o.dn) {
+            match known.get(&key) {
+                Some(old) => {
+                    patch.context |= identity_changed(old, o);
+                    if !same_state(old, o) {
+                        patch.update.push(o.clone());
+                    }
+                }
+                None => return Patch::resync(format!("{} is new in the scope (added, moved or renamed)", o.dn)),
+            }
+            continue;
+        }
+        if ch.is("computer") && sam_known {
+            return Patch::resync(format!("{} left the scope ({})", o.sam_account_name, o.dn));
+        }
+        // Anything else matters only through the identity checks: a group (privileged
+        // membership), an account with sensitive-account enforcement, or an object that
+        // claims — or claimed — one of the hosts' names.
+        patch.context |= ch.is("group")
+            || (cfg.diagnosis.enforce_sensitive && ch.is("user"))
+            || holders.contains(&key)
+            || claims_a_name(o, &names);
+    }
+    patch
+}
+
+/// Two reads of one object that plan alike (uSNChanged aside).
+fn same_state(a: &Computer, b: &Computer) -> bool {
+    Computer {
+        usn_changed: 0,
+        ..a.clone()
+    } == Computer {
+        usn_changed: 0,
+        ..b.clone()
+    }
+}
+
+/// What the identity checks read of a computer changed.
+fn identity_changed(a: &Computer, b: &Computer) -> bool {
+    let bits = SERVER_TRUST_ACCOUNT | PARTIAL_SECRETS_ACCOUNT;
+    a.sam_account_name != b.sam_account_name
+        || a.dns_host_name != b.dns_host_name
+        || a.spns != b.spns
+        || a.uac & bits != b.uac & bits
+}
+
+fn claims_a_name(o: &Computer, names: &HashSet<String>) -> bool {
+    o.fqdn().is_some_and(|f| names.contains(&f))
+        || o.spns
+            .iter()
+            .filter_map(|s| spn_parts(s))
+            .any(|(_, host)| names.contains(&host.to_ascii_lowercase()))
+}
+
+/// The changed hosts and every member of a group one of them (or its AD group) is in: a
+/// host's desired entries name all its peers.
+fn dependents(cfg: &Config, observed: &Observed, changed: &HashSet<String>, groups: &[Dn]) -> BTreeSet<String> {
+    let mut dirty: BTreeSet<String> = changed.iter().cloned().collect();
+    let index = Index::new(observed, &cfg.dns_suffixes);
+    for g in &cfg.groups {
+        let m = g.resolve(observed, &index);
+        let all: Vec<usize> = m.computers.iter().chain(&m.refused).copied().collect();
+        let touched = g.ad_group.as_ref().is_some_and(|a| groups.contains(a))
+            || all
+                .iter()
+                .any(|&i| changed.contains(&dn_key(&observed.computers[i].dn)));
+        if touched {
+            dirty.extend(all.iter().map(|&i| dn_key(&observed.computers[i].dn)));
+        }
+    }
+    dirty
+}
