@@ -202,6 +202,12 @@ fn checked(m: &AgentMessage) -> Result<(), TestCaseError> {
 static CONFIG_DIR: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    // Secret files must be private (the config refuses any other mode).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     dir
 });
 
