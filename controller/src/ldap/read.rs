@@ -101,7 +101,7 @@ impl Ad {
 
     /// Members of a group, following AD's ranged retrieval for groups of
     /// more than 1,500 members. `None` when the group does not exist.
-    async fn group_members(&self, dn: &str) -> Result<Option<Vec<String>>, LdapError> {
+    pub(super) async fn group_members(&self, dn: &str) -> Result<Option<Vec<String>>, LdapError> {
         let mut members = Vec::new();
         let mut attr = "member".to_owned();
         let mut from = 0u64;
