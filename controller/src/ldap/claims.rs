@@ -19,16 +19,16 @@
 //! re-checks every modify against the object as just read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ldap3::{Scope, ldap_escape};
 
 use super::read::computer_from_entry;
 use super::{Ad, LdapError};
-use crate::model::dn::{Dn, dn_key};
-use crate::model::identity::OWNER_CLASSES;
-use crate::model::{ATTR_DNS_HOST_NAME, ATTR_SAM, ATTR_SPN, ATTR_UAC, Claims, Computer, spn_parts};
+use crate::model::dn::{Dn, dn_key, in_scope};
+use crate::model::identity::answers_to;
+use crate::model::{ATTR_DNS_HOST_NAME, ATTR_SAM, ATTR_SPN, ATTR_UAC, Claims, Computer};
 
 /// How long one read of the domain's claims serves (see the module doc).
 pub const CLAIMS_TTL: Duration = Duration::from_secs(300);
@@ -49,44 +49,52 @@ const PRIVILEGED_BUILTIN: [&str; 5] = [
     "S-1-5-32-551",
 ];
 
-/// The domain-wide part of the claims, as last read: (when, objects with an
-/// SPN or a dNSHostName, DN keys of privileged-group members), by domain.
-type Cached = (Instant, Vec<Computer>, HashSet<String>);
-static CACHE: OnceLock<Mutex<HashMap<String, Cached>>> = OnceLock::new();
+/// The domain-wide part of the claims, as last read.
+struct DomainClaims {
+    read_at: Instant,
+    /// Every object with an SPN or a dNSHostName.
+    objects: Vec<Computer>,
+    /// DN keys of every member of a privileged group.
+    members: HashSet<String>,
+}
+
+/// By domain; shared, so a cache hit filters in place instead of copying
+/// the domain's objects.
+static CACHE: OnceLock<Mutex<HashMap<String, Arc<DomainClaims>>>> = OnceLock::new();
 
 impl Ad {
     /// Who in the domain answers to `names`, and which computers in `scope`
     /// are privileged (the well-known groups and `extra`).
     pub async fn claims(&self, domain: &Dn, scope: &[Dn], names: &[String], extra: &[Dn]) -> Result<Claims, LdapError> {
-        let (objects, members) = self.domain_claims(domain, extra).await?;
+        let domain_claims = self.domain_claims(domain, extra).await?;
         let names: HashSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        let in_scope = |dn: &str| Dn::parse(dn).is_ok_and(|d| scope.iter().any(|b| d.is_within(b)));
-        let answers = |o: &Computer| {
-            o.fqdn().is_some_and(|f| names.contains(&f))
-                || o.spns.iter().any(|s| {
-                    spn_parts(s).is_some_and(|(class, host)| {
-                        OWNER_CLASSES.iter().any(|c| c.eq_ignore_ascii_case(class))
-                            && names.contains(&host.to_ascii_lowercase())
-                    })
-                })
-        };
         // Objects in the scope are read fresh by the observe itself.
-        let holders = objects.into_iter().filter(|o| !in_scope(&o.dn) && answers(o)).collect();
-        let privileged = members.into_iter().filter(|m| in_scope(m)).collect();
+        let holders = domain_claims
+            .objects
+            .iter()
+            .filter(|o| !in_scope(&o.dn, scope) && answers_to(o, &names))
+            .cloned()
+            .collect();
+        let privileged = domain_claims
+            .members
+            .iter()
+            .filter(|m| in_scope(m, scope))
+            .cloned()
+            .collect();
         Ok(Claims { holders, privileged })
     }
 
     /// Every object with an SPN or a dNSHostName, and the DN keys of every
     /// member of a privileged group: from the cache when younger than
     /// [`CLAIMS_TTL`].
-    async fn domain_claims(&self, domain: &Dn, extra: &[Dn]) -> Result<(Vec<Computer>, HashSet<String>), LdapError> {
+    async fn domain_claims(&self, domain: &Dn, extra: &[Dn]) -> Result<Arc<DomainClaims>, LdapError> {
         let cache = CACHE.get_or_init(Default::default);
         let extra_key: Vec<String> = extra.iter().map(Dn::normalized).collect();
         let key = format!("{}|{}|{}", self.cfg.url, domain.normalized(), extra_key.join(";"));
-        if let Some((at, objects, members)) = cache.lock().unwrap().get(&key)
-            && at.elapsed() < CLAIMS_TTL
+        if let Some(c) = cache.lock().unwrap().get(&key)
+            && c.read_at.elapsed() < CLAIMS_TTL
         {
-            return Ok((objects.clone(), members.clone()));
+            return Ok(c.clone());
         }
         let filter = format!("(|({ATTR_SPN}=*)({ATTR_DNS_HOST_NAME}=*))");
         let objects: Vec<Computer> = self
@@ -95,12 +103,13 @@ impl Ad {
             .into_iter()
             .map(computer_from_entry)
             .collect();
-        let members = self.privileged_members(domain, extra).await?;
-        cache
-            .lock()
-            .unwrap()
-            .insert(key, (Instant::now(), objects.clone(), members.clone()));
-        Ok((objects, members))
+        let fresh = Arc::new(DomainClaims {
+            read_at: Instant::now(),
+            objects,
+            members: self.privileged_members(domain, extra).await?,
+        });
+        cache.lock().unwrap().insert(key, fresh.clone());
+        Ok(fresh)
     }
 
     /// DN keys of every member (transitively) of the privileged groups that

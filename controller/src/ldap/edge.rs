@@ -60,7 +60,7 @@ impl WritePolicy {
         let Ok(dn) = Dn::parse(&change.dn) else {
             return refuse("its DN does not parse".into());
         };
-        if !self.scope.iter().any(|b| dn.is_within(b)) {
+        if !dn.is_within_any(&self.scope) {
             return refuse("it is outside the managed scope".into());
         }
         if set & !TRUSTED_TO_AUTH_FOR_DELEGATION != 0 {

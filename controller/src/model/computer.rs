@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CIFS, MIGRATION_SERVICE, SERVER_TRUST_ACCOUNT};
+use super::{CIFS, MIGRATION_SERVICE, PARTIAL_SECRETS_ACCOUNT, SERVER_TRUST_ACCOUNT};
 
 /// A computer object as read from AD.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,11 @@ impl Computer {
 
     pub fn is_domain_controller(&self) -> bool {
         self.uac & SERVER_TRUST_ACCOUNT != 0
+    }
+
+    /// A domain controller or a read-only DC: never written, never a target.
+    pub fn is_dc_or_rodc(&self) -> bool {
+        self.uac & (SERVER_TRUST_ACCOUNT | PARTIAL_SECRETS_ACCOUNT) != 0
     }
 
     pub fn has_spn(&self, spn: &str) -> bool {

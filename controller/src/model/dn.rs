@@ -69,6 +69,11 @@ impl Dn {
         &self.original
     }
 
+    /// True when `self` lies at or below one of `bases` (the managed scope).
+    pub fn is_within_any(&self, bases: &[Dn]) -> bool {
+        bases.iter().any(|b| self.is_within(b))
+    }
+
     /// True when `self` is `base` or lies below it.
     pub fn is_within(&self, base: &Dn) -> bool {
         self.rdns.len() >= base.rdns.len() && self.rdns[self.rdns.len() - base.rdns.len()..] == base.rdns[..]
@@ -201,6 +206,12 @@ fn escape_value(v: &str, out: &mut String) {
         }
         out.push(c);
     }
+}
+
+/// True when `dn` parses and lies at or below one of `scope`'s bases; a DN
+/// that does not parse is never inside.
+pub fn in_scope(dn: &str, scope: &[Dn]) -> bool {
+    Dn::parse(dn).is_ok_and(|d| d.is_within_any(scope))
 }
 
 /// The key a DN read from AD is compared by: its normalized form, or, for a

@@ -24,16 +24,10 @@ use super::finding::{Finding, FindingKind, Severity};
 use super::names::HostName;
 use super::{ATTR_DNS_HOST_NAME, ATTR_SPN, ATTR_UAC, CIFS, MIGRATION_SERVICE, Observed};
 
-/// A read-only domain controller (PARTIAL_SECRETS_ACCOUNT): never a target.
-pub const PARTIAL_SECRETS_ACCOUNT: u32 = 0x4000000;
+pub use super::PARTIAL_SECRETS_ACCOUNT;
 /// The service classes whose tickets a name's owner receives: `cifs/` maps to
 /// `HOST/` in AD (sPNMappings), and the migration service is what we delegate to.
 pub const OWNER_CLASSES: [&str; 3] = ["HOST", CIFS, MIGRATION_SERVICE];
-
-/// An object found by a domain-wide lookup of the names kcdsync would
-/// delegate to: every object whose dNSHostName or one of whose SPNs names
-/// one of them. Read with the same attributes as a computer.
-pub type Holder = Computer;
 
 /// Why a computer is not a delegation target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,10 +172,28 @@ impl Refusal {
 pub struct Claims {
     /// Every object in the domain whose dNSHostName or SPNs name one of the
     /// observed computers' names (the computers themselves included).
-    pub holders: Vec<Holder>,
+    pub holders: Vec<Computer>,
     /// DN keys of observed computers that are (transitively) in a
     /// privileged group.
     pub privileged: Vec<String>,
+}
+
+/// The host an SPN names when its class is one whose tickets that host's
+/// owner receives ([`OWNER_CLASSES`]); `None` for any other SPN.
+pub fn owner_spn_host(spn: &str) -> Option<&str> {
+    spn_parts(spn)
+        .filter(|(class, _)| OWNER_CLASSES.iter().any(|c| c.eq_ignore_ascii_case(class)))
+        .map(|(_, host)| host)
+}
+
+/// `o` answers to one of `names` (lower-case): its dNSHostName, or an
+/// [`OWNER_CLASSES`] SPN of it, names one.
+pub fn answers_to(o: &Computer, names: &HashSet<String>) -> bool {
+    o.fqdn().is_some_and(|f| names.contains(&f))
+        || o.spns
+            .iter()
+            .filter_map(|s| owner_spn_host(s))
+            .any(|h| names.contains(&h.to_ascii_lowercase()))
 }
 
 /// The names kcdsync would delegate to for `c`: its dNSHostName and NetBIOS
@@ -206,12 +218,8 @@ pub fn verify(observed: &Observed, suffixes: &[String]) -> Vec<Option<Refusal>> 
         if let Some(f) = o.fqdn() {
             push_once(dns_owners.entry(f).or_default(), o, &privileged);
         }
-        for s in &o.spns {
-            if let Some((class, _)) = spn_parts(s)
-                && OWNER_CLASSES.iter().any(|c| c.eq_ignore_ascii_case(class))
-            {
-                push_once(spn_owners.entry(spn_key(s)).or_default(), o, &privileged);
-            }
+        for s in o.spns.iter().filter(|s| owner_spn_host(s).is_some()) {
+            push_once(spn_owners.entry(spn_key(s)).or_default(), o, &privileged);
         }
     }
     observed
@@ -246,8 +254,7 @@ fn push_once<'a>(v: &mut Vec<Owner<'a>>, o: &'a Computer, privileged: &HashSet<&
     let key = dn_key(&o.dn);
     if !v.iter().any(|x| x.key == key) {
         v.push(Owner {
-            tier0: o.uac & (super::SERVER_TRUST_ACCOUNT | PARTIAL_SECRETS_ACCOUNT) != 0
-                || privileged.contains(key.as_str()),
+            tier0: o.is_dc_or_rodc() || privileged.contains(key.as_str()),
             key,
             dn: &o.dn,
             netbios: o.netbios(),
@@ -263,7 +270,7 @@ fn refusal(
     spn_owners: &Owners,
     privileged: bool,
 ) -> Option<Refusal> {
-    if c.uac & super::SERVER_TRUST_ACCOUNT != 0 {
+    if c.is_domain_controller() {
         return Some(Refusal::DomainController);
     }
     if c.uac & PARTIAL_SECRETS_ACCOUNT != 0 {
@@ -341,10 +348,13 @@ fn is_own_name(fqdn: &str, netbios: &str, suffixes: &[String]) -> bool {
 /// The owners of the SPNs a configured file server's name is reached by:
 /// the objects that would receive tickets for `cifs/<name>`.
 pub fn owners_of<'a>(observed: &'a Observed, name: &str) -> Vec<&'a Computer> {
-    let wanted: Vec<String> = OWNER_CLASSES.iter().map(|c| spn_key(&format!("{c}/{name}"))).collect();
     let mut out: Vec<&Computer> = Vec::new();
     for o in observed.computers.iter().chain(observed.claims.holders.iter()) {
-        let holds = o.spns.iter().any(|s| wanted.contains(&spn_key(s)));
+        let holds = o
+            .spns
+            .iter()
+            .filter_map(|s| owner_spn_host(s))
+            .any(|h| h.eq_ignore_ascii_case(name));
         if holds && !out.iter().any(|x| dn_key(&x.dn) == dn_key(&o.dn)) {
             out.push(o);
         }

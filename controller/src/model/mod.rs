@@ -36,6 +36,8 @@ pub const ACCOUNTDISABLE: u32 = 0x2;
 pub const WORKSTATION_TRUST_ACCOUNT: u32 = 0x1000;
 /// Domain controllers: never written.
 pub const SERVER_TRUST_ACCOUNT: u32 = 0x2000;
+/// Read-only domain controllers (PARTIAL_SECRETS_ACCOUNT): never written, never a target.
+pub const PARTIAL_SECRETS_ACCOUNT: u32 = 0x4000000;
 /// Unconstrained delegation: never wanted on a Hyper-V host, never set.
 pub const TRUSTED_FOR_DELEGATION: u32 = 0x80000;
 /// "Account is sensitive and cannot be delegated".

@@ -58,7 +58,7 @@ impl Index {
         };
         for (i, c) in observed.computers.iter().enumerate() {
             if let Some(f) = c.fqdn()
-                && !ix.refusals[i].as_ref().is_some_and(Refusal::is_about_the_name)
+                && ix.name_checks_out(i)
             {
                 ix.by_fqdn.insert(f, i);
             }
@@ -92,6 +92,12 @@ impl Index {
     /// Why computer `i` is not a delegation target; `None` when it is one.
     pub fn refusal(&self, i: usize) -> Option<&Refusal> {
         self.refusals.get(i).and_then(Option::as_ref)
+    }
+
+    /// Computer `i`'s dNSHostName is its own name (it may still be refused
+    /// for a conflict with another object, or for its role).
+    pub fn name_checks_out(&self, i: usize) -> bool {
+        !self.refusal(i).is_some_and(Refusal::is_about_the_name)
     }
 
     /// A trusted delegation target or source.

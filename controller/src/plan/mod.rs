@@ -32,7 +32,7 @@ use serde::Serialize;
 pub use guard::{Guarded, guard, sensitive_changes};
 
 use crate::config::{Group, Mode};
-use crate::model::dn::Dn;
+use crate::model::dn::{Dn, in_scope};
 use crate::model::identity::{self, names_of};
 use crate::model::names::HostName;
 use crate::model::*;
@@ -99,7 +99,7 @@ impl<'a> Planner<'a> {
         let mut managed_targets = BTreeSet::new();
         for (i, c) in observed.computers.iter().enumerate() {
             if let Some(f) = c.fqdn()
-                && !index.refusal(i).is_some_and(Refusal::is_about_the_name)
+                && index.name_checks_out(i)
             {
                 managed_targets.insert(f);
             }
@@ -204,7 +204,7 @@ impl<'a> Planner<'a> {
         let (inside, outside): (Vec<usize>, Vec<usize>) = m
             .computers
             .into_iter()
-            .partition(|&i| self.in_scope(&self.observed.computers[i].dn));
+            .partition(|&i| in_scope(&self.observed.computers[i].dn, self.scope));
         for i in outside {
             let dn = &self.observed.computers[i].dn;
             self.findings.push(Finding::new(
@@ -219,10 +219,6 @@ impl<'a> Planner<'a> {
             ));
         }
         inside
-    }
-
-    fn in_scope(&self, dn: &str) -> bool {
-        Dn::parse(dn).is_ok_and(|d| self.scope.iter().any(|b| d.is_within(b)))
     }
 
     /// The `cifs/` entries for the group's file servers; their names become
@@ -254,10 +250,7 @@ impl<'a> Planner<'a> {
 
     fn file_server_refusal(&self, g: &Group, fs: &HostName, owners: &[&Computer]) -> Option<Finding> {
         let privileged = |o: &Computer| self.observed.claims.privileged.contains(&dn_key(&o.dn));
-        let (kind, what) = if let Some(o) = owners
-            .iter()
-            .find(|o| o.is_domain_controller() || o.uac & identity::PARTIAL_SECRETS_ACCOUNT != 0 || privileged(o))
-        {
+        let (kind, what) = if let Some(o) = owners.iter().find(|o| o.is_dc_or_rodc() || privileged(o)) {
             (
                 FindingKind::NotADelegationTarget,
                 format!("is served by {}, a domain controller or privileged machine", o.dn),

@@ -19,9 +19,10 @@ use super::AdClient;
 use super::observe::{names_to_check, observe, read_context};
 use crate::config::Config;
 use crate::ldap::{Change, Cursor, LdapError};
-use crate::model::dn::{Dn, dn_key};
+use crate::model::dn::{Dn, dn_key, in_scope};
 use crate::model::identity::PARTIAL_SECRETS_ACCOUNT;
-use crate::model::{Computer, Index, Observed, SERVER_TRUST_ACCOUNT, spn_parts};
+use crate::model::identity::answers_to;
+use crate::model::{Computer, Index, Observed, SERVER_TRUST_ACCOUNT};
 
 /// The last observe, kept current by delta reads.
 #[derive(Debug, Clone)]
@@ -161,7 +162,7 @@ pub fn classify(cfg: &Config, observed: &Observed, changes: &[Change]) -> Patch 
     let holders: HashSet<String> = observed.claims.holders.iter().map(|h| dn_key(&h.dn)).collect();
     let names: HashSet<String> = names_to_check(cfg, observed).into_iter().collect();
     let ad_groups: Vec<&Dn> = cfg.groups.iter().filter_map(|g| g.ad_group.as_ref()).collect();
-    let in_scope = |dn: &str| Dn::parse(dn).is_ok_and(|d| cfg.scope.iter().any(|b| d.is_within(b)));
+    let in_scope = |dn: &str| in_scope(dn, &cfg.scope);
     let mut patch = Patch::default();
     for ch in changes {
         let o = &ch.object;
@@ -198,7 +199,7 @@ pub fn classify(cfg: &Config, observed: &Observed, changes: &[Change]) -> Patch 
         patch.context |= ch.is("group")
             || (cfg.diagnosis.enforce_sensitive && ch.is("user"))
             || holders.contains(&key)
-            || claims_a_name(o, &names);
+            || answers_to(o, &names);
     }
     patch
 }
@@ -221,14 +222,6 @@ fn identity_changed(a: &Computer, b: &Computer) -> bool {
         || a.dns_host_name != b.dns_host_name
         || a.spns != b.spns
         || a.uac & bits != b.uac & bits
-}
-
-fn claims_a_name(o: &Computer, names: &HashSet<String>) -> bool {
-    o.fqdn().is_some_and(|f| names.contains(&f))
-        || o.spns
-            .iter()
-            .filter_map(|s| spn_parts(s))
-            .any(|(_, host)| names.contains(&host.to_ascii_lowercase()))
 }
 
 /// The changed hosts and every member of a group one of them (or its AD group) is in: a
