@@ -9,6 +9,7 @@ use opentelemetry::metrics::{Counter, Histogram};
 pub struct Metrics {
     pub reconcile_duration: Histogram<f64>,
     pub ldap_operations: Counter<u64>,
+    pub ldap_entries: Counter<u64>,
     pub drift_detected: Counter<u64>,
     pub drift_repaired: Counter<u64>,
     pub attempts: Counter<u64>,
@@ -55,6 +56,10 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("kcdsync.ldap.operations")
                 .with_description("LDAP operations by operation and result code")
                 .build(),
+            ldap_entries: meter
+                .u64_counter("kcdsync.ldap.entries")
+                .with_description("entries returned by LDAP searches: what reading AD costs the DC")
+                .build(),
             drift_detected: meter
                 .u64_counter("kcdsync.drift.detected")
                 .with_description("hosts found differing")
@@ -80,6 +85,12 @@ impl Metrics {
         for (attr, v) in values {
             g.insert((name, attr), v);
         }
+    }
+
+    /// One search answered with `rc` after returning `entries` entries.
+    pub fn ldap_search(&self, rc: u32, entries: usize) {
+        self.ldap("search", rc);
+        self.ldap_entries.add(entries as u64, &[]);
     }
 
     pub fn ldap(&self, op: &'static str, rc: u32) {

@@ -21,6 +21,9 @@ pub struct SpanRecord {
     pub parent_span_id: String,
     pub name: String,
     pub attributes: Vec<(String, String)>,
+    /// Unix time in nanoseconds, as the exporter stamped them.
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 impl SpanRecord {
@@ -73,6 +76,8 @@ impl TraceService for Sink {
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
                         name: s.name,
+                        start_ns: s.start_time_unix_nano,
+                        end_ns: s.end_time_unix_nano,
                         attributes: s
                             .attributes
                             .iter()

@@ -64,6 +64,7 @@ impl Ad {
             .simple_bind(cfg.bind_dn.as_str(), cfg.password.expose())
             .await
             .map_err(protocol(format!("bind to {}", cfg.url)))?;
+        crate::metrics::get().ldap("bind", res.rc);
         match res.rc {
             0 => {}
             RC_INVALID_CREDENTIALS => {
@@ -83,6 +84,11 @@ impl Ad {
             ldap,
             cfg: Arc::new(cfg.clone()),
         })
+    }
+
+    /// The server (or the network) closed this connection.
+    pub fn is_closed(&mut self) -> bool {
+        self.ldap.is_closed()
     }
 
     pub async fn unbind(mut self) {

@@ -103,12 +103,13 @@ impl Ad {
     /// One unpaged base read (the rootDSE takes no paging control).
     async fn read_base(&self, dn: &str, attrs: &[&str]) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
         let mut ldap = self.ldap.clone();
-        let (entries, _) = ldap
+        let res = ldap
             .with_timeout(self.cfg.timeout)
             .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
             .await
-            .and_then(|r| r.success())
             .map_err(protocol(format!("read of {dn:?}")))?;
+        crate::metrics::get().ldap_search(res.1.rc, res.0.len());
+        let (entries, _) = res.success().map_err(protocol(format!("read of {dn:?}")))?;
         Ok(entries
             .into_iter()
             .filter(|e| !e.is_ref() && !e.is_intermediate())

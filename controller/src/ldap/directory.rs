@@ -90,6 +90,7 @@ impl Ad {
             }
         }
         let res = stream.finish().await;
+        crate::metrics::get().ldap_search(res.rc, out.len());
         match res.rc {
             0 => Ok(out),
             RC_NO_SUCH_OBJECT => Ok(Vec::new()),

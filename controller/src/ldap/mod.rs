@@ -87,6 +87,12 @@ impl LdapError {
         }
     }
 
+    /// The connection failed under the request (closed, reset, timed out): worth one retry
+    /// on a new connection.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, LdapError::Protocol { .. })
+    }
+
     /// Worth retrying on the same connection after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(

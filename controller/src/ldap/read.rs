@@ -46,6 +46,7 @@ impl Ad {
             .search(dn, Scope::Base, "(objectClass=*)", COMPUTER_ATTRS.to_vec())
             .await
             .map_err(protocol(format!("read of {dn}")))?;
+        crate::metrics::get().ldap_search(res.1.rc, res.0.len());
         if res.1.rc == RC_NO_SUCH_OBJECT {
             return Ok(None);
         }
@@ -88,6 +89,7 @@ impl Ad {
             out.push(computer_from_entry(e));
         }
         let res = stream.finish().await;
+        crate::metrics::get().ldap_search(res.rc, out.len());
         match res.rc {
             0 => Ok(out),
             RC_NO_SUCH_OBJECT => Err(LdapError::NoSuchBase { base: base.to_owned() }),
@@ -112,6 +114,7 @@ impl Ad {
                 .search(dn, Scope::Base, "(objectClass=group)", vec![attr.as_str()])
                 .await
                 .map_err(protocol(format!("read of group {dn}")))?;
+            crate::metrics::get().ldap_search(res.1.rc, res.0.len());
             if res.1.rc == RC_NO_SUCH_OBJECT {
                 return Ok(None);
             }

@@ -124,6 +124,7 @@ impl Ad {
             val: None,
         };
         let scope = if r.one_level { Scope::OneLevel } else { Scope::Base };
+        crate::metrics::get().ldap("notify", 0);
         ldap.with_controls(vec![control])
             .streaming_search(&r.base, scope, "(objectClass=*)", vec!["1.1"])
             .await
@@ -140,7 +141,10 @@ pub async fn next_change(stream: &mut Stream, base: &str) -> Result<String, Watc
     loop {
         match stream.next().await {
             Ok(Some(e)) if e.is_ref() || e.is_intermediate() => continue,
-            Ok(Some(e)) => return Ok(ldap3::SearchEntry::construct(e).dn),
+            Ok(Some(e)) => {
+                crate::metrics::get().ldap_entries.add(1, &[]);
+                return Ok(ldap3::SearchEntry::construct(e).dn);
+            }
             Ok(None) => {
                 let res = stream.finish().await;
                 return Err(WatchError::Refused {

@@ -24,6 +24,23 @@ pub struct Observed {
     pub claims: Claims,
 }
 
+impl Observed {
+    /// Takes in newer reads of known computers (a delta read, verify's read-back): each
+    /// replaces the computer, and the claim holder, with the same DN. Unknown DNs are left
+    /// out: a computer new to the scope takes a full read.
+    pub fn update_computers(&mut self, read: &[Computer]) {
+        if read.is_empty() {
+            return;
+        }
+        let by_dn: HashMap<String, &Computer> = read.iter().map(|c| (dn_key(&c.dn), c)).collect();
+        for c in self.computers.iter_mut().chain(self.claims.holders.iter_mut()) {
+            if let Some(new) = by_dn.get(&dn_key(&c.dn)) {
+                *c = (*new).clone();
+            }
+        }
+    }
+}
+
 /// Accounts and groups that decide who may be delegated, read once per
 /// reconcile.
 #[derive(Debug, Clone, Default)]

@@ -40,7 +40,9 @@ pub enum Refresh {
     Unchanged,
     /// Known objects changed: these hosts (DN keys), and the peers whose desired state
     /// depends on them, may need a reconcile. Empty: nothing kcdsync reads changed.
-    Patched { dirty: BTreeSet<String> },
+    /// `containers`: an OU or container of the scope was added, renamed or moved in (the
+    /// notifications must be registered again to cover it).
+    Patched { dirty: BTreeSet<String>, containers: bool },
     /// The scope was read again in full, and why.
     Resynced(String),
 }
@@ -90,11 +92,7 @@ pub async fn refresh(cfg: &Config, ad: &impl AdClient, cache: &mut Cache) -> Res
         return Ok(Refresh::Resynced(why));
     }
     let mut changed: HashSet<String> = patch.update.iter().map(|c| dn_key(&c.dn)).collect();
-    for c in &mut cache.observed.computers {
-        if let Some(new) = patch.update.iter().find(|n| dn_key(&n.dn) == dn_key(&c.dn)) {
-            *c = new.clone();
-        }
-    }
+    cache.observed.update_computers(&patch.update);
     if !patch.groups.is_empty() {
         let refs: Vec<&Dn> = patch.groups.iter().collect();
         let fresh = ad.observe(&[], &refs).await?;
@@ -111,13 +109,6 @@ pub async fn refresh(cfg: &Config, ad: &impl AdClient, cache: &mut Cache) -> Res
     }
     if patch.context {
         read_context(cfg, ad, &mut cache.observed).await?;
-    } else {
-        // Holders are computers as read: keep the ones that changed current too.
-        for h in &mut cache.observed.claims.holders {
-            if let Some(new) = patch.update.iter().find(|n| dn_key(&n.dn) == dn_key(&h.dn)) {
-                *h = new.clone();
-            }
-        }
     }
     cache.cursor = now;
     let dirty = if patch.context {
@@ -126,7 +117,10 @@ pub async fn refresh(cfg: &Config, ad: &impl AdClient, cache: &mut Cache) -> Res
     } else {
         dependents(cfg, &cache.observed, &changed, &patch.groups)
     };
-    Ok(Refresh::Patched { dirty })
+    Ok(Refresh::Patched {
+        dirty,
+        containers: patch.containers,
+    })
 }
 
 /// What one delta means for the cache.
@@ -138,6 +132,8 @@ pub struct Patch {
     pub groups: Vec<Dn>,
     /// The claims on the hosts' names (or the privileged accounts) may have changed.
     pub context: bool,
+    /// An OU or container of the scope was added, renamed or moved in.
+    pub containers: bool,
     /// Why the scope must be read in full instead.
     pub resync: Option<String>,
 }
@@ -188,6 +184,10 @@ pub fn classify(cfg: &Config, observed: &Observed, changes: &[Change]) -> Patch 
                 }
                 None => return Patch::resync(format!("{} is new in the scope (added, moved or renamed)", o.dn)),
             }
+            continue;
+        }
+        if (ch.is("organizationalunit") || ch.is("container")) && in_scope(&o.dn) {
+            patch.containers = true;
             continue;
         }
         if ch.is("computer") && sam_known {

@@ -35,7 +35,7 @@ pub use ports::AdClient;
 
 use crate::config::Config;
 use crate::ldap::WritePolicy;
-use crate::model::{HostChange, Observed};
+use crate::model::{Computer, HostChange, Observed};
 use crate::store::{AuditRecord, PlanState, Store};
 
 /// What a reconcile was asked to do.
@@ -73,6 +73,10 @@ pub struct Outcome {
     pub gate_reasons: Vec<String>,
     pub applied: Vec<AuditRecord>,
     pub failures: Vec<HostFailure>,
+    /// The written objects as verify read them back: with the observe, what AD holds now
+    /// (the loop patches its picture of AD with them instead of reading it again).
+    #[serde(skip)]
+    pub after: Vec<Computer>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +140,7 @@ pub async fn execute(
         gate_reasons: decision.pending_reasons.clone(),
         applied: Vec::new(),
         failures: Vec::new(),
+        after: Vec::new(),
     };
     let to_apply = &selection.changes;
     if to_apply.is_empty() {
@@ -176,7 +181,16 @@ pub async fn execute(
         return Err(f.lost(written));
     }
 
-    let verified = verify::verify(cfg, ad, selection.part, applied.written, &mut outcome.failures).await?;
+    let verified = verify::verify(
+        cfg,
+        ad,
+        observed,
+        selection.part,
+        applied.written,
+        &mut outcome.failures,
+    )
+    .await?;
+    outcome.after = verified.iter().map(|(_, _, now)| now.clone()).collect();
     if written > 0 {
         fence::check(fence, store, written).await?;
     }

@@ -52,9 +52,8 @@ impl Effects {
         if self.api.is_none() && self.events.receiver_count() == 0 {
             return;
         }
-        // What the writes changed must be read again for the view.
-        let observed = if o.applied.is_empty() { Some(observed) } else { None };
-        let snapshot = match Snapshot::gather(cfg, ad, &self.store, observed).await {
+        // `observed` already holds the written objects as verify read them back.
+        let snapshot = match Snapshot::gather(cfg, ad, &self.store, Some(observed)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "could not refresh the fleet view; the API keeps the previous one");

@@ -6,11 +6,13 @@
 //! - `policy`: what follows a run (the interval, a back-off, or following);
 //! - `observer`: what a run plans from (a full observe, or the last one patched by a
 //!   uSNChanged delta read) and the change-notification watch that wakes it;
+//! - `connection`: the LDAP connection kept between runs;
 //! - `queue`: the per-host rate limit (a host written again and again is held back);
 //! - `effects`: purge commands, plan and finding events, the published view.
 //!
 //! Leadership among replicas is `crate::leader`; the listeners are `crate::grpc`.
 
+mod connection;
 mod effects;
 mod observer;
 pub mod policy;
@@ -283,6 +285,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         cfg,
         effects: Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone()),
         observer: observer::Observer::new(notice_tx),
+        ldap: connection::Kept::default(),
         queue: queue::HostQueue::default(),
         due: None,
     };

@@ -15,7 +15,7 @@ use super::scheduler::Reason;
 use crate::config::Config;
 use crate::ldap::Ad;
 use crate::ldap::watch::{self as notify, Notice, Registration};
-use crate::model::Observed;
+use crate::model::{Computer, Observed};
 use crate::reconcile::ReconcileError;
 use crate::reconcile::incremental::{self, Cache, Refresh};
 
@@ -69,7 +69,11 @@ impl Observer {
             (Some(c), _) if c.full_at.elapsed() >= cfg.watch.full_resync => Some("reconcile.full_resync_secs".into()),
             (Some(c), _) => match incremental::refresh(cfg, ad, c).await? {
                 Refresh::Unchanged => return Ok(self.observation(true, "delta: nothing committed".into())),
-                Refresh::Patched { dirty } => {
+                Refresh::Patched { dirty, containers } => {
+                    if containers {
+                        // A one-level watch does not see into a new OU: register it too.
+                        self.watch(cfg, ad).await;
+                    }
                     let how = format!("delta: {} hosts to look at", dirty.len());
                     return Ok(self.observation(dirty.is_empty(), how));
                 }
@@ -83,6 +87,14 @@ impl Observer {
         self.cache = Some(incremental::full(cfg, ad).await?);
         self.watch(cfg, ad).await;
         Ok(self.observation(false, format!("full: {why}")))
+    }
+
+    /// Takes in objects read back after this controller's own writes (verify), so the delta
+    /// that brings those writes back finds nothing new in them.
+    pub fn absorb(&mut self, read: &[Computer]) {
+        if let Some(c) = &mut self.cache {
+            c.observed.update_computers(read);
+        }
     }
 
     fn observation(&self, unchanged: bool, how: String) -> Observation {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::connection::Kept;
 use super::effects::Effects;
 use super::observer::Observer;
 use super::policy::{self, Action};
@@ -45,6 +46,7 @@ pub struct Reconciler {
     pub cfg: Arc<Config>,
     pub effects: Effects,
     pub observer: Observer,
+    pub ldap: Kept,
     pub queue: HostQueue,
     /// When a host the queue holds back is due.
     pub due: Option<tokio::time::Instant>,
@@ -60,6 +62,7 @@ impl Reconciler {
         loop {
             if !self.leadership.is_leader() {
                 self.observer.reset();
+                self.ldap.close().await;
                 if let Some(r) = next.reply.take() {
                     let _ = r.send(Err(ReconcileError::Follower));
                 }
@@ -106,6 +109,7 @@ impl Reconciler {
                 },
                 Wake::Reload(c) => {
                     self.cfg = Arc::new(*c);
+                    self.ldap.close().await;
                     Next::because(Reason::Config)
                 }
                 Wake::Leadership => Next::because(Reason::Leadership),
@@ -199,9 +203,19 @@ impl Reconciler {
         fence: Option<Fence>,
     ) -> Result<Outcome, ReconcileError> {
         let cfg = self.cfg.clone();
-        let ad = Ad::connect(&cfg.ad).await?;
+        let (mut ad, reused) = self.ldap.take(&cfg.ad).await?;
+        let seen = match self.observer.observe(&cfg, &ad, reason).await {
+            // Nothing is written yet: a kept connection the DC dropped (a restart, an idle
+            // timeout) costs one reconnect, not a failed run and the error policy's backoff.
+            Err(ReconcileError::Ldap(e)) if reused && e.is_connection_lost() => {
+                tracing::info!(error = %e, "the kept LDAP connection is gone; reconnecting");
+                ad = Ad::connect(&cfg.ad).await?;
+                self.observer.observe(&cfg, &ad, reason).await
+            }
+            r => r,
+        };
         let result = async {
-            let seen = self.observer.observe(&cfg, &ad, reason).await?;
+            let seen = seen?;
             tracing::debug!(how = %seen.how, "observed");
             let now = tokio::time::Instant::now();
             let due = self.due.is_some_and(|d| d <= now);
@@ -223,10 +237,10 @@ impl Reconciler {
             Ok::<_, ReconcileError>(Some((seen.observed, outcome)))
         }
         .await;
-        let (observed, outcome) = match result {
+        let (mut observed, outcome) = match result {
             Ok(Some(r)) => r,
             Ok(None) => {
-                ad.unbind().await;
+                self.ldap.give_back(ad);
                 return Ok(Outcome::default());
             }
             Err(e) => {
@@ -238,8 +252,12 @@ impl Reconciler {
             outcome.applied.iter().map(|a| a.host.as_str()),
             std::time::Instant::now(),
         );
+        // What verify read back is AD now: the next delta finds these objects as they are
+        // here and does not plan them again, and the view is built without a re-read.
+        self.observer.absorb(&outcome.after);
+        observed.update_computers(&outcome.after);
         self.effects.after(&cfg, &ad, observed, &outcome).await;
-        ad.unbind().await;
+        self.ldap.give_back(ad);
         Ok(outcome)
     }
 }

@@ -591,7 +591,7 @@ async fn a_delta_read_patches_the_cache_and_marks_the_host_and_its_peers() {
     // Someone flips HV02 back to "Kerberos only" out of band.
     ad.touch("HV02", |c| c.uac = KERBEROS_ONLY);
     let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
-    let incremental::Refresh::Patched { dirty } = got else {
+    let incremental::Refresh::Patched { dirty, .. } = got else {
         panic!("{got:?}")
     };
     // HV02 changed; its peers' desired state names it, so they are looked at too.
@@ -605,11 +605,15 @@ async fn a_delta_read_patches_the_cache_and_marks_the_host_and_its_peers() {
         .unwrap();
     assert_eq!(outcome.applied.len(), 1);
     assert_eq!(ad.get("HV02").uac, ANY_PROTOCOL);
-    // kcdsync's own write comes back in the next delta; planning on it finds nothing to do.
-    assert!(matches!(
-        incremental::refresh(&cfg, &ad, &mut cache).await.unwrap(),
-        incremental::Refresh::Patched { .. }
-    ));
+    // What verify read back is taken in (as serve does): kcdsync's own write comes back in
+    // the next delta, already known, and nothing needs a look.
+    assert_eq!(outcome.after.len(), 1);
+    cache.observed.update_computers(&outcome.after);
+    let got = incremental::refresh(&cfg, &ad, &mut cache).await.unwrap();
+    assert!(
+        matches!(&got, incremental::Refresh::Patched { dirty, containers: false } if dirty.is_empty()),
+        "{got:?}"
+    );
     assert!(decide(&cfg, &cache.observed).is_noop());
 }
 
@@ -719,4 +723,34 @@ fn classify_reads_again_what_a_patch_cannot_express() {
         incremental::classify(&cfg, &observed, &[change(touched)]),
         incremental::Patch::default()
     );
+    // An OU created (or moved) into the scope: no host changed, but the notifications must
+    // be registered on it too, or computers added there wait for the timer.
+    let scope = cfg.scope[0].as_str();
+    let ou = Computer {
+        dn: format!("OU=rack7,{scope}"),
+        ..Computer::unread("", 0)
+    };
+    let p = incremental::classify(
+        &cfg,
+        &observed,
+        &[Change {
+            classes: vec!["top".into(), "organizationalUnit".into()],
+            ..change(ou.clone())
+        }],
+    );
+    assert!(p.containers && p.resync.is_none() && p.update.is_empty() && !p.context);
+    // The same OU elsewhere in the domain is none of our business.
+    let elsewhere = Computer {
+        dn: "OU=rack7,OU=Elsewhere,DC=lab,DC=test".into(),
+        ..ou
+    };
+    let p = incremental::classify(
+        &cfg,
+        &observed,
+        &[Change {
+            classes: vec!["top".into(), "organizationalUnit".into()],
+            ..change(elsewhere)
+        }],
+    );
+    assert_eq!(p, incremental::Patch::default());
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod agents;
 mod api;
+mod drift;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
@@ -43,6 +44,27 @@ enum Cmd {
         /// Leave the seeded OU and the controller config in place (printed) for a closer look.
         #[arg(long)]
         keep: bool,
+    },
+    /// `serve` running and converged; k random hosts changed out of band with
+    /// ldapmodify: commit -> verified repair latency (p50/p99/max), the repair's
+    /// cost vs the same writes by one ldapmodify, idle LDAP cost per minute, and a
+    /// no-op delta read vs a full read of the scope.
+    Drift {
+        /// Fleet sizes, measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "2000")]
+        hosts: Vec<usize>,
+        /// Hosts changed at once (k), each measured `rounds` times.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        changes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// How long to watch an idle, converged fleet.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        /// The kcdsync-controller binary to measure (default: next to this one), e.g. an
+        /// older build for a before/after comparison in one session.
+        #[arg(long)]
+        controller: Option<PathBuf>,
     },
     /// N agents over mTLS against one controller agent endpoint: memory per
     /// agent, ingest rate, and a real agent's idle RSS.
@@ -114,6 +136,22 @@ fn main() -> Result<()> {
             group_size,
             keep,
         } => converge(hosts, rounds, group_size, keep),
+        Cmd::Drift {
+            hosts,
+            changes,
+            rounds,
+            idle_secs,
+            controller,
+        } => drift::run(drift::Args {
+            sizes: hosts,
+            changes,
+            rounds,
+            idle: Duration::from_secs(idle_secs),
+            controller: match controller {
+                Some(c) => c,
+                None => controller_bin()?,
+            },
+        }),
         Cmd::Agents {
             agents,
             messages,
@@ -323,6 +361,19 @@ fn converge(n: usize, rounds: usize, group_size: usize, keep: bool) -> Result<()
 /// every host delegating to all its group peers, with userAccountControl
 /// `uac`. Returns the groups (host indexes) and the number of values.
 pub fn seed(lab: &Lab, ou_dn: &str, n: usize, group_size: usize, uac: u32) -> Result<(Vec<Vec<usize>>, usize)> {
+    seed_as(lab, ou_dn, n, group_size, uac, "BCH")
+}
+
+/// [`seed`] with another name prefix (SPNs are unique domain-wide: two seeded OUs need two).
+pub fn seed_as(
+    lab: &Lab,
+    ou_dn: &str,
+    n: usize,
+    group_size: usize,
+    uac: u32,
+    prefix: &str,
+) -> Result<(Vec<Vec<usize>>, usize)> {
+    let name = |i: usize| format!("{prefix}{i:05}");
     let domain = lab.realm().to_lowercase();
     let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
     // Seed: N computers, groups of `group_size`, full mesh, userAccountControl as given.
