@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod otlp;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -10,9 +10,10 @@
 //! Each connection carries up to `per_connection` registrations; a connection
 //! that fails is reconnected with backoff, re-registers, and says so (the
 //! consumer then reads the delta from its cursor: what changed while nobody
-//! listened is in it).
+//! listened is in it). The back-off starts over once a connection has been
+//! healthy for a while, so each DC restart is recovered as fast as the first.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ldap3::controls::RawControl;
 use ldap3::{Scope, SearchStream};
@@ -25,7 +26,11 @@ use crate::model::dn::Dn;
 
 pub const NOTIFICATION_OID: &str = "1.2.840.113556.1.4.528";
 pub const RC_ADMIN_LIMIT_EXCEEDED: u32 = 11;
+/// The first wait after a connection is lost; it doubles while reconnecting fails.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A connection that held its registrations this long was healthy (see `connection`).
+const HEALTHY: Duration = Duration::from_secs(5);
 
 /// One notification search.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -185,12 +190,21 @@ async fn connection(
     notices: mpsc::Sender<Notice>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let mut registered = None;
         let ended = tokio::select! {
-            e = watch_once(&ad, &regs, &notices, &mut backoff) => e,
+            e = watch_once(&ad, &regs, &notices, &mut registered) => e,
             _ = stop.wait_for(|s| *s) => return,
         };
+        // A connection that stayed registered for a while was healthy: its loss (a DC restart)
+        // is retried from the first wait, not from where an earlier outage left the back-off —
+        // else a DC restarted twice in a quiet night goes unwatched for up to MAX_BACKOFF after
+        // its second, brief restart (tests/tests/dc_restart_twice.rs). One lost sooner (a
+        // registration refused at once, a DC that flaps) keeps backing off.
+        if registered.is_some_and(|at: Instant| at.elapsed() >= HEALTHY) {
+            backoff = FIRST_BACKOFF;
+        }
         tracing::warn!(error = %ended, retry_in_ms = backoff.as_millis() as u64, "change notifications interrupted; reconnecting");
         // Jitter, so many controllers (or connections) do not reconnect in step.
         let jitter = Duration::from_millis(u64::from(std::process::id() % 250));
@@ -202,12 +216,13 @@ async fn connection(
     }
 }
 
-/// One connection's life: connect, register, forward changes; returns why it ended.
+/// One connection's life: connect, register (noting when in `registered`), forward changes;
+/// returns why it ended.
 async fn watch_once(
     ad: &AdConfig,
     regs: &[Registration],
     notices: &mpsc::Sender<Notice>,
-    backoff: &mut Duration,
+    registered: &mut Option<Instant>,
 ) -> WatchError {
     let conn = match Ad::connect(ad).await {
         Ok(c) => c,
@@ -231,12 +246,12 @@ async fn watch_once(
             }
         });
     }
+    *registered = Some(Instant::now());
     let _ = notices.try_send(Notice::Registered);
     tracing::debug!(registrations = regs.len(), "change notifications registered");
     while let Some(got) = rx.recv().await {
         match got {
             Ok(dn) => {
-                *backoff = Duration::from_millis(500);
                 // A full queue already holds a wake-up: the delta read finds this one too.
                 let _ = notices.try_send(Notice::Changed(dn));
             }
