@@ -7,6 +7,16 @@
 # Kerberos tool runs inside a "fence": a private mount namespace where /etc/resolv.conf says
 # `nameserver 127.0.0.1` and /etc/hosts maps dc1.lab.test to 127.0.0.1, so nothing can ask the
 # machine's real resolver (which is off-box) anything.
+#
+# TWO DCs (`up --dcs 2`, opt-in, its own directory and lock; deploy/lab/README.md has the
+# figures): dc1 (127.0.0.1) and dc2 (127.0.0.2, joined) run in a network namespace this script
+# creates, holding only `lo` (127.0.0.2/8 added): the fence above, plus no route anywhere, and
+# the host's DC ports stay free for the shared lab. Tests in the host namespace reach the DCs
+# through nsfwd.py, one process that listens on host loopback (127.0.0.N:16000+port for DC N's
+# 88, 389, 464, 636) and connects inside the namespace. Why a forwarder and not `nsenter` for the
+# clients: the code under test (the controller, which also serves agents and kcdctl over gRPC)
+# would have to run inside with everything that talks to it; a forwarder keeps every test as it
+# is, costs a few ms per new connection, and each DC keeps its own address (honest certificates).
 set -euo pipefail
 
 # --------------------------------------------------------------------------------------------
