@@ -1015,9 +1015,9 @@ lab2_make_netns() {
     # 127.0.0.2 must be an address of an interface, or samba exits "can't determine interface".
     "${NS_ENTER[@]}" ip link set lo up
     "${NS_ENTER[@]}" ip addr add 127.0.0.2/8 dev lo
-    local routes
-    routes=$("${NS_ENTER[@]}" ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')
-    [[ $routes == 'lo ' ]] || die "namespace $NETNS has interfaces other than lo: $routes"
+    local ifaces
+    ifaces=$("${NS_ENTER[@]}" ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')
+    [[ $ifaces == 'lo ' ]] || die "namespace $NETNS has interfaces other than lo: $ifaces"
 }
 
 lab2_remove_netns() {
@@ -1215,18 +1215,18 @@ lab2_start_dc() {
 # repsFrom for DC2 yet and the first DC2->DC1 change waits for the 300 s periodic pull.
 lab2_initial_replication() {
     use_dc 1
-    local nc pids=() rc=0 i=0
+    local nc t i=0
     for nc in "$BASE_DN" "CN=Configuration,$BASE_DN" "CN=Schema,CN=Configuration,$BASE_DN"; do
+        t=$(now)
         fence env KRB5_CONFIG="$LAB_DIR/dc1/krb5.conf" samba-tool drs replicate dc1 dc2 "$nc" \
             -U "Administrator%$(cat "$LAB_DIR/admin.pass")" 9>&- \
-            >"$LAB_DIR/dc1/log/drs-replicate-$i.log" 2>&1 &
-        pids+=($!)
+            >"$LAB_DIR/dc1/log/drs-replicate-$i.log" 2>&1 || {
+            cat "$LAB_DIR/dc1/log/drs-replicate-$i.log" >&2
+            die "initial samba-tool drs replicate dc1 dc2 $nc failed (log above)"
+        }
+        log "drs replicate dc1 dc2 $nc: $(elapsed "$t") s"
         i=$((i + 1))
     done
-    for i in "${!pids[@]}"; do
-        wait "${pids[$i]}" || { rc=$?; log "drs replicate failed:"; cat "$LAB_DIR/dc1/log/drs-replicate-$i.log" >&2; }
-    done
-    ((rc == 0)) || die "initial samba-tool drs replicate dc1 dc2 failed (logs in $LAB_DIR/dc1/log)"
 }
 
 # $LAB_DIR/bin/dcN-exec CMD...: CMD inside the namespace and fence, as DC N's samba sees the
