@@ -491,16 +491,16 @@ provision() {
     printf '%s\n' "$out" >"$LAB_DIR/log/provision.log"
 }
 
+# Prefix of the samba command line: empty for the one-DC lab; `env KRB5_CONFIG=...` for each DC of
+# the two-DC lab (each samba lists its own KDC first).
+SAMBA_ENV=()
+
 # Start samba in the fence, in the background, in its own session (a Ctrl-C or a test runner
 # killing our process group must not take it down), and record its PID. The background
 # subshell execs unshare, which execs the fence program, which execs setsid, which execs
 # `bash -c 'echo $$ >pidfile; exec samba ...'`: one process all along, so the PID written is
 # samba's own and no shell lingers as its parent. fd 9 (the lock) is closed so samba does not
 # hold it; stdout/stderr go to the log so a caller reading our output is not kept waiting.
-# Prefix of the samba command line: empty for the one-DC lab; `env KRB5_CONFIG=...` for each DC of
-# the two-DC lab (each samba lists its own KDC first).
-SAMBA_ENV=()
-
 start_samba() {
     rm -f "$PID_FILE"
     # shellcheck disable=SC2016
