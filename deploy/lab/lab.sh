@@ -1392,8 +1392,14 @@ cmd2_down() {
 }
 
 cmd2_status() {
-    local n pid line=''
-    [[ -f $LAB_ENV ]] || { echo "two-DC lab down or not ready: no $LAB_ENV" >&2; return 1; }
+    local n pid line='' running=0
+    fwd_pid >/dev/null && running=1
+    for n in 1 2; do
+        use_dc "$n"
+        samba_pid >/dev/null && running=1
+    done
+    ((running)) || { echo "two-DC lab down: no samba and no forwarder running for $LAB_DIR" >&2; return 1; }
+    [[ -f $LAB_ENV ]] || { echo "two-DC lab not ready: 'up --dcs 2' did not finish (no $LAB_ENV)" >&2; return 1; }
     fwd_pid >/dev/null || { echo "two-DC lab unhealthy: the forwarder (nsfwd.py) is not running" >&2; return 1; }
     for n in 1 2; do
         use_dc "$n"
