@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use kcdsync_agent::probe::kerberos::{self, MitKerberos};
 use kcdsync_tests::token;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
 use ldap3::{Ldap, Mod};
@@ -132,5 +133,87 @@ async fn a_change_on_either_dc_reaches_the_other() {
         ms(&up),
         ms(&down),
         del.as_secs_f64() * 1000.0
+    ));
+}
+
+/// Each DC's KDC is reachable from the host on its own (`LAB_DCn_KRB5_CONFIG` names one KDC),
+/// and a password set through DC1 reaches DC2's KDC by replication: what the per-DC `kvno`
+/// proofs of issue 14 build on. Prints how long DC2's KDC took to accept the new account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_set_on_dc1_reaches_dc2s_kdc() {
+    let lab = TwoDcLab::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let krb = |dc: Dc| MitKerberos {
+        krb5_config: lab.krb5_conf(dc).into(),
+        ccache: format!("FILE:{}", tmp.path().join(format!("cc-{}", dc.name())).display()),
+        timeout: Duration::from_secs(20),
+    };
+    let realm = lab.var("LAB_REALM");
+
+    // A user of this run's own (sAMAccountName at most 20 characters).
+    let name = format!("kcd2-{}", &token()[..12]);
+    let dn = format!("CN={name},CN=Users,{}", lab.base_dn());
+    let password = format!("Kcd-{}-Aa1!", token());
+    let quoted: Vec<u8> = format!("\"{password}\"")
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
+    let t = Instant::now();
+    dc1.add(
+        &dn,
+        vec![
+            (b"objectClass".to_vec(), HashSet::from([b"user".to_vec()])),
+            (b"sAMAccountName".to_vec(), HashSet::from([name.clone().into_bytes()])),
+            (b"unicodePwd".to_vec(), HashSet::from([quoted])),
+            (b"userAccountControl".to_vec(), HashSet::from([b"512".to_vec()])),
+        ],
+    )
+    .await
+    .and_then(|r| r.success())
+    .unwrap_or_else(|e| panic!("adding {dn} on dc1: {e}"));
+    let principal = format!("{name}@{realm}");
+
+    // DC1's KDC knows the account at once: it was written there.
+    krb(Dc::Dc1)
+        .kinit_password(&principal, &password)
+        .await
+        .unwrap_or_else(|e| panic!("kinit {principal} at dc1's KDC: {}", kerberos::said(&e)));
+
+    // DC2's KDC refuses it until replication brings the account, then grants it.
+    let dc2 = krb(Dc::Dc2);
+    let mut refusals = 0;
+    let latency = loop {
+        match dc2.kinit_password(&principal, &password).await {
+            Ok(()) => break t.elapsed(),
+            Err(e) if t.elapsed() < DEADLINE => {
+                let said = kerberos::said(&e);
+                assert!(
+                    said.contains("not found in Kerberos database") || said.contains("Preauthentication failed"),
+                    "dc2's KDC refused {principal} for another reason than replication: {said}"
+                );
+                refusals += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!(
+                "dc2's KDC still refuses {principal} after {:.1} s: {}. {}",
+                t.elapsed().as_secs_f64(),
+                kerberos::said(&e),
+                hint(lab, Dc::Dc2)
+            ),
+        }
+    };
+    // The ticket came from DC2's KDC: its krb5.conf names no other.
+    dc2.run(&["kvno", &format!("ldap/{}", lab.dc_var(Dc::Dc2, "HOST"))], None)
+        .await
+        .unwrap_or_else(|e| panic!("kvno at dc2's KDC: {}", kerberos::said(&e)));
+
+    dc1.delete(&dn)
+        .await
+        .and_then(|r| r.success())
+        .unwrap_or_else(|e| panic!("deleting {dn}: {e}"));
+    report(&format!(
+        "a new account's password reached dc2's KDC {:.0} ms after the add on dc1 ({refusals} refusals before)",
+        latency.as_secs_f64() * 1000.0
     ));
 }
