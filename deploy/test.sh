@@ -2,7 +2,9 @@
 # Runs every test: unit tests, and the end-to-end tests against a real Samba
 # AD DC + KDC brought up on loopback by deploy/lab/lab.sh (which installs its
 # Debian packages when they are missing). The lab is stopped again at the end
-# if this script started it; KCDSYNC_KEEP_LAB=1 leaves it running.
+# if this script started it; KCDSYNC_KEEP_LAB=1 leaves it running. The two-DC
+# lab (lab.sh up --dcs 2) is started by the tests that need it; it is stopped
+# at the end too when it was not up before the run (KCDSYNC_KEEP_LAB=1 keeps it).
 # The store tests also run on PostgreSQL: deploy/pg/pg.sh brings up a throwaway
 # cluster on 127.0.0.1 (installing postgresql when missing), stopped again at
 # the end if this script started it; KCDSYNC_KEEP_PG=1 leaves it running.
@@ -14,6 +16,12 @@ started_lab=0
 if ! bash "$lab" status >/dev/null 2>&1; then
     started_lab=1
 fi
+# Not started here (only tests/tests/two_dcs.rs needs it, and starts it), but
+# stopped at the end if a test of this run started it.
+started_lab2=0
+if ! bash "$lab" status --dcs 2 >/dev/null 2>&1; then
+    started_lab2=1
+fi
 pg=deploy/pg/pg.sh
 started_pg=0
 if ! bash "$pg" status >/dev/null 2>&1; then
@@ -22,6 +30,7 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"
       [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab" down >/dev/null 2>&1 || true; }
+      [[ $started_lab2 == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab" down --dcs 2 >/dev/null 2>&1 || true; }
       [[ $started_pg == 1 && ${KCDSYNC_KEEP_PG:-0} != 1 ]] && { bash "$pg" down >/dev/null 2>&1 || true; }
       true' EXIT
 bash "$lab" up

@@ -7,6 +7,16 @@
 # Kerberos tool runs inside a "fence": a private mount namespace where /etc/resolv.conf says
 # `nameserver 127.0.0.1` and /etc/hosts maps dc1.lab.test to 127.0.0.1, so nothing can ask the
 # machine's real resolver (which is off-box) anything.
+#
+# TWO DCs (`up --dcs 2`, opt-in, its own directory and lock; deploy/lab/README.md has the
+# figures): dc1 (127.0.0.1) and dc2 (127.0.0.2, joined) run in a network namespace this script
+# creates, holding only `lo` (127.0.0.2/8 added): the fence above, plus no route anywhere, and
+# the host's DC ports stay free for the shared lab. Tests in the host namespace reach the DCs
+# through nsfwd.py, one process that listens on host loopback (127.0.0.N:16000+port for DC N's
+# 88, 389, 464, 636) and connects inside the namespace. Why a forwarder and not `nsenter` for the
+# clients: the code under test (the controller, which also serves agents and kcdctl over gRPC)
+# would have to run inside with everything that talks to it; a forwarder keeps every test as it
+# is, costs a few ms per new connection, and each DC keeps its own address (honest certificates).
 set -euo pipefail
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +124,21 @@ Commands:
                    Example: $PROG exec -- kinit -k -t \$KCDSYNC_LAB_DIR/keytabs/hv01.keytab 'HV01\$'
   help, --help     This text.
 
+Two DCs (opt-in, for the tests that need them; its own directory and lock, beside the shared lab):
+  up --dcs 2       dc1.$DNS_DOMAIN (127.0.0.1) + dc2.$DNS_DOMAIN (127.0.0.2) joined to it, replicating
+                   both ways, in a network namespace holding only lo. Idempotent, ~20 s.
+                   Directory \${KCDSYNC_LAB2_DIR:-/var/tmp/kcdsync-lab2}; tests reach the DCs through
+                   a forwarder on host loopback: 127.0.0.N:\$((KCDSYNC_LAB2_PORT_BASE+PORT)) (base 16000)
+                   for PORT 88, 389, 464, 636 of DC N. Then: source \$KCDSYNC_LAB2_DIR/lab.env
+  status --dcs 2, down --dcs 2 [--purge]
+  exec --dcs 2 [--dc N] -- CMD [ARGS...]
+                   Run CMD in the namespace and fence as DC N (default 1) sees it (its krb5.conf;
+                   LAB_SMB_CONF is its smb.conf). Example:
+                   $PROG exec --dcs 2 --dc 2 -- sh -c 'samba-tool drs showrepl -s "\$LAB_SMB_CONF"'
+
 Environment: KCDSYNC_LAB_DIR (lab directory), KCDSYNC_LAB_LOCK (lock file),
-KCDSYNC_LAB_START_WAIT (seconds to wait for LDAPS, default 30).
+KCDSYNC_LAB_START_WAIT (seconds to wait for LDAPS, default 30); for two DCs KCDSYNC_LAB2_DIR,
+KCDSYNC_LAB2_LOCK (default /var/tmp/kcdsync-lab2.lock), KCDSYNC_LAB2_PORT_BASE.
 Exit codes: 0 ok, 1 "no" (status: down; kvno: refused), 2 error.
 EOF
 }
@@ -228,10 +251,14 @@ for d in /run/nscd /var/run/nscd; do
 done
 exec "$@"'
 
+# Prefix of every fenced command: empty for the one-DC lab (host network namespace, samba bound to
+# `lo`); `nsenter --net=NETNS` for the two-DC lab (see "Two DCs" below).
+NS_ENTER=()
+
 # fence CMD [ARGS...]: run CMD in a private mount namespace with the lab's resolver files.
 fence() {
     [[ -f $FENCE_DIR/resolv.conf ]] || die "no fence files in $FENCE_DIR (run: $PROG up)"
-    unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence "$FENCE_DIR" "$@"
+    "${NS_ENTER[@]}" unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence "$FENCE_DIR" "$@"
 }
 
 # Kerberos tools in the fence, with the lab's krb5.conf.
@@ -414,7 +441,37 @@ EOF
     rm -f "$TLS_DIR/server.csr"
 }
 
+# dc_options ARRAY DIR RUN_DIR INTERFACES KEY CERT: the smb.conf options every lab DC gets
+# (provision and join): the services and interfaces of the loopback rule, and every path inside
+# the lab directory.
+dc_options() {
+    local -n _opts=$1
+    _opts=(
+        --option="server services = $SERVER_SERVICES"
+        --option="interfaces = $4"
+        --option="bind interfaces only = yes"
+        --option="disable netbios = yes"
+        --option="smb ports = 445"
+        --option="load printers = no"
+        --option="printing = bsd"
+        --option="printcap name = /dev/null"
+        --option="disable spoolss = yes"
+        --option="name resolve order = host"
+        --option="log file = $2/log/%m.log"
+        --option="pid directory = $3"
+        --option="ncalrpc dir = $3/ncalrpc"
+        --option="winbindd socket directory = $3/winbindd"
+        --option="ntp signd socket directory = $3/ntp_signd"
+        --option="tls enabled = yes"
+        --option="tls keyfile = $5"
+        --option="tls certfile = $6"
+        --option="tls cafile = $CA_PEM"
+    )
+}
+
 provision() {
+    local opts
+    dc_options opts "$LAB_DIR" "$RUN_DIR" lo "$TLS_DIR/server.key" "$TLS_DIR/server.pem"
     mkdir -p "$RUN_DIR" "$LAB_DIR/log" "$LAB_DIR/etc"
     # Without -s, samba-tool loads the machine's /etc/samba/smb.conf and provision copies its
     # settings and shares (homes, printers, panic action, /var/log paths...) into the lab's
@@ -426,31 +483,17 @@ provision() {
         --realm="$REALM" --domain="$DOMAIN" --server-role=dc \
         --dns-backend=NONE --host-ip=127.0.0.1 --host-name="$DC_HOST" \
         --adminpass="$(cat "$LAB_DIR/admin.pass")" \
-        --option="server services = $SERVER_SERVICES" \
-        --option="interfaces = lo" \
-        --option="bind interfaces only = yes" \
-        --option="disable netbios = yes" \
-        --option="smb ports = 445" \
-        --option="load printers = no" \
-        --option="printing = bsd" \
-        --option="printcap name = /dev/null" \
-        --option="disable spoolss = yes" \
-        --option="name resolve order = host" \
-        --option="log file = $LAB_DIR/log/%m.log" \
-        --option="pid directory = $RUN_DIR" \
-        --option="ncalrpc dir = $RUN_DIR/ncalrpc" \
-        --option="winbindd socket directory = $RUN_DIR/winbindd" \
-        --option="ntp signd socket directory = $RUN_DIR/ntp_signd" \
-        --option="tls enabled = yes" \
-        --option="tls keyfile = $TLS_DIR/server.key" \
-        --option="tls certfile = $TLS_DIR/server.pem" \
-        --option="tls cafile = $CA_PEM" \
+        "${opts[@]}" \
         9>&- 2>&1); then
         printf '%s\n' "$out" | tail -n 30 >&2
         die "samba-tool domain provision failed"
     fi
     printf '%s\n' "$out" >"$LAB_DIR/log/provision.log"
 }
+
+# Prefix of the samba command line: empty for the one-DC lab; `env KRB5_CONFIG=...` for each DC of
+# the two-DC lab (each samba lists its own KDC first).
+SAMBA_ENV=()
 
 # Start samba in the fence, in the background, in its own session (a Ctrl-C or a test runner
 # killing our process group must not take it down), and record its PID. The background
@@ -462,9 +505,9 @@ start_samba() {
     rm -f "$PID_FILE"
     # shellcheck disable=SC2016
     (
-        exec unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence \
+        exec "${NS_ENTER[@]}" unshare --mount --propagation private -- bash -c "$FENCE_PROG" lab-fence \
             "$FENCE_DIR" setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-samba "$PID_FILE" \
-            samba -s "$SMB_CONF" -F -M single --debug-stdout
+            "${SAMBA_ENV[@]}" samba -s "$SMB_CONF" -F -M single --debug-stdout
     ) </dev/null >>"$SAMBA_LOG" 2>&1 9>&- &
     disown $! 2>/dev/null || true
     local i
@@ -487,7 +530,7 @@ wait_ldaps() {
         sleep 0.2
     done
     tail -n 40 "$SAMBA_LOG" >&2 || true
-    die "LDAPS on 127.0.0.1:636 did not answer a verified bind within ${START_WAIT}s (log above)"
+    die "LDAPS on $LDAPS_URL did not answer a verified bind within ${START_WAIT}s (log above)"
 }
 
 # krb5.conf for clients: no DNS anywhere, forwardable tickets (S4U2Proxy needs a forwardable
@@ -634,11 +677,12 @@ EOF
 }
 
 SAMBA_STARTED=0
+LAB_ARGS=''   # ' --dcs 2' for the two-DC lab, in messages
 up_failed_hint() {
     local rc=$?
     if ((rc != 0 && SAMBA_STARTED)); then
         log "up failed (rc $rc); samba still runs for debugging (log: $SAMBA_LOG);" \
-            "'$PROG down' stops it, '$PROG up' starts over"
+            "'$PROG down$LAB_ARGS' stops it, '$PROG up$LAB_ARGS' starts over"
     fi
 }
 
@@ -899,21 +943,528 @@ cmd_kvno() {
 }
 
 # --------------------------------------------------------------------------------------------
+# Two DCs (opt-in: `up --dcs 2`; deploy/lab/README.md has the why and the measured figures)
+# --------------------------------------------------------------------------------------------
+# dc1.lab.test (127.0.0.1) and dc2.lab.test (127.0.0.2), one domain, replicating both ways, in a
+# network namespace this script creates (bind-mounted on $KCDSYNC_LAB2_DIR/netns) holding only
+# `lo` with 127.0.0.2/8 added: nothing inside can reach anything outside, and the DCs' ports
+# (88, 389, 636...) never touch the host's, so this lab runs beside the shared one-DC lab. Its
+# own directory, lock and environment variable (KCDSYNC_LAB2_DIR, not KCDSYNC_LAB_DIR: a test
+# that sourced the one-DC lab.env must not point this lab at the shared directory).
+# Tests in the host namespace reach the DCs through nsfwd.py: one process, listening on host
+# loopback ports, connecting inside the namespace (LDAP, LDAPS, KDC and kpasswd over TCP).
+
+LAB2_PORT_BASE=${KCDSYNC_LAB2_PORT_BASE:-16000}
+# DC port -> host port is PORT_BASE + DC port, on the DC's own address: 127.0.0.1:16636 is DC1's
+# LDAPS, 127.0.0.2:16636 DC2's. No port the one-DC lab checks (88, 389, 636...) is used.
+LAB2_PORTS=(88 389 464 636)
+# A change is announced to the other DC 1 s after it is made instead of the default 5+ s
+# (LAB-NOTES: 0.2-1.0 s end to end against 0.2-4.8 s).
+LAB2_OPTIONS=(--option="dreplsrv:notify_interval = 1")
+
+lab2_init() {
+    LAB_ARGS=' --dcs 2'
+    LAB_DIR=${KCDSYNC_LAB2_DIR:-/var/tmp/kcdsync-lab2}
+    LAB_DIR=${LAB_DIR%/}
+    case $LAB_DIR in
+        /*/*) ;;
+        *) die "KCDSYNC_LAB2_DIR must be an absolute path below a top-level directory (got '$LAB_DIR')" ;;
+    esac
+    if ! [[ $LAB2_PORT_BASE =~ ^[0-9]+$ ]] || ((LAB2_PORT_BASE < 1024 || LAB2_PORT_BASE > 60000)); then
+        die "KCDSYNC_LAB2_PORT_BASE must be a number in 1024..60000 (got '$LAB2_PORT_BASE')"
+    fi
+    # Its own lock: the DCs' ports are inside the namespace, so this lab and the one-DC lab
+    # never wait for each other.
+    LOCK_FILE=${KCDSYNC_LAB2_LOCK:-/var/tmp/kcdsync-lab2.lock}
+    FENCE_DIR=$LAB_DIR/fence
+    TLS_DIR=$LAB_DIR/tls
+    CA_PEM=$LAB_DIR/ca.pem
+    LAB_ENV=$LAB_DIR/lab.env
+    MARKER=$LAB_DIR/.kcdsync-lab
+    NETNS=$LAB_DIR/netns
+    NS_ENTER=(nsenter "--net=$NETNS")
+    FWD_PID=$LAB_DIR/nsfwd.pid
+    FWD_LOG=$LAB_DIR/nsfwd.log
+    FWD_PY=$LAB_DIR/bin/nsfwd.py
+    use_dc 1
+}
+
+# use_dc N: point the one-DC helpers (start_samba, stop_samba, samba_pid, fence, fenced_krb,
+# ldap_as, ldaps_bind_ok) at DC N. KRB5_CONF is samba's own (inside the namespace).
+use_dc() {
+    DC_NAME=dc$1
+    DC_IP=127.0.0.$1
+    DC_DIR=$LAB_DIR/$DC_NAME
+    SMB_CONF=$DC_DIR/etc/smb.conf
+    PID_FILE=$DC_DIR/samba.pid
+    RUN_DIR=$DC_DIR/run
+    SAMBA_LOG=$DC_DIR/samba.log
+    KRB5_CONF=$DC_DIR/krb5.conf
+    SAMBA_ENV=(env "KRB5_CONFIG=$KRB5_CONF")
+    LDAPS_URL=ldaps://$DC_IP:$((LAB2_PORT_BASE + 636))
+    LDAP_URL=ldap://$DC_IP:$((LAB2_PORT_BASE + 389))
+}
+
+lab2_netns_up() { [[ -e $NETNS ]] && findmnt -rn "$NETNS" >/dev/null 2>&1; }
+
+# The namespace: a file bind-mounted to a new network namespace (`unshare --net=FILE`), kept
+# alive by the mount alone, so no holder process. It starts with `lo` down and no address.
+lab2_make_netns() {
+    touch "$NETNS"
+    unshare --net="$NETNS" true || die "unshare --net=$NETNS failed (needs root and a kernel with network namespaces)"
+    # 127.0.0.2 must be an address of an interface, or samba exits "can't determine interface".
+    "${NS_ENTER[@]}" ip link set lo up
+    "${NS_ENTER[@]}" ip addr add 127.0.0.2/8 dev lo
+    local ifaces
+    ifaces=$("${NS_ENTER[@]}" ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')
+    [[ $ifaces == 'lo ' ]] || die "namespace $NETNS has interfaces other than lo: $ifaces"
+}
+
+lab2_remove_netns() {
+    if lab2_netns_up; then
+        umount "$NETNS" || die "cannot unmount $NETNS"
+    fi
+    rm -f "$NETNS"
+}
+
+# The fence's /etc/hosts. Replication finds the other DC by `<NTDS objectGUID>._msdcs.lab.test`
+# (without it: WERR_FILE_NOT_FOUND), so the GUIDs are added once known. Written in place (same
+# inode): the fences of running processes bind-mounted this file and see the new lines.
+lab2_write_hosts() {
+    local g1=${1:-} g2=${2:-}
+    {
+        printf '127.0.0.1 dc1.%s dc1 localhost\n' "$DNS_DOMAIN"
+        printf '127.0.0.2 dc2.%s dc2\n' "$DNS_DOMAIN"
+        [[ -n $g1 ]] && printf '127.0.0.1 %s._msdcs.%s\n' "$g1" "$DNS_DOMAIN"
+        [[ -n $g2 ]] && printf '127.0.0.2 %s._msdcs.%s\n' "$g2" "$DNS_DOMAIN"
+        printf '::1 localhost ip6-localhost ip6-loopback\n'
+    } >"$FENCE_DIR/hosts"
+}
+
+# A CA and one server certificate per DC (SANs: its name and its address, the same inside the
+# namespace and, through the forwarder, outside).
+lab2_certs() {
+    mkdir -p "$TLS_DIR"
+    local n
+    (
+        umask 077
+        printf '[ req ]\ndistinguished_name = dn\nprompt = no\n[ dn ]\nCN = placeholder\n[ ca_ext ]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\n' \
+            >"$TLS_DIR/ca.cnf"
+        openssl req -config "$TLS_DIR/ca.cnf" -x509 -newkey rsa:2048 -nodes -sha256 \
+            -days 3650 -subj "/CN=kcdsync two-DC lab CA" -extensions ca_ext \
+            -keyout "$TLS_DIR/ca.key" -out "$CA_PEM" 2>/dev/null
+        for n in 1 2; do
+            printf '[ server_ext ]\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\nsubjectAltName = DNS:dc%s.%s, IP:127.0.0.%s\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n' \
+                "$n" "$DNS_DOMAIN" "$n" >"$TLS_DIR/dc$n.cnf"
+            openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=dc$n.$DNS_DOMAIN" \
+                -keyout "$TLS_DIR/dc$n.key" -out "$TLS_DIR/dc$n.csr" 2>/dev/null
+            openssl x509 -req -in "$TLS_DIR/dc$n.csr" -CA "$CA_PEM" -CAkey "$TLS_DIR/ca.key" \
+                -set_serial "0x$(openssl rand -hex 16)" -days 825 -sha256 \
+                -extfile "$TLS_DIR/dc$n.cnf" -extensions server_ext -out "$TLS_DIR/dc$n.pem" 2>/dev/null
+        done
+    )
+    chmod 644 "$CA_PEM" "$TLS_DIR/dc1.pem" "$TLS_DIR/dc2.pem"
+    rm -f "$TLS_DIR"/dc?.csr
+}
+
+# krb5.conf files. Inside the namespace, each samba's lists its own KDC first, then the other:
+# DC-to-DC replication authenticates with Kerberos (else WERR_NO_LOGON_SERVERS). Outside, for
+# tests: one per DC (kvno against exactly that KDC) and one with both, DC1 first.
+# lab2_krb5_conf FILE KPASSWD_SERVER KDC...
+lab2_krb5_conf() {
+    local file=$1 kpasswd=$2 k
+    shift 2
+    {
+        printf '[libdefaults]\n    default_realm = %s\n    dns_lookup_kdc = false\n' "$REALM"
+        printf '    dns_lookup_realm = false\n    dns_canonicalize_hostname = false\n    rdns = false\n'
+        printf '    forwardable = true\n    udp_preference_limit = 1\n\n[realms]\n    %s = {\n' "$REALM"
+        for k in "$@"; do printf '        kdc = %s\n' "$k"; done
+        printf '        admin_server = %s\n        kpasswd_server = %s\n    }\n\n' "$1" "$kpasswd"
+        printf '[domain_realm]\n    .%s = %s\n    %s = %s\n' "$DNS_DOMAIN" "$REALM" "$DNS_DOMAIN" "$REALM"
+    } >"$file"
+    chmod 644 "$file"
+}
+
+lab2_write_krb5_confs() {
+    local p=$LAB2_PORT_BASE
+    lab2_krb5_conf "$LAB_DIR/dc1/krb5.conf" 127.0.0.1 127.0.0.1 127.0.0.2
+    lab2_krb5_conf "$LAB_DIR/dc2/krb5.conf" 127.0.0.2 127.0.0.2 127.0.0.1
+    lab2_krb5_conf "$LAB_DIR/krb5-dc1.conf" "127.0.0.1:$((p + 464))" "127.0.0.1:$((p + 88))"
+    lab2_krb5_conf "$LAB_DIR/krb5-dc2.conf" "127.0.0.2:$((p + 464))" "127.0.0.2:$((p + 88))"
+    lab2_krb5_conf "$LAB_DIR/krb5.conf" "127.0.0.1:$((p + 464))" "127.0.0.1:$((p + 88))" "127.0.0.2:$((p + 88))"
+}
+
+# Host-side listeners the forwarder needs: each must be free.
+lab2_check_ports_free() {
+    local n port busy=''
+    for n in 1 2; do
+        for port in "${LAB2_PORTS[@]}"; do
+            if ss -Htln "src 127.0.0.$n:$((LAB2_PORT_BASE + port))" 2>/dev/null | grep -q .; then
+                busy+=" 127.0.0.$n:$((LAB2_PORT_BASE + port))"
+            fi
+        done
+    done
+    [[ -z $busy ]] || die "ports the two-DC lab's forwarder needs are in use:$busy (another two-DC lab under a different KCDSYNC_LAB2_DIR? choose another KCDSYNC_LAB2_PORT_BASE)"
+}
+
+fwd_pid() {
+    local pid
+    [[ -f $FWD_PID ]] || return 1
+    pid=$(tr -dc '0-9' 2>/dev/null <"$FWD_PID") || return 1
+    [[ -n $pid ]] && pid_comm "$pid" >/dev/null || return 1
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$FWD_PY" || return 1
+    echo "$pid"
+}
+
+lab2_start_forwarder() {
+    local specs=() n port i
+    for n in 1 2; do
+        for port in "${LAB2_PORTS[@]}"; do
+            specs+=("127.0.0.$n:$((LAB2_PORT_BASE + port))=127.0.0.$n:$port")
+        done
+    done
+    rm -f "$FWD_PID"
+    : >"$FWD_LOG"
+    # shellcheck disable=SC2016
+    (
+        exec setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-fwd "$FWD_PID" \
+            python3 "$FWD_PY" "$NETNS" "${specs[@]}"
+    ) </dev/null >>"$FWD_LOG" 2>&1 9>&- &
+    disown $! 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        grep -q '^nsfwd: ready' "$FWD_LOG" 2>/dev/null && return 0
+        [[ -s $FWD_PID ]] && ! fwd_pid >/dev/null && break
+        sleep 0.05
+    done
+    cat "$FWD_LOG" >&2 || true
+    die "the forwarder (nsfwd.py) did not start; log above ($FWD_LOG)"
+}
+
+lab2_stop_forwarder() {
+    local pid i
+    pid=$(fwd_pid) || { rm -f "$FWD_PID"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        fwd_pid >/dev/null || break
+        sleep 0.1
+    done
+    fwd_pid >/dev/null && kill -KILL "$pid" 2>/dev/null
+    rm -f "$FWD_PID"
+}
+
+# ntds_guid N: the objectGUID of DC N's "NTDS Settings" object, as text (the binary GUID's first
+# three fields are little-endian), read from DC1.
+ntds_guid() {
+    local dn b64
+    dn="CN=NTDS Settings,CN=DC$1,CN=Servers,CN=Default-First-Site-Name,CN=Sites,CN=Configuration,$BASE_DN"
+    b64=$(ldap_as admin ldapsearch -LLL -o ldif_wrap=no -s base -b "$dn" objectGUID |
+        awk '/^objectGUID:: /{print $2}')
+    [[ -n $b64 ]] || die "no objectGUID for $dn"
+    local b=()
+    # read returns 1 at the end of its input without a newline: the bytes are read anyway.
+    read -ra b < <(base64 -d <<<"$b64" | od -An -v -tx1 | tr -s ' \n' '  ') || true
+    ((${#b[@]} == 16)) || die "objectGUID of $dn is not 16 bytes"
+    printf '%s%s%s%s-%s%s-%s%s-%s%s-%s%s%s%s%s%s\n' "${b[3]}" "${b[2]}" "${b[1]}" "${b[0]}" \
+        "${b[5]}" "${b[4]}" "${b[7]}" "${b[6]}" "${b[@]:8:8}"
+}
+
+lab2_provision_dc1() {
+    use_dc 1
+    local opts out
+    dc_options opts "$DC_DIR" "$RUN_DIR" 127.0.0.1 "$TLS_DIR/dc1.key" "$TLS_DIR/dc1.pem"
+    opts+=("${LAB2_OPTIONS[@]}")
+    mkdir -p "$RUN_DIR" "$DC_DIR/log" "$DC_DIR/etc"
+    if ! out=$(fence samba-tool domain provision -s "$LAB_DIR/provision-base.conf" \
+        --targetdir="$DC_DIR" --realm="$REALM" --domain="$DOMAIN" --server-role=dc \
+        --dns-backend=NONE --host-ip=127.0.0.1 --host-name=dc1 \
+        --adminpass="$(cat "$LAB_DIR/admin.pass")" "${opts[@]}" 9>&- 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        die "samba-tool domain provision (dc1) failed"
+    fi
+    printf '%s\n' "$out" >"$DC_DIR/log/provision.log"
+}
+
+lab2_join_dc2() {
+    use_dc 2
+    local opts out
+    dc_options opts "$DC_DIR" "$RUN_DIR" 127.0.0.2 "$TLS_DIR/dc2.key" "$TLS_DIR/dc2.pem"
+    opts+=("${LAB2_OPTIONS[@]}")
+    mkdir -p "$RUN_DIR" "$DC_DIR/log" "$DC_DIR/etc"
+    # DC2's KDC does not exist yet: the join authenticates against DC1's (DC1's krb5.conf).
+    if ! out=$(fence env KRB5_CONFIG="$LAB_DIR/dc1/krb5.conf" samba-tool domain join "$DNS_DOMAIN" DC \
+        -s "$LAB_DIR/provision-base.conf" --server="dc1.$DNS_DOMAIN" \
+        -U "Administrator%$(cat "$LAB_DIR/admin.pass")" --targetdir="$DC_DIR" \
+        --dns-backend=NONE --no-dns-updates --realm="$REALM" \
+        --option="netbios name = DC2" "${opts[@]}" 9>&- 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        die "samba-tool domain join (dc2) failed"
+    fi
+    printf '%s\n' "$out" >"$DC_DIR/log/join.log"
+}
+
+lab2_start_dc() {
+    use_dc "$1"
+    start_samba
+    wait_ldaps
+    # dnsupdate is off: the DC's own SPNs are written once (LAB-NOTES).
+    fenced_krb samba_spnupdate -s "$SMB_CONF" 9>&- >>"$DC_DIR/log/spnupdate.log" 2>&1 ||
+        die "samba_spnupdate ($DC_NAME) failed; see $DC_DIR/log/spnupdate.log"
+}
+
+# Right after DC2 starts, DC1 pulls each partition from DC2 once: without it, DC1 has no
+# repsFrom for DC2 yet and the first DC2->DC1 change waits for the 300 s periodic pull.
+lab2_initial_replication() {
+    use_dc 1
+    local nc t i=0
+    for nc in "$BASE_DN" "CN=Configuration,$BASE_DN" "CN=Schema,CN=Configuration,$BASE_DN"; do
+        t=$(now)
+        fence env KRB5_CONFIG="$LAB_DIR/dc1/krb5.conf" samba-tool drs replicate dc1 dc2 "$nc" \
+            -U "Administrator%$(cat "$LAB_DIR/admin.pass")" 9>&- \
+            >"$LAB_DIR/dc1/log/drs-replicate-$i.log" 2>&1 || {
+            cat "$LAB_DIR/dc1/log/drs-replicate-$i.log" >&2
+            die "initial samba-tool drs replicate dc1 dc2 $nc failed (log above)"
+        }
+        log "drs replicate dc1 dc2 $nc: $(elapsed "$t") s"
+        i=$((i + 1))
+    done
+}
+
+# $LAB_DIR/bin/dcN-exec CMD...: CMD inside the namespace and fence, as DC N's samba sees the
+# world (its krb5.conf, LAB_SMB_CONF=its smb.conf). Self-contained: it does not call this script.
+lab2_write_exec_wrappers() {
+    local n
+    for n in 1 2; do
+        {
+            printf '#!/usr/bin/env bash\n# Generated by deploy/lab/lab.sh up --dcs 2: run a command inside the two-DC lab'"'"'s\n'
+            printf '# network namespace and loopback fence, with dc%s'"'"'s krb5.conf.\n' "$n"
+            printf 'set -euo pipefail\n'
+            # shellcheck disable=SC2016  # $# and $0 belong to the generated script
+            printf '(($# > 0)) || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }\n'
+            printf 'exec nsenter --net=%q -- unshare --mount --propagation private -- bash -c %q lab-fence %q \\\n' \
+                "$NETNS" "$FENCE_PROG" "$FENCE_DIR"
+            printf '    env KRB5_CONFIG=%q LAB_SMB_CONF=%q "$@"\n' "$LAB_DIR/dc$n/krb5.conf" "$LAB_DIR/dc$n/etc/smb.conf"
+        } >"$LAB_DIR/bin/dc$n-exec"
+        chmod 755 "$LAB_DIR/bin/dc$n-exec"
+    done
+}
+
+lab2_write_env() {
+    local p=$LAB2_PORT_BASE n
+    {
+        cat <<EOF
+# kcdsync two-DC lab: source this file. Generated by deploy/lab/lab.sh up --dcs 2. The
+# administrator password is in LAB_ADMIN_PASS_FILE (mode 600), never here.
+export KCDSYNC_LAB2_DIR='$LAB_DIR'
+export LAB_DCS='2'
+export KRB5_CONFIG='$LAB_DIR/krb5.conf'
+export LAB_LDAPS_URL='ldaps://127.0.0.1:$((p + 636))'
+export LAB_CA='$CA_PEM'
+export LAB_BASE_DN='$BASE_DN'
+export LAB_REALM='$REALM'
+export LAB_DOMAIN='$DOMAIN'
+export LAB_DNS_DOMAIN='$DNS_DOMAIN'
+export LAB_ADMIN_DN='$ADMIN_DN'
+export LAB_ADMIN_PASS_FILE='$LAB_DIR/admin.pass'
+export LAB_NETNS='$NETNS'
+EOF
+        for n in 1 2; do
+            cat <<EOF
+export LAB_DC${n}_HOST='dc$n.$DNS_DOMAIN'
+export LAB_DC${n}_LDAPS_URL='ldaps://127.0.0.$n:$((p + 636))'
+export LAB_DC${n}_LDAP_URL='ldap://127.0.0.$n:$((p + 389))'
+export LAB_DC${n}_KDC='127.0.0.$n:$((p + 88))'
+export LAB_DC${n}_KRB5_CONFIG='$LAB_DIR/krb5-dc$n.conf'
+export LAB_DC${n}_EXEC='$LAB_DIR/bin/dc$n-exec'
+export LAB_DC${n}_SMB_CONF='$LAB_DIR/dc$n/etc/smb.conf'
+export LAB_DC${n}_NTDS_GUID='$(cat "$LAB_DIR/dc$n/ntds.guid")'
+EOF
+        done
+    } >"$LAB_ENV.tmp"
+    mv "$LAB_ENV.tmp" "$LAB_ENV"
+}
+
+lab2_healthy() {
+    local n
+    fwd_pid >/dev/null && [[ -f $LAB_ENV ]] || return 1
+    for n in 1 2; do
+        use_dc "$n"
+        samba_pid >/dev/null && ldaps_bind_ok || return 1
+    done
+}
+
+# Stop everything a two-DC lab may have left (by PID), and the namespace.
+lab2_stop_all() {
+    local n
+    for n in 2 1; do
+        use_dc "$n"
+        stop_samba
+    done
+    lab2_stop_forwarder
+    lab2_remove_netns
+}
+
+LAB2_TIMES=''
+lab2_step() { LAB2_TIMES+="${LAB2_TIMES:+, }$1 $(elapsed "$2") s"; }
+
+cmd2_up() {
+    local t0 t
+    t0=$(now)
+    require_root
+    take_lock
+    ensure_packages
+    local c
+    for c in nsenter ip python3 findmnt; do
+        command -v "$c" >/dev/null 2>&1 || die "the two-DC lab needs $c (util-linux, iproute2, python3)"
+    done
+    trap up_failed_hint EXIT
+    if lab2_healthy; then
+        use_dc 1
+        echo "lab already up ($LAB_DIR, two DCs, samba pids $(samba_pid) $(use_dc 2; samba_pid))"
+        return 0
+    fi
+    if [[ -e $LAB_DIR ]]; then
+        log "leftover two-DC lab in $LAB_DIR: stopping it and wiping the directory"
+        lab2_stop_all
+        wipe_lab_dir
+    fi
+    lab2_check_ports_free
+    mkdir -p "$LAB_DIR/bin" "$LAB_DIR/dc1" "$LAB_DIR/dc2"
+    chmod 755 "$LAB_DIR"
+    echo "kcdsync two-DC lab directory, created by deploy/lab/lab.sh; 'lab.sh down --dcs 2 --purge' removes it" \
+        >"$MARKER"
+    cp "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/nsfwd.py" "$FWD_PY"
+    write_fence_files
+    lab2_write_hosts
+    write_secret "$LAB_DIR/admin.pass"
+    printf '[global]\n' >"$LAB_DIR/provision-base.conf"
+    t=$(now)
+    lab2_make_netns
+    lab2_start_forwarder
+    lab2_certs
+    lab2_write_krb5_confs
+    lab2_step namespace+forwarder+certs "$t"
+    t=$(now)
+    lab2_provision_dc1
+    lab2_step "dc1 provision" "$t"
+    SAMBA_STARTED=1
+    t=$(now)
+    lab2_start_dc 1
+    use_dc 1
+    ntds_guid 1 >"$LAB_DIR/dc1/ntds.guid"
+    lab2_write_hosts "$(cat "$LAB_DIR/dc1/ntds.guid")"
+    lab2_step "dc1 start" "$t"
+    t=$(now)
+    lab2_join_dc2
+    use_dc 1
+    ntds_guid 2 >"$LAB_DIR/dc2/ntds.guid"
+    lab2_write_hosts "$(cat "$LAB_DIR/dc1/ntds.guid")" "$(cat "$LAB_DIR/dc2/ntds.guid")"
+    lab2_step "dc2 join" "$t"
+    t=$(now)
+    lab2_start_dc 2
+    lab2_step "dc2 start" "$t"
+    t=$(now)
+    lab2_initial_replication
+    lab2_step "initial drs replicate" "$t"
+    lab2_write_exec_wrappers
+    lab2_write_env
+    use_dc 1
+    echo "two-DC lab up in $(elapsed "$t0") s ($LAB2_TIMES): dc1 $LDAPS_URL, $(use_dc 2; echo "dc2 $LDAPS_URL"), realm $REALM"
+    echo "use: source $LAB_ENV"
+}
+
+cmd2_down() {
+    local purge=0 t0
+    t0=$(now)
+    case ${1:-} in
+        --purge) purge=1 ;;
+        '') ;;
+        *) die "down: unknown argument $1" ;;
+    esac
+    require_root
+    take_lock
+    lab2_stop_all
+    if ((purge)); then
+        wipe_lab_dir
+        echo "two-DC lab down and removed ($(elapsed "$t0") s)"
+    else
+        echo "two-DC lab down ($(elapsed "$t0") s); state kept in $LAB_DIR (down --dcs 2 --purge removes it)"
+    fi
+}
+
+cmd2_status() {
+    local n pid line='' running=0
+    fwd_pid >/dev/null && running=1
+    for n in 1 2; do
+        use_dc "$n"
+        samba_pid >/dev/null && running=1
+    done
+    ((running)) || { echo "two-DC lab down: no samba and no forwarder running for $LAB_DIR" >&2; return 1; }
+    [[ -f $LAB_ENV ]] || { echo "two-DC lab not ready: 'up --dcs 2' did not finish (no $LAB_ENV)" >&2; return 1; }
+    fwd_pid >/dev/null || { echo "two-DC lab unhealthy: the forwarder (nsfwd.py) is not running" >&2; return 1; }
+    for n in 1 2; do
+        use_dc "$n"
+        pid=$(samba_pid) || { echo "two-DC lab unhealthy: no running samba for $DC_NAME" >&2; return 1; }
+        ldaps_bind_ok || { echo "two-DC lab unhealthy: $DC_NAME's $LDAPS_URL does not answer a verified bind" >&2; return 1; }
+        line+=" $DC_NAME pid $pid $LDAPS_URL,"
+    done
+    echo "two-DC lab up:$line realm $REALM, dir $LAB_DIR"
+}
+
+cmd2_exec() {
+    local n=1
+    while (($# > 0)); do
+        case $1 in
+            --dc) n=${2:?--dc needs 1 or 2}; shift 2 ;;
+            --dc=*) n=${1#--dc=}; shift ;;
+            --) shift; break ;;
+            *) break ;;
+        esac
+    done
+    [[ $n == 1 || $n == 2 ]] || die "exec: --dc must be 1 or 2"
+    (($# > 0)) || die "exec: no command (usage: $PROG exec --dcs 2 [--dc N] -- CMD [ARGS...])"
+    [[ -x $LAB_DIR/bin/dc$n-exec && -f $LAB_ENV ]] || die "the two-DC lab is not up; run: $PROG up --dcs 2"
+    exec "$LAB_DIR/bin/dc$n-exec" "$@"
+}
+
+# --------------------------------------------------------------------------------------------
 main() {
-    local cmd=${1:-help}
+    local cmd=${1:-help} dcs=1 args=()
+    (($# > 0)) && shift
+    # --dcs N anywhere before `--` selects the lab: 1 (the shared one-DC lab, default) or 2.
+    while (($# > 0)); do
+        case $1 in
+            --dcs) dcs=${2:-}; shift; (($# > 0)) && shift ;;
+            --dcs=*) dcs=${1#--dcs=}; shift ;;
+            --) args+=("$@"); break ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    if [[ $dcs == 2 ]]; then
+        lab2_init
+        case $cmd in
+            up) ((${#args[@]} == 0)) || die "up takes no arguments but --dcs"; cmd2_up ;;
+            install) require_root; ensure_packages ;;
+            down) cmd2_down "${args[@]}" ;;
+            status) cmd2_status ;;
+            exec) cmd2_exec "${args[@]}" ;;
+            help | -h | --help) usage ;;
+            *) die "$cmd is not available for the two-DC lab (up, down, status, exec, install are)" ;;
+        esac
+        return
+    fi
+    [[ $dcs == 1 ]] || die "--dcs must be 1 or 2 (got '$dcs')"
     case $LAB_DIR in
         /*/*) ;;
         *) die "KCDSYNC_LAB_DIR must be an absolute path below a top-level directory (got '$LAB_DIR')" ;;
     esac
-    (($# > 0)) && shift
     case $cmd in
-        up) (($# == 0)) || die "up takes no arguments"; cmd_up ;;
+        up) ((${#args[@]} == 0)) || die "up takes no arguments"; cmd_up ;;
         install) require_root; ensure_packages ;;
-        down) cmd_down "$@" ;;
+        down) cmd_down "${args[@]}" ;;
         status) cmd_status ;;
-        seed) cmd_seed "$@" ;;
-        kvno) cmd_kvno "$@" ;;
-        exec) cmd_exec "$@" ;;
+        seed) cmd_seed "${args[@]}" ;;
+        kvno) cmd_kvno "${args[@]}" ;;
+        exec) cmd_exec "${args[@]}" ;;
         help | -h | --help) usage ;;
         *) usage >&2; exit 2 ;;
     esac

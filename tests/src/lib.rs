@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod otlp;
 pub mod proxy;
+pub mod two_dcs;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -75,14 +76,7 @@ impl Lab {
             );
         }
         let dir = PathBuf::from(std::env::var("KCDSYNC_LAB_DIR").unwrap_or_else(|_| "/var/tmp/kcdsync-lab".into()));
-        let text = std::fs::read_to_string(dir.join("lab.env")).context("reading lab.env")?;
-        let mut env = BTreeMap::new();
-        for line in text.lines() {
-            let line = line.trim().trim_start_matches("export ").trim();
-            if let Some((k, v)) = line.split_once('=') {
-                env.insert(k.to_owned(), v.trim_matches(|c| c == '"' || c == '\'').to_owned());
-            }
-        }
+        let env = read_lab_env(&dir.join("lab.env"))?;
         Ok(Lab { dir, env })
     }
 
@@ -116,25 +110,13 @@ impl Lab {
     /// An LDAPS connection bound as Administrator, for building fixtures
     /// and reading results independently of the code under test.
     pub async fn admin(&self) -> Result<Ldap> {
-        let roots = {
-            let mut r = rustls::RootCertStore::empty();
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            for c in CertificateDer::pem_file_iter(self.ca())? {
-                r.add(c?)?;
-            }
-            r
-        };
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let settings = LdapConnSettings::new().set_config(Arc::new(cfg));
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, self.var("LAB_LDAPS_URL")).await?;
-        ldap3::drive!(conn);
-        ldap.simple_bind(self.var("LAB_ADMIN_DN"), &self.admin_password())
-            .await?
-            .success()?;
-        Ok(ldap)
+        ldaps_bind(
+            self.var("LAB_LDAPS_URL"),
+            self.ca(),
+            self.var("LAB_ADMIN_DN"),
+            &self.admin_password(),
+        )
+        .await
     }
 
     /// The `[ad]` section of a controller config binding as `account`.
@@ -244,6 +226,40 @@ impl Lab {
         let _ = ldap.unbind().await;
         Ok(())
     }
+}
+
+/// Reads a lab.env written by deploy/lab/lab.sh (`export K='v'` lines).
+pub(crate) fn read_lab_env(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut env = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim().trim_start_matches("export ").trim();
+        if let Some((k, v)) = line.split_once('=') {
+            env.insert(k.to_owned(), v.trim_matches(|c| c == '"' || c == '\'').to_owned());
+        }
+    }
+    Ok(env)
+}
+
+/// An LDAPS connection to `url`, the server verified against `ca`, bound as `dn`.
+pub async fn ldaps_bind(url: &str, ca: &str, dn: &str, password: &str) -> Result<Ldap> {
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for c in CertificateDer::pem_file_iter(ca)? {
+            r.add(c?)?;
+        }
+        r
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let settings = LdapConnSettings::new().set_config(Arc::new(cfg));
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url).await?;
+    ldap3::drive!(conn);
+    ldap.simple_bind(dn, password).await?.success()?;
+    Ok(ldap)
 }
 
 #[derive(Clone, Copy)]
