@@ -91,12 +91,15 @@ impl Reconciler {
                 }
             };
             scheduler.answered(started.1);
+            // A failed run is retried for the same reason: the repair of an AD change that
+            // first met a DC restart is still an `ad-change` in the audit, not a `timer`.
+            let retry = (failures > 0).then(|| next.reason.clone());
             let wait = match self.due {
                 Some(d) => wait.min(d.saturating_duration_since(tokio::time::Instant::now())),
                 None => wait,
             };
             next = match scheduler.next(wait, &self.leadership, epoch).await {
-                Wake::Timer => Next::because(Reason::Timer),
+                Wake::Timer => Next::because(retry.unwrap_or(Reason::Timer)),
                 Wake::Failures { reasons, traceparent } => Next {
                     parent: traceparent,
                     ..Next::because(Reason::Failures(reasons))
