@@ -10,6 +10,11 @@
 #   samba422.sh hostexec -- CMD      CMD with the SYSTEM's tools (MIT kinit/kvno 1.20.1, ldapsearch:
 #                                    what the tests run) in the lab's namespace and fence
 #
+# Environment: KCDSYNC_SAMBA422_ROOT (default /var/tmp/samba422-root; "/" runs the system's samba,
+# e.g. a private 4.17 lab for comparisons), KCDSYNC_LAB422_DIR (/var/tmp/kcdsync-lab422),
+# KCDSYNC_LAB422_NETNS (/var/tmp/kcdsync-lab422.netns), KCDSYNC_LAB422_LOCK
+# (/var/tmp/kcdsync-lab422.lock), KCDSYNC_DEBIAN_MIRROR / KCDSYNC_DEBIAN_SECURITY_MIRROR.
+#
 # How: this script sources lab.sh (which only defines functions when sourced) and reuses its
 # one-DC code as is: the provision options, certificate with SANs, krb5.conf, accounts, privilege,
 # seed, kvno. Two things differ, both set here, none in lab.sh:
@@ -177,7 +182,7 @@ s422_main() {
     local cmd=${1:-help}
     case $cmd in
         root) s422_build_root; return ;;
-        help | -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return ;;
+        help | -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return ;;
         __inside) shift; s422_inside "$@"; return ;;
     esac
     require_root
