@@ -193,6 +193,25 @@ impl HostChange {
         })
     }
 
+    /// What of this change `now` (the object read back after writing it) does not show: the
+    /// userAccountControl bits it changed that are not as it set them, entries it added that
+    /// are missing, entries it removed that are back. `None`: the write is in AD. Only what
+    /// the change touched is compared, so another writer's unrelated change (a disabled
+    /// account, an SPN) is not taken for a failed write.
+    pub fn left_undone(&self, now: &super::Computer) -> Option<HostChange> {
+        let touched = self.uac_before ^ self.uac_final();
+        let has: BTreeSet<String> = now.allowed_to_delegate_to.iter().map(|e| spn_key(e)).collect();
+        let left = HostChange {
+            uac_before: now.uac,
+            uac_after: ((now.uac ^ self.uac_final()) & touched != 0)
+                .then_some((now.uac & !touched) | (self.uac_final() & touched)),
+            add: self.add.iter().filter(|e| !has.contains(&spn_key(e))).cloned().collect(),
+            remove: self.remove.iter().filter(|e| has.contains(&spn_key(e))).cloned().collect(),
+            ..self.clone()
+        };
+        (!left.kinds().is_empty() || left.uac_after.is_some()).then_some(left)
+    }
+
     /// What this change means, independent of the exact casing and order
     /// of values: used to check that an approved plan still matches AD.
     pub fn intent(&self) -> Intent {
@@ -239,6 +258,28 @@ pub fn intents(changes: &[HostChange]) -> Vec<Intent> {
 mod tests {
     use super::*;
     use crate::model::WORKSTATION_TRUST_ACCOUNT;
+
+    #[test]
+    fn a_write_read_back_as_made_leaves_nothing_undone_and_a_lost_one_says_what() {
+        let pt = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
+        let c = change(WORKSTATION_TRUST_ACCOUNT, Some(pt), &["cifs/hv02.lab.test"], &["cifs/old"]);
+        let read = |uac: u32, entries: &[&str]| crate::model::Computer {
+            uac,
+            allowed_to_delegate_to: entries.iter().map(|e| e.to_string()).collect(),
+            ..crate::model::Computer::unread(&c.dn, uac)
+        };
+        // As written (casing aside), plus someone else's unrelated change: done.
+        let disabled = pt | 0x2;
+        assert_eq!(c.left_undone(&read(disabled, &["CIFS/HV02.lab.test", "cifs/keep"])), None);
+        // The write did not stay: every part is still to do, in words an operator reads.
+        let left = c.left_undone(&read(WORKSTATION_TRUST_ACCOUNT, &["cifs/old"])).unwrap();
+        assert_eq!(
+            left.kinds(),
+            vec![ChangeKind::SetProtocolTransition, ChangeKind::AddEntries, ChangeKind::RemoveEntries]
+        );
+        assert_eq!(left.add, vec!["cifs/hv02.lab.test"]);
+        assert_eq!(left.remove, vec!["cifs/old"]);
+    }
 
     fn change(uac_before: u32, uac_after: Option<u32>, add: &[&str], remove: &[&str]) -> HostChange {
         HostChange {

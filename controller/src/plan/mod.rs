@@ -891,3 +891,4 @@ mod tests {
         assert_eq!(a.intent(), b.intent());
     }
 }
+#[cfg(test)] mod timing_probe;

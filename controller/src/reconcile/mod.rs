@@ -181,15 +181,7 @@ pub async fn execute(
         return Err(f.lost(written));
     }
 
-    let verified = verify::verify(
-        cfg,
-        ad,
-        observed,
-        selection.part,
-        applied.written,
-        &mut outcome.failures,
-    )
-    .await?;
+    let verified = verify::verify(ad, cfg.ad.max_in_flight, applied.written, &mut outcome.failures).await?;
     outcome.after = verified.iter().map(|(_, _, now)| now.clone()).collect();
     if written > 0 {
         fence::check(fence, store, written).await?;
