@@ -587,13 +587,19 @@ pub async fn serve(
     use kcdsync_proto::v1::fleet_service_server::FleetServiceServer;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServiceServer<FleetApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // v1alpha too: Python's grpcio-reflection client, Postman and Evans still ask it.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection advertises the services this listener serves (not AgentService, whose
+    // descriptor shares the file set), each version its own reflection service.
+    let reflection = |own: &str| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("kcdsync.v1.FleetService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name(own)
+    };
+    // v1alpha beside v1: Python's grpcio-reflection client, Postman and Evans still ask it.
+    let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+    let reflection = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
     use super::limits::{API, API_MAX_REQUEST_BYTES, API_MAX_RESPONSE_BYTES};
     let fleet = FleetServiceServer::new(api)
         .max_decoding_message_size(API_MAX_REQUEST_BYTES)
