@@ -187,6 +187,13 @@ fn topology(inp: &Inputs) -> Topology {
 /// The exposure model of one observe.
 pub fn exposure(inp: &Inputs) -> Exposure {
     let topo = topology(inp);
+    let by_sid: HashMap<&str, usize> = inp
+        .observed
+        .computers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.object_sid.as_deref().map(|s| (s, i)))
+        .collect();
     let mut out = Exposure::default();
     for (s, c) in inp.observed.computers.iter().enumerate() {
         if !c.allowed_to_delegate_to.is_empty() {
@@ -194,7 +201,7 @@ pub fn exposure(inp: &Inputs) -> Exposure {
         }
         if !c.rbcd.is_empty() {
             match sd::dacl_sids(&c.rbcd) {
-                Ok(sids) => rbcd_edges(inp, &topo, s, &sids.effective(), &mut out.edges),
+                Ok(sids) => rbcd_edges(inp, &topo, &by_sid, s, &sids.effective(), &mut out.edges),
                 Err(e) => out.unreadable.push((c.display_name(), e.to_string())),
             }
         }
@@ -242,6 +249,9 @@ fn resolve<'a>(inp: &Inputs<'a>, host: &'a str) -> End<'a> {
 const PEER_CLASSES: [&str; 2] = ["microsoft virtual system migration service", "cifs"];
 const FILE_SERVER_CLASSES: [&str; 1] = ["cifs"];
 
+/// (lower-case service class, entry) of the entries that reach one object.
+type Entries<'a> = Vec<(String, &'a str)>;
+
 /// The classic edges of source `s`, grouped by the object each entry reaches.
 fn classic_edges(inp: &Inputs, topo: &Topology, s: usize, out: &mut Vec<Edge>) {
     let src = &inp.observed.computers[s];
@@ -251,7 +261,7 @@ fn classic_edges(inp: &Inputs, topo: &Topology, s: usize, out: &mut Vec<Edge>) {
         Via::KerberosOnly
     };
     // By the object reached (its DN key), or by the name nobody answers to.
-    let mut by_end: BTreeMap<String, (End, Vec<(String, &str)>)> = BTreeMap::new();
+    let mut by_end: BTreeMap<String, (End, Entries)> = BTreeMap::new();
     for e in &src.allowed_to_delegate_to {
         // Not an SPN: the KDC matches it to nothing, but it is not wanted either.
         let (class, end) = match spn_parts(e) {
@@ -418,15 +428,16 @@ fn end_names(inp: &Inputs, end: End) -> (String, String) {
 }
 
 /// The RBCD edges towards target `t`: one per principal its descriptor allows.
-fn rbcd_edges(inp: &Inputs, topo: &Topology, t: usize, sids: &[String], out: &mut Vec<Edge>) {
+/// `by_sid`: the computers of the scope by objectSid.
+fn rbcd_edges(
+    inp: &Inputs,
+    topo: &Topology,
+    by_sid: &HashMap<&str, usize>,
+    t: usize,
+    sids: &[String],
+    out: &mut Vec<Edge>,
+) {
     let tgt = &inp.observed.computers[t];
-    let by_sid: HashMap<&str, usize> = inp
-        .observed
-        .computers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| c.object_sid.as_deref().map(|s| (s, i)))
-        .collect();
     for sid in sids {
         let source = by_sid.get(sid.as_str()).copied();
         let (class, why) = if let Some(why) = tier0(inp, tgt) {
@@ -534,6 +545,8 @@ fn edge_finding(e: &Edge) -> Finding {
     if !e.target_dn.is_empty() {
         f = f.evidence("target", e.target_dn.clone());
     }
+    // A pair can hold a classic and an RBCD edge: one finding each.
+    f.id = format!("{}:{:?}", f.id, e.via);
     f.fix(fix, false)
 }
 
