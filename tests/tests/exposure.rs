@@ -170,6 +170,56 @@ async fn seeded_excess_and_dangerous_edges_are_classified_and_the_kdc_agrees() {
     assert_eq!(rbcd_stranger.via, pb::EdgeVia::Rbcd as i32);
     assert_eq!(all.len(), 6, "required both ways, DC, stale, two RBCD: {all:#?}");
 
+    // Paged like the other lists: one edge a page, every edge once, in the same order.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = read
+            .get_exposure(pb::GetExposureRequest {
+                page_size: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.required, r.excess, r.dangerous),
+            (2, 2, 2),
+            "counts cover every edge"
+        );
+        paged.extend(r.edges);
+        token = r.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, all);
+    let head = read
+        .get_exposure(pb::GetExposureRequest {
+            class: pb::EdgeClass::Dangerous as i32,
+            host: "EXP02".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        head.edges.len(),
+        1,
+        "dangerous edges from or to EXP02: the stranger's RBCD"
+    );
+    println!(
+        "privileged accounts every protocol-transition edge can impersonate: {:?}",
+        head.privileged_impersonable
+    );
+    let mut nobody = fleet_client(&pki, addr, None, None).await;
+    let e = nobody
+        .get_exposure(pb::GetExposureRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
     // The dangerous edges are findings, with evidence and a remediation.
     let findings = read
         .list_findings(pb::ListFindingsRequest {

@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::config::Group;
-use crate::model::identity::{names_of, owner_spn_host};
+use crate::model::identity::names_of;
 use crate::model::names::HostName;
 use crate::model::*;
 
@@ -55,6 +55,16 @@ pub enum Via {
     ProtocolTransition,
     /// Resource-based: always with protocol transition.
     Rbcd,
+}
+
+impl Via {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Via::KerberosOnly => "constrained delegation, Kerberos only",
+            Via::ProtocolTransition => "constrained delegation with protocol transition",
+            Via::Rbcd => "resource-based constrained delegation",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -217,9 +227,35 @@ pub fn exposure(inp: &Inputs) -> Exposure {
     out
 }
 
+/// `o` answers to `name` (lower-case) for the KDC: an SPN of any class names
+/// it (the KDC issues a ticket for `class/name` to that SPN's holder, `cifs/`
+/// through `HOST/`).
+fn holds_spn_for(o: &Computer, name: &str) -> bool {
+    o.spns
+        .iter()
+        .filter_map(|s| spn_parts(s))
+        .any(|(_, h)| h.eq_ignore_ascii_case(name))
+}
+
+/// `o` answers to one of `names` (lower-case) by an SPN, its dNSHostName or
+/// its NetBIOS name: the objects outside the scope worth reading for the
+/// exposure model.
+pub fn answers_to_any(o: &Computer, names: &std::collections::HashSet<String>) -> bool {
+    o.fqdn().is_some_and(|f| names.contains(&f))
+        || names.contains(&o.netbios().to_ascii_lowercase())
+        || o.spns
+            .iter()
+            .filter_map(|s| spn_parts(s))
+            .any(|(_, h)| names.contains(&h.to_ascii_lowercase()))
+}
+
 /// The object a host name in an entry reaches: a computer of the scope whose
-/// name checks out, else any object outside that answers to it (by
-/// dNSHostName, NetBIOS name or an SPN of a class whose tickets it gets).
+/// name checks out; else, outside the scope, what the KDC would issue the
+/// ticket to — the holder of an SPN for the name — or, when nobody holds one,
+/// the object of that NetBIOS name or dNSHostName. A dNSHostName alone gets no
+/// tickets, and any object's can be copied (an impostor claiming the DC's
+/// name must not hide the DC). Of several candidates the Tier-0 one is taken:
+/// a classification may overstate, never understate.
 fn resolve<'a>(inp: &Inputs<'a>, host: &'a str) -> End<'a> {
     if let Ok(name) = HostName::parse(host)
         && let Some(i) = inp.index.find(&name)
@@ -227,22 +263,15 @@ fn resolve<'a>(inp: &Inputs<'a>, host: &'a str) -> End<'a> {
         return End::Scope(i);
     }
     let lower = host.to_ascii_lowercase();
-    let outside = inp.outside.objects.iter().chain(&inp.observed.claims.holders);
-    let mut by_spn = None;
-    for o in outside {
-        if o.fqdn().as_deref() == Some(lower.as_str()) || o.netbios().eq_ignore_ascii_case(host) {
-            return End::Outside(o);
-        }
-        if by_spn.is_none()
-            && o.spns
-                .iter()
-                .filter_map(|s| owner_spn_host(s))
-                .any(|h| h.eq_ignore_ascii_case(host))
-        {
-            by_spn = Some(o);
-        }
+    let outside = || inp.outside.objects.iter().chain(&inp.observed.claims.holders);
+    let mut found: Vec<&Computer> = outside().filter(|o| holds_spn_for(o, &lower)).collect();
+    if found.is_empty() {
+        found = outside()
+            .filter(|o| o.netbios().eq_ignore_ascii_case(host) || o.fqdn().as_deref() == Some(lower.as_str()))
+            .collect();
     }
-    by_spn.map_or(End::Nobody(host), End::Outside)
+    let worst = found.iter().find(|o| tier0(inp, o).is_some()).or(found.first());
+    worst.map_or(End::Nobody(host), |o| End::Outside(o))
 }
 
 /// The service classes live migration needs towards a peer, and towards a file server.
@@ -531,11 +560,11 @@ fn edge_finding(e: &Edge) -> Finding {
         &[&e.source, &e.target],
         "",
         format!(
-            "{} can impersonate {} to {} ({:?}): {}",
+            "{} can obtain tickets to {} as {} ({}): {}",
             e.source,
-            e.impersonates(),
             e.target,
-            e.via,
+            e.impersonates(),
+            e.via.describe(),
             e.reasons.join("; ")
         ),
     )

@@ -322,3 +322,20 @@ fn names_outside_are_the_targets_no_scoped_computer_answers_to() {
     let index = Index::new(&observed, &["lab.test".to_owned()]);
     assert_eq!(names_outside(&observed, &index), ["dc1.lab.test"]);
 }
+
+#[test]
+fn an_impostor_claiming_the_dcs_name_does_not_hide_the_dc() {
+    // An object elsewhere whose dNSHostName was pointed at the DC (the
+    // hijack of tests/tests/trust.rs): the KDC issues cifs/dc1 tickets to
+    // the SPN's holder, the DC, so the edge is the DC's.
+    let mut impostor = elsewhere("TRH02");
+    impostor.dns_host_name = Some("dc1.lab.test".into());
+    impostor.spns.clear();
+    let mut hv01 = delegating("HV01", PT, &[]);
+    hv01.allowed_to_delegate_to = vec!["cifs/dc1.lab.test".into()];
+    let w = World::new(vec![hv01], vec![group(&["hv01"], &[])]).with_outside(vec![impostor, dc()]);
+    let x = w.exposure();
+    let e = edge(&x, "hv01", "dc1", Class::Dangerous);
+    assert_eq!(e.target_dn, dc().dn, "{e:?}");
+    assert!(e.reasons[0].contains("domain controller"));
+}

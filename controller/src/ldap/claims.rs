@@ -103,9 +103,7 @@ impl Ad {
         let objects: Vec<Computer> = domain_claims
             .objects
             .iter()
-            .filter(|o| {
-                !in_scope(&o.dn, scope) && (answers_to(o, &names) || names.contains(&o.netbios().to_ascii_lowercase()))
-            })
+            .filter(|o| !in_scope(&o.dn, scope) && crate::exposure::answers_to_any(o, &names))
             .cloned()
             .collect();
         let privileged = objects
