@@ -385,6 +385,18 @@ fn judge_target(inp: &Inputs, topo: &Topology, s: usize, end: End) -> Judged {
                 return dangerous(why);
             }
             if let Some(r) = inp.index.refusal(t) {
+                // Another object answers to the name too: if that one is Tier 0,
+                // the KDC may hand it the ticket.
+                let other = match r {
+                    Refusal::SpnHeldByOther { owner, .. } | Refusal::DuplicateName { owner, .. } => Some(owner),
+                    _ => None,
+                };
+                if let Some(why) = other.and_then(|dn| by_dn(inp, dn)).and_then(|o| tier0(inp, o)) {
+                    return dangerous(format!(
+                        "{}'s name is also held by another object: {why}",
+                        c.display_name()
+                    ));
+                }
                 return excess(format!(
                     "{} does not check out as a delegation target: {}",
                     c.display_name(),
@@ -443,6 +455,17 @@ fn judge_target(inp: &Inputs, topo: &Topology, s: usize, end: End) -> Judged {
             ))
         }
     }
+}
+
+/// The object of DN `dn` among everything read (the scope, outside, claim holders).
+fn by_dn<'a>(inp: &Inputs<'a>, dn: &str) -> Option<&'a Computer> {
+    let key = dn_key(dn);
+    inp.observed
+        .computers
+        .iter()
+        .chain(&inp.outside.objects)
+        .chain(&inp.observed.claims.holders)
+        .find(|o| dn_key(&o.dn) == key)
 }
 
 fn end_names(inp: &Inputs, end: End) -> (String, String) {

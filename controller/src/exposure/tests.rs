@@ -339,3 +339,21 @@ fn an_impostor_claiming_the_dcs_name_does_not_hide_the_dc() {
     assert_eq!(e.target_dn, dc().dn, "{e:?}");
     assert!(e.reasons[0].contains("domain controller"));
 }
+
+#[test]
+fn a_peer_whose_spn_the_dc_also_holds_is_a_dangerous_target() {
+    // The DC holds cifs/hv02.lab.test too: a ticket for that name may be the DC's.
+    let mut dc = dc();
+    dc.spns.push("cifs/hv02.lab.test".into());
+    let mut w = World::new(
+        vec![delegating("HV01", PT, &["HV02"]), delegating("HV02", PT, &["HV01"])],
+        vec![group(&["hv01", "hv02"], &[])],
+    );
+    w.observed.claims.holders = vec![dc];
+    let x = w.exposure();
+    let e = edge(&x, "hv01", "hv02", Class::Dangerous);
+    assert!(
+        e.reasons[0].contains("also held by another object: dc1.lab.test is a domain controller"),
+        "{e:?}"
+    );
+}
