@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::diagnose::{Facts, Finding, HostFacts, Policy};
 use crate::ldap::{Ad, LdapError};
-use crate::model::{Account, Directory, Index, Observed};
+use crate::model::{Account, Directory, Index, Observed, Outside};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
 
@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub observed: Observed,
     pub index: Index,
     pub directory: Directory,
+    /// Objects outside the scope that its delegation entries name (the exposure model's input).
+    pub outside: Outside,
     pub hosts: HashMap<String, HostFacts>,
     pub last_change_ms: HashMap<String, i64>,
     pub taken_ms: i64,
@@ -48,6 +50,7 @@ impl Snapshot {
             index: Index::new(&observed, &[]),
             observed,
             directory: Directory::default(),
+            outside: Outside::default(),
             hosts: HashMap::new(),
             last_change_ms: HashMap::new(),
             taken_ms: 0,
@@ -84,10 +87,20 @@ impl Snapshot {
             })
             .collect();
         let last_change_ms = store.last_change_per_host().await?.into_iter().collect();
+        let index = Index::new(&observed, &cfg.dns_suffixes);
+        let outside = ad
+            .outside(
+                &cfg.ad.domain_dn,
+                &cfg.scope,
+                &crate::exposure::names_outside(&observed, &index),
+                &cfg.diagnosis.privileged_groups,
+            )
+            .await?;
         Ok(Snapshot {
-            index: Index::new(&observed, &cfg.dns_suffixes),
+            index,
             observed,
             directory,
+            outside,
             hosts,
             last_change_ms,
             taken_ms: now_ms(),
@@ -102,6 +115,7 @@ impl Snapshot {
             index: &self.index,
             hosts: &self.hosts,
             privileged: &self.directory.privileged,
+            outside: &self.outside,
             krbtgt_uac: self.directory.krbtgt_uac,
             last_change_ms: &self.last_change_ms,
             now_ms,

@@ -63,6 +63,13 @@ pub enum Output {
     Json,
 }
 
+/// Formats of the approved-edges export.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Export {
+    Csv,
+    Json,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// One-line summary: hosts, ready or not, findings, pending plans.
@@ -125,4 +132,20 @@ pub enum Cmd {
     },
     /// Print fleet events as they happen (Ctrl-C to stop).
     Watch,
+    /// Who can impersonate whom, to what: every delegation edge (classic KCD
+    /// and RBCD), classified required, excess or dangerous.
+    ///
+    /// --export prints only the required edges, as CSV or JSON, for security
+    /// tools to mark as known-good.
+    Exposure {
+        /// Only edges of this class: required, excess or dangerous.
+        #[arg(long)]
+        class: Option<String>,
+        /// Only edges from or to this host (FQDN or NetBIOS name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Print the required (approved) edges in this format instead of the table.
+        #[arg(long, value_enum, conflicts_with = "class")]
+        export: Option<Export>,
+    },
 }

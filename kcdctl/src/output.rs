@@ -77,8 +77,12 @@ pub fn plan_json(p: &pb::Plan) -> Value {
                 "uac_after": c.user_account_control_after, "add": c.add, "remove": c.remove, "reasons": c.reasons})
         })
         .collect();
+    let edges = p.edge_diff.as_ref().map(|d| {
+        let list = |v: &[pb::DelegationEdge]| v.iter().map(crate::verbs::edge_json).collect::<Vec<_>>();
+        json!({"added": list(&d.added), "removed": list(&d.removed), "adds_dangerous": d.adds_dangerous})
+    });
     json!({
         "id": p.id, "state": plan_state(p.state), "created_at": time(&p.created_at), "trigger": p.trigger,
-        "gate_reasons": p.gate_reasons, "decided_by": p.decided_by, "changes": changes,
+        "gate_reasons": p.gate_reasons, "decided_by": p.decided_by, "changes": changes, "edge_diff": edges,
     })
 }

@@ -8,7 +8,7 @@ use kcdsync_proto::v1::HostReport;
 
 use crate::config::{DEFAULT_STALE_AFTER, Group};
 use crate::model::names::HostName;
-use crate::model::{Computer, Finding, Index, Observed, Privileged};
+use crate::model::{Computer, Finding, Index, Observed, Outside, Privileged};
 
 /// What an agent said about its host.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +43,8 @@ pub struct Facts<'a> {
     /// By FQDN, lower case.
     pub hosts: &'a HashMap<String, HostFacts>,
     pub privileged: &'a [Privileged],
+    /// Objects outside the scope that its delegation entries name.
+    pub outside: &'a Outside,
     pub krbtgt_uac: Option<u32>,
     /// When kcdsync last changed each host's delegation (FQDN → Unix ms).
     pub last_change_ms: &'a HashMap<String, i64>,
@@ -51,6 +53,17 @@ pub struct Facts<'a> {
 }
 
 impl Facts<'_> {
+    /// What the exposure model reads of these facts.
+    pub fn exposure_inputs(&self) -> crate::exposure::Inputs<'_> {
+        crate::exposure::Inputs {
+            groups: self.groups,
+            observed: self.observed,
+            index: self.index,
+            outside: self.outside,
+            privileged: self.privileged,
+        }
+    }
+
     pub(super) fn computer(&self, name: &str) -> Option<&Computer> {
         HostName::parse(name)
             .ok()

@@ -153,6 +153,10 @@ pub fn fleet_findings(facts: &Facts) -> Vec<Finding> {
     }
     out.extend(facts.privileged_findings());
     out.extend(facts.krbtgt_finding());
+    // Dangerous delegation edges, whoever wrote them.
+    out.extend(crate::exposure::findings(&crate::exposure::exposure(
+        &facts.exposure_inputs(),
+    )));
     // One finding per id: a pair may come up through two groups.
     let mut ids = HashSet::new();
     out.retain(|f| ids.insert(f.id.clone()));
@@ -244,6 +248,7 @@ mod tests {
         index: Index,
         hosts: HashMap<String, HostFacts>,
         privileged: Vec<Privileged>,
+        outside: Outside,
         krbtgt: Option<u32>,
         changes: HashMap<String, i64>,
         groups: Vec<Group>,
@@ -261,6 +266,7 @@ mod tests {
                 observed,
                 hosts: HashMap::new(),
                 privileged: Vec::new(),
+                outside: Outside::default(),
                 krbtgt: Some(0x202),
                 changes: HashMap::new(),
                 groups: vec![Group {
@@ -292,6 +298,7 @@ mod tests {
                 index: &self.index,
                 hosts: &self.hosts,
                 privileged: &self.privileged,
+                outside: &self.outside,
                 krbtgt_uac: self.krbtgt,
                 last_change_ms: &self.changes,
                 now_ms: 1_000_000,

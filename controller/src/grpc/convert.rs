@@ -37,6 +37,7 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::AdGroupMissing => F::AdGroupMissing,
         FindingKind::HostIdentityConflict => F::HostIdentityConflict,
         FindingKind::NotADelegationTarget => F::NotADelegationTarget,
+        FindingKind::DangerousDelegation => F::DangerousDelegation,
         FindingKind::NoAgentReport => F::NoAgentReport,
     }) as i32
 }
@@ -104,6 +105,8 @@ pub fn plan_to_pb(p: &StoredPlan) -> pb::Plan {
         gate_reasons: p.gate_reasons.clone(),
         decided_by: p.decided_by.clone().unwrap_or_default(),
         decided_at: None,
+        // Needs the current view: `FleetApi::plan_with_edges` fills it.
+        edge_diff: None,
     }
 }
 

@@ -117,7 +117,7 @@ impl ApiState {
         *self.view.write().unwrap() = Arc::new(view);
     }
 
-    fn view(&self) -> Arc<View> {
+    pub(super) fn view(&self) -> Arc<View> {
         self.view.read().unwrap().clone()
     }
 
@@ -469,7 +469,7 @@ impl FleetService for FleetApi {
         let mut rows = self.state.store.plans_page(state, before, fetch).await?;
         let next = keyset_next(&mut rows, size, |p| p.id);
         Ok(Response::new(pb::ListPlansResponse {
-            plans: rows.iter().map(plan_to_pb).collect(),
+            plans: rows.iter().map(|p| self.plan_with_edges(p)).collect(),
             next_page_token: next,
         }))
     }
@@ -477,7 +477,14 @@ impl FleetService for FleetApi {
     async fn get_plan(&self, req: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
         self.state.auth.require(&req, Role::Read, "GetPlan")?;
         let id = parse_plan_id(&req.into_inner().id)?;
-        Ok(Response::new(plan_to_pb(&self.stored_plan(id).await?)))
+        Ok(Response::new(self.plan_with_edges(&self.stored_plan(id).await?)))
+    }
+
+    async fn get_exposure(
+        &self,
+        req: Request<pb::GetExposureRequest>,
+    ) -> Result<Response<pb::GetExposureResponse>, Status> {
+        self.get_exposure_rpc(req).await
     }
 
     async fn approve_plan(&self, req: Request<pb::ApprovePlanRequest>) -> Result<Response<pb::Plan>, Status> {
@@ -580,9 +587,19 @@ pub async fn serve(
     use kcdsync_proto::v1::fleet_service_server::FleetServiceServer;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FleetServiceServer<FleetApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection advertises the services this listener serves (not AgentService, whose
+    // descriptor shares the file set), each version its own reflection service.
+    let reflection = |own: &str| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kcdsync_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("kcdsync.v1.FleetService")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name(own)
+    };
+    // v1alpha beside v1: Python's grpcio-reflection client, Postman and Evans still ask it.
+    let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+    let reflection = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
     use super::limits::{API, API_MAX_REQUEST_BYTES, API_MAX_RESPONSE_BYTES};
     let fleet = FleetServiceServer::new(api)
         .max_decoding_message_size(API_MAX_REQUEST_BYTES)
@@ -591,6 +608,7 @@ pub async fn serve(
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(fleet)
         .serve_with_incoming_shutdown(super::tls::incoming(listener, tls, API.conn, None), shutdown)
         .await?;

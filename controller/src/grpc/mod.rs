@@ -6,6 +6,7 @@
 //!   certificate, batched ingest, commands, liveness;
 //! - `fleet`: FleetService — answers from the published view, turns writes
 //!   into requests to the reconciler;
+//! - `exposure`: GetExposure and the security-edge diff of plans;
 //! - `auth`: callers of the fleet API and their role;
 //! - `validate`: every agent message checked before it is stored (enums, ids, timestamps);
 //! - `limits`: what one caller can hold on each endpoint (connections, handshakes, streams, sizes);
@@ -15,6 +16,7 @@ pub mod agents;
 pub mod auth;
 mod cache;
 pub mod convert;
+mod exposure;
 pub mod fleet;
 pub mod limits;
 mod paging;

@@ -28,7 +28,7 @@ use super::read::computer_from_entry;
 use super::{Ad, LdapError};
 use crate::model::dn::{Dn, dn_key, in_scope};
 use crate::model::identity::answers_to;
-use crate::model::{ATTR_DNS_HOST_NAME, ATTR_SAM, ATTR_SPN, ATTR_UAC, Claims, Computer};
+use crate::model::{ATTR_DNS_HOST_NAME, ATTR_SAM, ATTR_SPN, ATTR_UAC, Claims, Computer, Outside};
 
 /// How long one read of the domain's claims serves (see the module doc).
 pub const CLAIMS_TTL: Duration = Duration::from_secs(300);
@@ -82,6 +82,36 @@ impl Ad {
             .cloned()
             .collect();
         Ok(Claims { holders, privileged })
+    }
+
+    /// The objects outside `scope` that answer to `names` (hosts that
+    /// delegation entries in the scope name), and which of them are
+    /// privileged: for the exposure model. From the same cached read as
+    /// [`Ad::claims`], so it costs no LDAP round trip while that is fresh.
+    pub async fn outside(
+        &self,
+        domain: &Dn,
+        scope: &[Dn],
+        names: &[String],
+        extra: &[Dn],
+    ) -> Result<Outside, LdapError> {
+        if names.is_empty() {
+            return Ok(Outside::default());
+        }
+        let domain_claims = self.domain_claims(domain, extra).await?;
+        let names: HashSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let objects: Vec<Computer> = domain_claims
+            .objects
+            .iter()
+            .filter(|o| !in_scope(&o.dn, scope) && crate::exposure::answers_to_any(o, &names))
+            .cloned()
+            .collect();
+        let privileged = objects
+            .iter()
+            .map(|o| dn_key(&o.dn))
+            .filter(|k| domain_claims.members.contains(k))
+            .collect();
+        Ok(Outside { objects, privileged })
     }
 
     /// Every object with an SPN or a dNSHostName, and the DN keys of every

@@ -154,6 +154,23 @@ pub(super) fn computer_from_entry(mut e: SearchEntry) -> Computer {
     for (k, v) in e.attrs.drain() {
         attrs.insert(k.to_ascii_lowercase(), v);
     }
+    // Binary values land in bin_attrs, unless their bytes happen to be valid
+    // UTF-8 (a SID with small sub-authorities can be): read both.
+    let mut binary = |name: &str| -> Option<Vec<u8>> {
+        let key = name.to_ascii_lowercase();
+        let from_bin = e
+            .bin_attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+            .and_then(|(_, v)| v.first().cloned());
+        from_bin.or_else(|| {
+            attrs
+                .remove(&key)
+                .and_then(|v| v.into_iter().next().map(String::into_bytes))
+        })
+    };
+    let object_sid = binary(ATTR_OBJECT_SID).and_then(|b| crate::exposure::sd::sid_from_bytes(&b).ok().map(|(s, _)| s));
+    let rbcd = binary(ATTR_RBCD).unwrap_or_default();
     let mut take = |name: &str| attrs.remove(&name.to_ascii_lowercase()).unwrap_or_default();
     let first = |v: Vec<String>| v.into_iter().next();
     Computer {
@@ -167,6 +184,8 @@ pub(super) fn computer_from_entry(mut e: SearchEntry) -> Computer {
         allowed_to_delegate_to: take(ATTR_DELEGATE_TO),
         spns: take(ATTR_SPN),
         usn_changed: first(take(ATTR_USN_CHANGED)).and_then(|s| s.parse().ok()).unwrap_or(0),
+        object_sid,
+        rbcd,
         dn: e.dn,
     }
 }

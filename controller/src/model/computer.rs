@@ -17,6 +17,14 @@ pub struct Computer {
     pub allowed_to_delegate_to: Vec<String>,
     pub spns: Vec<String>,
     pub usn_changed: i64,
+    /// objectSid as `S-1-5-21-…`: how an RBCD descriptor names this computer.
+    #[serde(default)]
+    pub object_sid: Option<String>,
+    /// msDS-AllowedToActOnBehalfOfOtherIdentity, raw (a security
+    /// descriptor: who may delegate *to* this computer); empty when unset.
+    /// Parsed by `exposure::sd`, never here.
+    #[serde(default)]
+    pub rbcd: Vec<u8>,
 }
 
 impl Computer {
@@ -31,6 +39,8 @@ impl Computer {
             allowed_to_delegate_to: Vec::new(),
             spns: Vec::new(),
             usn_changed: 0,
+            object_sid: None,
+            rbcd: Vec::new(),
         }
     }
 

@@ -34,6 +34,9 @@ pub enum FindingKind {
     HostIdentityConflict,
     /// A domain controller, read-only DC or privileged machine in a group.
     NotADelegationTarget,
+    /// A delegation edge reaches a domain controller, a privileged machine
+    /// or a machine outside every group (`crate::exposure`).
+    DangerousDelegation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

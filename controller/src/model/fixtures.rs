@@ -25,6 +25,8 @@ pub fn computer(name: &str, uac: u32, delegate: &[&str]) -> Computer {
         allowed_to_delegate_to: delegate.iter().map(|s| s.to_string()).collect(),
         spns: entries_to(name),
         usn_changed: 1,
+        object_sid: None,
+        rbcd: Vec::new(),
     }
 }
 

@@ -30,7 +30,7 @@ pub use computer::{Computer, is_migration_class, spn_key, spn_parts};
 pub use dn::dn_key;
 pub use finding::{Finding, FindingKind, Severity};
 pub use identity::{Claims, Refusal};
-pub use observed::{Directory, Index, Observed};
+pub use observed::{Directory, Index, Observed, Outside};
 
 pub const ACCOUNTDISABLE: u32 = 0x2;
 pub const WORKSTATION_TRUST_ACCOUNT: u32 = 0x1000;
@@ -51,15 +51,22 @@ pub const ATTR_SPN: &str = "servicePrincipalName";
 pub const ATTR_DNS_HOST_NAME: &str = "dNSHostName";
 pub const ATTR_SAM: &str = "sAMAccountName";
 pub const ATTR_USN_CHANGED: &str = "uSNChanged";
+pub const ATTR_OBJECT_SID: &str = "objectSid";
+/// Resource-based constrained delegation: a security descriptor on the target.
+pub const ATTR_RBCD: &str = "msDS-AllowedToActOnBehalfOfOtherIdentity";
 
-/// The attributes one observe reads, and no others.
-pub const COMPUTER_ATTRS: [&str; 6] = [
+/// The attributes one observe reads, and no others. objectSid and the RBCD
+/// descriptor are for the exposure model (`crate::exposure`): planning never
+/// reads them.
+pub const COMPUTER_ATTRS: [&str; 8] = [
     ATTR_SAM,
     ATTR_DNS_HOST_NAME,
     ATTR_UAC,
     ATTR_DELEGATE_TO,
     ATTR_SPN,
     ATTR_USN_CHANGED,
+    ATTR_OBJECT_SID,
+    ATTR_RBCD,
 ];
 
 /// Service classes whose entries kcdsync owns (compared lower-case).

@@ -41,6 +41,16 @@ impl Observed {
     }
 }
 
+/// Objects outside the managed scope that delegation entries inside it name
+/// (a domain controller, a SQL server, a workstation): the exposure model
+/// classifies edges to them, and nothing else reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Outside {
+    pub objects: Vec<Computer>,
+    /// DN keys of those that are (transitively) in a privileged group.
+    pub privileged: Vec<String>,
+}
+
 /// Accounts and groups that decide who may be delegated, read once per
 /// reconcile.
 #[derive(Debug, Clone, Default)]

@@ -4,6 +4,7 @@
 
 mod audit;
 mod check;
+mod exposure;
 mod hosts;
 mod plans;
 
@@ -14,6 +15,7 @@ use tracing::Instrument;
 
 use crate::cli::{Cli, Cmd};
 use crate::client;
+pub use exposure::edge_json;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let method = rpc_method(&cli.command);
@@ -42,6 +44,7 @@ fn rpc_method(cmd: &Cmd) -> &'static str {
         Cmd::Reconcile => "TriggerReconcile",
         Cmd::Audit { .. } => "ListAudit",
         Cmd::Watch => "Watch",
+        Cmd::Exposure { .. } => "GetExposure",
     }
 }
 
@@ -65,6 +68,10 @@ async fn run_in(cli: Cli) -> Result<ExitCode> {
         Cmd::Reconcile => plans::reconcile(&mut c, out).await?,
         Cmd::Audit { host, limit } => audit::audit(&mut c, out, host.unwrap_or_default(), limit).await?,
         Cmd::Watch => audit::watch(&mut c, out).await?,
+        Cmd::Exposure { class, host, export } => match export {
+            Some(format) => exposure::export(&mut c, format, host.unwrap_or_default()).await?,
+            None => exposure::exposure(&mut c, out, class, host.unwrap_or_default()).await?,
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

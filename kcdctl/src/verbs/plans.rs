@@ -22,13 +22,14 @@ pub async fn plans(c: &mut Client, out: Output, pending: bool) -> Result<()> {
         out,
         Value::from(plans.iter().map(plan_json).collect::<Vec<_>>()),
         || {
-            let mut s = plan_row(["ID", "STATE", "TRIGGER", "HOSTS", "WHY HELD"]);
+            let mut s = plan_row(["ID", "STATE", "TRIGGER", "HOSTS", "EDGES", "WHY HELD"]);
             for p in &plans {
                 s.push_str(&plan_row([
                     &p.id,
                     &plan_state(p.state),
                     &p.trigger.chars().take(24).collect::<String>(),
                     &p.changes.len().to_string(),
+                    &edge_summary(p.edge_diff.as_ref()),
                     &p.gate_reasons.join("; "),
                 ]));
             }
@@ -96,7 +97,21 @@ pub(super) async fn list(c: &mut Client, state: i32, page_size: u32) -> Result<V
 }
 
 /// One line of the `plans` table; the header uses it too, so columns align.
-fn plan_row(cells: [&str; 5]) -> String {
-    let [id, state, trigger, hosts, why] = cells;
-    format!("{id:<6} {state:<18} {trigger:<24} {hosts:<6} {why}\n")
+fn plan_row(cells: [&str; 6]) -> String {
+    let [id, state, trigger, hosts, edges, why] = cells;
+    format!("{id:<6} {state:<18} {trigger:<24} {hosts:<6} {edges:<16} {why}\n")
+}
+
+/// A plan's security-edge change in a few characters: `+2 -1 DANGEROUS`;
+/// `-` when the controller sent none (the plan is no longer pending).
+fn edge_summary(d: Option<&pb::EdgeDiff>) -> String {
+    match d {
+        None => "-".to_owned(),
+        Some(d) => format!(
+            "+{} -{}{}",
+            d.added.len(),
+            d.removed.len(),
+            if d.adds_dangerous { " DANGEROUS" } else { "" }
+        ),
+    }
 }
