@@ -33,7 +33,7 @@ impl View {
 
 pub struct Snapshot {
     pub observed: Observed,
-    pub index: Index,
+    pub index: Arc<Index>,
     pub directory: Directory,
     /// Objects outside the scope that its delegation entries name (the exposure model's input).
     pub outside: Outside,
@@ -47,7 +47,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         let observed = Observed::default();
         Snapshot {
-            index: Index::new(&observed, &[]),
+            index: Arc::new(Index::new(&observed, &[])),
             observed,
             directory: Directory::default(),
             outside: Outside::default(),
@@ -57,17 +57,21 @@ impl Snapshot {
         }
     }
 
-    /// Reads AD and the store. `observed` may be passed in when the caller
+    /// Reads AD and the store. `observed` (with its index) may be passed in when the caller
     /// has just read the scope (a reconcile), to avoid reading it twice.
     pub async fn gather(
         cfg: &Config,
         ad: &Ad,
         store: &Store,
-        observed: Option<Observed>,
+        observed: Option<(Observed, Arc<Index>)>,
     ) -> Result<Snapshot, ReconcileError> {
-        let observed = match observed {
+        let (observed, index) = match observed {
             Some(o) => o,
-            None => crate::reconcile::observe(cfg, ad).await?,
+            None => {
+                let o = crate::reconcile::observe(cfg, ad).await?;
+                let index = Arc::new(Index::new(&o, &cfg.dns_suffixes));
+                (o, index)
+            }
         };
         let directory = ad
             .directory(&cfg.ad.domain_dn, &cfg.diagnosis.privileged_groups)
@@ -87,7 +91,6 @@ impl Snapshot {
             })
             .collect();
         let last_change_ms = store.last_change_per_host().await?.into_iter().collect();
-        let index = Index::new(&observed, &cfg.dns_suffixes);
         let outside = ad
             .outside(
                 &cfg.ad.domain_dn,

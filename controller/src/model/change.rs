@@ -205,8 +205,18 @@ impl HostChange {
             uac_before: now.uac,
             uac_after: ((now.uac ^ self.uac_final()) & touched != 0)
                 .then_some((now.uac & !touched) | (self.uac_final() & touched)),
-            add: self.add.iter().filter(|e| !has.contains(&spn_key(e))).cloned().collect(),
-            remove: self.remove.iter().filter(|e| has.contains(&spn_key(e))).cloned().collect(),
+            add: self
+                .add
+                .iter()
+                .filter(|e| !has.contains(&spn_key(e)))
+                .cloned()
+                .collect(),
+            remove: self
+                .remove
+                .iter()
+                .filter(|e| has.contains(&spn_key(e)))
+                .cloned()
+                .collect(),
             ..self.clone()
         };
         (!left.kinds().is_empty() || left.uac_after.is_some()).then_some(left)
@@ -262,7 +272,12 @@ mod tests {
     #[test]
     fn a_write_read_back_as_made_leaves_nothing_undone_and_a_lost_one_says_what() {
         let pt = WORKSTATION_TRUST_ACCOUNT | TRUSTED_TO_AUTH_FOR_DELEGATION;
-        let c = change(WORKSTATION_TRUST_ACCOUNT, Some(pt), &["cifs/hv02.lab.test"], &["cifs/old"]);
+        let c = change(
+            WORKSTATION_TRUST_ACCOUNT,
+            Some(pt),
+            &["cifs/hv02.lab.test"],
+            &["cifs/old"],
+        );
         let read = |uac: u32, entries: &[&str]| crate::model::Computer {
             uac,
             allowed_to_delegate_to: entries.iter().map(|e| e.to_string()).collect(),
@@ -270,12 +285,19 @@ mod tests {
         };
         // As written (casing aside), plus someone else's unrelated change: done.
         let disabled = pt | 0x2;
-        assert_eq!(c.left_undone(&read(disabled, &["CIFS/HV02.lab.test", "cifs/keep"])), None);
+        assert_eq!(
+            c.left_undone(&read(disabled, &["CIFS/HV02.lab.test", "cifs/keep"])),
+            None
+        );
         // The write did not stay: every part is still to do, in words an operator reads.
         let left = c.left_undone(&read(WORKSTATION_TRUST_ACCOUNT, &["cifs/old"])).unwrap();
         assert_eq!(
             left.kinds(),
-            vec![ChangeKind::SetProtocolTransition, ChangeKind::AddEntries, ChangeKind::RemoveEntries]
+            vec![
+                ChangeKind::SetProtocolTransition,
+                ChangeKind::AddEntries,
+                ChangeKind::RemoveEntries
+            ]
         );
         assert_eq!(left.add, vec!["cifs/hv02.lab.test"]);
         assert_eq!(left.remove, vec!["cifs/old"]);

@@ -62,6 +62,7 @@ pub struct Directory {
 
 /// Computers of one observe by name and by DN, each with its identity
 /// verdict (`identity::verify`); names compare case-insensitively.
+#[derive(Debug, Default)]
 pub struct Index {
     /// Only computers whose dNSHostName is their own name in an allowed
     /// suffix: a name an object merely claims never finds it.

@@ -58,8 +58,12 @@ impl Plan {
 /// Computes the changes that make AD match the configured groups.
 /// `suffixes` are the allowed DNS suffixes of a managed host's name.
 pub fn plan(groups: &[Group], scope: &[Dn], suffixes: &[String], observed: &Observed) -> Plan {
-    let index = Index::new(observed, suffixes);
-    let mut planner = Planner::new(observed, &index, scope);
+    plan_with(groups, scope, &Index::new(observed, suffixes), observed)
+}
+
+/// [`plan`] with `observed`'s index already built.
+pub fn plan_with(groups: &[Group], scope: &[Dn], index: &Index, observed: &Observed) -> Plan {
+    let mut planner = Planner::new(observed, index, scope);
     for g in groups {
         planner.group(g);
     }
@@ -891,4 +895,5 @@ mod tests {
         assert_eq!(a.intent(), b.intent());
     }
 }
-#[cfg(test)] mod timing_probe;
+#[cfg(test)]
+mod timing_probe;

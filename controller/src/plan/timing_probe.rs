@@ -21,13 +21,19 @@ fn timing_probe() {
             groups.push(Group {
                 name: format!("g{gi}"),
                 mode: Mode::Enforce,
-                hosts: chunk.iter().map(|h| HostName::parse(&format!("{}.lab.test", h.to_lowercase())).unwrap()).collect(),
+                hosts: chunk
+                    .iter()
+                    .map(|h| HostName::parse(&format!("{}.lab.test", h.to_lowercase())).unwrap())
+                    .collect(),
                 ad_group: None,
                 file_servers: vec![],
                 first_grants: FirstGrants::Auto,
             });
         }
-        let observed = Observed { computers, ..Default::default() };
+        let observed = Observed {
+            computers,
+            ..Default::default()
+        };
         let sfx = vec!["lab.test".to_owned()];
         let scope = vec![Dn::parse(BASE).unwrap()];
         let t = Instant::now();
@@ -35,10 +41,29 @@ fn timing_probe() {
         eprintln!("n={n} clone {:?}", t.elapsed());
         drop(c);
         let t = Instant::now();
+        for c in &observed.computers {
+            for _ in 0..8 {
+                std::hint::black_box(crate::model::dn_key(&c.dn));
+            }
+        }
+        eprintln!("n={n} 8x dn_key {:?}", t.elapsed());
+        let t = Instant::now();
+        for c in &observed.computers {
+            for s in &c.allowed_to_delegate_to {
+                std::hint::black_box(crate::model::spn_key(s));
+            }
+        }
+        eprintln!("n={n} spn_key of all entries {:?}", t.elapsed());
+        let t = Instant::now();
+        let _ = crate::model::identity::verify(&observed, &sfx);
+        eprintln!("n={n} identity::verify {:?}", t.elapsed());
+        let t = Instant::now();
         let index = Index::new(&observed, &sfx);
         eprintln!("n={n} index {:?}", t.elapsed());
         let t = Instant::now();
-        for g in &groups { let _ = g.resolve(&observed, &index); }
+        for g in &groups {
+            let _ = g.resolve(&observed, &index);
+        }
         eprintln!("n={n} resolve all {:?}", t.elapsed());
         let t = Instant::now();
         let p = super::plan(&groups, &scope, &sfx, &observed);

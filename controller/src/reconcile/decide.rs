@@ -2,7 +2,7 @@
 //! caller — the CLI's dry run, a test — can stand between deciding and writing.
 
 use crate::config::{Config, Mode};
-use crate::model::{HostChange, Observed};
+use crate::model::{HostChange, Index, Observed};
 use crate::plan::{self, Guarded, Plan};
 
 /// What should change, and what the guard lets through.
@@ -29,13 +29,18 @@ impl Decision {
 
 /// Plans and guards.
 pub fn decide(cfg: &Config, observed: &Observed) -> Decision {
+    decide_with(cfg, observed, &Index::new(observed, &cfg.dns_suffixes))
+}
+
+/// [`decide`] with `observed`'s index already built (serve keeps it between runs).
+pub fn decide_with(cfg: &Config, observed: &Observed, index: &Index) -> Decision {
     let span = tracing::info_span!(
         "plan",
         hosts_changed = tracing::field::Empty,
         pending = tracing::field::Empty
     );
     let _entered = span.enter();
-    let plan = plan::plan(&cfg.groups, &cfg.scope, &cfg.dns_suffixes, observed);
+    let plan = plan::plan_with(&cfg.groups, &cfg.scope, index, observed);
     span.record("hosts_changed", plan.changes.len());
     crate::metrics::get().drift_detected.add(plan.changes.len() as u64, &[]);
     let (enforce, not_enforced): (Vec<HostChange>, Vec<HostChange>) =

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 pub use apply::{MAX_CONFLICT_RETRIES, MAX_TRANSIENT_RETRIES};
 pub use approve::reject;
-pub use decide::{Decision, decide};
+pub use decide::{Decision, decide, decide_with};
 pub use error::{HostError, ReconcileError};
 pub use fence::Fence;
 pub use observe::observe;

@@ -16,7 +16,7 @@ use crate::grpc::agents::AgentHub;
 use crate::grpc::convert::{event, finding_to_pb, plan_to_pb};
 use crate::grpc::fleet::ApiState;
 use crate::ldap::Ad;
-use crate::model::Observed;
+use crate::model::{Index, Observed};
 use crate::reconcile::Outcome;
 use crate::store::{Store, now_ms};
 use crate::view::{Snapshot, View};
@@ -46,7 +46,7 @@ impl Effects {
         }
     }
 
-    pub async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: Observed, o: &Outcome) {
+    pub async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: (Observed, Arc<Index>), o: &Outcome) {
         self.purge(o).await;
         self.plan_events(o).await;
         if self.api.is_none() && self.events.receiver_count() == 0 {

@@ -15,7 +15,7 @@ use super::scheduler::Reason;
 use crate::config::Config;
 use crate::ldap::Ad;
 use crate::ldap::watch::{self as notify, Notice, Registration};
-use crate::model::{Computer, Observed};
+use crate::model::{Computer, Index, Observed};
 use crate::reconcile::ReconcileError;
 use crate::reconcile::incremental::{self, Cache, Refresh};
 
@@ -31,9 +31,8 @@ struct Watching {
     _stop: watch::Sender<bool>,
 }
 
-/// What this run plans from.
+/// What a run learnt of AD; what it plans from is [`Observer::current`].
 pub struct Observation {
-    pub observed: Observed,
     /// Nothing kcdsync reads changed since the last run: planning would find what it found.
     pub unchanged: bool,
     /// "full: <why>" or "delta: N hosts".
@@ -93,16 +92,21 @@ impl Observer {
     /// that brings those writes back finds nothing new in them.
     pub fn absorb(&mut self, read: &[Computer]) {
         if let Some(c) = &mut self.cache {
-            c.observed.update_computers(read);
+            c.absorb(read);
+        }
+    }
+
+    /// A copy of the picture of AD to plan from, and its index. Taken only by a run that goes
+    /// on to plan (at 10,000 hosts the copy costs ~0.1 s: not for every wake-up).
+    pub fn current(&self) -> (Observed, Arc<Index>) {
+        match &self.cache {
+            Some(c) => (c.observed.clone(), c.index.clone()),
+            None => Default::default(),
         }
     }
 
     fn observation(&self, unchanged: bool, how: String) -> Observation {
-        Observation {
-            observed: self.cache.as_ref().map(|c| c.observed.clone()).unwrap_or_default(),
-            unchanged,
-            how,
-        }
+        Observation { unchanged, how }
     }
 
     /// (Re)registers the notifications when what to watch changed.

@@ -225,7 +225,8 @@ impl Reconciler {
             if seen.unchanged && approve.is_none() && !due && !matches!(reason, Reason::Failures(_)) {
                 return Ok(None);
             }
-            let mut decision = reconcile::decide(&cfg, &seen.observed);
+            let (observed, index) = self.observer.current();
+            let mut decision = reconcile::decide_with(&cfg, &observed, &index);
             self.due = self
                 .queue
                 .hold(&mut decision, now.into_std())
@@ -236,11 +237,11 @@ impl Reconciler {
                 progress: None,
                 fence,
             };
-            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &seen.observed, &decision, opts).await?;
-            Ok::<_, ReconcileError>(Some((seen.observed, outcome)))
+            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &observed, &decision, opts).await?;
+            Ok::<_, ReconcileError>(Some((observed, index, outcome)))
         }
         .await;
-        let (mut observed, outcome) = match result {
+        let (mut observed, index, outcome) = match result {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.ldap.give_back(ad);
@@ -259,7 +260,7 @@ impl Reconciler {
         // here and does not plan them again, and the view is built without a re-read.
         self.observer.absorb(&outcome.after);
         observed.update_computers(&outcome.after);
-        self.effects.after(&cfg, &ad, observed, &outcome).await;
+        self.effects.after(&cfg, &ad, (observed, index), &outcome).await;
         self.ldap.give_back(ad);
         Ok(outcome)
     }

@@ -46,6 +46,7 @@ struct Report {
     by_k: Vec<(usize, KReport)>,
     idle: Ops,
     idle_secs: f64,
+    cursor_read: Duration,
     delta_noop: Duration,
     full_read: Duration,
     ldapsearch: Duration,
@@ -176,6 +177,11 @@ fn one_size(lab: &Lab, rt: &tokio::runtime::Runtime, receiver: &Receiver, args: 
             let runs = reconcile_runs(receiver, t_start);
             repairs.push(runs.iter().filter(|r| r.1 > 0).map(|r| r.0).sum::<Duration>());
             eprintln!(
+                "[{n}] k={k} round {}: where the time went: {}",
+                r + 1,
+                breakdown(receiver, t_start)
+            );
+            eprintln!(
                 "[{n}] k={k} round {}: max latency {} ms, floor {:.0} ms, repair runs {:?}",
                 r + 1,
                 repaired.values().map(|&at| at - t_end).max().unwrap_or(0),
@@ -201,13 +207,20 @@ fn one_size(lab: &Lab, rt: &tokio::runtime::Runtime, receiver: &Receiver, args: 
 
     // A no-op delta read next to a full read of the scope, in-process, one connection.
     let config = Config::load(&cfg_path)?;
-    let (delta_noop, full_read) = rt.block_on(async {
+    let (cursor_read, delta_noop, full_read) = rt.block_on(async {
         let ad = Ad::connect(&config.ad).await?;
-        let (mut deltas, mut fulls) = (Vec::new(), Vec::new());
+        let (mut cursors, mut deltas, mut fulls) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..7 {
+            // What serve's wake-up costs when nothing was committed: the cursor alone.
             let t = Instant::now();
             let cur = ad.cursor().await?;
-            let changes = ad.changes_since(&config.ad.domain_dn, cur.usn + 1).await?;
+            cursors.push(t.elapsed());
+            // When something was committed: the cursor and the uSNChanged search.
+            let t = Instant::now();
+            let cur2 = ad.cursor().await?;
+            let changes = ad
+                .changes_since(&config.ad.domain_dn, cur2.usn.max(cur.usn) + 1)
+                .await?;
             deltas.push(t.elapsed());
             ensure!(
                 changes.is_empty(),
@@ -226,7 +239,11 @@ fn one_size(lab: &Lab, rt: &tokio::runtime::Runtime, receiver: &Receiver, args: 
             );
         }
         ad.unbind().await;
-        Ok::<_, anyhow::Error>((super::median(&mut deltas), super::median(&mut fulls)))
+        Ok::<_, anyhow::Error>((
+            super::median(&mut cursors),
+            super::median(&mut deltas),
+            super::median(&mut fulls),
+        ))
     })?;
     let mut searches = Vec::new();
     for _ in 0..3 {
@@ -256,6 +273,7 @@ fn one_size(lab: &Lab, rt: &tokio::runtime::Runtime, receiver: &Receiver, args: 
         by_k,
         idle,
         idle_secs,
+        cursor_read,
         delta_noop,
         full_read,
         ldapsearch,
@@ -323,6 +341,21 @@ fn reconcile_runs(receiver: &Receiver, since_ms: i64) -> Vec<(Duration, usize)> 
         .collect();
     runs.sort_by_key(|r| r.0);
     runs.into_iter().map(|(_, d, w)| (d, w)).collect()
+}
+
+/// Serve's spans since `since_ms`, by name: count and total time (where a run's time goes).
+fn breakdown(receiver: &Receiver, since_ms: i64) -> String {
+    let since = since_ms as u64 * 1_000_000;
+    let mut by: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for s in receiver.spans().into_iter().filter(|s| s.start_ns >= since) {
+        let e = by.entry(s.name).or_default();
+        e.0 += 1;
+        e.1 += s.end_ns.saturating_sub(s.start_ns) as f64 / 1e6;
+    }
+    by.iter()
+        .map(|(n, (c, ms))| format!("{n} {c}x {ms:.0} ms"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The latest exported value of serve's LDAP counters, after waiting for a fresh export.
@@ -512,7 +545,8 @@ fn print(args: &Args, reports: &[Report]) {
             r.idle_secs
         );
         println!(
-            "    no-op delta read (cursor + uSNChanged search) {:.1} ms vs full read of the scope {:.0} ms (one paged ldapsearch process {:.0} ms; goal delta < 50 ms)",
+            "    no-op wake-up (nothing committed: the cursor read) {:.1} ms; delta read finding nothing (cursor + domain-wide uSNChanged search) {:.1} ms; vs full read of the scope {:.0} ms (one paged ldapsearch process {:.0} ms; goal < 50 ms)",
+            r.cursor_read.as_secs_f64() * 1e3,
             r.delta_noop.as_secs_f64() * 1e3,
             r.full_read.as_secs_f64() * 1e3,
             r.ldapsearch.as_secs_f64() * 1e3
