@@ -895,5 +895,3 @@ mod tests {
         assert_eq!(a.intent(), b.intent());
     }
 }
-#[cfg(test)]
-mod timing_probe;
