@@ -143,12 +143,22 @@ async fn a_remediation_is_one_trace_and_no_secret_leaks() {
         command.parent_span_id, purge.span_id,
         "the agent's execution continues the controller's command"
     );
-    for name in ["observe", "plan", "verify", "audit"] {
+    for name in ["plan", "verify", "audit"] {
         assert!(
             ancestors(find(name), &by_id).contains(&"reconcile"),
             "{name} under reconcile"
         );
     }
+    // It read AD first: a full observe, or (serve already holding the scope) the delta read.
+    let read = trace
+        .iter()
+        .find(|s| matches!(s.name.as_str(), "observe" | "delta"))
+        .unwrap_or_else(|| panic!("no observe or delta span in the trace: {trace:#?}"));
+    assert!(
+        ancestors(read, &by_id).contains(&"reconcile"),
+        "{} under reconcile",
+        read.name
+    );
     // gRPC server spans follow the RPC conventions.
     let rpc = spans
         .iter()
