@@ -11,12 +11,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime;
 use kcdsync_tests::agents::eventually;
+use kcdsync_tests::logs::Captured;
 use kcdsync_tests::proxy::CutProxy;
 use kcdsync_tests::*;
 
@@ -26,38 +26,9 @@ const REGISTERED: &str = "change notifications registered";
 const INTERRUPTED: &str = "change notifications interrupted; reconnecting";
 
 /// serve's log lines, as written.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(needle).count()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_dc_comes_back_serve_reconnects_reregisters_and_repairs_what_it_missed() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    kcdsync_telemetry::init_with_writer(
-        "kcdsync-dc-restart-test",
-        kcdsync_telemetry::LogFormat::Human,
-        "info,kcdsync_controller::ldap::watch=debug",
-        kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
-    );
+    let logs = Captured::install("kcdsync-dc-restart-test", "info,kcdsync_controller::ldap::watch=debug");
     let lab = Lab::start();
     let names = ["DCR01", "DCR02", "DCR03"];
     let fleet = FleetSpec::new("t-dcrestart", &names)

@@ -7,37 +7,18 @@
 //! One test per binary: the log capture is a process-global subscriber.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime;
 use kcdsync_tests::agents::eventually;
+use kcdsync_tests::logs::Captured;
 use kcdsync_tests::proxy::CutProxy;
 use kcdsync_tests::*;
 
 const HOUR: &str = "[reconcile]\ninterval_secs = 3600\nfull_resync_secs = 3600\n";
 /// What watch.rs logs when a connection's registrations are in place.
 const REGISTERED: &str = "change notifications registered";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(needle).count()
-    }
-}
 
 /// Cuts the proxy for `down`, running `meanwhile` during the outage; restores it and returns
 /// how long after the restore the watch was registered again.
@@ -64,13 +45,9 @@ async fn outage(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_brief_outage_is_recovered_in_seconds_whatever_the_first_one_cost() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    kcdsync_telemetry::init_with_writer(
+    let logs = Captured::install(
         "kcdsync-dc-restart-twice-test",
-        kcdsync_telemetry::LogFormat::Human,
         "info,kcdsync_controller::ldap::watch=debug",
-        kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
     );
     let logs = &logs;
     let lab = Lab::start();
