@@ -26,6 +26,22 @@ pub struct CutProxy {
 }
 
 impl CutProxy {
+    /// A proxy in front of the lab's DC. TLS goes end to end: the DC's certificate names
+    /// 127.0.0.1, so verification holds on the proxy's port too.
+    pub async fn in_front_of(lab: &crate::Lab) -> Result<CutProxy> {
+        let url = lab.var("LAB_LDAPS_URL");
+        let dc: SocketAddr = url
+            .strip_prefix("ldaps://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("LAB_LDAPS_URL {url} is not ldaps://<ip>:<port>"));
+        CutProxy::start(dc).await
+    }
+
+    /// `config` (a controller's TOML for the lab) with its DC reached through this proxy.
+    pub fn reroute(&self, lab: &crate::Lab, config: &str) -> String {
+        config.replace(lab.var("LAB_LDAPS_URL"), &format!("ldaps://{}", self.addr()))
+    }
+
     /// Listens on 127.0.0.1 (a free port) and forwards every connection to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Result<CutProxy> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

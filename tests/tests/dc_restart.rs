@@ -10,7 +10,6 @@
 //! capture is a process-global tracing subscriber.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::config::Config;
@@ -38,17 +37,9 @@ async fn after_the_dc_comes_back_serve_reconnects_reregisters_and_repairs_what_i
         .await
         .unwrap();
 
-    // serve talks to the DC only through the proxy. TLS goes end to end: the DC's certificate
-    // names 127.0.0.1, so verification holds on the proxy's port too.
-    let dc_url = lab.var("LAB_LDAPS_URL");
-    let dc: SocketAddr = dc_url
-        .strip_prefix("ldaps://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("LAB_LDAPS_URL {dc_url} is not ldaps://<ip>:<port>"));
-    let proxy = CutProxy::start(dc).await.unwrap();
-    let text = fleet
-        .config(lab, BindAs::Svc, "enforce", &names, HOUR)
-        .replace(dc_url, &format!("ldaps://{}", proxy.addr()));
+    // serve talks to the DC only through the proxy.
+    let proxy = CutProxy::in_front_of(lab).await.unwrap();
+    let text = proxy.reroute(lab, &fleet.config(lab, BindAs::Svc, "enforce", &names, HOUR));
     let (_dir, path) = write_config(&text);
     let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
     // The checks below borrow these from `eventually`'s closures.

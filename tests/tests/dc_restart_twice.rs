@@ -6,7 +6,6 @@
 //! resync are an hour away, so only the watch's return starts the repair.
 //! One test per binary: the log capture is a process-global subscriber.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::config::Config;
@@ -58,15 +57,8 @@ async fn a_second_brief_outage_is_recovered_in_seconds_whatever_the_first_one_co
         .create(lab)
         .await
         .unwrap();
-    let dc_url = lab.var("LAB_LDAPS_URL");
-    let dc: SocketAddr = dc_url
-        .strip_prefix("ldaps://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("LAB_LDAPS_URL {dc_url} is not ldaps://<ip>:<port>"));
-    let proxy = CutProxy::start(dc).await.unwrap();
-    let text = fleet
-        .config(lab, BindAs::Svc, "enforce", &names, HOUR)
-        .replace(dc_url, &format!("ldaps://{}", proxy.addr()));
+    let proxy = CutProxy::in_front_of(lab).await.unwrap();
+    let text = proxy.reroute(lab, &fleet.config(lab, BindAs::Svc, "enforce", &names, HOUR));
     let (_dir, path) = write_config(&text);
     let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
     let store = &running.store;
