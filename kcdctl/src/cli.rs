@@ -132,6 +132,17 @@ pub enum Cmd {
     },
     /// Print fleet events as they happen (Ctrl-C to stop).
     Watch,
+    /// Print a shell completion script (contacts nobody).
+    ///
+    /// Examples:
+    ///   kcdctl completions bash > /etc/bash_completion.d/kcdctl
+    ///   kcdctl completions zsh > "${fpath[1]}/_kcdctl"
+    ///   kcdctl completions powershell >> $PROFILE
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Who can impersonate whom, to what: every delegation edge (classic KCD
     /// and RBCD), classified required, excess or dangerous.
     ///
@@ -148,4 +159,25 @@ pub enum Cmd {
         #[arg(long, value_enum, conflicts_with = "class")]
         export: Option<Export>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_flags_hold_together_and_completions_offer_every_subcommand() {
+        Cli::command().debug_assert();
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::PowerShell] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kcdctl", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for sub in Cli::command().get_subcommands() {
+                assert!(script.contains(sub.get_name()), "{shell}: no {}", sub.get_name());
+            }
+            assert!(script.contains("--token-file"), "{shell}: global flags are offered too");
+        }
+    }
 }

@@ -12,10 +12,14 @@ mod verbs;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut cli::Cli::command(), "kcdctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

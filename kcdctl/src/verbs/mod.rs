@@ -45,6 +45,8 @@ fn rpc_method(cmd: &Cmd) -> &'static str {
         Cmd::Audit { .. } => "ListAudit",
         Cmd::Watch => "Watch",
         Cmd::Exposure { .. } => "GetExposure",
+        // Answered by main before anything connects.
+        Cmd::Completions { .. } => "",
     }
 }
 
@@ -72,6 +74,7 @@ async fn run_in(cli: Cli) -> Result<ExitCode> {
             Some(format) => exposure::export(&mut c, format, host.unwrap_or_default()).await?,
             None => exposure::exposure(&mut c, out, class, host.unwrap_or_default()).await?,
         },
+        Cmd::Completions { .. } => unreachable!("main prints completions before connecting"),
     }
     Ok(ExitCode::SUCCESS)
 }
