@@ -88,15 +88,7 @@ impl Ad {
 
     /// One rootDSE read, within `ad.timeout`: does the DC still answer on this connection?
     pub async fn ping(&self) -> Result<(), LdapError> {
-        let mut ldap = self.ldap.clone();
-        let res = ldap
-            .with_timeout(self.cfg.timeout)
-            .search("", ldap3::Scope::Base, "(objectClass=*)", vec!["1.1"])
-            .await
-            .map_err(protocol("rootDSE read"))?;
-        crate::metrics::get().ldap_search(res.1.rc, res.0.len());
-        res.success().map_err(protocol("rootDSE read"))?;
-        Ok(())
+        self.read_base("", &["1.1"]).await.map(|_| ())
     }
 
     /// The server (or the network) closed this connection.

@@ -101,7 +101,7 @@ impl Ad {
     }
 
     /// One unpaged base read (the rootDSE takes no paging control).
-    async fn read_base(&self, dn: &str, attrs: &[&str]) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
+    pub(super) async fn read_base(&self, dn: &str, attrs: &[&str]) -> Result<Vec<ldap3::SearchEntry>, LdapError> {
         let mut ldap = self.ldap.clone();
         let res = ldap
             .with_timeout(self.cfg.timeout)

@@ -4,7 +4,7 @@
 //! uSNChanged delta read (`reconcile::incremental`). Change notifications
 //! (`ldap::watch`), the interval timer and agents' failure reports all just
 //! wake that delta read. The watch is (re)registered after each full read,
-//! so containers created meanwhile are watched from then on.
+//! and as soon as a delta shows an OU or container new in the scope.
 
 use std::sync::Arc;
 
@@ -39,6 +39,12 @@ pub struct Observation {
     pub how: String,
 }
 
+impl Observation {
+    fn new(unchanged: bool, how: String) -> Observation {
+        Observation { unchanged, how }
+    }
+}
+
 impl Observer {
     pub fn new(notices: mpsc::Sender<Notice>) -> Observer {
         Observer {
@@ -67,25 +73,25 @@ impl Observer {
             }
             (Some(c), _) if c.full_at.elapsed() >= cfg.watch.full_resync => Some("reconcile.full_resync_secs".into()),
             (Some(c), _) => match incremental::refresh(cfg, ad, c).await? {
-                Refresh::Unchanged => return Ok(self.observation(true, "delta: nothing committed".into())),
+                Refresh::Unchanged => return Ok(Observation::new(true, "delta: nothing committed".into())),
                 Refresh::Patched { dirty, containers } => {
                     if containers {
                         // A one-level watch does not see into a new OU: register it too.
                         self.watch(cfg, ad).await;
                     }
                     let how = format!("delta: {} hosts to look at", dirty.len());
-                    return Ok(self.observation(dirty.is_empty(), how));
+                    return Ok(Observation::new(dirty.is_empty(), how));
                 }
                 Refresh::Resynced(why) => {
                     self.watch(cfg, ad).await;
-                    return Ok(self.observation(false, format!("full: {why}")));
+                    return Ok(Observation::new(false, format!("full: {why}")));
                 }
             },
         };
         let why = full.unwrap_or_default();
         self.cache = Some(incremental::full(cfg, ad).await?);
         self.watch(cfg, ad).await;
-        Ok(self.observation(false, format!("full: {why}")))
+        Ok(Observation::new(false, format!("full: {why}")))
     }
 
     /// Takes in objects read back after this controller's own writes (verify), so the delta
@@ -103,10 +109,6 @@ impl Observer {
             Some(c) => (c.observed.clone(), c.index.clone()),
             None => Default::default(),
         }
-    }
-
-    fn observation(&self, unchanged: bool, how: String) -> Observation {
-        Observation { unchanged, how }
     }
 
     /// (Re)registers the notifications when what to watch changed.
