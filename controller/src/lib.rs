@@ -22,4 +22,5 @@ pub mod reconcile;
 pub mod report;
 pub mod runtime;
 pub mod store;
+pub mod ui;
 pub mod view;

@@ -261,6 +261,22 @@ pub fn inject_metadata(span: &tracing::Span, md: &mut tonic::metadata::MetadataM
 /// A server span per gRPC call, named and attributed after the
 /// OpenTelemetry RPC conventions, continuing the caller's `traceparent`.
 /// For tonic's `Server::trace_fn`.
+/// The server span of a request on a listener that serves gRPC and the
+/// dashboard: an HTTP span for `/ui/…` pages, a gRPC span otherwise.
+pub fn server_span<B>(req: &http::Request<B>) -> tracing::Span {
+    let path = req.uri().path();
+    if path == "/ui" || path.starts_with("/ui/") {
+        return tracing::info_span!(
+            "http",
+            otel.name = %format!("{} /ui", req.method()),
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            url.path = %path,
+        );
+    }
+    grpc_server_span(req)
+}
+
 pub fn grpc_server_span<B>(req: &http::Request<B>) -> tracing::Span {
     let path = req.uri().path();
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));

@@ -100,6 +100,29 @@ pub struct ApiConfig {
     pub write_clients: Vec<String>,
 }
 
+#[cfg(test)]
+impl ApiConfig {
+    /// An API config with these (name, role, token) callers, for unit tests.
+    pub fn for_tests(tokens: &[(&str, Role, &str)]) -> ApiConfig {
+        ApiConfig {
+            listen: "127.0.0.1:0".parse().expect("literal"),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: None,
+            tokens: tokens
+                .iter()
+                .map(|(name, role, token)| ApiToken {
+                    name: (*name).to_owned(),
+                    role: *role,
+                    digest: TokenDigest::of(token),
+                })
+                .collect(),
+            read_clients: Vec::new(),
+            write_clients: Vec::new(),
+        }
+    }
+}
+
 pub(super) fn validate_api(raw: RawApi, base_dir: &Path) -> Result<ApiConfig, ConfigError> {
     let listen = raw.listen.parse().map_err(|_| {
         invalid(

@@ -31,6 +31,45 @@ impl Callers {
     }
 }
 
+/// A caller whose credential was checked: what the dashboard keeps for a
+/// session (never the token itself) and hands to in-process API calls as a
+/// request extension.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub name: String,
+    pub role: Role,
+    by: Credential,
+}
+
+#[derive(Clone)]
+enum Credential {
+    /// The SHA-256 of the token, so a reload that removes it ends the session.
+    Token(TokenDigest),
+    /// The certificate name that matched `read_clients`/`write_clients`.
+    Cert(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Token(_) => f.write_str("Token(..)"),
+            Credential::Cert(n) => write!(f, "Cert({n})"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown bearer token")]
+    UnknownToken,
+    #[error("unreadable client certificate: {0}")]
+    Unreadable(String),
+    #[error("the client certificate for {0:?} has no role: add its name to api.read_clients or api.write_clients")]
+    NoRole(Vec<String>),
+    #[error("this sign-in's token or client name was removed from the configuration: sign in again")]
+    Revoked,
+}
+
 impl Auth {
     pub fn new(api: &ApiConfig) -> Auth {
         Auth {
@@ -45,7 +84,11 @@ impl Auth {
 
     /// Who is calling, and with which role.
     fn caller<T>(&self, req: &Request<T>) -> Result<(String, Role), Status> {
-        let callers = self.callers.read().unwrap_or_else(|e| e.into_inner()).clone();
+        // Set only in-process (the dashboard, for a signed-in session): a
+        // remote caller cannot put anything in a request's extensions.
+        if let Some(v) = req.extensions().get::<Verified>() {
+            return self.recheck(v).map_err(|e| Status::unauthenticated(e.to_string()));
+        }
         if let Some(v) = req.metadata().get("authorization") {
             let v = v
                 .to_str()
@@ -53,32 +96,85 @@ impl Auth {
             let token = v
                 .strip_prefix("Bearer ")
                 .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
-            let presented = TokenDigest::of(token);
-            return callers
-                .tokens
-                .iter()
-                .find(|t| t.digest.matches(&presented))
-                .map(|t| (format!("token:{}", t.name), t.role))
-                .ok_or_else(|| Status::unauthenticated("unknown bearer token"));
+            return self
+                .by_token(token)
+                .map(|v| (v.name, v.role))
+                .map_err(|e| Status::unauthenticated(e.to_string()));
         }
         if let Some(certs) = req.peer_certs().filter(|c| !c.is_empty()) {
-            let names = crate::certs::peer_host_names(certs[0].as_ref())
-                .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-            for (clients, role) in [
-                (&callers.write_clients, Role::Write),
-                (&callers.read_clients, Role::Read),
-            ] {
-                if let Some(n) = names.iter().find(|n| clients.contains(n)) {
-                    return Ok((format!("cert:{n}"), role));
-                }
-            }
-            return Err(Status::permission_denied(format!(
-                "the client certificate for {names:?} has no role: add its name to api.read_clients or api.write_clients"
-            )));
+            return self
+                .by_cert(certs[0].as_ref())
+                .map(|v| (v.name, v.role))
+                .map_err(|e| match e {
+                    AuthError::NoRole(_) => Status::permission_denied(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                });
         }
         Err(Status::unauthenticated(
             "authenticate with `authorization: Bearer <token>` or a client certificate",
         ))
+    }
+
+    /// The caller a bearer token names.
+    pub fn by_token(&self, token: &str) -> Result<Verified, AuthError> {
+        let presented = TokenDigest::of(token);
+        let callers = self.callers();
+        let t = callers
+            .tokens
+            .iter()
+            .find(|t| t.digest.matches(&presented))
+            .ok_or(AuthError::UnknownToken)?;
+        Ok(Verified {
+            name: format!("token:{}", t.name),
+            role: t.role,
+            by: Credential::Token(presented),
+        })
+    }
+
+    /// The caller a client certificate (DER, already verified by TLS against
+    /// `api.client_ca_file`) names.
+    pub fn by_cert(&self, der: &[u8]) -> Result<Verified, AuthError> {
+        let names = crate::certs::peer_host_names(der).map_err(|e| AuthError::Unreadable(e.to_string()))?;
+        let callers = self.callers();
+        for (clients, role) in [
+            (&callers.write_clients, Role::Write),
+            (&callers.read_clients, Role::Read),
+        ] {
+            if let Some(n) = names.iter().find(|n| clients.contains(n)) {
+                return Ok(Verified {
+                    name: format!("cert:{n}"),
+                    role,
+                    by: Credential::Cert(n.clone()),
+                });
+            }
+        }
+        Err(AuthError::NoRole(names))
+    }
+
+    /// `v` as the current table knows it: a token or client name removed by a
+    /// reload since `v` was verified is refused, a changed role applies.
+    pub fn recheck(&self, v: &Verified) -> Result<(String, Role), AuthError> {
+        let callers = self.callers();
+        match &v.by {
+            Credential::Token(d) => callers
+                .tokens
+                .iter()
+                .find(|t| t.digest.matches(d))
+                .map(|t| (format!("token:{}", t.name), t.role))
+                .ok_or(AuthError::Revoked),
+            Credential::Cert(n) => [
+                (&callers.write_clients, Role::Write),
+                (&callers.read_clients, Role::Read),
+            ]
+            .into_iter()
+            .find(|(clients, _)| clients.contains(n))
+            .map(|(_, role)| (format!("cert:{n}"), role))
+            .ok_or(AuthError::Revoked),
+        }
+    }
+
+    fn callers(&self) -> Arc<Callers> {
+        self.callers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The caller's name, if its role allows `what`.

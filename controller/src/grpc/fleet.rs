@@ -56,7 +56,7 @@ pub struct ApiState {
     pub events: broadcast::Sender<pb::FleetEvent>,
     accounts: Mutex<Bounded<Option<Account>>>,
     ad: tokio::sync::Mutex<Option<Ad>>,
-    pub(super) auth: Auth,
+    pub(crate) auth: Auth,
     leadership: Leadership,
 }
 
@@ -117,7 +117,7 @@ impl ApiState {
         *self.view.write().unwrap() = Arc::new(view);
     }
 
-    pub(super) fn view(&self) -> Arc<View> {
+    pub(crate) fn view(&self) -> Arc<View> {
         self.view.read().unwrap().clone()
     }
 
@@ -250,6 +250,17 @@ fn parse_plan_id(id: &str) -> Result<i64, Status> {
         .map_err(|_| Status::invalid_argument(format!("`{id}` is not a plan id (a number, see ListPlans)")))
 }
 
+/// The name a computer goes by in answers: its FQDN, or its NetBIOS name when
+/// the identity checks refused it (its dNSHostName is exactly what is not trusted).
+pub(crate) fn shown_name(view: &View, c: &Computer) -> String {
+    let trusted = view
+        .snapshot
+        .index
+        .find_dn(&c.dn)
+        .is_some_and(|i| view.snapshot.index.trusted(i));
+    if trusted { c.display_name() } else { c.netbios() }
+}
+
 /// The FleetService over shared state.
 #[derive(Clone)]
 pub struct FleetApi {
@@ -259,14 +270,7 @@ pub struct FleetApi {
 impl FleetApi {
     fn host(&self, view: &View, c: &Computer) -> pb::Host {
         let facts = view.snapshot.facts(&view.cfg, now_ms());
-        // A refused object goes by its NetBIOS name: its dNSHostName is
-        // exactly what is not trusted.
-        let trusted = view
-            .snapshot
-            .index
-            .find_dn(&c.dn)
-            .is_some_and(|i| view.snapshot.index.trusted(i));
-        let name = if trusted { c.display_name() } else { c.netbios() };
+        let name = shown_name(view, c);
         let groups: Vec<&crate::config::Group> = view
             .cfg
             .groups
@@ -601,15 +605,22 @@ pub async fn serve(
     let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     let reflection = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
     use super::limits::{API, API_MAX_REQUEST_BYTES, API_MAX_RESPONSE_BYTES};
+    let ui = crate::ui::router(api.clone());
     let fleet = FleetServiceServer::new(api)
         .max_decoding_message_size(API_MAX_REQUEST_BYTES)
         .max_encoding_message_size(API_MAX_RESPONSE_BYTES);
-    super::limits::server(&API)
-        .trace_fn(kcdsync_telemetry::grpc_server_span)
+    // The dashboard shares the listener: one port, one certificate, the same limits.
+    let routes = tonic::service::Routes::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(fleet)
+        .clone()
+        .routes();
+    let routes = tonic::service::Routes::from(routes.into_axum_router().merge(ui));
+    super::limits::server(&API)
+        .trace_fn(kcdsync_telemetry::server_span)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(super::tls::incoming(listener, tls, API.conn, None), shutdown)
         .await?;
     Ok(())
