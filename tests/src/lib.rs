@@ -7,6 +7,7 @@
 //! `Lab::kvno` asks the KDC itself whether S4U2Self + S4U2Proxy succeeds.
 
 pub mod agents;
+pub mod browser;
 pub mod logs;
 pub mod otlp;
 pub mod proxy;

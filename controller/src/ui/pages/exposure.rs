@@ -121,14 +121,34 @@ fn graph(edges: &[pb::DelegationEdge]) -> String {
     let mut h = format!(
         "<svg class=\"graph\" viewBox=\"0 0 {size:.0} {size:.0}\" width=\"{size:.0}\" height=\"{size:.0}\" role=\"img\" aria-label=\"delegation edges\">"
     );
+    h.push_str("<defs>");
+    for class in ["required", "excess", "dangerous", "unknown"] {
+        let _ = write!(
+            h,
+            "<marker id=\"arrow-{class}\" class=\"edge-{class}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\"/></marker>"
+        );
+    }
+    h.push_str("</defs>");
     let mut sorted: Vec<&pb::DelegationEdge> = edges.iter().collect();
     sorted.sort_by_key(|e| e.class);
     for e in sorted {
         let ((x1, y1), (x2, y2)) = (at(nodes[e.source.as_str()]), at(nodes[e.target.as_str()]));
+        // Each direction drawn a little to its own right, so A→B and B→A are two lines,
+        // and ended at the target circle's edge, so the arrowhead shows.
+        let (dx, dy) = (x2 - x1, y2 - y1);
+        let len = (dx * dx + dy * dy).sqrt().max(1.0);
+        let (ux, uy) = (dx / len, dy / len);
+        let (ox, oy) = (-uy * 3.0, ux * 3.0);
+        let (x1, y1, x2, y2) = (
+            x1 + ox + ux * 6.0,
+            y1 + oy + uy * 6.0,
+            x2 + ox - ux * 7.0,
+            y2 + oy - uy * 7.0,
+        );
         let (class, word) = edge_class(e.class);
         let _ = write!(
             h,
-            "<line class=\"edge-{class}\" x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\"><title>{} → {} ({word})</title></line>",
+            "<line class=\"edge-{class}\" marker-end=\"url(#arrow-{class})\" x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\"><title>{} → {} ({word})</title></line>",
             esc(&e.source),
             esc(&e.target)
         );
