@@ -222,6 +222,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01.lab.test".into(),
             destination: "API02".into(),
             account: "api-alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -232,6 +233,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01".into(),
             destination: "api02".into(),
             account: "api-bob".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -255,6 +257,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01".into(),
             destination: "api02".into(),
             account: "nobody)(cn=*".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
