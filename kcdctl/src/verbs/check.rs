@@ -21,12 +21,14 @@ pub async fn check(
     source: String,
     destination: String,
     account: String,
+    initiator: Option<String>,
 ) -> Result<ExitCode> {
     let r = c
         .check_migration(pb::CheckMigrationRequest {
             source,
             destination,
             account,
+            initiator: initiator.unwrap_or_default(),
         })
         .await
         .map_err(status_err)?
