@@ -118,6 +118,11 @@ pub enum Cmd {
         initiator: Option<String>,
     },
     /// Readiness of every ordered pair of a group, as a grid.
+    ///
+    /// Rows are sources, columns destinations: ✓ ready, ✗ not ready, · the
+    /// same host (long names are numbered, with a legend). Below the grid,
+    /// each reason that blocks, with the pairs it blocks. Colour only on a
+    /// terminal without NO_COLOR; --output json for scripts.
     Matrix {
         group: String,
         /// sAMAccountName or UPN of the account that runs Move-VM.

@@ -459,7 +459,12 @@ async fn kcdctl_answers_an_operator() {
 
     let out = kcdctl(&["matrix", "g", "--as", "ctl-alice"]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FROM\\TO") && text.contains("ok"), "{text}");
+    assert!(
+        text.starts_with("FROM\\TO  CTL01  CTL02\nCTL01      ·      ✓\nCTL02      ✓      ·\n"),
+        "{text}"
+    );
+    assert!(text.contains("2 of 2 pairs ready"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour into a pipe: {text}");
 
     let out = kcdctl(&["--output", "json", "hosts"]).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

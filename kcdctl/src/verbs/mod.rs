@@ -5,6 +5,7 @@
 mod audit;
 mod check;
 mod exposure;
+mod grid;
 mod hosts;
 mod plans;
 
