@@ -142,7 +142,9 @@ async fn a_gateway_must_delegate_to_the_source_and_the_kdc_agrees() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
-        text.contains("initiator_cannot_delegate") && text.contains("Set-ADComputer INIGW"),
+        text.contains("initiator_cannot_delegate")
+            && text.contains("msDS-AllowedToDelegateTo of INIGW: missing ")
+            && text.contains("Set-ADComputer INIGW"),
         "{text}"
     );
 

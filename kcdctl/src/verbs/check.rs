@@ -39,12 +39,12 @@ pub async fn check(
     print(out, json, || {
         let mut s = format!("{}\n", r.summary);
         for f in &r.blocking {
-            s.push_str(&format!(
-                "  blocking: {}: {}\n    fix: {}\n",
-                kind(f.kind),
-                f.summary,
-                f.remediation
-            ));
+            s.push_str(&format!("  blocking: {}: {}\n", kind(f.kind), f.summary));
+            // The evidence says exactly what is missing where (an entry, a bit, an RBCD grant).
+            for e in &f.evidence {
+                s.push_str(&format!("    {}: {}\n", e.key, e.value));
+            }
+            s.push_str(&format!("    fix: {}\n", f.remediation));
         }
         for f in &r.warnings {
             s.push_str(&format!("  warning: {}: {}\n", kind(f.kind), f.summary));
