@@ -181,20 +181,20 @@ impl ApiState {
         Ok(a)
     }
 
-    /// Where Move-VM runs, for CheckMigration: the source when `name` is empty
-    /// or names it, a computer of the scope from the view, else read from AD
-    /// (cached briefly). A name that is no host name is INVALID_ARGUMENT.
-    async fn initiator(&self, view: &View, source: &str, name: &str) -> Result<diagnose::Initiator, Status> {
-        if name.is_empty() {
+    /// Where Move-VM runs, for CheckMigration: the source when no name was
+    /// given or it names the source, a computer of the scope from the view,
+    /// else read from AD (cached briefly).
+    async fn initiator(
+        &self,
+        view: &View,
+        source: &str,
+        name: Option<&crate::model::names::HostName>,
+    ) -> Result<diagnose::Initiator, Status> {
+        let Some(host) = name else {
             return Ok(diagnose::Initiator::Source);
-        }
-        let host = crate::model::names::HostName::parse(name).map_err(|e| {
-            Status::invalid_argument(format!(
-                "initiator: {e}; give the FQDN or NetBIOS name of the machine that runs Move-VM"
-            ))
-        })?;
+        };
         let facts = view.snapshot.facts(&view.cfg, now_ms());
-        if let Some(i) = facts.initiator_in_scope(&host, source) {
+        if let Some(i) = facts.initiator_in_scope(host, source) {
             return Ok(i);
         }
         let key = host.to_string();
@@ -204,13 +204,13 @@ impl ApiState {
             None => {
                 let domain = &view.cfg.ad.domain_dn;
                 let mut ad = self.ad(view).await?;
-                let found = match ad.as_ref().expect("connected").computers_named(domain, &host).await {
+                let found = match ad.as_ref().expect("connected").computers_named(domain, host).await {
                     Ok(found) => found,
                     Err(e) => {
                         Self::reconnect(&mut ad, view).await?;
                         ad.as_ref()
                             .expect("connected")
-                            .computers_named(domain, &host)
+                            .computers_named(domain, host)
                             .await
                             .map_err(|_| Status::unavailable(format!("cannot read computer {host} from AD: {e}")))?
                     }
@@ -219,7 +219,7 @@ impl ApiState {
                 found
             }
         };
-        Ok(diagnose::pick_initiator(&host, found))
+        Ok(diagnose::pick_initiator(host, found))
     }
 
     /// Asks the reconciler for a run and waits for it, at most `wait`. Never
@@ -301,6 +301,18 @@ fn matrix_cells(group: &str, hosts: usize) -> Result<usize, Status> {
         )));
     }
     Ok(cells)
+}
+
+/// CheckMigration's initiator: none when empty, else a host name (INVALID_ARGUMENT otherwise).
+fn parse_initiator(name: &str) -> Result<Option<crate::model::names::HostName>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    crate::model::names::HostName::parse(name).map(Some).map_err(|e| {
+        Status::invalid_argument(format!(
+            "initiator: {e}; give the FQDN or NetBIOS name of the machine that runs Move-VM"
+        ))
+    })
 }
 
 fn parse_plan_id(id: &str) -> Result<i64, Status> {
@@ -467,13 +479,15 @@ impl FleetService for FleetApi {
                 "source and destination are required (FQDN or NetBIOS name)",
             ));
         }
+        // Checked before any I/O: a name that is no host name never reaches AD.
+        let initiator = parse_initiator(r.initiator.trim())?;
         let view = self.state.view();
         let account = self
             .state
             .account(&view, &r.account)
             .await?
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
-        let initiator = self.state.initiator(&view, &r.source, r.initiator.trim()).await?;
+        let initiator = self.state.initiator(&view, &r.source, initiator.as_ref()).await?;
         let facts = view.snapshot.facts(&view.cfg, now_ms());
         let v = diagnose::check_migration_from(&facts, &initiator, &r.source, &r.destination, &account);
         Ok(Response::new(pb::CheckMigrationResponse {
@@ -715,6 +729,22 @@ mod tests {
             "group `big` has 101 hosts: its matrix would have 10100 cells, more than the 10000 a ReadinessMatrix answers; ask CheckMigration for the pairs you need"
         );
         assert!(matrix_cells("huge", usize::MAX).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn an_initiator_is_a_host_name_or_nothing() {
+        assert_eq!(parse_initiator("").unwrap(), None, "empty: Move-VM runs on the source");
+        assert_eq!(
+            parse_initiator("GW01.Lab.Test").unwrap().unwrap().as_str(),
+            "gw01.lab.test"
+        );
+        let long = "a".repeat(100_000);
+        for bad in ["gw)(cn=*", "*", "GW01$", "gw 01", "a..b", long.as_str()] {
+            let e = parse_initiator(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:.20}");
+            assert!(e.message().starts_with("initiator: `"), "{}", e.message());
+            assert!(e.message().len() < 300, "the input is not echoed in full");
+        }
     }
 
     #[test]
