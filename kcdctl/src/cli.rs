@@ -89,6 +89,17 @@ pub enum Cmd {
     /// Can a VM move from SRC to DST when ACCOUNT runs Move-VM?
     ///
     /// Exits 0 when ready, 3 when not (the reasons are printed), 1 when it cannot ask.
+    ///
+    /// Where Move-VM runs matters. Run on SRC itself, SRC's delegation to DST
+    /// decides. Run from another machine (a management gateway, an admin
+    /// workstation, an orchestrator's server: `Move-VM -ComputerName SRC ...`),
+    /// that machine must also be allowed to delegate ACCOUNT to SRC: name it
+    /// with --initiator, and the check says what it lacks and what to set.
+    ///
+    /// Examples:
+    ///   kcdctl check hv01.contoso.com hv02.contoso.com --as svc-migrate
+    ///   kcdctl check hv01 hv02 --as svc-migrate --initiator gw01.contoso.com
+    #[command(verbatim_doc_comment)]
     Check {
         /// The host the VM runs on (SRC).
         source: String,
@@ -97,8 +108,21 @@ pub enum Cmd {
         /// sAMAccountName or UPN of the account that runs Move-VM.
         #[arg(long = "as", value_name = "ACCOUNT")]
         account: String,
+        /// The machine Move-VM runs on, when it is not SRC (FQDN or NetBIOS name).
+        ///
+        /// It needs classic delegation to SRC's cifs/ and migration service
+        /// (with "use any authentication protocol": remoting from it goes
+        /// through WinRM), or RBCD on SRC naming it. kcdsync only explains:
+        /// it does not write delegation for machines it does not manage.
+        #[arg(long, value_name = "HOST")]
+        initiator: Option<String>,
     },
     /// Readiness of every ordered pair of a group, as a grid.
+    ///
+    /// Rows are sources, columns destinations: ✓ ready, ✗ not ready, · the
+    /// same host (long names are numbered, with a legend). Below the grid,
+    /// each reason that blocks, with the pairs it blocks. Colour only on a
+    /// terminal without NO_COLOR; --output json for scripts.
     Matrix {
         group: String,
         /// sAMAccountName or UPN of the account that runs Move-VM.

@@ -15,6 +15,18 @@ pub fn print(output: Output, json: Value, table: impl FnOnce() -> String) {
     }
 }
 
+/// Whether tables may use ANSI colour: only on a terminal, and not when
+/// NO_COLOR is set to anything but "" (https://no-color.org).
+pub fn colour(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// [`colour`] for this process's stdout and environment.
+pub fn stdout_colour() -> bool {
+    use std::io::IsTerminal;
+    colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+}
+
 /// A finding kind without its proto prefix (`protocol_transition_missing`);
 /// the number when this kcdctl does not know the kind yet.
 pub fn kind(k: i32) -> String {
@@ -85,4 +97,21 @@ pub fn plan_json(p: &pb::Plan) -> Value {
         "id": p.id, "state": plan_state(p.state), "created_at": time(&p.created_at), "trigger": p.trigger,
         "gate_reasons": p.gate_reasons, "decided_by": p.decided_by, "changes": changes, "edge_diff": edges,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_under_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "piped or redirected: plain text");
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(
+            colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not count (no-color.org)"
+        );
+    }
 }

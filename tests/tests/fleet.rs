@@ -222,6 +222,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01.lab.test".into(),
             destination: "API02".into(),
             account: "api-alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -232,6 +233,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01".into(),
             destination: "api02".into(),
             account: "api-bob".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -255,6 +257,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
             source: "api01".into(),
             destination: "api02".into(),
             account: "nobody)(cn=*".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -456,7 +459,12 @@ async fn kcdctl_answers_an_operator() {
 
     let out = kcdctl(&["matrix", "g", "--as", "ctl-alice"]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FROM\\TO") && text.contains("ok"), "{text}");
+    assert!(
+        text.starts_with("FROM\\TO  CTL01  CTL02\nCTL01      ·      ✓\nCTL02      ✓      ·\n"),
+        "{text}"
+    );
+    assert!(text.contains("2 of 2 pairs ready"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour into a pipe: {text}");
 
     let out = kcdctl(&["--output", "json", "hosts"]).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

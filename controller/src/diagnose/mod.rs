@@ -6,13 +6,15 @@
 //! - `facts`: what diagnosis reads (gathered by `view::Snapshot`);
 //! - `host`: one host's account, agent liveness, settings, services, tickets;
 //! - `source`: what a source needs in AD to delegate to a destination;
-//! - `account`: who is delegated (the migrating account, privileged ones, krbtgt).
+//! - `account`: who is delegated (the migrating account, privileged ones, krbtgt);
+//! - `initiator`: what the machine running Move-VM needs when it is not the source.
 //!
 //! The finding type and its kinds live in `model` (planning raises some too).
 
 mod account;
 mod facts;
 mod host;
+mod initiator;
 mod source;
 
 use std::collections::{BTreeSet, HashSet};
@@ -21,6 +23,7 @@ use serde::Serialize;
 
 pub use crate::model::{Account, Finding, FindingKind, Privileged, Severity};
 pub use facts::{Facts, HostFacts, Policy};
+pub use initiator::{Initiator, pick as pick_initiator};
 
 use crate::model::{ATTR_DELEGATE_TO, CIFS, Computer, FindingKind as Kind, spn_key};
 use host::Role;
@@ -41,8 +44,20 @@ pub struct Verdict {
 }
 
 /// Will a live migration from `source` to `destination`, started by
-/// `account`, authenticate?
+/// `account` on the source, authenticate?
 pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: &Account) -> Verdict {
+    check_migration_from(facts, &Initiator::Source, source, destination, account)
+}
+
+/// [`check_migration`] with Move-VM run on `initiator`: a machine other
+/// than the source must also be allowed to delegate to the source.
+pub fn check_migration_from(
+    facts: &Facts,
+    initiator: &Initiator,
+    source: &str,
+    destination: &str,
+    account: &Account,
+) -> Verdict {
     let mut found = Vec::new();
     let src = facts.computer(source);
     let dst = facts.computer(destination);
@@ -78,8 +93,20 @@ pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: 
             },
         ));
     }
+    if let Some(s) = src {
+        found.extend(initiator::initiator_findings(initiator, s));
+    }
     found.extend(facts.account_findings(account));
     found.extend(facts.krbtgt_finding());
+    let mut what = format!("{source} -> {destination} as {}", account.name);
+    if let Some(i) = initiator.name() {
+        what.push_str(&format!(" from {i}"));
+    }
+    verdict(found, what)
+}
+
+/// Ready when no finding is critical; the summary says why not.
+fn verdict(found: Vec<Finding>, what: String) -> Verdict {
     let (blocking, warnings): (Vec<Finding>, Vec<Finding>) =
         found.into_iter().partition(|f| f.severity == Severity::Critical);
     let readiness = if blocking.is_empty() {
@@ -88,10 +115,9 @@ pub fn check_migration(facts: &Facts, source: &str, destination: &str, account: 
         Readiness::NotReady
     };
     let summary = match readiness {
-        Readiness::Ready => format!("{source} -> {destination} as {}: ready", account.name),
+        Readiness::Ready => format!("{what}: ready"),
         Readiness::NotReady => format!(
-            "{source} -> {destination} as {}: not ready: {}",
-            account.name,
+            "{what}: not ready: {}",
             blocking
                 .iter()
                 .map(|f| f.summary.as_str())
@@ -198,7 +224,7 @@ mod tests {
     use super::*;
     use crate::config::Group;
     use crate::config::Mode;
-    use crate::model::fixtures::delegating;
+    use crate::model::fixtures::{self, delegating};
     use crate::model::names::HostName;
     use crate::model::*;
     use kcdsync_proto::v1::{HostIdentity, KerberosTicket, MigrationSettings, ServiceStatus, StartMode};
@@ -325,6 +351,63 @@ mod tests {
                 .iter()
                 .all(|f| f.severity != Severity::Critical)
         );
+    }
+
+    #[test]
+    fn an_initiator_other_than_the_source_must_delegate_to_it_too() {
+        let w = World::new(vec![
+            delegating("HV01", GOOD, &["HV02"]),
+            delegating("HV02", GOOD, &["HV01"]),
+        ]);
+        let f = w.facts();
+        // GW01 is outside the scope: the API read it from AD.
+        let mut gw01 = delegating("GW01", WORKSTATION_TRUST_ACCOUNT, &[]);
+        gw01.dn = "CN=GW01,OU=Admin,DC=lab,DC=test".into();
+        let from_gw = Initiator::Computer(Box::new(gw01.clone()));
+        let v = check_migration_from(&f, &from_gw, "hv01", "hv02", &alice());
+        assert_eq!(kinds(&v), vec![FindingKind::InitiatorCannotDelegate]);
+        assert!(
+            v.summary
+                .starts_with("hv01 -> hv02 as alice from gw01.lab.test: not ready: gw01.lab.test runs Move-VM"),
+            "{}",
+            v.summary
+        );
+
+        // Who is delegated still matters: the account's own findings come as well.
+        let sensitive = Account {
+            uac: 0x200 | NOT_DELEGATED,
+            ..alice()
+        };
+        let v = check_migration_from(&f, &from_gw, "hv01", "hv02", &sensitive);
+        assert_eq!(
+            kinds(&v),
+            vec![FindingKind::InitiatorCannotDelegate, FindingKind::AccountSensitive]
+        );
+
+        gw01.uac |= TRUSTED_TO_AUTH_FOR_DELEGATION;
+        gw01.allowed_to_delegate_to = fixtures::entries_to("HV01");
+        let v = check_migration_from(&f, &Initiator::Computer(Box::new(gw01)), "hv01", "hv02", &alice());
+        assert_eq!(v.readiness, Readiness::Ready, "{v:#?}");
+
+        // The source named as initiator, by either name: the check is the plain one.
+        for name in ["HV01", "hv01.lab.test"] {
+            let i = f.initiator_in_scope(&HostName::parse(name).unwrap(), "hv01.lab.test");
+            assert_eq!(i, Some(Initiator::Source), "{name}");
+        }
+        // A peer of the scope as initiator (a pull migration run on the
+        // destination) is judged from the view, with its own delegation.
+        let hv02 = f.initiator_in_scope(&HostName::parse("hv02").unwrap(), "hv01").unwrap();
+        assert_eq!(
+            check_migration_from(&f, &hv02, "hv01", "hv02", &alice()).readiness,
+            Readiness::Ready
+        );
+        assert_eq!(
+            f.initiator_in_scope(&HostName::parse("gw01").unwrap(), "hv01"),
+            None,
+            "AD must be asked"
+        );
+        let v = check_migration_from(&f, &Initiator::Missing("GW09".into()), "hv01", "hv02", &alice());
+        assert_eq!(kinds(&v), vec![FindingKind::HostMissingFromAd]);
     }
 
     #[test]

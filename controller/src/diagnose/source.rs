@@ -37,27 +37,9 @@ impl Facts<'_> {
             }
             out.push(f);
         }
-        let have: BTreeSet<String> = src.allowed_to_delegate_to.iter().map(|e| spn_key(e)).collect();
+        let (missing_required, missing_netbios) = missing_entries(&src.allowed_to_delegate_to, dst);
         let dfqdn = dst.fqdn();
         let dnb = dst.netbios();
-        let mut missing_required = Vec::new();
-        let mut missing_netbios = Vec::new();
-        for class in [MIGRATION_SERVICE, CIFS] {
-            if let Some(f) = &dfqdn {
-                let e = format!("{class}/{f}");
-                if !have.contains(&spn_key(&e)) {
-                    missing_required.push(e);
-                }
-            }
-            let e = format!("{class}/{dnb}");
-            if !have.contains(&spn_key(&e)) {
-                if dfqdn.is_some() {
-                    missing_netbios.push(e);
-                } else {
-                    missing_required.push(e);
-                }
-            }
-        }
         if !missing_required.is_empty() {
             out.push(
                 Finding::new(
@@ -110,4 +92,33 @@ impl Facts<'_> {
         }
         out
     }
+}
+
+/// The entries `have` (an msDS-AllowedToDelegateTo) lacks to delegate to
+/// `target`'s migration services: first those every migration needs (by its
+/// FQDN, or by its NetBIOS name when it has none), then those only migrations
+/// addressed to its NetBIOS name need.
+pub(super) fn missing_entries(have: &[String], target: &Computer) -> (Vec<String>, Vec<String>) {
+    let have: BTreeSet<String> = have.iter().map(|e| spn_key(e)).collect();
+    let fqdn = target.fqdn();
+    let netbios = target.netbios();
+    let mut required = Vec::new();
+    let mut by_netbios = Vec::new();
+    for class in [MIGRATION_SERVICE, CIFS] {
+        if let Some(f) = &fqdn {
+            let e = format!("{class}/{f}");
+            if !have.contains(&spn_key(&e)) {
+                required.push(e);
+            }
+        }
+        let e = format!("{class}/{netbios}");
+        if !have.contains(&spn_key(&e)) {
+            if fqdn.is_some() {
+                by_netbios.push(e);
+            } else {
+                required.push(e);
+            }
+        }
+    }
+    (required, by_netbios)
 }

@@ -39,6 +39,7 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::NotADelegationTarget => F::NotADelegationTarget,
         FindingKind::DangerousDelegation => F::DangerousDelegation,
         FindingKind::NoAgentReport => F::NoAgentReport,
+        FindingKind::InitiatorCannotDelegate => F::InitiatorCannotDelegate,
     }) as i32
 }
 

@@ -32,6 +32,13 @@ use crate::view::View;
 const ACCOUNT_TTL: Duration = Duration::from_secs(60);
 /// … and at most this many are kept (the least recently used go first).
 pub const ACCOUNT_CACHE: usize = 1024;
+/// Initiators (CheckMigration's machine that runs Move-VM, read from AD) are
+/// reused for this long: long enough to absorb an orchestrator checking every
+/// VM of a host in one go, short enough that an operator who just applied the
+/// remediation a finding named sees it on the next check …
+const INITIATOR_TTL: Duration = Duration::from_secs(10);
+/// … and at most this many are kept (a caller may send any name).
+pub const INITIATOR_CACHE: usize = 1024;
 /// A ReadinessMatrix answers at most this many cells (a group of 100 hosts: 9,900).
 pub const MAX_MATRIX_CELLS: usize = 10_000;
 /// ApprovePlan and TriggerReconcile wait this long for their reconcile at most (less when the
@@ -55,6 +62,8 @@ pub struct ApiState {
     pub requests: mpsc::Sender<ReconcileRequest>,
     pub events: broadcast::Sender<pb::FleetEvent>,
     accounts: Mutex<Bounded<Option<Account>>>,
+    /// The computers AD answered for an initiator's name (none: not found).
+    initiators: Mutex<Bounded<Vec<Computer>>>,
     ad: tokio::sync::Mutex<Option<Ad>>,
     pub(crate) auth: Auth,
     leadership: Leadership,
@@ -77,6 +86,7 @@ impl ApiState {
             requests,
             events,
             accounts: Mutex::new(Bounded::new(ACCOUNT_CACHE, ACCOUNT_TTL)),
+            initiators: Mutex::new(Bounded::new(INITIATOR_CACHE, INITIATOR_TTL)),
             ad: tokio::sync::Mutex::new(None),
             auth: Auth::new(api),
             leadership,
@@ -121,6 +131,25 @@ impl ApiState {
         self.view.read().unwrap().clone()
     }
 
+    /// The API's own AD connection, connected.
+    async fn ad(&self, view: &View) -> Result<tokio::sync::MutexGuard<'_, Option<Ad>>, Status> {
+        let mut ad = self.ad.lock().await;
+        if ad.is_none() {
+            Self::reconnect(&mut ad, view).await?;
+        }
+        Ok(ad)
+    }
+
+    /// Replaces the connection (after a failed read: it may have gone stale).
+    async fn reconnect(ad: &mut Option<Ad>, view: &View) -> Result<(), Status> {
+        *ad = Some(
+            Ad::connect(&view.cfg.ad)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot reach AD: {e}")))?,
+        );
+        Ok(())
+    }
+
     /// The account from the cache, or from AD.
     async fn account(&self, view: &View, name: &str) -> Result<Option<Account>, Status> {
         if name.is_empty() || name.len() > 256 {
@@ -132,14 +161,7 @@ impl ApiState {
         if let Some(a) = self.accounts.lock().unwrap().get(&key) {
             return Ok(a);
         }
-        let mut ad = self.ad.lock().await;
-        if ad.is_none() {
-            *ad = Some(
-                Ad::connect(&view.cfg.ad)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("cannot reach AD: {e}")))?,
-            );
-        }
+        let mut ad = self.ad(view).await?;
         let result = view
             .snapshot
             .account(&view.cfg, ad.as_ref().expect("connected"), name)
@@ -148,11 +170,7 @@ impl ApiState {
             Ok(a) => a,
             Err(e) => {
                 // The connection may have gone stale: drop it, retry once.
-                *ad = Some(
-                    Ad::connect(&view.cfg.ad)
-                        .await
-                        .map_err(|e| Status::unavailable(format!("cannot reach AD: {e}")))?,
-                );
+                Self::reconnect(&mut ad, view).await?;
                 view.snapshot
                     .account(&view.cfg, ad.as_ref().expect("connected"), name)
                     .await
@@ -161,6 +179,47 @@ impl ApiState {
         };
         self.accounts.lock().unwrap().insert(key, a.clone());
         Ok(a)
+    }
+
+    /// Where Move-VM runs, for CheckMigration: the source when no name was
+    /// given or it names the source, a computer of the scope from the view,
+    /// else read from AD (cached briefly).
+    async fn initiator(
+        &self,
+        view: &View,
+        source: &str,
+        name: Option<&crate::model::names::HostName>,
+    ) -> Result<diagnose::Initiator, Status> {
+        let Some(host) = name else {
+            return Ok(diagnose::Initiator::Source);
+        };
+        let facts = view.snapshot.facts(&view.cfg, now_ms());
+        if let Some(i) = facts.initiator_in_scope(host, source) {
+            return Ok(i);
+        }
+        let key = host.to_string();
+        let cached = self.initiators.lock().unwrap().get(&key);
+        let found = match cached {
+            Some(found) => found,
+            None => {
+                let domain = &view.cfg.ad.domain_dn;
+                let mut ad = self.ad(view).await?;
+                let found = match ad.as_ref().expect("connected").computers_named(domain, host).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        Self::reconnect(&mut ad, view).await?;
+                        ad.as_ref()
+                            .expect("connected")
+                            .computers_named(domain, host)
+                            .await
+                            .map_err(|_| Status::unavailable(format!("cannot read computer {host} from AD: {e}")))?
+                    }
+                };
+                self.initiators.lock().unwrap().insert(key, found.clone());
+                found
+            }
+        };
+        Ok(diagnose::pick_initiator(host, found))
     }
 
     /// Asks the reconciler for a run and waits for it, at most `wait`. Never
@@ -242,6 +301,18 @@ fn matrix_cells(group: &str, hosts: usize) -> Result<usize, Status> {
         )));
     }
     Ok(cells)
+}
+
+/// CheckMigration's initiator: none when empty, else a host name (INVALID_ARGUMENT otherwise).
+fn parse_initiator(name: &str) -> Result<Option<crate::model::names::HostName>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    crate::model::names::HostName::parse(name).map(Some).map_err(|e| {
+        Status::invalid_argument(format!(
+            "initiator: {e}; give the FQDN or NetBIOS name of the machine that runs Move-VM"
+        ))
+    })
 }
 
 fn parse_plan_id(id: &str) -> Result<i64, Status> {
@@ -412,14 +483,17 @@ impl FleetService for FleetApi {
                 "source and destination are required (FQDN or NetBIOS name)",
             ));
         }
+        // Checked before any I/O: a name that is no host name never reaches AD.
+        let initiator = parse_initiator(r.initiator.trim())?;
         let view = self.state.view();
         let account = self
             .state
             .account(&view, &r.account)
             .await?
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
+        let initiator = self.state.initiator(&view, &r.source, initiator.as_ref()).await?;
         let facts = view.snapshot.facts(&view.cfg, now_ms());
-        let v = diagnose::check_migration(&facts, &r.source, &r.destination, &account);
+        let v = diagnose::check_migration_from(&facts, &initiator, &r.source, &r.destination, &account);
         Ok(Response::new(pb::CheckMigrationResponse {
             readiness: readiness_to_pb(v.readiness),
             blocking: v.blocking.iter().map(finding_to_pb).collect(),
@@ -666,6 +740,22 @@ mod tests {
             "group `big` has 101 hosts: its matrix would have 10100 cells, more than the 10000 a ReadinessMatrix answers; ask CheckMigration for the pairs you need"
         );
         assert!(matrix_cells("huge", usize::MAX).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn an_initiator_is_a_host_name_or_nothing() {
+        assert_eq!(parse_initiator("").unwrap(), None, "empty: Move-VM runs on the source");
+        assert_eq!(
+            parse_initiator("GW01.Lab.Test").unwrap().unwrap().as_str(),
+            "gw01.lab.test"
+        );
+        let long = "a".repeat(100_000);
+        for bad in ["gw)(cn=*", "*", "GW01$", "gw 01", "a..b", long.as_str()] {
+            let e = parse_initiator(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:.20}");
+            assert!(e.message().starts_with("initiator: `"), "{}", e.message());
+            assert!(e.message().len() < 300, "the input is not echoed in full");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use ldap3::{Scope, SearchEntry};
 use super::connection::protocol;
 use super::{Ad, LdapError, RC_NO_SUCH_OBJECT};
 use crate::model::dn::{Dn, dn_key};
+use crate::model::names::HostName;
 use crate::model::*;
 
 impl Ad {
@@ -55,6 +56,27 @@ impl Ad {
             .into_iter()
             .find(|e| !e.is_ref() && !e.is_intermediate())
             .map(|e| computer_from_entry(SearchEntry::construct(e))))
+    }
+
+    /// The computers of the domain that answer to `name`: by machine account
+    /// (`NAME$`), or for an FQDN also by dNSHostName (which one is meant is
+    /// `diagnose::pick_initiator`'s choice). Reads `INITIATOR_ATTRS` only;
+    /// the name was validated and is escaped all the same.
+    pub async fn computers_named(&self, domain: &Dn, name: &HostName) -> Result<Vec<Computer>, LdapError> {
+        let sam = ldap3::ldap_escape(format!("{}$", name.derived_netbios()));
+        let filter = match name {
+            HostName::Netbios(_) => format!("(&(objectClass=computer)({ATTR_SAM}={sam}))"),
+            HostName::Fqdn(f) => format!(
+                "(&(objectClass=computer)(|({ATTR_SAM}={sam})({ATTR_DNS_HOST_NAME}={})))",
+                ldap3::ldap_escape(f.as_str())
+            ),
+        };
+        Ok(self
+            .search_all(domain.as_str(), Scope::Subtree, &filter, &INITIATOR_ATTRS)
+            .await?
+            .into_iter()
+            .map(computer_from_entry)
+            .collect())
     }
 
     /// Reads one computer object again (after a conflict).

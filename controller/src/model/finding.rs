@@ -37,6 +37,9 @@ pub enum FindingKind {
     /// A delegation edge reaches a domain controller, a privileged machine
     /// or a machine outside every group (`crate::exposure`).
     DangerousDelegation,
+    /// Move-VM runs on another machine than the source, and that machine may
+    /// not delegate to the source (`diagnose::initiator`).
+    InitiatorCannotDelegate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -69,6 +69,17 @@ pub const COMPUTER_ATTRS: [&str; 8] = [
     ATTR_RBCD,
 ];
 
+/// What CheckMigration reads of an initiator (the machine that runs Move-VM,
+/// usually outside the scope): its names, whether it may delegate, and the SID
+/// an RBCD descriptor on the source would name it by.
+pub const INITIATOR_ATTRS: [&str; 5] = [
+    ATTR_SAM,
+    ATTR_DNS_HOST_NAME,
+    ATTR_UAC,
+    ATTR_DELEGATE_TO,
+    ATTR_OBJECT_SID,
+];
+
 /// Service classes whose entries kcdsync owns (compared lower-case).
 pub const MIGRATION_SERVICE: &str = "Microsoft Virtual System Migration Service";
 pub const CIFS: &str = "cifs";

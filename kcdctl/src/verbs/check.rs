@@ -21,12 +21,14 @@ pub async fn check(
     source: String,
     destination: String,
     account: String,
+    initiator: Option<String>,
 ) -> Result<ExitCode> {
     let r = c
         .check_migration(pb::CheckMigrationRequest {
             source,
             destination,
             account,
+            initiator: initiator.unwrap_or_default(),
         })
         .await
         .map_err(status_err)?
@@ -37,12 +39,12 @@ pub async fn check(
     print(out, json, || {
         let mut s = format!("{}\n", r.summary);
         for f in &r.blocking {
-            s.push_str(&format!(
-                "  blocking: {}: {}\n    fix: {}\n",
-                kind(f.kind),
-                f.summary,
-                f.remediation
-            ));
+            s.push_str(&format!("  blocking: {}: {}\n", kind(f.kind), f.summary));
+            // The evidence says exactly what is missing where (an entry, a bit, an RBCD grant).
+            for e in &f.evidence {
+                s.push_str(&format!("    {}: {}\n", e.key, e.value));
+            }
+            s.push_str(&format!("    fix: {}\n", f.remediation));
         }
         for f in &r.warnings {
             s.push_str(&format!("  warning: {}: {}\n", kind(f.kind), f.summary));
@@ -70,46 +72,10 @@ pub async fn matrix(c: &mut Client, out: Output, group: String, account: String)
                 "reasons": reasons(c)})
         })
         .collect();
-    print(out, json!({"hosts": r.hosts, "cells": cells}), || matrix_table(&r));
+    print(out, json!({"hosts": r.hosts, "cells": cells}), || {
+        super::grid::render(&r, crate::output::stdout_colour())
+    });
     Ok(())
-}
-
-/// A grid of short host names (FROM rows, TO columns: `ok`, `NO`, or `-` when
-/// the controller sent no cell), then one line per pair that is not ready.
-fn matrix_table(r: &pb::ReadinessMatrixResponse) -> String {
-    let short: Vec<String> = r
-        .hosts
-        .iter()
-        .map(|h| h.split('.').next().unwrap_or(h).to_owned())
-        .collect();
-    let w = short.iter().map(String::len).max().unwrap_or(4).max(8);
-    let mut s = format!("{:<w$}", "FROM\\TO");
-    for h in &short {
-        s.push_str(&format!(" {h:<w$}"));
-    }
-    s.push('\n');
-    for (i, src) in r.hosts.iter().enumerate() {
-        s.push_str(&format!("{:<w$}", short[i]));
-        for dst in &r.hosts {
-            let cell = r.cells.iter().find(|c| &c.source == src && &c.destination == dst);
-            let mark = match cell {
-                None => "-",
-                Some(c) if c.readiness == pb::Readiness::Ready as i32 => "ok",
-                Some(_) => "NO",
-            };
-            s.push_str(&format!(" {mark:<w$}"));
-        }
-        s.push('\n');
-    }
-    for c in r.cells.iter().filter(|c| c.readiness != pb::Readiness::Ready as i32) {
-        s.push_str(&format!(
-            "  {} -> {}: {}\n",
-            c.source,
-            c.destination,
-            reasons(c).join(", ")
-        ));
-    }
-    s
 }
 
 fn reasons(c: &pb::MatrixCell) -> Vec<String> {

@@ -5,6 +5,7 @@
 mod audit;
 mod check;
 mod exposure;
+mod grid;
 mod hosts;
 mod plans;
 
@@ -62,7 +63,8 @@ async fn run_in(cli: Cli) -> Result<ExitCode> {
             source,
             destination,
             account,
-        } => return check::check(&mut c, out, source, destination, account).await,
+            initiator,
+        } => return check::check(&mut c, out, source, destination, account, initiator).await,
         Cmd::Matrix { group, account } => check::matrix(&mut c, out, group, account).await?,
         Cmd::Plans { pending } => plans::plans(&mut c, out, pending).await?,
         Cmd::Approve { id } => plans::approve(&mut c, out, id).await?,

@@ -120,7 +120,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
         let mut client = fleet_client(&pki, api_addr, Some(READ_TOKEN), None).await;
         // Warm the account cache and the connection.
         client
-            .check_migration(pb::CheckMigrationRequest { source: host(0), destination: host(1), account: "bench-op".into() })
+            .check_migration(pb::CheckMigrationRequest { source: host(0), destination: host(1), account: "bench-op".into(), ..Default::default() })
             .await?;
         let sent_before = sent.load(Ordering::Relaxed);
         let t_all = Instant::now();
@@ -130,7 +130,7 @@ pub fn run(n: usize, group_size: usize, calls: usize, report_every: Duration) ->
             let (s, d) = (g[k % g.len()], g[(k + 1) % g.len()]);
             let t = Instant::now();
             let r = client
-                .check_migration(pb::CheckMigrationRequest { source: host(s), destination: host(d), account: "bench-op".into() })
+                .check_migration(pb::CheckMigrationRequest { source: host(s), destination: host(d), account: "bench-op".into(), ..Default::default() })
                 .await?
                 .into_inner();
             check.push(t.elapsed());
