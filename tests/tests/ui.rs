@@ -160,6 +160,15 @@ async fn scenario() {
             .contains("account sensitive")
     );
     writer.screenshot(&shots, "4-check").await.unwrap();
+    // Move-VM run from a management machine: its own delegation is checked too.
+    writer.type_into("input[name=initiator]", "nogw01").await.unwrap();
+    writer.click_to_navigate("form.filters button").await.unwrap();
+    assert!(writer.url().await.unwrap().contains("initiator=nogw01"));
+    let main = writer.text("main").await.unwrap();
+    assert!(
+        main.to_lowercase().contains("initiator: no computer `nogw01` in ad"),
+        "{main}"
+    );
 
     // The read role: sees the plan, no approve button, and its forged POST is refused.
     let reader = driver.browser(&pin).await.unwrap();
@@ -198,7 +207,10 @@ async fn scenario() {
         .unwrap();
     assert_eq!(reader.count("main table.plans").await.unwrap(), 2, "waiting + recent");
     writer.goto(&format!("{base}/ui/plans/{plan}")).await.unwrap();
-    assert!(writer.text("main").await.unwrap().contains("adds a dangerous") == false);
+    assert!(
+        !writer.text("main").await.unwrap().contains("adds a dangerous"),
+        "removals only"
+    );
     writer.screenshot(&shots, "5-plan").await.unwrap();
     writer.click_to_navigate("#approve").await.unwrap();
     assert_eq!(writer.url().await.unwrap(), format!("{base}/ui/plans/{plan}"));

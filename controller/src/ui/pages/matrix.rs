@@ -143,6 +143,7 @@ pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) 
             "a check needs source, destination and account (open it from the readiness matrix)",
         );
     };
+    let initiator = form.text("initiator").unwrap_or("");
     let r = match ui
         .api
         .check_migration(Ui::request(
@@ -151,6 +152,7 @@ pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) 
                 source: src.to_owned(),
                 destination: dst.to_owned(),
                 account: account.to_owned(),
+                initiator: initiator.to_owned(),
             },
         ))
         .await
@@ -166,6 +168,18 @@ pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) 
         esc(dst),
         esc(account),
         esc(&r.summary)
+    );
+    // Move-VM run from another machine (a management gateway) needs that machine's delegation too.
+    let _ = write!(
+        b,
+        "<form method=\"get\" action=\"/ui/check\" class=\"filters\"><input type=\"hidden\" name=\"source\" value=\"{}\">\
+         <input type=\"hidden\" name=\"destination\" value=\"{}\"><input type=\"hidden\" name=\"account\" value=\"{}\">\
+         <label>Move-VM runs on <input name=\"initiator\" value=\"{}\" placeholder=\"the source (default)\"></label>\
+         <button type=\"submit\">Check again</button></form>",
+        esc(src),
+        esc(dst),
+        esc(account),
+        esc(initiator)
     );
     if !r.blocking.is_empty() {
         b.push_str("<h2>Blocking</h2>");
