@@ -83,7 +83,7 @@ impl FleetApi {
         let class = class_filter(r.class)?;
         let host = r.host.trim().to_ascii_lowercase();
         let view = self.state.view();
-        let x = exposure::exposure(&view.snapshot.facts(&view.cfg, now_ms()).exposure_inputs());
+        let x = view.exposure();
         let count = |c: Class| x.edges.iter().filter(|e| e.class == c).count() as u32;
         let (required, excess, dangerous) = (count(Class::Required), count(Class::Excess), count(Class::Dangerous));
         let picked: Vec<&Edge> = x
@@ -99,7 +99,7 @@ impl FleetApi {
             required,
             excess,
             dangerous,
-            privileged_impersonable: x.privileged_impersonable,
+            privileged_impersonable: x.privileged_impersonable.clone(),
             unreadable: x.unreadable.iter().map(|(h, why)| format!("{h}: {why}")).collect(),
         }))
     }

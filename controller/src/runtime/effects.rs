@@ -64,11 +64,7 @@ impl Effects {
         self.finding_events(&findings);
         self.metrics(cfg, &snapshot, &findings);
         if let Some(api) = &self.api {
-            api.publish(View {
-                cfg: cfg.clone(),
-                snapshot,
-                findings,
-            });
+            api.publish(View::new(cfg.clone(), snapshot, findings));
         }
     }
 

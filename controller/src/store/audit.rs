@@ -138,6 +138,15 @@ impl Store {
             .try_get::<i64, _>(0)?)
     }
 
+    /// Hosts changed (audit rows written) since `since_ms`: the dashboard's "changes in 24 h".
+    pub async fn audit_count_since(&self, since_ms: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM audit WHERE state = 'done' AND time >= $1")
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>(0)?)
+    }
+
     /// When kcdsync last changed each host (host → Unix ms).
     pub async fn last_change_per_host(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT host, MAX(time) FROM audit WHERE state = 'done' GROUP BY host")

@@ -94,6 +94,14 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
         Err(e) => return api_error(s, &e),
     };
 
+    let day_ago = crate::store::now_ms() - 24 * 3600 * 1000;
+    let changed = match ui.api.state.store.audit_count_since(day_ago).await {
+        Ok(n) => n.to_string(),
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: cannot count the day's changes");
+            "—".to_owned()
+        }
+    };
     let total: usize = rows.iter().map(|r| r.hosts).sum();
     let not_ready: usize = rows.iter().map(|r| r.not_ready.len()).sum();
     let agents = ui.api.state.hub.as_ref().map(|h| h.connected_hosts().len());
@@ -123,6 +131,7 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
         "agents connected",
         "",
     );
+    card(&mut b, &changed, "hosts changed in AD in 24 h", "");
     card(
         &mut b,
         &esc(&html::when_ms(view.snapshot.taken_ms)),

@@ -17,7 +17,7 @@ use kcdsync_tests::{FleetSpec, Lab, T2A4D, WORKSTATION};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
+pub(crate) fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 * p).ceil() as usize)
         .saturating_sub(1)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 mod agents;
 mod api;
 mod drift;
+mod ui;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
@@ -93,6 +94,16 @@ enum Cmd {
         /// Each agent sends a report this often (ms).
         #[arg(long, default_value_t = 1000)]
         report_every_ms: u64,
+    },
+    /// The dashboard at N hosts in headless Chromium: first byte and full load of
+    /// each page; GetExposure over the fleet next to ListHosts.
+    Ui {
+        #[arg(long, default_value_t = 2000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 16)]
+        group_size: usize,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
     /// A no-op reconcile of N hosts with OTLP export on vs off.
     OtelOverhead {
@@ -174,6 +185,11 @@ fn main() -> Result<()> {
             calls,
             report_every_ms,
         } => api::run(hosts, group_size, calls, Duration::from_millis(report_every_ms)),
+        Cmd::Ui {
+            hosts,
+            group_size,
+            rounds,
+        } => ui::run(hosts, group_size, rounds),
     }
 }
 
