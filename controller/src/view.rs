@@ -43,9 +43,8 @@ impl View {
 
     /// Who can impersonate whom, to what, in this view.
     pub fn exposure(&self) -> &Exposure {
-        self.exposure.get_or_init(|| {
-            crate::exposure::exposure(&self.snapshot.facts(&self.cfg, now_ms()).exposure_inputs())
-        })
+        self.exposure
+            .get_or_init(|| crate::exposure::exposure(&self.snapshot.facts(&self.cfg, now_ms()).exposure_inputs()))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `fleet`: FleetService — answers from the published view, turns writes
 //!   into requests to the reconciler;
 //! - `exposure`: GetExposure and the security-edge diff of plans;
+//! - `hosts`: hosts as ListHosts and GetHost show them;
 //! - `auth`: callers of the fleet API and their role;
 //! - `validate`: every agent message checked before it is stored (enums, ids, timestamps);
 //! - `limits`: what one caller can hold on each endpoint (connections, handshakes, streams, sizes);
@@ -18,6 +19,7 @@ mod cache;
 pub mod convert;
 mod exposure;
 pub mod fleet;
+mod hosts;
 pub mod limits;
 mod paging;
 mod status;

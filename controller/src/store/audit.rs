@@ -140,11 +140,13 @@ impl Store {
 
     /// Hosts changed (audit rows written) since `since_ms`: the dashboard's "changes in 24 h".
     pub async fn audit_count_since(&self, since_ms: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM audit WHERE state = 'done' AND time >= $1")
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>(0)?)
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM audit WHERE state = 'done' AND time >= $1")
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get::<i64, _>(0)?,
+        )
     }
 
     /// When kcdsync last changed each host (host → Unix ms).

@@ -102,9 +102,24 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
             "—".to_owned()
         }
     };
+    let agents = ui.api.state.hub.as_ref().map(|h| h.connected_hosts().len());
+    let mut b = cards(&rows, pending.len(), agents, &changed, view.snapshot.taken_ms);
+    b.push_str(&groups_table(&rows));
+    b.push_str(&findings_table(&view));
+    b.push_str("<h2>Recent changes to AD</h2>");
+    if recent.is_empty() {
+        b.push_str("<p class=\"hint\">kcdsync has not changed AD yet.</p>");
+    } else {
+        b.push_str(&super::audit::table(&recent));
+        b.push_str("<p><a href=\"/ui/audit\">The whole audit trail →</a></p>");
+    }
+    html::page("Fleet overview", Nav::Overview, Some(s), &b)
+}
+
+/// The numbers at the top.
+fn cards(rows: &[GroupRow], pending: usize, agents: Option<usize>, changed: &str, taken_ms: i64) -> String {
     let total: usize = rows.iter().map(|r| r.hosts).sum();
     let not_ready: usize = rows.iter().map(|r| r.not_ready.len()).sum();
-    let agents = ui.api.state.hub.as_ref().map(|h| h.connected_hosts().len());
     let mut b = String::from("<div class=\"cards\">");
     let card = |b: &mut String, n: &str, label: &str, class: &str| {
         let _ = write!(
@@ -121,9 +136,9 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
     );
     card(
         &mut b,
-        &pending.len().to_string(),
+        &pending.to_string(),
         "plans waiting for approval",
-        if pending.is_empty() { "" } else { "warning" },
+        if pending == 0 { "" } else { "warning" },
     );
     card(
         &mut b,
@@ -131,17 +146,18 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
         "agents connected",
         "",
     );
-    card(&mut b, &changed, "hosts changed in AD in 24 h", "");
-    card(
-        &mut b,
-        &esc(&html::when_ms(view.snapshot.taken_ms)),
-        "last read of AD",
-        "",
-    );
+    card(&mut b, changed, "hosts changed in AD in 24 h", "");
+    card(&mut b, &esc(&html::when_ms(taken_ms)), "last read of AD", "");
     b.push_str("</div>");
 
+    b
+}
+
+/// Hosts by readiness, one row per group (the not-ready ones by name).
+fn groups_table(rows: &[GroupRow]) -> String {
+    let mut b = String::new();
     b.push_str("<h2>Hosts by group</h2><table class=\"groups\"><tr><th>group</th><th>mode</th><th>hosts</th><th>not ready</th></tr>");
-    for r in &rows {
+    for r in rows {
         let mut names: Vec<String> = r.not_ready.iter().take(LISTED).map(|n| esc(n)).collect();
         if r.not_ready.len() > LISTED {
             names.push(format!("and {} more", r.not_ready.len() - LISTED));
@@ -163,6 +179,12 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
     }
     b.push_str("</table>");
 
+    b
+}
+
+/// Findings counted by kind, the most severe first.
+fn findings_table(view: &View) -> String {
+    let mut b = String::new();
     let mut kinds: BTreeMap<(u8, String), usize> = BTreeMap::new();
     for f in &view.findings {
         let rank = match f.severity {
@@ -188,12 +210,5 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
         b.push_str("</table>");
     }
 
-    b.push_str("<h2>Recent changes to AD</h2>");
-    if recent.is_empty() {
-        b.push_str("<p class=\"hint\">kcdsync has not changed AD yet.</p>");
-    } else {
-        b.push_str(&super::audit::table(&recent));
-        b.push_str("<p><a href=\"/ui/audit\">The whole audit trail →</a></p>");
-    }
-    html::page("Fleet overview", Nav::Overview, Some(s), &b)
+    b
 }
