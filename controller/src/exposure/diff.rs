@@ -49,7 +49,12 @@ pub fn apply(observed: &Observed, changes: &[HostChange]) -> Observed {
 /// `suffixes`: the allowed DNS suffixes (the index of the changed observe
 /// is built again with them).
 pub fn plan_diff(inp: &Inputs, suffixes: &[String], changes: &[HostChange]) -> EdgeDiff {
-    let before = exposure(inp);
+    plan_diff_from(&exposure(inp), inp, suffixes, changes)
+}
+
+/// [`plan_diff`] with the exposure of `inp` already at hand (the view's cached model): only
+/// the fleet as the plan would leave it is classified.
+pub fn plan_diff_from(before: &Exposure, inp: &Inputs, suffixes: &[String], changes: &[HostChange]) -> EdgeDiff {
     let observed = apply(inp.observed, changes);
     let index = Index::new(&observed, suffixes);
     let after = exposure(&Inputs {
@@ -57,7 +62,7 @@ pub fn plan_diff(inp: &Inputs, suffixes: &[String], changes: &[HostChange]) -> E
         index: &index,
         ..*inp
     });
-    diff(&before, &after)
+    diff(before, &after)
 }
 
 /// Edges compare by their ends, how, class and service classes: a change of

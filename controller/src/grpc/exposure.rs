@@ -112,7 +112,12 @@ impl FleetApi {
         if p.state == PlanState::PendingApproval {
             let view: std::sync::Arc<View> = self.state.view();
             let facts = view.snapshot.facts(&view.cfg, now_ms());
-            let d = exposure::diff::plan_diff(&facts.exposure_inputs(), &view.cfg.dns_suffixes, &p.changes);
+            let d = exposure::diff::plan_diff_from(
+                view.exposure(),
+                &facts.exposure_inputs(),
+                &view.cfg.dns_suffixes,
+                &p.changes,
+            );
             out.edge_diff = Some(diff_to_pb(&d));
         }
         out
