@@ -271,6 +271,21 @@ async fn scenario() {
     writer.goto(&format!("{base}/ui/")).await.unwrap();
     assert!(writer.url().await.unwrap().ends_with("/ui/login"));
 
+    // Guessing tokens: after ten wrong ones from an address, even the right one is refused there
+    // for a while.
+    for _ in 0..10 {
+        sign_in(&writer, &base, "guess-guess-guess-guess").await;
+    }
+    sign_in(&writer, &base, WRITE_TOKEN).await;
+    assert!(writer.url().await.unwrap().ends_with("/ui/login"));
+    assert!(
+        writer
+            .text("p.error")
+            .await
+            .unwrap()
+            .starts_with("too many wrong sign-ins from this address")
+    );
+
     reader.close().await.unwrap();
     writer.close().await.unwrap();
     running.stop().await;

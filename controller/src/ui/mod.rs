@@ -10,6 +10,7 @@
 //! events as server-sent events; `app.js` reloads the page's main part on each.
 //!
 //! - `session`: the session table, cookie and CSRF token;
+//! - `throttle`: wrong sign-ins per client address;
 //! - `html`: escaping, the page frame, the headers every response carries;
 //! - `pages`: one module per page.
 
@@ -17,6 +18,7 @@ mod events;
 mod html;
 mod pages;
 pub mod session;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -42,6 +44,7 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub struct Ui {
     api: FleetApi,
     sessions: Arc<Sessions>,
+    throttle: Arc<throttle::Throttle>,
 }
 
 /// The dashboard's routes, to merge with the gRPC services of the API listener.
@@ -49,6 +52,7 @@ pub fn router(api: FleetApi) -> Router {
     let ui = Ui {
         api,
         sessions: Arc::new(Sessions::default()),
+        throttle: Arc::default(),
     };
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
@@ -100,6 +104,7 @@ pub struct Visitor {
     session: Option<(String, Session)>,
     cert: Option<Vec<u8>>,
     cross_site: bool,
+    ip: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<Ui> for Visitor {
@@ -119,11 +124,11 @@ impl FromRequestParts<Ui> for Visitor {
                 }
             }
         });
-        let cert = parts
-            .extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+        let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let cert = tls
             .and_then(|i| i.peer_certs())
             .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+        let ip = tls.and_then(|i| i.get_ref().remote_addr()).map(|a| a.ip());
         // Browsers say where a request comes from; anything but this origin
         // (or a typed URL) may not change state.
         let cross_site = parts
@@ -135,6 +140,7 @@ impl FromRequestParts<Ui> for Visitor {
             session,
             cert,
             cross_site,
+            ip,
         })
     }
 }
@@ -261,6 +267,20 @@ async fn login(State(ui): State<Ui>, v: Visitor, body: Bytes) -> Response {
     if v.cross_site {
         return html::error(StatusCode::FORBIDDEN, None, "sign-in from another site is refused");
     }
+    let now = std::time::Instant::now();
+    if let Some(ip) = v.ip
+        && let Err(wait) = ui.throttle.check(ip, now)
+    {
+        tracing::warn!(%ip, "dashboard sign-in refused: too many wrong tokens from this address");
+        return login_page(
+            &v,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "too many wrong sign-ins from this address: try again in {} s",
+                wait.as_secs().max(1)
+            )),
+        );
+    }
     let form = Form::parse(&body);
     let who = match form.get("with") {
         Some("certificate") => match v.cert.as_deref() {
@@ -279,6 +299,9 @@ async fn login(State(ui): State<Ui>, v: Visitor, body: Bytes) -> Response {
     match who {
         Ok(who) => {
             tracing::info!(caller = %who.name, "dashboard sign-in");
+            if let Some(ip) = v.ip {
+                ui.throttle.succeeded(ip);
+            }
             if let Some((old, _)) = &v.session {
                 ui.sessions.end(old);
             }
@@ -291,7 +314,13 @@ async fn login(State(ui): State<Ui>, v: Visitor, body: Bytes) -> Response {
             html::secure_headers(r.headers_mut());
             r
         }
-        Err(m) => login_page(&v, StatusCode::UNAUTHORIZED, Some(&m)),
+        Err(m) => {
+            tracing::info!(ip = ?v.ip, "dashboard sign-in refused: {m}");
+            if let Some(ip) = v.ip {
+                ui.throttle.failed(ip, now);
+            }
+            login_page(&v, StatusCode::UNAUTHORIZED, Some(&m))
+        }
     }
 }
 
