@@ -1,0 +1,92 @@
+//! The per-DC verify's record: when each written object's change reached each other domain
+//! controller (`runtime::replication` writes it; the audit shows it).
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, text};
+
+/// One (plan, object, DC): waiting while `arrived_at_ms` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationRecord {
+    pub plan_id: i64,
+    pub host: String,
+    pub dn: String,
+    pub dc: String,
+    pub written_at_ms: i64,
+    pub arrived_at_ms: Option<i64>,
+}
+
+impl ReplicationRecord {
+    /// How long the change took to reach the DC, once it has.
+    pub fn lag_ms(&self) -> Option<i64> {
+        self.arrived_at_ms.map(|a| (a - self.written_at_ms).max(0))
+    }
+}
+
+impl Store {
+    /// Records that `rows` are awaited (their `arrived_at_ms` is ignored); a row already
+    /// recorded is kept as it is.
+    pub async fn expect_replication(&self, rows: &[ReplicationRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO replication (plan_id, host, dn, dc, written_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (plan_id, dn, dc) DO NOTHING",
+            )
+            .bind(r.plan_id)
+            .bind(text(&r.host))
+            .bind(text(&r.dn))
+            .bind(text(&r.dc))
+            .bind(r.written_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The change of `plan_id` to `dn` was read on `dc` at `arrived_at_ms`. Only the first
+    /// arrival counts; `true` when this call recorded it.
+    pub async fn replication_arrived(
+        &self,
+        plan_id: i64,
+        dn: &str,
+        dc: &str,
+        arrived_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE replication SET arrived_at = $1 WHERE plan_id = $2 AND dn = $3 AND dc = $4 AND arrived_at IS NULL",
+        )
+        .bind(arrived_at_ms)
+        .bind(plan_id)
+        .bind(text(dn))
+        .bind(text(dc))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Every record of the plans from `first` to `last` (an audit page's plans), by plan,
+    /// object and DC.
+    pub async fn replication_of_plans(&self, first: i64, last: i64) -> Result<Vec<ReplicationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT plan_id, host, dn, dc, written_at, arrived_at FROM replication WHERE plan_id >= $1 AND plan_id <= $2 ORDER BY plan_id, dn, dc",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplicationRecord {
+                    plan_id: r.try_get(0)?,
+                    host: r.try_get(1)?,
+                    dn: r.try_get(2)?,
+                    dc: r.try_get(3)?,
+                    written_at_ms: r.try_get(4)?,
+                    arrived_at_ms: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}
