@@ -10,22 +10,35 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::diagnose::{Facts, Finding, HostFacts, Policy};
 use crate::ldap::{Ad, LdapError};
-use crate::model::{Account, Directory, Index, Observed, Outside};
+use crate::model::{Account, Directory, FindingKind, Index, Observed, Outside};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
 
 /// The latest view the API answers from, replaced after every reconcile.
 pub struct View {
     pub cfg: Arc<Config>,
-    pub snapshot: Snapshot,
+    /// Shared, so the findings can be replaced between reconciles (the per-DC verify raises
+    /// and clears its own) without copying what AD said.
+    pub snapshot: Arc<Snapshot>,
     pub findings: Vec<Finding>,
 }
 
 impl View {
+    /// The same view with the findings of `kind` replaced by `findings`.
+    pub fn with_findings_of(&self, kind: FindingKind, findings: impl IntoIterator<Item = Finding>) -> View {
+        let mut all: Vec<Finding> = self.findings.iter().filter(|f| f.kind != kind).cloned().collect();
+        all.extend(findings);
+        View {
+            cfg: self.cfg.clone(),
+            snapshot: self.snapshot.clone(),
+            findings: all,
+        }
+    }
+
     pub fn empty(cfg: Arc<Config>) -> View {
         View {
             cfg,
-            snapshot: Snapshot::empty(),
+            snapshot: Arc::new(Snapshot::empty()),
             findings: Vec::new(),
         }
     }

@@ -40,6 +40,7 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::DangerousDelegation => F::DangerousDelegation,
         FindingKind::NoAgentReport => F::NoAgentReport,
         FindingKind::InitiatorCannotDelegate => F::InitiatorCannotDelegate,
+        FindingKind::DcNotReplicating => F::DcNotReplicating,
     }) as i32
 }
 

@@ -123,6 +123,13 @@ impl ApiState {
         self.auth.reload(api);
     }
 
+    /// Replaces the findings of `kind` in the current view (the per-DC verify's, between
+    /// reconciles).
+    pub fn publish_findings_of(&self, kind: crate::model::FindingKind, findings: Vec<crate::diagnose::Finding>) {
+        let mut v = self.view.write().unwrap();
+        *v = Arc::new(v.with_findings_of(kind, findings));
+    }
+
     pub fn publish(&self, view: View) {
         *self.view.write().unwrap() = Arc::new(view);
     }
