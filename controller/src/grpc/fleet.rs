@@ -628,8 +628,13 @@ impl FleetService for FleetApi {
             .audit_page(host.as_deref(), plan, before, fetch)
             .await?;
         let next = keyset_next(&mut rows, size, |a| a.id);
+        let replication = self.state.store.replication_of(&rows).await?;
+        let mut entries: Vec<pb::AuditEntry> = rows.iter().map(audit_to_pb).collect();
+        for (e, r) in entries.iter_mut().zip(&replication) {
+            e.replicated_to = replicated_to_pb(r);
+        }
         Ok(Response::new(pb::ListAuditResponse {
-            entries: rows.iter().map(audit_to_pb).collect(),
+            entries,
             next_page_token: next,
         }))
     }

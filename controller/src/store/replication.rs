@@ -66,6 +66,26 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// The records of the writes `rows` audit, in the order of `rows` (each with its DCs).
+    pub async fn replication_of(&self, rows: &[super::AuditRecord]) -> Result<Vec<Vec<ReplicationRecord>>, StoreError> {
+        let (Some(first), Some(last)) = (
+            rows.iter().map(|r| r.plan_id).min(),
+            rows.iter().map(|r| r.plan_id).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let all = self.replication_of_plans(first, last).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                all.iter()
+                    .filter(|x| x.plan_id == r.plan_id && x.dn == r.dn)
+                    .cloned()
+                    .collect()
+            })
+            .collect())
+    }
+
     /// Every record of the plans from `first` to `last` (an audit page's plans), by plan,
     /// object and DC.
     pub async fn replication_of_plans(&self, first: i64, last: i64) -> Result<Vec<ReplicationRecord>, StoreError> {
