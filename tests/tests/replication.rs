@@ -14,6 +14,7 @@ use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime::{self, Running};
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1 as pb;
+use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
 use kcdsync_tests::{Fleet, FleetSpec, TestHost, controller_bin, delete_subtree, token, write_config};
 use tokio::sync::{Mutex, broadcast};
@@ -188,6 +189,38 @@ async fn next_finding_event(events: &mut broadcast::Receiver<pb::FleetEvent>, id
         })
 }
 
+/// Exports this process's metrics to an in-process OTLP receiver. Called while holding
+/// ONE_AT_A_TIME, before anything else starts, so no other thread reads the environment while
+/// it is set; the other test of this binary does not export.
+async fn export_metrics() -> (Receiver, kcdsync_telemetry::Telemetry) {
+    let receiver = Receiver::start().await;
+    // SAFETY: the other test waits for ONE_AT_A_TIME; nothing else runs in this process yet.
+    unsafe {
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+        std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+    }
+    let telemetry = kcdsync_telemetry::init("kcdsync-replication-test", kcdsync_telemetry::LogFormat::Human, "warn");
+    assert!(telemetry.exporting());
+    (receiver, telemetry)
+}
+
+/// The `kcdsync.replication.lag` points for `dc` the receiver got, within 10 s.
+async fn lag_points(receiver: &Receiver, dc: &str) -> f64 {
+    let t = Instant::now();
+    loop {
+        let count: f64 = receiver
+            .metrics()
+            .iter()
+            .filter(|m| m.name == "kcdsync.replication.lag" && m.attributes.iter().any(|(k, v)| k == "dc" && v == dc))
+            .map(|m| m.value)
+            .fold(0.0, f64::max);
+        if count > 0.0 || t.elapsed() > Duration::from_secs(10) {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn cleanup(lab: &TwoDcLab, running: Running, fleet: &Fleet) {
     running.stop().await;
     let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
@@ -196,8 +229,9 @@ async fn cleanup(lab: &TwoDcLab, running: Running, fleet: &Fleet) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
-    let lab = TwoDcLab::start();
     let _serial = ONE_AT_A_TIME.lock().await;
+    let (receiver, _telemetry) = export_metrics().await;
+    let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
     assert!(
@@ -230,6 +264,13 @@ async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
         "recorded +{recorded} ms, long before dc2's KDC first granted (+{granted} ms)"
     );
 
+    // One lag measured per written host, by DC.
+    assert_eq!(
+        lag_points(&receiver, "dc2.lab.test").await,
+        2.0,
+        "kcdsync.replication.lag{{dc=dc2.lab.test}}"
+    );
+
     cleanup(lab, running, &fleet).await;
     let audit = audit_output(&path);
     assert!(
@@ -242,8 +283,8 @@ async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dc_that_does_not_catch_up_is_named_by_a_finding_until_it_does() {
-    let lab = TwoDcLab::start();
     let _serial = ONE_AT_A_TIME.lock().await;
+    let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
 
