@@ -21,7 +21,7 @@ const READS_IN_FLIGHT: usize = 16;
 
 impl DcRead for Ad {
     fn read<'a>(&'a self, dn: &'a str) -> BoxFuture<'a, Result<Option<Computer>, LdapError>> {
-        Box::pin(self.read_object(dn))
+        Box::pin(self.read_written(dn))
     }
 }
 
