@@ -10,11 +10,11 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::worker::{Connect, DcRead, Limits, MAX_BACKOFF, Worker};
-use super::{Event, dispatch};
+use super::{Event, Expected, dispatch};
 use crate::config::{Config, DcConfig};
 use crate::ldap::{Ad, DcInfo, LdapError};
 use crate::model::{Computer, dn_key};
-use crate::store::AuditRecord;
+use crate::store::{AuditRecord, Store, now_ms};
 
 /// Reads in flight per DC at most (one connection; the DC answers them in turn).
 const READS_IN_FLIGHT: usize = 16;
@@ -29,6 +29,7 @@ impl DcRead for Ad {
 /// dispatches batches to them until the controller stops.
 pub(super) async fn run(
     cfg: Arc<Config>,
+    store: Store,
     batches: mpsc::UnboundedReceiver<Vec<AuditRecord>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -64,7 +65,32 @@ pub(super) async fn run(
         tokio::spawn(worker.run(rx));
         workers.push((dc.name, tx));
     }
+    resume(&store, &workers).await;
     dispatch(batches, workers, events).await;
+}
+
+/// How far back a write still awaited on a DC is watched again after a restart.
+const RESUME_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Hands the workers what an earlier run of the controller (or a deposed leader) left
+/// awaited: a restart must not forget a DC that is behind.
+async fn resume(store: &Store, workers: &[(String, mpsc::UnboundedSender<Expected>)]) {
+    if workers.is_empty() {
+        return;
+    }
+    let since = now_ms() - RESUME_HORIZON.as_millis() as i64;
+    match store.awaited_replication(since).await {
+        Ok(awaited) => {
+            for (dc, record) in awaited {
+                if let Some((_, w)) = workers.iter().find(|(name, _)| *name == dc) {
+                    let _ = w.send(Expected { record });
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the writes still awaited on other DCs; they are not watched again")
+        }
+    }
 }
 
 /// The domain's DCs, and the NTDS Settings DN of the one `[ad]` reaches.

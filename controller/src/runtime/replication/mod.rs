@@ -97,17 +97,18 @@ pub struct Outputs {
 }
 
 /// Starts the watch: discovers the domain's DCs in the background, then one worker per other
-/// DC the config can reach. Stops when the returned handle and its clones are dropped.
+/// DC the config can reach, which also gets the writes an earlier run left awaited there. Stops when the returned handle and its clones are dropped.
 pub fn start(cfg: Arc<Config>, out: Outputs) -> Replication {
     let (tx, rx) = mpsc::unbounded_channel();
     let (events, recorded) = mpsc::unbounded_channel();
     let findings = DcFindings::default();
+    let store = out.store.clone();
     let recorder = record::Recorder {
         out,
         findings: findings.clone(),
     };
     tokio::spawn(recorder.run(recorded));
-    tokio::spawn(discover::run(cfg, rx, events));
+    tokio::spawn(discover::run(cfg, store, rx, events));
     Replication {
         batches: Some(tx),
         findings,

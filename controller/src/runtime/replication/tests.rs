@@ -357,3 +357,20 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
     assert!(fleet.try_recv().is_err());
     assert!(findings.lock().unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_watched_again_after_a_restart_keeps_its_deadline() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000, t0);
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(10), 16);
+    // Audited 20 s ago by the previous run, never seen on dc2: overdue at once, not in 10 s.
+    let mut resumed = written(8, DN, 0x1000, 0x1000 | T2A4D);
+    resumed.record.time_ms -= 20_000;
+    jobs.send(resumed).unwrap();
+    let Event::Overdue(o) = next(&mut seen).await else {
+        panic!("expected overdue");
+    };
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(o.oldest >= Duration::from_secs(20), "{:?}", o.oldest);
+}

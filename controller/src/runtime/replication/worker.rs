@@ -110,18 +110,22 @@ impl Worker {
     fn add(&self, pending: &mut Vec<Pending>, e: Expected) {
         let key = crate::model::dn_key(&e.record.dn);
         let now = Instant::now();
-        let mut behind = now;
+        // The clock starts at the audit row (the write verified on its DC), also for a write
+        // watched again after a restart.
+        let age = Duration::from_millis((crate::store::now_ms() - e.record.time_ms).max(0) as u64);
+        let written = now.checked_sub(age).unwrap_or(now);
+        let mut behind = written;
         if let Some(i) = pending
             .iter()
             .position(|p| crate::model::dn_key(&p.expected.record.dn) == key)
         {
             let old = pending.swap_remove(i);
-            behind = old.behind;
+            behind = old.behind.min(written);
             tracing::debug!(dc = %self.dc.name, dn = %key, plan = old.expected.record.plan_id, by = e.record.plan_id,
                 "a newer write replaced one not yet seen on this DC");
         }
         pending.push(Pending {
-            since: now,
+            since: written,
             behind,
             next: now,
             backoff: FIRST_BACKOFF,

@@ -76,6 +76,7 @@ store_tests!(
     plans_page_by_id_below_the_previous_page,
     audit_pages_by_id_with_host_and_plan_filters,
     a_write_is_awaited_per_dc_and_arrives_once,
+    writes_still_awaited_are_found_again_with_their_audit_rows,
 );
 
 /// The store of one test: where it lives, and what removes it afterwards.
