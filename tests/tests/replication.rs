@@ -7,6 +7,7 @@
 //!
 //! Both tests use dc2's replication, and one holds it: they run one at a time.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kcdsync_agent::probe::kerberos::{self, MitKerberos};
@@ -189,36 +190,68 @@ async fn next_finding_event(events: &mut broadcast::Receiver<pb::FleetEvent>, id
         })
 }
 
-/// Exports this process's metrics to an in-process OTLP receiver. Called while holding
-/// ONE_AT_A_TIME, before anything else starts, so no other thread reads the environment while
-/// it is set; the other test of this binary does not export.
-async fn export_metrics() -> (Receiver, kcdsync_telemetry::Telemetry) {
-    let receiver = Receiver::start().await;
-    // SAFETY: the other test waits for ONE_AT_A_TIME; nothing else runs in this process yet.
-    unsafe {
-        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
-        std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+/// This process's metrics go to an in-process OTLP receiver, set up once by whichever test
+/// comes first (the controller's instruments are process-wide, created on first use). The
+/// receiver and the exporter run on a runtime of their own that outlives each test's.
+/// Called holding ONE_AT_A_TIME before anything else, so no other thread reads the
+/// environment while it is set.
+fn export_metrics() -> &'static Receiver {
+    struct Exported {
+        _rt: tokio::runtime::Runtime,
+        receiver: Receiver,
+        _telemetry: kcdsync_telemetry::Telemetry,
     }
-    let telemetry = kcdsync_telemetry::init("kcdsync-replication-test", kcdsync_telemetry::LogFormat::Human, "warn");
-    assert!(telemetry.exporting());
-    (receiver, telemetry)
+    static EXPORT: OnceLock<Exported> = OnceLock::new();
+    let e = EXPORT.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("the exporter's runtime");
+            let (receiver, telemetry) = rt.block_on(async {
+                let receiver = Receiver::start().await;
+                // SAFETY: the other test waits for ONE_AT_A_TIME; nothing else reads the
+                // environment yet.
+                unsafe {
+                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+                }
+                let t =
+                    kcdsync_telemetry::init("kcdsync-replication-test", kcdsync_telemetry::LogFormat::Human, "warn");
+                (receiver, t)
+            });
+            assert!(telemetry.exporting());
+            Exported {
+                _rt: rt,
+                receiver,
+                _telemetry: telemetry,
+            }
+        })
+        .join()
+        .expect("setting up the OTLP receiver")
+    });
+    &e.receiver
 }
 
-/// The `kcdsync.replication.lag` points for `dc` the receiver got, within 10 s.
-async fn lag_points(receiver: &Receiver, dc: &str) -> f64 {
+/// How many `kcdsync.replication.lag` values for `dc` the receiver has got so far (the
+/// histogram's cumulative count).
+fn lag_count(receiver: &Receiver, dc: &str) -> f64 {
+    receiver
+        .metrics()
+        .iter()
+        .filter(|m| m.name == "kcdsync.replication.lag" && m.attributes.iter().any(|(k, v)| k == "dc" && v == dc))
+        .map(|m| m.value)
+        .fold(0.0, f64::max)
+}
+
+/// Waits up to 10 s for the count to reach `want`; the count then.
+async fn lag_count_reaches(receiver: &Receiver, dc: &str, want: f64) -> f64 {
     let t = Instant::now();
-    loop {
-        let count: f64 = receiver
-            .metrics()
-            .iter()
-            .filter(|m| m.name == "kcdsync.replication.lag" && m.attributes.iter().any(|(k, v)| k == "dc" && v == dc))
-            .map(|m| m.value)
-            .fold(0.0, f64::max);
-        if count > 0.0 || t.elapsed() > Duration::from_secs(10) {
-            return count;
-        }
+    while lag_count(receiver, dc) < want && t.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    lag_count(receiver, dc)
 }
 
 async fn cleanup(lab: &TwoDcLab, running: Running, fleet: &Fleet) {
@@ -230,7 +263,7 @@ async fn cleanup(lab: &TwoDcLab, running: Running, fleet: &Fleet) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let (receiver, _telemetry) = export_metrics().await;
+    let receiver = export_metrics();
     let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
@@ -238,6 +271,10 @@ async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
         kdc_grants(lab, Dc::Dc2, src, &user, peer).await.is_err(),
         "Kerberos-only: refused before kcdsync runs"
     );
+
+    // The other test may have recorded lags already (exported every 300 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lags_before = lag_count(receiver, "dc2.lab.test");
 
     let (_dir, path) = write_config(&config(lab, &fleet, 900));
     let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
@@ -266,9 +303,9 @@ async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
 
     // One lag measured per written host, by DC.
     assert_eq!(
-        lag_points(&receiver, "dc2.lab.test").await,
-        2.0,
-        "kcdsync.replication.lag{{dc=dc2.lab.test}}"
+        lag_count_reaches(receiver, "dc2.lab.test", lags_before + 2.0).await,
+        lags_before + 2.0,
+        "kcdsync.replication.lag{{dc=dc2.lab.test}}: one value per written host"
     );
 
     cleanup(lab, running, &fleet).await;
@@ -284,6 +321,7 @@ async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dc_that_does_not_catch_up_is_named_by_a_finding_until_it_does() {
     let _serial = ONE_AT_A_TIME.lock().await;
+    export_metrics();
     let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
