@@ -224,9 +224,21 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = load(&cli.config)?;
             let store = Store::open(&cfg.store_url).await?;
             let rows = store.audit(host.as_deref(), limit).await?;
+            let replication = store.replication_of(&rows).await?;
             match output {
-                Output::Json => print_json(&rows)?,
-                Output::Table => print!("{}", report::audit(&rows)),
+                Output::Json => {
+                    let with: Vec<serde_json::Value> = rows
+                        .iter()
+                        .zip(replication.iter().chain(std::iter::repeat(&Vec::new())))
+                        .map(|(r, x)| {
+                            let mut v = serde_json::to_value(r).expect("plain data");
+                            v["replicated_to"] = serde_json::to_value(x).expect("plain data");
+                            v
+                        })
+                        .collect();
+                    print_json(&with)?
+                }
+                Output::Table => print!("{}", report::audit(&rows, &replication)),
             }
             Ok(())
         }

@@ -8,6 +8,8 @@ use opentelemetry::metrics::{Counter, Histogram};
 
 pub struct Metrics {
     pub reconcile_duration: Histogram<f64>,
+    /// Seconds from a write verified on its DC to the change read on another DC (attribute `dc`).
+    pub replication_lag: Histogram<f64>,
     pub ldap_operations: Counter<u64>,
     pub ldap_entries: Counter<u64>,
     pub drift_detected: Counter<u64>,
@@ -51,6 +53,13 @@ pub fn get() -> &'static Metrics {
                 .f64_histogram("kcdsync.reconcile.duration")
                 .with_unit("s")
                 .with_description("reconcile wall time")
+                .build(),
+            replication_lag: meter
+                .f64_histogram("kcdsync.replication.lag")
+                .with_unit("s")
+                .with_description(
+                    "from a write verified on the DC it was made on to the change read on another DC, by dc",
+                )
                 .build(),
             ldap_operations: meter
                 .u64_counter("kcdsync.ldap.operations")

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::model::HostChange;
 use crate::model::{TRUSTED_FOR_DELEGATION, TRUSTED_TO_AUTH_FOR_DELEGATION};
 use crate::reconcile::{Decision, Outcome};
-use crate::store::{AuditRecord, StoredPlan};
+use crate::store::{AuditRecord, ReplicationRecord, StoredPlan};
 
 fn uac_words(uac: u32) -> String {
     let mut w = vec![format!("0x{uac:x}")];
@@ -140,9 +140,11 @@ pub fn plan_detail(p: &StoredPlan) -> String {
     out
 }
 
-pub fn audit(rows: &[AuditRecord]) -> String {
+/// The audit, newest first; `replication[i]` says where `rows[i]`'s write has been seen
+/// besides the DC it was made on (empty: no other DC is read).
+pub fn audit(rows: &[AuditRecord], replication: &[Vec<ReplicationRecord>]) -> String {
     let mut out = String::new();
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             out,
             "#{} {}  plan {}  {}  ({})",
@@ -171,11 +173,22 @@ pub fn audit(rows: &[AuditRecord]) -> String {
         if let Some(by) = &r.approved_by {
             let _ = writeln!(out, "    approved by {by}");
         }
+        for x in replication.get(i).into_iter().flatten() {
+            let _ = writeln!(out, "    {}", replicated(x));
+        }
     }
     if rows.is_empty() {
         out.push_str("The audit is empty.\n");
     }
     out
+}
+
+/// "replicated to dc2.lab.test after 3.1 s", or that it has not been seen there.
+pub fn replicated(x: &ReplicationRecord) -> String {
+    match x.lag_ms() {
+        Some(ms) => format!("replicated to {} after {:.1} s", x.dc, ms as f64 / 1000.0),
+        None => format!("not seen on {} yet", x.dc),
+    }
 }
 
 pub fn format_ms(ms: i64) -> String {

@@ -11,29 +11,44 @@ use crate::config::Config;
 use crate::diagnose::{Facts, Finding, HostFacts, Policy};
 use crate::exposure::Exposure;
 use crate::ldap::{Ad, LdapError};
-use crate::model::{Account, Directory, Index, Observed, Outside};
+use crate::model::{Account, Directory, FindingKind, Index, Observed, Outside};
 use crate::reconcile::ReconcileError;
 use crate::store::{Store, now_ms};
 
 /// The latest view the API answers from, replaced after every reconcile.
 pub struct View {
     pub cfg: Arc<Config>,
-    pub snapshot: Snapshot,
+    /// Shared, so the findings can be replaced between reconciles (the per-DC verify raises
+    /// and clears its own) without copying what AD said.
+    pub snapshot: Arc<Snapshot>,
     pub findings: Vec<Finding>,
-    /// The exposure model of this view, computed at its first use: every page
-    /// of GetExposure and every dashboard view of it reads the same one
-    /// (30,000 edges take ~0.3 s to classify at 2,000 hosts), and runs that no
-    /// one looks at do not pay for it.
-    exposure: OnceLock<Exposure>,
+    /// The exposure model of this view's snapshot, computed at its first use:
+    /// every page of GetExposure and every dashboard view of it reads the same
+    /// one (30,000 edges take ~0.3 s to classify at 2,000 hosts), runs that no
+    /// one looks at do not pay for it, and a view with other findings but the
+    /// same snapshot shares it.
+    exposure: Arc<OnceLock<Exposure>>,
 }
 
 impl View {
     pub fn new(cfg: Arc<Config>, snapshot: Snapshot, findings: Vec<Finding>) -> View {
         View {
             cfg,
-            snapshot,
+            snapshot: Arc::new(snapshot),
             findings,
-            exposure: OnceLock::new(),
+            exposure: Arc::default(),
+        }
+    }
+
+    /// The same view with the findings of `kind` replaced by `findings`.
+    pub fn with_findings_of(&self, kind: FindingKind, findings: impl IntoIterator<Item = Finding>) -> View {
+        let mut all: Vec<Finding> = self.findings.iter().filter(|f| f.kind != kind).cloned().collect();
+        all.extend(findings);
+        View {
+            cfg: self.cfg.clone(),
+            snapshot: self.snapshot.clone(),
+            findings: all,
+            exposure: self.exposure.clone(),
         }
     }
 

@@ -365,8 +365,13 @@ impl FleetSpec {
     }
 
     pub async fn create(self, lab: &Lab) -> Result<Fleet> {
-        let mut ldap = lab.admin().await?;
-        let ou_dn = format!("OU={},{}", self.ou, lab.fleet_ou());
+        self.create_in(lab.admin().await?, lab.fleet_ou(), lab.realm()).await
+    }
+
+    /// Builds the fleet in `OU=<ou>,<parent>` over `ldap` (an administrator's connection to
+    /// any lab's DC, e.g. the two-DC lab's dc1), in `realm`.
+    pub async fn create_in(self, mut ldap: Ldap, parent: &str, realm: &str) -> Result<Fleet> {
+        let ou_dn = format!("OU={},{parent}", self.ou);
         delete_subtree(&mut ldap, &ou_dn).await?;
         ldap.add(
             &ou_dn,
@@ -379,7 +384,7 @@ impl FleetSpec {
         .success()
         .with_context(|| format!("creating {ou_dn}"))?;
 
-        let domain = lab.realm().to_lowercase();
+        let domain = realm.to_lowercase();
         let hosts: Vec<TestHost> = self
             .hosts
             .iter()
@@ -519,7 +524,8 @@ fn unicode_pwd(pw: &str) -> Vec<u8> {
         .collect()
 }
 
-async fn delete_subtree(ldap: &mut Ldap, dn: &str) -> Result<()> {
+/// Deletes `dn` and everything below it (nothing when it does not exist).
+pub async fn delete_subtree(ldap: &mut Ldap, dn: &str) -> Result<()> {
     let res = ldap.search(dn, Scope::Subtree, "(objectClass=*)", vec!["1.1"]).await?;
     if res.1.rc == 32 {
         return Ok(());

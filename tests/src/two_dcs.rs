@@ -98,6 +98,65 @@ impl TwoDcLab {
         self.var("LAB_BASE_DN")
     }
 
+    fn admin_password(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.var("LAB_ADMIN_PASS_FILE"))
+            .context("admin password file")?
+            .trim()
+            .to_owned())
+    }
+
+    /// The `[ad]` table of a controller config writing through `dc` as Administrator (the
+    /// two-DC lab has no kcdsync-svc account yet; Administrators hold
+    /// SeEnableDelegationPrivilege on both DCs), with `extra` keys appended to it.
+    pub fn ad_section(&self, dc: Dc, extra: &str) -> String {
+        format!(
+            "[ad]\nurl = \"{}\"\nca_file = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"{}\"\n{extra}\n",
+            self.ldaps_url(dc),
+            self.var("LAB_CA"),
+            self.var("LAB_ADMIN_DN"),
+            self.var("LAB_ADMIN_PASS_FILE"),
+        )
+    }
+
+    /// Runs `samba-tool drs ARGS` as `dc` sees it (inside the lab's namespace and fence), as
+    /// Administrator; its output.
+    pub fn drs(&self, dc: Dc, args: &[&str]) -> Result<String> {
+        let script = format!(
+            "samba-tool drs {} -s \"$LAB_SMB_CONF\" -U \"Administrator%$0\"",
+            args.join(" ")
+        );
+        let out = Command::new(self.dc_var(dc, "EXEC"))
+            .args(["sh", "-c", &script, &self.admin_password()?])
+            .stdin(Stdio::null())
+            .output()
+            .context("running samba-tool drs in the lab")?;
+        if !out.status.success() {
+            bail!(
+                "samba-tool drs {} on {} failed: {}{}",
+                args.join(" "),
+                dc.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Switches `dc`'s inbound replication off or back on (the lab's way of making a DC fall
+    /// behind while it stays up). Returns a guard that switches it back on when dropped, so a
+    /// failing test does not leave the shared lab broken.
+    pub fn hold_inbound(&self, dc: Dc) -> Result<InboundHeld<'_>> {
+        self.drs(
+            dc,
+            &[&format!("options {}", dc.name()), "--dsa-option=+DISABLE_INBOUND_REPL"],
+        )?;
+        Ok(InboundHeld {
+            lab: self,
+            dc,
+            on: true,
+        })
+    }
+
     /// An LDAPS connection to `dc` bound as Administrator (certificate verified).
     pub async fn admin(&self, dc: Dc) -> Result<Ldap> {
         let pw = std::fs::read_to_string(self.var("LAB_ADMIN_PASS_FILE")).context("admin password file")?;
@@ -109,6 +168,55 @@ impl TwoDcLab {
         )
         .await
         .with_context(|| format!("binding to {} ({})", dc.name(), self.ldaps_url(dc)))
+    }
+}
+
+/// `dc`'s inbound replication, off until [`InboundHeld::release`] or drop.
+pub struct InboundHeld<'a> {
+    lab: &'a TwoDcLab,
+    dc: Dc,
+    on: bool,
+}
+
+impl InboundHeld<'_> {
+    /// Inbound replication on again; then pulls the domain partition from the other DC at once
+    /// (the change notification dc2 refused while it was off is not sent again: without this,
+    /// the change would wait for the periodic pull).
+    pub fn release(mut self) -> Result<()> {
+        self.on = false;
+        let lab = self.lab;
+        lab.drs(
+            self.dc,
+            &[
+                &format!("options {}", self.dc.name()),
+                "--dsa-option=-DISABLE_INBOUND_REPL",
+            ],
+        )?;
+        let from = if self.dc == Dc::Dc1 { Dc::Dc2 } else { Dc::Dc1 };
+        lab.drs(
+            self.dc,
+            &[&format!(
+                "replicate {} {} {}",
+                self.dc.name(),
+                from.name(),
+                lab.base_dn()
+            )],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for InboundHeld<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            let _ = self.lab.drs(
+                self.dc,
+                &[
+                    &format!("options {}", self.dc.name()),
+                    "--dsa-option=-DISABLE_INBOUND_REPL",
+                ],
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::dcs::{DcConfig, RawDc, check_url, default_deadline_secs, validate_dcs, validate_deadline};
 use super::{ConfigError, Secret, invalid, resolve};
 use crate::model::dn::Dn;
 
@@ -27,6 +28,11 @@ pub(super) struct RawAd {
     page_size: i32,
     /// The domain's root (default: the DC= part of bind_dn).
     domain_dn: Option<String>,
+    /// How to reach the domain's other DCs by name (`[[ad.dc]]`).
+    #[serde(default)]
+    dc: Vec<RawDc>,
+    #[serde(default = "default_deadline_secs")]
+    replication_deadline_secs: u64,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -54,6 +60,21 @@ pub struct AdConfig {
     pub page_size: i32,
     /// The domain's root, where accounts and groups are looked up.
     pub domain_dn: Dn,
+    /// The other DCs, by name (`[[ad.dc]]`): where the per-DC verify reads.
+    pub dcs: Vec<DcConfig>,
+    /// How long a write may take to reach every other DC before a finding names the DC.
+    pub replication_deadline: std::time::Duration,
+}
+
+impl AdConfig {
+    /// The same bind, CA and limits, towards another DC.
+    pub fn for_dc(&self, dc: &DcConfig) -> AdConfig {
+        AdConfig {
+            url: dc.url.clone(),
+            starttls: dc.starttls,
+            ..self.clone()
+        }
+    }
 }
 
 impl std::fmt::Debug for AdConfig {
@@ -70,31 +91,7 @@ impl std::fmt::Debug for AdConfig {
 
 pub(super) fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, ConfigError> {
     let url = raw.url.trim().to_owned();
-    let scheme = url.split("://").next().unwrap_or_default().to_ascii_lowercase();
-    match (scheme.as_str(), raw.starttls) {
-        ("ldaps", false) => {}
-        ("ldaps", true) => {
-            return Err(invalid(
-                "ad.starttls",
-                "StartTLS is for ldap:// URLs; ldaps:// is already TLS",
-            ));
-        }
-        ("ldap", true) => {}
-        ("ldap", false) => {
-            return Err(invalid(
-                "ad.url",
-                format!("`{url}` would send the bind password in clear text: use ldaps:// or set ad.starttls = true"),
-            ));
-        }
-        _ => {
-            return Err(invalid(
-                "ad.url",
-                format!(
-                    "`{url}` is not an LDAP URL: use ldaps://dc.example.com or ldap://dc.example.com with starttls"
-                ),
-            ));
-        }
-    }
+    check_url("ad.url", &url, raw.starttls)?;
     let bind_dn = Dn::parse(&raw.bind_dn).map_err(|e| invalid("ad.bind_dn", e.to_string()))?;
     let domain_dn = match &raw.domain_dn {
         Some(d) => Dn::parse(d).map_err(|e| invalid("ad.domain_dn", e.to_string()))?,
@@ -167,6 +164,8 @@ pub(super) fn validate_ad(raw: RawAd, base_dir: &Path) -> Result<AdConfig, Confi
         max_in_flight: raw.max_in_flight,
         page_size: raw.page_size,
         domain_dn,
+        dcs: validate_dcs(raw.dc)?,
+        replication_deadline: validate_deadline(raw.replication_deadline_secs)?,
     })
 }
 

@@ -9,7 +9,7 @@ use kcdsync_proto::v1 as pb;
 use crate::config::Mode;
 use crate::diagnose::Readiness;
 use crate::model::{Finding, FindingKind, HostChange, Severity};
-use crate::store::{AuditRecord, PlanState, StoredPlan, now_ms};
+use crate::store::{AuditRecord, PlanState, ReplicationRecord, StoredPlan, now_ms};
 
 pub fn kind_to_pb(k: FindingKind) -> i32 {
     use pb::FindingKind as F;
@@ -40,6 +40,7 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::DangerousDelegation => F::DangerousDelegation,
         FindingKind::NoAgentReport => F::NoAgentReport,
         FindingKind::InitiatorCannotDelegate => F::InitiatorCannotDelegate,
+        FindingKind::DcNotReplicating => F::DcNotReplicating,
     }) as i32
 }
 
@@ -125,7 +126,19 @@ pub fn audit_to_pb(r: &AuditRecord) -> pb::AuditEntry {
         reasons: r.reasons.clone(),
         trigger: r.trigger.clone(),
         approved_by: r.approved_by.clone().unwrap_or_default(),
+        replicated_to: Vec::new(),
     }
+}
+
+/// Where an audited write has been seen besides the DC it was made on.
+pub fn replicated_to_pb(rows: &[ReplicationRecord]) -> Vec<pb::ReplicatedTo> {
+    rows.iter()
+        .map(|r| pb::ReplicatedTo {
+            dc: r.dc.clone(),
+            arrived: r.arrived_at_ms.map(timestamp_from_ms),
+            lag_seconds: r.lag_ms().unwrap_or(0) as f64 / 1000.0,
+        })
+        .collect()
 }
 
 pub fn readiness_to_pb(r: Readiness) -> i32 {

@@ -124,6 +124,13 @@ impl ApiState {
         self.auth.reload(api);
     }
 
+    /// Replaces the findings of `kind` in the current view (the per-DC verify's, between
+    /// reconciles).
+    pub fn publish_findings_of(&self, kind: crate::model::FindingKind, findings: Vec<crate::diagnose::Finding>) {
+        let mut v = self.view.write().unwrap();
+        *v = Arc::new(v.with_findings_of(kind, findings));
+    }
+
     pub fn publish(&self, view: View) {
         *self.view.write().unwrap() = Arc::new(view);
     }
@@ -544,8 +551,13 @@ impl FleetService for FleetApi {
             .audit_page(host.as_deref(), plan, before, fetch)
             .await?;
         let next = keyset_next(&mut rows, size, |a| a.id);
+        let replication = self.state.store.replication_of(&rows).await?;
+        let mut entries: Vec<pb::AuditEntry> = rows.iter().map(audit_to_pb).collect();
+        for (e, r) in entries.iter_mut().zip(&replication) {
+            e.replicated_to = replicated_to_pb(r);
+        }
         Ok(Response::new(pb::ListAuditResponse {
-            entries: rows.iter().map(audit_to_pb).collect(),
+            entries,
             next_page_token: next,
         }))
     }

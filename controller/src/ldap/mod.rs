@@ -8,6 +8,7 @@
 //!   that runs Move-VM;
 //! - `claims`: who else in the domain answers to the managed hosts' names,
 //!   and which of them are privileged (the identity checks' input);
+//! - `dcs`: the domain's domain controllers (for the per-DC verify);
 //! - `delta`: the DC's identity and USN (the cursor), and what changed since it;
 //! - `watch`: change notifications, the delta read's wake-up;
 //! - `edge`: the last check of every modify, against the run's policy;
@@ -15,6 +16,7 @@
 
 mod claims;
 mod connection;
+mod dcs;
 mod delta;
 mod directory;
 mod edge;
@@ -23,6 +25,7 @@ pub mod watch;
 mod write;
 
 pub use connection::{Ad, tls_config};
+pub use dcs::DcInfo;
 pub use delta::{Change, Cursor, DcIdentity};
 pub use directory::sid_to_string;
 pub use edge::{Refused, WritePolicy};
@@ -64,6 +67,12 @@ pub enum LdapError {
     Conflict { dn: String, rc: u32 },
     #[error("modify of {dn} failed: rc {rc} {text}")]
     Modify { dn: String, rc: u32, text: String },
+    #[error("{url} answers as {found}, not as the DC it is configured for ({expected}): fix its [[ad.dc]] url")]
+    WrongDc {
+        url: String,
+        expected: String,
+        found: String,
+    },
     #[error("{op} failed: {source}")]
     Protocol {
         op: String,

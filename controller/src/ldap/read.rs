@@ -41,10 +41,20 @@ impl Ad {
     /// Reads any object's delegation attributes (accounts as well as
     /// computers), by DN.
     pub async fn read_object(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        self.read_attrs(dn, &COMPUTER_ATTRS).await
+    }
+
+    /// Only what a write changes (userAccountControl, msDS-AllowedToDelegateTo) of one
+    /// object: what the per-DC verify compares on every other DC, again and again.
+    pub async fn read_written(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        self.read_attrs(dn, &[ATTR_UAC, ATTR_DELEGATE_TO]).await
+    }
+
+    async fn read_attrs(&self, dn: &str, attrs: &[&str]) -> Result<Option<Computer>, LdapError> {
         let mut ldap = self.ldap.clone();
         let res = ldap
             .with_timeout(self.cfg.timeout)
-            .search(dn, Scope::Base, "(objectClass=*)", COMPUTER_ATTRS.to_vec())
+            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
             .await
             .map_err(protocol(format!("read of {dn}")))?;
         crate::metrics::get().ldap_search(res.1.rc, res.0.len());

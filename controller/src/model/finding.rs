@@ -40,6 +40,9 @@ pub enum FindingKind {
     /// Move-VM runs on another machine than the source, and that machine may
     /// not delegate to the source (`diagnose::initiator`).
     InitiatorCannotDelegate,
+    /// A write kcdsync verified on the DC it wrote to has not reached another DC within
+    /// `ad.replication_deadline_secs` (`runtime::replication`).
+    DcNotReplicating,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

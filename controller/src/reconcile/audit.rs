@@ -160,7 +160,7 @@ async fn settle_ripe(ad: &impl AdClient, store: &Store, open: Vec<AuditRecord>) 
 }
 
 /// AD shows the change an intent describes.
-fn reflected(intent: &AuditRecord, now: &Computer) -> bool {
+pub(crate) fn reflected(intent: &AuditRecord, now: &Computer) -> bool {
     let set = intent.uac_after & !intent.uac_before;
     let cleared = intent.uac_before & !intent.uac_after;
     if now.uac & set != set || now.uac & cleared != 0 {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 pub use apply::{MAX_CONFLICT_RETRIES, MAX_TRANSIENT_RETRIES};
 pub use approve::reject;
+pub(crate) use audit::reflected;
 pub use decide::{Decision, decide, decide_with};
 pub use error::{HostError, ReconcileError};
 pub use fence::Fence;

@@ -28,6 +28,8 @@ pub struct Effects {
     pub events: broadcast::Sender<pb::FleetEvent>,
     /// Findings of the last view, by id, to tell raised from cleared.
     findings: BTreeMap<String, Finding>,
+    /// The per-DC verify's findings: shown in the view, raised and cleared by it.
+    pub dc_findings: super::replication::DcFindings,
 }
 
 impl Effects {
@@ -43,6 +45,7 @@ impl Effects {
             api,
             events,
             findings: BTreeMap::new(),
+            dc_findings: Default::default(),
         }
     }
 
@@ -60,8 +63,10 @@ impl Effects {
                 return;
             }
         };
-        let findings = diagnose::fleet_findings(&snapshot.facts(cfg, now_ms()));
+        let mut findings = diagnose::fleet_findings(&snapshot.facts(cfg, now_ms()));
         self.finding_events(&findings);
+        // Announced by the per-DC verify when they change; shown here with the rest.
+        findings.extend(self.dc_findings.lock().unwrap().values().cloned());
         self.metrics(cfg, &snapshot, &findings);
         if let Some(api) = &self.api {
             api.publish(View::new(cfg.clone(), snapshot, findings));

@@ -8,7 +8,8 @@
 //!   uSNChanged delta read) and the change-notification watch that wakes it;
 //! - `connection`: the LDAP connection kept between runs;
 //! - `queue`: the per-host rate limit (a host written again and again is held back);
-//! - `effects`: purge commands, plan and finding events, the published view.
+//! - `effects`: purge commands, plan and finding events, the published view;
+//! - `replication`: the per-DC verify, beside the loop (never in it).
 //!
 //! Leadership among replicas is `crate::leader`; the listeners are `crate::grpc`.
 
@@ -18,6 +19,7 @@ mod observer;
 pub mod policy;
 mod queue;
 mod reconciler;
+pub mod replication;
 mod scheduler;
 
 use std::net::SocketAddr;
@@ -279,11 +281,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // Change notifications wake the loop; a full queue already holds a wake-up.
     let (notice_tx, notices) = mpsc::channel(256);
     let debounce = cfg.watch.failure_debounce;
+    let replication = replication::start(
+        cfg.clone(),
+        replication::Outputs {
+            store: store.clone(),
+            api: api_state.clone(),
+            events: events.clone(),
+        },
+    );
+    let mut effects = Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone());
+    effects.dc_findings = replication.findings.clone();
     let reconciler = Reconciler {
+        replication,
         count,
         leadership: leadership.clone(),
         cfg,
-        effects: Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone()),
+        effects,
         observer: observer::Observer::new(notice_tx),
         ldap: connection::Kept::default(),
         queue: queue::HostQueue::default(),

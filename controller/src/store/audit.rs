@@ -158,7 +158,7 @@ impl Store {
     }
 }
 
-fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, StoreError> {
+pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, StoreError> {
     Ok(AuditRecord {
         id: r.try_get(0)?,
         time_ms: r.try_get(1)?,

@@ -1,7 +1,8 @@
 //! The state store: one `Store` over sqlx's `Any` driver, so one code path serves SQLite (the
 //! embedded default) and PostgreSQL (by URL; what replicas share). The schema has one migration
 //! set per dialect, applied at start-up. The methods live by job: `plans`, `audit` (write-ahead
-//! intents included), `ingest` (what agents send), `purges` (ticket purges an agent has not received yet) and
+//! intents included), `ingest` (what agents send), `purges` (ticket purges an agent has not received yet), `replication` (when a write reached
+//! each other DC) and
 //! `lease` (the leader lease).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ mod ingest;
 mod lease;
 mod plans;
 mod purges;
+mod replication;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -23,6 +25,7 @@ pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
 pub use purges::UndeliveredPurge;
+pub use replication::ReplicationRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

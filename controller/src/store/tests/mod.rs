@@ -17,11 +17,13 @@ mod ingest;
 mod lease;
 mod plans;
 mod purges;
+mod replication;
 use audit::*;
 use ingest::*;
 use lease::*;
 use plans::*;
 use purges::*;
+use replication::*;
 
 /// One store test, on both backends: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! store_tests {
@@ -73,6 +75,8 @@ store_tests!(
     an_undelivered_purge_waits_per_host_until_its_answer,
     plans_page_by_id_below_the_previous_page,
     audit_pages_by_id_with_host_and_plan_filters,
+    a_write_is_awaited_per_dc_and_arrives_once,
+    writes_still_awaited_are_found_again_with_their_audit_rows,
 );
 
 /// The store of one test: where it lives, and what removes it afterwards.

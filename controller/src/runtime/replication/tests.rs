@@ -1,0 +1,376 @@
+//! The per-DC verify's orchestration against a fake DC (the lab test, tests/tests/replication.rs,
+//! proves it on two real DCs and their KDCs): a change is reported when the other DC shows it,
+//! with backoff and bounded reads; a DC behind past the deadline, or unreachable, is overdue
+//! until it catches up; the recorder stores it and raises and clears the finding.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::discover::reachable;
+use super::record::Recorder;
+use super::worker::{Connect, DcRead, Limits, Worker};
+use super::*;
+use crate::config::DcConfig;
+use crate::ldap::LdapError;
+use crate::model::Computer;
+
+const DN: &str = "CN=HV01,OU=Hyper-V,DC=lab,DC=test";
+const T2A4D: u32 = 0x1000000;
+
+/// A DC whose objects change at given times (the tokio clock), counting its reads.
+#[derive(Default)]
+struct FakeDc {
+    /// dn -> (from when, uac) in time order: the last one not in the future is what it shows.
+    timeline: Mutex<HashMap<String, Vec<(Instant, u32)>>>,
+    reads: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl FakeDc {
+    fn shows(&self, dn: &str, uac: u32, from: Instant) {
+        self.timeline
+            .lock()
+            .unwrap()
+            .entry(dn.into())
+            .or_default()
+            .push((from, uac));
+    }
+}
+
+impl DcRead for FakeDc {
+    fn read<'a>(&'a self, dn: &'a str) -> BoxFuture<'a, Result<Option<Computer>, LdapError>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let now = Instant::now();
+            let uac = self
+                .timeline
+                .lock()
+                .unwrap()
+                .get(dn)
+                .and_then(|t| t.iter().rev().find(|(from, _)| *from <= now).map(|(_, u)| *u));
+            Ok(uac.map(|u| Computer::unread(dn, u)))
+        })
+    }
+}
+
+/// Connects to `dc`, or fails until `reachable_from`.
+fn connect(dc: Arc<FakeDc>, reachable_from: Instant) -> Connect {
+    Arc::new(move || {
+        let dc = dc.clone();
+        Box::pin(async move {
+            if Instant::now() < reachable_from {
+                return Err(LdapError::Search {
+                    base: "rootDSE".into(),
+                    rc: 52,
+                    text: "dc2 is down".into(),
+                });
+            }
+            Ok(dc as Arc<dyn DcRead>)
+        })
+    })
+}
+
+fn dc2() -> DcInfo {
+    DcInfo {
+        name: "dc2.lab.test".into(),
+        site: "Default-First-Site-Name".into(),
+        service:
+            "CN=NTDS Settings,CN=DC2,CN=Servers,CN=Default-First-Site-Name,CN=Sites,CN=Configuration,DC=lab,DC=test"
+                .into(),
+    }
+}
+
+/// The audit row of plan `plan_id` setting protocol transition on `dn`.
+fn written(plan_id: i64, dn: &str, before: u32, after: u32) -> Expected {
+    Expected {
+        record: AuditRecord {
+            id: 0,
+            time_ms: crate::store::now_ms(),
+            plan_id,
+            host: format!("{}.lab.test", dn[3..7].to_lowercase()),
+            dn: dn.into(),
+            uac_before: before,
+            uac_after: after,
+            delegate_before: vec![],
+            delegate_after: vec![],
+            reasons: vec![],
+            trigger: "test".into(),
+            approved_by: None,
+            epoch: 0,
+        },
+    }
+}
+
+/// Starts a worker for dc2; its jobs sender and what it reports.
+fn worker(
+    connect: Connect,
+    deadline: Duration,
+    in_flight: usize,
+) -> (mpsc::UnboundedSender<Expected>, mpsc::UnboundedReceiver<Event>) {
+    let (jobs, rx) = mpsc::unbounded_channel();
+    let (events, seen) = mpsc::unbounded_channel();
+    let w = Worker {
+        dc: dc2(),
+        connect,
+        limits: Limits { deadline, in_flight },
+        events,
+    };
+    tokio::spawn(w.run(rx));
+    (jobs, seen)
+}
+
+async fn next(seen: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(3600), seen.recv())
+        .await
+        .expect("an event within the hour")
+        .expect("the worker runs")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_is_reported_when_the_other_dc_shows_it_polled_with_backoff() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000, t0);
+    dc.shows(DN, 0x1000 | T2A4D, t0 + Duration::from_secs(3));
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 16);
+    jobs.send(written(1, DN, 0x1000, 0x1000 | T2A4D)).unwrap();
+
+    let Event::Arrived {
+        dc: name,
+        expected,
+        after,
+    } = next(&mut seen).await
+    else {
+        panic!("expected an arrival");
+    };
+    assert_eq!((name.as_str(), expected.record.plan_id), ("dc2.lab.test", 1));
+    // Reads at 0, 0.2, 0.6, 1.4, 3.0 s (+5 ms each): seen at the first read after 3 s.
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_millis(3200),
+        "{after:?}"
+    );
+    assert_eq!(dc.reads.load(Ordering::SeqCst), 5, "200 ms doubling");
+    // Nothing else: no overdue, no more reads of an object that arrived.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(seen.try_recv().is_err());
+    assert_eq!(dc.reads.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dc_behind_past_the_deadline_is_overdue_until_it_catches_up() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000, t0);
+    dc.shows(DN, 0x1000 | T2A4D, t0 + Duration::from_secs(40));
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(10), 16);
+    jobs.send(written(2, DN, 0x1000, 0x1000 | T2A4D)).unwrap();
+
+    let Event::Overdue(o) = next(&mut seen).await else {
+        panic!("expected the DC to be overdue first");
+    };
+    assert_eq!(
+        t0.elapsed().as_secs(),
+        10,
+        "raised at the deadline, not at the next read"
+    );
+    assert_eq!((o.dc.name.as_str(), o.waiting.len()), ("dc2.lab.test", 1));
+    assert!(o.last_error.is_none());
+    // Polled at most every 5 s after that: seen within 5 s of arriving.
+    assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
+    assert!((40..=45).contains(&t0.elapsed().as_secs()), "{:?}", t0.elapsed());
+    assert!(matches!(next(&mut seen).await, Event::CaughtUp { dc } if dc == "dc2.lab.test"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_dc_is_overdue_with_the_reason_and_read_once_it_is_back() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000 | T2A4D, t0);
+    let (jobs, mut seen) = worker(
+        connect(dc.clone(), t0 + Duration::from_secs(30)),
+        Duration::from_secs(5),
+        16,
+    );
+    jobs.send(written(3, DN, 0x1000, 0x1000 | T2A4D)).unwrap();
+
+    let Event::Overdue(o) = next(&mut seen).await else {
+        panic!("expected overdue");
+    };
+    assert!(
+        o.last_error.as_deref().unwrap_or_default().contains("dc2 is down"),
+        "{o:?}"
+    );
+    assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
+    assert!((30..=36).contains(&t0.elapsed().as_secs()), "{:?}", t0.elapsed());
+    assert!(matches!(next(&mut seen).await, Event::CaughtUp { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_write_replaces_one_the_dc_never_showed() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000, t0);
+    // dc2 receives both writes at once, at 8 s: it never shows the first one's state alone.
+    dc.shows(DN, 0x1000 | T2A4D, t0 + Duration::from_secs(8));
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(60), 16);
+    jobs.send(written(4, DN, 0x1000, 0x1000 | 0x80000)).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    jobs.send(written(5, DN, 0x1000 | 0x80000, 0x1000 | T2A4D)).unwrap();
+
+    let Event::Arrived { expected, .. } = next(&mut seen).await else {
+        panic!("expected an arrival");
+    };
+    assert_eq!(expected.record.plan_id, 5);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(seen.try_recv().is_err(), "plan 4 must not keep dc2 overdue");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_in_flight_stay_within_the_bound() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    let dns: Vec<String> = (0..50)
+        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
+        .collect();
+    for dn in &dns {
+        dc.shows(dn, 0x1000 | T2A4D, t0 + Duration::from_secs(1));
+    }
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 4);
+    for dn in &dns {
+        jobs.send(written(6, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
+    }
+    for _ in &dns {
+        assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
+    }
+    assert!(dc.max_in_flight.load(Ordering::SeqCst) <= 4);
+}
+
+#[test]
+fn a_dc_without_a_url_is_not_guessed_and_the_write_dc_is_not_verified_against_itself() {
+    let me = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Default-First-Site-Name,CN=Sites,CN=Configuration,DC=lab,DC=test";
+    let dc1 = DcInfo {
+        name: "dc1.lab.test".into(),
+        site: "Default-First-Site-Name".into(),
+        service: me.into(),
+    };
+    let dc3 = DcInfo {
+        name: "dc3.lab.test".into(),
+        ..dc2()
+    };
+    let configured = [
+        DcConfig {
+            name: "dc1.lab.test".into(),
+            url: "ldaps://127.0.0.1".into(),
+            starttls: false,
+        },
+        DcConfig {
+            name: "dc2.lab.test".into(),
+            url: "ldaps://127.0.0.2".into(),
+            starttls: false,
+        },
+    ];
+    let r = reachable(&configured, &[dc1, dc2(), dc3], me);
+    let names: Vec<&str> = r.iter().map(|(d, _)| d.name.as_str()).collect();
+    assert_eq!(names, ["dc2.lab.test"]);
+    assert_eq!(r[0].1.url, "ldaps://127.0.0.2");
+}
+
+/// The recorder, on the real SQLite store: awaited rows, the arrival, and the DC's finding
+/// raised once and cleared on the event stream.
+#[tokio::test]
+async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let (events, mut fleet) = broadcast::channel(16);
+    let findings = DcFindings::default();
+    let recorder = Recorder {
+        out: Outputs {
+            store: store.clone(),
+            api: None,
+            events,
+        },
+        findings: findings.clone(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let done = tokio::spawn(recorder.run(rx));
+    let w = written(7, DN, 0x1000, 0x1000 | T2A4D);
+    let row = ReplicationRecord {
+        plan_id: 7,
+        host: w.record.host.clone(),
+        dn: DN.into(),
+        dc: "dc2.lab.test".into(),
+        written_at_ms: w.record.time_ms,
+        arrived_at_ms: None,
+    };
+    let overdue = || {
+        Event::Overdue(Overdue {
+            dc: dc2(),
+            waiting: vec![w.clone()],
+            oldest: Duration::from_secs(900),
+            last_error: None,
+        })
+    };
+    tx.send(Event::Expect(vec![row])).unwrap();
+    tx.send(overdue()).unwrap();
+    tx.send(overdue()).unwrap();
+    tx.send(Event::Arrived {
+        dc: "dc2.lab.test".into(),
+        expected: w.clone(),
+        after: Duration::from_secs(901),
+    })
+    .unwrap();
+    tx.send(Event::CaughtUp {
+        dc: "dc2.lab.test".into(),
+    })
+    .unwrap();
+    drop(tx);
+    done.await.unwrap();
+
+    let rows = store.replication_of_plans(7, 7).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].arrived_at_ms.is_some(), "{rows:?}");
+    let raised = fleet.try_recv().unwrap().event.unwrap();
+    let pb::fleet_event::Event::FindingRaised(f) = raised else {
+        panic!("{raised:?}");
+    };
+    assert_eq!(f.id, "DcNotReplicating:dc2.lab.test");
+    assert!(f.summary.contains("dc2.lab.test"), "{}", f.summary);
+    assert_eq!(f.kind, pb::FindingKind::DcNotReplicating as i32);
+    let cleared = fleet.try_recv().unwrap().event.unwrap();
+    assert!(
+        matches!(cleared, pb::fleet_event::Event::FindingCleared(c) if c.id == f.id),
+        "raised once, then cleared"
+    );
+    assert!(fleet.try_recv().is_err());
+    assert!(findings.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_watched_again_after_a_restart_keeps_its_deadline() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    dc.shows(DN, 0x1000, t0);
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(10), 16);
+    // Audited 20 s ago by the previous run, never seen on dc2: overdue at once, not in 10 s.
+    let mut resumed = written(8, DN, 0x1000, 0x1000 | T2A4D);
+    resumed.record.time_ms -= 20_000;
+    jobs.send(resumed).unwrap();
+    let Event::Overdue(o) = next(&mut seen).await else {
+        panic!("expected overdue");
+    };
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(o.oldest >= Duration::from_secs(20), "{:?}", o.oldest);
+}

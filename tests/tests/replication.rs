@@ -1,0 +1,373 @@
+//! Replication-aware verify on the two-DC lab (`lab.sh up --dcs 2`): `serve` writes through
+//! dc1 and reads the written objects on dc2 until they show the change. The KDC is the judge:
+//! `kvno -U user -P cifs/<peer>` as the source host, against dc2's KDC only, is refused before
+//! kcdsync records "replicated to dc2" and granted from the moment it does. A dc2 that does not
+//! catch up (its inbound replication held) is named by a DC_NOT_REPLICATING finding after the
+//! deadline, which clears once it catches up.
+//!
+//! Both tests use dc2's replication, and one holds it: they run one at a time.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kcdsync_agent::probe::kerberos::{self, MitKerberos};
+use kcdsync_controller::config::Config;
+use kcdsync_controller::runtime::{self, Running};
+use kcdsync_controller::store::Store;
+use kcdsync_proto::v1 as pb;
+use kcdsync_tests::otlp::Receiver;
+use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
+use kcdsync_tests::{Fleet, FleetSpec, TestHost, controller_bin, delete_subtree, token, write_config};
+use tokio::sync::{Mutex, broadcast};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const DC2_FINDING: &str = "DcNotReplicating:dc2.lab.test";
+
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "replication: {line}");
+}
+
+/// Two hosts delegating to each other "Kerberos only" (the seed's broken state) and a user,
+/// in an OU of this run's own, created through dc1 and waited for on dc2.
+async fn fleet(lab: &TwoDcLab) -> (Fleet, String) {
+    let tag = &token()[..6];
+    let user = format!("rpu{tag}");
+    let fleet = FleetSpec::new(
+        &format!("kcdsync-repl-{tag}"),
+        &[&format!("RP{tag}A"), &format!("RP{tag}B")],
+    )
+    .kerberos_only_mesh()
+    .user(&user, 0)
+    .create_in(lab.admin(Dc::Dc1).await.unwrap(), lab.base_dn(), lab.var("LAB_REALM"))
+    .await
+    .expect("creating the fleet through dc1");
+    let mut dc2 = lab.admin(Dc::Dc2).await.unwrap();
+    let t = Instant::now();
+    for dn in fleet
+        .hosts
+        .iter()
+        .map(|h| &h.dn)
+        .chain(fleet.users.iter().map(|u| &u.dn))
+    {
+        wait_until(&mut dc2, dn, "objectGUID", t, Duration::from_secs(60), |v| v.is_some())
+            .await
+            .unwrap_or_else(|e| panic!("the fleet did not reach dc2: {e:#}"));
+    }
+    (fleet, user)
+}
+
+/// Does `dc`'s KDC (and no other) let `src` act for `user` towards `cifs/<peer>`?
+async fn kdc_grants(lab: &TwoDcLab, dc: Dc, src: &TestHost, user: &str, peer: &TestHost) -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let krb = MitKerberos {
+        krb5_config: lab.krb5_conf(dc).into(),
+        ccache: format!("FILE:{}", tmp.path().join("cc").display()),
+        timeout: Duration::from_secs(20),
+    };
+    let principal = format!("{}$@{}", src.netbios, lab.var("LAB_REALM"));
+    krb.kinit_password(&principal, &src.password)
+        .await
+        .map_err(|e| format!("kinit {principal} at {}: {}", dc.name(), kerberos::said(&e)))?;
+    krb.s4u(user, &format!("cifs/{}", peer.fqdn))
+        .await
+        .map_err(|e| kerberos::said(&e))
+}
+
+/// A controller config writing through dc1, verifying on dc2 within `deadline_secs`.
+fn config(lab: &TwoDcLab, fleet: &Fleet, deadline_secs: u64) -> String {
+    let dc2 = format!(
+        "replication_deadline_secs = {deadline_secs}\n[[ad.dc]]\nname = \"{}\"\nurl = \"{}\"",
+        lab.dc_var(Dc::Dc2, "HOST"),
+        lab.ldaps_url(Dc::Dc2)
+    );
+    let hosts: Vec<String> = fleet.hosts.iter().map(|h| format!("\"{}\"", h.fqdn)).collect();
+    format!(
+        "{}[scope]\nbase_dns = [\"{}\"]\n[reconcile]\ninterval_secs = 3600\n[[group]]\nname = \"g\"\nmode = \"enforce\"\nfirst_grants = \"auto\"\nhosts = [{}]\n",
+        lab.ad_section(Dc::Dc1, &dc2),
+        fleet.ou_dn,
+        hosts.join(", ")
+    )
+}
+
+/// Waits for the startup reconcile's audit row of `dn` (its write verified on dc1); its plan
+/// and time.
+async fn written(store: &Store, dn: &str) -> (i64, i64) {
+    let t = Instant::now();
+    loop {
+        let rows = store.audit(None, 100).await.unwrap();
+        if let Some(r) = rows.iter().find(|r| r.dn.eq_ignore_ascii_case(dn)) {
+            return (r.plan_id, r.time_ms);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "serve wrote nothing to {dn} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// When kcdsync recorded the write of plan `plan` to `dn` on dc2 (Unix ms), if it has.
+async fn recorded_on_dc2(store: &Store, plan: i64, dn: &str) -> Option<i64> {
+    let rows = store.replication_of_plans(plan, plan).await.unwrap();
+    rows.iter()
+        .find(|r| r.dn.eq_ignore_ascii_case(dn) && r.dc == "dc2.lab.test")
+        .and_then(|r| r.arrived_at_ms)
+}
+
+/// Asks dc2's KDC again and again until kcdsync has recorded the write on dc2 and the KDC
+/// grants it. Every answer given after kcdsync recorded it must be a grant: kcdsync never
+/// claims replication before the KDC acts on it. Returns (the first grant, the record), in
+/// ms after `since_ms`, and the refusals seen before the first grant.
+async fn race_record_and_kdc(
+    lab: &TwoDcLab,
+    store: &Store,
+    (plan, since_ms): (i64, i64),
+    (src, peer, user): (&TestHost, &TestHost, &str),
+) -> (i64, i64, usize) {
+    let (mut granted_at, mut refusals) = (None, 0);
+    let t = Instant::now();
+    loop {
+        let recorded = recorded_on_dc2(store, plan, &src.dn).await;
+        let verdict = kdc_grants(lab, Dc::Dc2, src, user, peer).await;
+        let now = kcdsync_controller::store::now_ms();
+        match (&verdict, recorded) {
+            (Ok(()), _) => {
+                granted_at.get_or_insert(now);
+            }
+            (Err(why), Some(at)) => panic!(
+                "kcdsync recorded plan {plan} on dc2 at +{} ms, yet dc2's KDC still refuses: {why}",
+                at - since_ms
+            ),
+            (Err(why), None) => {
+                assert!(
+                    why.contains("constrained delegation failed") || why.contains("can't fulfill"),
+                    "{why}"
+                );
+                refusals += 1;
+            }
+        }
+        if let (Some(g), Some(r)) = (granted_at, recorded) {
+            return (g - since_ms, r - since_ms, refusals);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "after 90 s: dc2's KDC granted at {granted_at:?}, kcdsync recorded dc2 at {recorded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `kcdsync-controller audit` on the store serve used.
+fn audit_output(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(controller_bin())
+        .args(["audit", "--config"])
+        .arg(config)
+        .output()
+        .expect("running kcdsync-controller audit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn next_finding_event(events: &mut broadcast::Receiver<pb::FleetEvent>, id: &str, raised: bool) -> pb::Finding {
+    let wait = async {
+        loop {
+            match events.recv().await.expect("the event stream").event {
+                Some(pb::fleet_event::Event::FindingRaised(f)) if raised && f.id == id => return f,
+                Some(pb::fleet_event::Event::FindingCleared(f)) if !raised && f.id == id => return f,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), wait)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no finding {} {id} within 90 s",
+                if raised { "raised" } else { "cleared" }
+            )
+        })
+}
+
+/// This process's metrics go to an in-process OTLP receiver, set up once by whichever test
+/// comes first (the controller's instruments are process-wide, created on first use). The
+/// receiver and the exporter run on a runtime of their own that outlives each test's.
+/// Called holding ONE_AT_A_TIME before anything else, so no other thread reads the
+/// environment while it is set.
+fn export_metrics() -> &'static Receiver {
+    struct Exported {
+        _rt: tokio::runtime::Runtime,
+        receiver: Receiver,
+        _telemetry: kcdsync_telemetry::Telemetry,
+    }
+    static EXPORT: OnceLock<Exported> = OnceLock::new();
+    let e = EXPORT.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("the exporter's runtime");
+            let (receiver, telemetry) = rt.block_on(async {
+                let receiver = Receiver::start().await;
+                // SAFETY: the other test waits for ONE_AT_A_TIME; nothing else reads the
+                // environment yet.
+                unsafe {
+                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+                }
+                let t =
+                    kcdsync_telemetry::init("kcdsync-replication-test", kcdsync_telemetry::LogFormat::Human, "warn");
+                (receiver, t)
+            });
+            assert!(telemetry.exporting());
+            Exported {
+                _rt: rt,
+                receiver,
+                _telemetry: telemetry,
+            }
+        })
+        .join()
+        .expect("setting up the OTLP receiver")
+    });
+    &e.receiver
+}
+
+/// How many `kcdsync.replication.lag` values for `dc` the receiver has got so far (the
+/// histogram's cumulative count).
+fn lag_count(receiver: &Receiver, dc: &str) -> f64 {
+    receiver
+        .metrics()
+        .iter()
+        .filter(|m| m.name == "kcdsync.replication.lag" && m.attributes.iter().any(|(k, v)| k == "dc" && v == dc))
+        .map(|m| m.value)
+        .fold(0.0, f64::max)
+}
+
+/// Waits up to 10 s for the count to reach `want`; the count then.
+async fn lag_count_reaches(receiver: &Receiver, dc: &str, want: f64) -> f64 {
+    let t = Instant::now();
+    while lag_count(receiver, dc) < want && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lag_count(receiver, dc)
+}
+
+async fn cleanup(lab: &TwoDcLab, running: Running, fleet: &Fleet) {
+    running.stop().await;
+    let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
+    delete_subtree(&mut dc1, &fleet.ou_dn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dc2_is_recorded_as_replicated_only_once_its_kdc_grants_the_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let receiver = export_metrics();
+    let lab = TwoDcLab::start();
+    let (fleet, user) = fleet(lab).await;
+    let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
+    assert!(
+        kdc_grants(lab, Dc::Dc2, src, &user, peer).await.is_err(),
+        "Kerberos-only: refused before kcdsync runs"
+    );
+
+    // The other test may have recorded lags already (exported every 300 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lags_before = lag_count(receiver, "dc2.lab.test");
+
+    let (_dir, path) = write_config(&config(lab, &fleet, 900));
+    let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
+    let (plan, written_ms) = written(&running.store, &src.dn).await;
+    // Right after the write: dc1's KDC grants it; dc2's (asked at once) may not have it yet.
+    let right_after = kdc_grants(lab, Dc::Dc2, src, &user, peer).await;
+    kdc_grants(lab, Dc::Dc1, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("dc1's KDC, where kcdsync wrote: {e}"));
+
+    let (granted, recorded, refusals) =
+        race_record_and_kdc(lab, &running.store, (plan, written_ms), (src, peer, &user)).await;
+    report(&format!(
+        "dc2's KDC right after the write: {}; first granted +{granted} ms ({refusals} refusals before); kcdsync recorded dc2 +{recorded} ms after the audit",
+        match &right_after {
+            Ok(()) => "already granted (replication beat the first kvno)".to_owned(),
+            Err(_) => "refused".to_owned(),
+        }
+    ));
+    // Never claimed before the KDC grants: every ask after the record was a grant (above),
+    // and the record is not older than the first grant seen by more than one ask's time.
+    assert!(
+        recorded + 1_000 >= granted,
+        "recorded +{recorded} ms, long before dc2's KDC first granted (+{granted} ms)"
+    );
+
+    // One lag measured per written host, by DC.
+    assert_eq!(
+        lag_count_reaches(receiver, "dc2.lab.test", lags_before + 2.0).await,
+        lags_before + 2.0,
+        "kcdsync.replication.lag{{dc=dc2.lab.test}}: one value per written host"
+    );
+
+    cleanup(lab, running, &fleet).await;
+    let audit = audit_output(&path);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.trim_start().starts_with("replicated to dc2.lab.test after ")),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dc_that_does_not_catch_up_is_named_by_a_finding_until_it_does() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    export_metrics();
+    let lab = TwoDcLab::start();
+    let (fleet, user) = fleet(lab).await;
+    let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
+
+    let held = lab.hold_inbound(Dc::Dc2).expect("holding dc2's inbound replication");
+    let (_dir, path) = write_config(&config(lab, &fleet, 5));
+    let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
+    let mut events = running.events.subscribe();
+    let (plan, written_ms) = written(&running.store, &src.dn).await;
+
+    // dc1 has the change, dc2 does not, and kcdsync does not say it does.
+    kdc_grants(lab, Dc::Dc1, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("dc1's KDC, where kcdsync wrote: {e}"));
+    let refused = kdc_grants(lab, Dc::Dc2, src, &user, peer).await;
+    assert!(
+        refused.is_err(),
+        "dc2's KDC granted while its inbound replication is off"
+    );
+    assert_eq!(recorded_on_dc2(&running.store, plan, &src.dn).await, None);
+
+    let raised = next_finding_event(&mut events, DC2_FINDING, true).await;
+    let raised_after = kcdsync_controller::store::now_ms() - written_ms;
+    assert_eq!(raised.kind, pb::FindingKind::DcNotReplicating as i32);
+    assert!(raised.summary.contains("dc2.lab.test"), "{}", raised.summary);
+    assert!(raised.hosts.contains(&src.fqdn), "{:?}", raised.hosts);
+    assert!(
+        raised_after >= 5_000,
+        "raised {raised_after} ms after the write, before the deadline"
+    );
+    assert_eq!(recorded_on_dc2(&running.store, plan, &src.dn).await, None);
+    let mut dc2 = lab.admin(Dc::Dc2).await.unwrap();
+    assert_eq!(
+        read_attr(&mut dc2, &src.dn, "userAccountControl").await.unwrap(),
+        Some(vec!["4096".to_owned()]),
+        "dc2 still has the old value"
+    );
+
+    let released = Instant::now();
+    held.release().expect("dc2's inbound replication back on");
+    let (granted, recorded, refusals) =
+        race_record_and_kdc(lab, &running.store, (plan, written_ms), (src, peer, &user)).await;
+    next_finding_event(&mut events, DC2_FINDING, false).await;
+    report(&format!(
+        "finding raised +{raised_after} ms after the write (deadline 5 s); after release ({:.1} s ago) dc2's KDC first granted +{granted} ms, kcdsync recorded dc2 +{recorded} ms ({refusals} refusals before); finding cleared",
+        released.elapsed().as_secs_f64()
+    ));
+    cleanup(lab, running, &fleet).await;
+}
