@@ -171,6 +171,10 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         attempts_interval: Duration::from_millis(100),
         heartbeat_interval: Duration::from_secs(1),
         max_backoff: Duration::from_millis(800),
+        healthy_after: Duration::from_secs(2),
+        resend_after: Duration::from_secs(5),
+        max_message_bytes: 1 << 20,
+        outbox_max_bytes: 64 << 20,
     }
 }
 
