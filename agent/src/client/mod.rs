@@ -122,6 +122,14 @@ pub async fn run<P: HostProbe>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
     let mut outbox = Outbox::open(outbox_dir, settings.outbox_max_bytes)?;
+    // Catch the cursor up first: after a crash between storing attempts and
+    // moving the cursor, the attempts read again still find their copies
+    // waiting and are not stored twice. Once acked and gone, they would be
+    // stored and sent again (the controller would store them once, but why
+    // send them twice).
+    if let Err(e) = collect(probe.as_ref(), &mut outbox).await {
+        tracing::warn!(error = %e, "could not read migration attempts");
+    }
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut message_limit = settings.max_message_bytes;
     loop {
