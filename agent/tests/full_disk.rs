@@ -99,7 +99,10 @@ fn on_a_256k_tmpfs() {
         message.contains("No space left") || message.contains("os error 28"),
         "{message}"
     );
-    assert!(message.contains(dir.to_str().unwrap()), "the error names the file: {message}");
+    assert!(
+        message.contains(dir.to_str().unwrap()),
+        "the error names the file: {message}"
+    );
 
     // The cursor never passed an attempt that is not on disk.
     assert_eq!(o.cursor(), &Cursor::at(failed - 1));

@@ -95,11 +95,24 @@ pub struct AgentEndpoint {
 impl AgentEndpoint {
     /// Serves on `addr` (port 0 for any) with the store at `store_url`.
     pub async fn spawn(pki: &Pki, store_url: &str, addr: SocketAddr) -> Result<AgentEndpoint> {
+        Self::spawn_limited(pki, store_url, addr, 1 << 20).await
+    }
+
+    /// [`AgentEndpoint::spawn`] with `agents.max_message_bytes` = `max_message_bytes`.
+    pub async fn spawn_limited(
+        pki: &Pki,
+        store_url: &str,
+        addr: SocketAddr,
+        max_message_bytes: usize,
+    ) -> Result<AgentEndpoint> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let cfg = pki.agents_config(addr);
+        let cfg = AgentsConfig {
+            max_message_bytes,
+            ..pki.agents_config(addr)
+        };
         let (tx, triggers) = mpsc::channel(1024);
         let hub = AgentHub::new(
             store.clone(),

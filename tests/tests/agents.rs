@@ -462,7 +462,11 @@ fn agent_process_config(pki: &Pki, dir: &std::path::Path, host: &str, url: &str)
     std::fs::write(dir.join("agent.pem"), cert).unwrap();
     kcdsync_tests::write_private(&dir.join("agent.key"), key);
     let netbios = host.split('.').next().unwrap().to_uppercase();
-    std::fs::write(dir.join("host.toml"), format!("fqdn = \"{host}\"\nnetbios = \"{netbios}\"\n")).unwrap();
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("fqdn = \"{host}\"\nnetbios = \"{netbios}\"\n"),
+    )
+    .unwrap();
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
@@ -488,7 +492,8 @@ fn spawn_agent(config: &std::path::Path, crash_at: Option<&str>) -> tokio::proce
     if let Some(point) = crash_at {
         cmd.env("KCDSYNC_AGENT_TEST_CRASH_AT", point);
     }
-    cmd.spawn().expect("spawn kcdsync-agent (cargo build -p kcdsync-agent first)")
+    cmd.spawn()
+        .expect("spawn kcdsync-agent (cargo build -p kcdsync-agent first)")
 }
 
 /// Reads the child's stderr until a line contains `marker`.
@@ -543,10 +548,17 @@ async fn an_agent_killed_between_storing_attempts_and_moving_its_cursor_loses_an
     wait_for_line(&mut agent, "crash point outbox-after-attempts reached").await;
     agent.start_kill().unwrap();
     let status = agent.wait().await.unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
     assert_eq!(outbox_files(&outbox, ".attempt").len(), 5, "the attempts were on disk");
     assert!(!outbox.join("cursor").exists(), "the cursor had not moved");
-    assert!(ep.store.attempts(None, 100).await.unwrap().is_empty(), "nothing sent yet");
+    assert!(
+        ep.store.attempts(None, 100).await.unwrap().is_empty(),
+        "nothing sent yet"
+    );
 
     // Restarted, it reads the same five records again: same ids, stored once
     // in its outbox, sent once, stored once by the controller.
@@ -589,5 +601,69 @@ async fn an_agent_killed_between_storing_attempts_and_moving_its_cursor_loses_an
     }
     sent.sort();
     assert_eq!(sent, expected, "each attempt reached the controller exactly once");
+    ep.stop().await;
+}
+
+#[tokio::test]
+async fn messages_the_controller_refuses_as_too_large_are_split_and_an_attempt_too_large_for_any_is_set_aside() {
+    let pki = Pki::new();
+    let db = tempfile::tempdir().unwrap();
+    // The controller takes messages of 16 KiB; the agent believes 1 MiB.
+    let ep = AgentEndpoint::spawn_limited(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), 16 * 1024)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::sync::Arc::new(SimulatedProbe::new(sim_host("hv01.lab.test"), &dir.path().join("host")).unwrap());
+    // 100 ordinary attempts (some 35 KiB together) and, second, one whose VM
+    // name alone is larger than any message the controller takes.
+    probe.migrate("vm0", "hv02.lab.test", "alice", Some(true)).await;
+    let giant = probe
+        .migrate(&"v".repeat(20_000), "hv02.lab.test", "alice", Some(true))
+        .await;
+    for i in 1..100 {
+        probe
+            .migrate(&format!("vm{i}"), "hv02.lab.test", "alice", Some(false))
+            .await;
+    }
+    let agent = SimAgent::start_with(probe, dir.path(), settings(&ep.url(), pki.agent_tls("hv01.lab.test")));
+
+    let store = ep.store.clone();
+    eventually(Duration::from_secs(60), "the 100 ordinary attempts stored", || {
+        let store = store.clone();
+        async move { store.attempt_count().await.unwrap() >= 100 }
+    })
+    .await;
+    eventually(Duration::from_secs(10), "outbox drained", || {
+        let n = agent.outbox_depth();
+        async move { n == 0 }
+    })
+    .await;
+    let stored = store.attempts(Some("hv01.lab.test"), 500).await.unwrap();
+    assert_eq!(stored.len(), 100);
+    assert!(stored.iter().all(|a| a.attempt_id != giant.attempt_id));
+    let aside = outbox_files(&agent.outbox, "")
+        .into_iter()
+        .filter(|n| n.contains(".attempt.too-large-"))
+        .count();
+    assert_eq!(aside, 1, "the giant attempt is moved aside, not resent forever");
+
+    // The host's reports say so.
+    eventually(Duration::from_secs(10), "a report naming the attempt set aside", || {
+        let store = store.clone();
+        let id = giant.attempt_id.clone();
+        async move {
+            store
+                .latest_report("hv01.lab.test")
+                .await
+                .unwrap()
+                .is_some_and(|(r, _, _)| {
+                    r.probe_errors
+                        .iter()
+                        .any(|e| e.contains(&id) && e.contains("too-large"))
+                })
+        }
+    })
+    .await;
+    agent.stop().await;
     ep.stop().await;
 }
