@@ -504,3 +504,71 @@ async fn execute_in<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::probe::{Cursor, ProbeError};
+
+    /// A host whose event log always has one new attempt, counting reads.
+    #[derive(Default)]
+    struct Busy {
+        reads: AtomicUsize,
+    }
+
+    impl HostProbe for Busy {
+        async fn report(&self) -> HostReport {
+            HostReport::default()
+        }
+
+        async fn attempts(&self, since: &Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let next = Cursor::at(since.record_id + 1);
+            let a = MigrationAttempt {
+                attempt_id: format!("hv01:{}", next.record_id),
+                message: "x".repeat(600 << 10),
+                ..Default::default()
+            };
+            Ok((vec![a], next))
+        }
+
+        async fn purge_system_tickets(&self) -> Result<String, ProbeError> {
+            Ok(String::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_event_log_is_not_read_and_the_reports_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let host = Busy::default();
+        // Two attempts of 600 KiB fill a 1 MiB outbox.
+        for _ in 0..4 {
+            collect(&host, &mut outbox).await.unwrap();
+        }
+        assert_eq!(host.reads.load(Ordering::SeqCst), 2, "no read once full");
+        assert_eq!(outbox.len(), 2, "what was stored is kept: the newest wait in the log");
+        assert_eq!(
+            outbox.cursor(),
+            &Cursor::at(2),
+            "the cursor stays before what was not read"
+        );
+        let report = with_outbox_problems(HostReport::default(), &outbox);
+        assert!(
+            report
+                .probe_errors
+                .iter()
+                .any(|e| e.contains("outbox full") && e.contains("outbox_max_bytes")),
+            "{:?}",
+            report.probe_errors
+        );
+
+        // An ack drains it below the cap: reading resumes where it stopped.
+        outbox.ack(["hv01:1"]).unwrap();
+        collect(&host, &mut outbox).await.unwrap();
+        assert_eq!(host.reads.load(Ordering::SeqCst), 3);
+        assert_eq!(outbox.cursor(), &Cursor::at(3));
+    }
+}
