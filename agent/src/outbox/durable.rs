@@ -1,8 +1,10 @@
 //! Writes that survive a crash or a power cut: the new bytes go to a
 //! temporary file, are synced, then renamed over the old name, and the rename
-//! itself is made durable before the call returns. A crash leaves either the
-//! old file or the new one, never half of one, and once this returns the new
-//! one is on disk — which is what lets the event-log cursor move past it.
+//! itself is made durable (a directory sync; on Windows a write-through
+//! rename). A crash leaves either the old file or the new one, never half of
+//! one, and once [`write_atomically`] (or [`replace`]s then [`sync_dir`])
+//! returns, the new one is on disk — which is what lets the event-log cursor
+//! move past it.
 
 use std::fs;
 use std::io::{self, Write};
@@ -24,6 +26,18 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
 
 /// Replaces `path` with `bytes`, durably.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    replace(path, bytes)?;
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+/// Replaces `path` with `bytes`: the file's data is on disk, its name only
+/// once [`sync_dir`] returns (so a page of attempts costs one directory sync,
+/// not one each).
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let tmp = path.with_extension("tmp");
     let written = (|| {
         let mut f = fs::File::create(&tmp).map_err(at(&tmp))?;
@@ -35,29 +49,32 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    rename_durably(&tmp, path)
+    rename(&tmp, path)
 }
 
-/// Renames `from` to `to` (replacing it) and returns only once the rename is
-/// on disk.
+/// Makes the renames done in `dir` durable: without it, a power cut can
+/// bring the old names back after the cursor has moved past the attempts.
 #[cfg(not(windows))]
-pub fn rename_durably(from: &Path, to: &Path) -> Result<(), WriteError> {
-    fs::rename(from, to).map_err(at(to))?;
-    // A rename lives in the directory: without syncing it, a power cut can
-    // bring the old name back after the cursor has moved past the attempt.
-    let dir = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+pub fn sync_dir(dir: &Path) -> Result<(), WriteError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(at(dir))
 }
 
-/// Renames `from` to `to` (replacing it) and returns only once the rename is
-/// on disk: Windows cannot open a directory to flush it, but
-/// `MOVEFILE_WRITE_THROUGH` makes `MoveFileExW` return only after the move
-/// is flushed.
+/// Windows cannot open a directory to flush it; each rename was written
+/// through instead (see [`rename`]).
 #[cfg(windows)]
-pub fn rename_durably(from: &Path, to: &Path) -> Result<(), WriteError> {
+pub fn sync_dir(_dir: &Path) -> Result<(), WriteError> {
+    Ok(())
+}
+
+#[cfg(not(windows))]
+fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
+    fs::rename(from, to).map_err(at(to))
+}
+
+/// `MOVEFILE_WRITE_THROUGH`: `MoveFileExW` returns only once the move is
+/// flushed to disk, which is what a directory sync does elsewhere.
+#[cfg(windows)]
+fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
     use std::os::windows::ffi::OsStrExt;
     use windows_sys::Win32::Storage::FileSystem::{MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW};
 

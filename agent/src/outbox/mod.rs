@@ -248,16 +248,22 @@ impl Outbox {
     /// Stores `attempts` durably, then moves the cursor past them. An
     /// attempt already waiting (same id) is not stored twice.
     pub fn push(&mut self, attempts: &[MigrationAttempt], cursor: Cursor) -> Result<(), OutboxError> {
+        let mut wrote = false;
         for a in attempts {
             if self.by_id.contains_key(&a.attempt_id) {
                 continue;
             }
             let pos = self.next;
-            durable::write_atomically(&self.attempt_path(pos), &record::encode(a))?;
+            durable::replace(&self.attempt_path(pos), &record::encode(a))?;
+            wrote = true;
             self.next += 1;
             self.bytes += a.encoded_len() as u64;
             self.by_id.insert(a.attempt_id.clone(), pos);
             self.pending.insert(pos, a.clone());
+        }
+        if wrote {
+            // The names of the files just written, before the cursor moves.
+            durable::sync_dir(&self.dir)?;
         }
         crash_point("outbox-after-attempts");
         if cursor != self.cursor {
