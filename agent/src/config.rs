@@ -45,11 +45,33 @@ struct Raw {
     attempts_interval_secs: u64,
     #[serde(default = "d30")]
     probe_timeout_secs: u64,
+    /// Above this many bytes of waiting attempts the agent stops reading the
+    /// event log: the newest attempts wait there, none stored is dropped.
+    #[serde(default = "default_outbox_max_bytes")]
+    outbox_max_bytes: u64,
+    /// The controller's `agents.max_message_bytes`.
+    #[serde(default = "default_max_message_bytes")]
+    max_message_bytes: usize,
+    /// An attempt not acknowledged this long after it was sent is sent again.
+    #[serde(default = "d30")]
+    resend_after_secs: u64,
 }
 
 /// The longest report, attempts or probe interval: a day.
 const MAX_INTERVAL_SECS: u64 = 86_400;
 
+/// `outbox_max_bytes`: at least 1 MiB (a page of the event log must fit),
+/// at most 16 GiB.
+const OUTBOX_MAX_BYTES: std::ops::RangeInclusive<u64> = 1 << 20..=16 << 30;
+/// `max_message_bytes`: the range the controller accepts for its own.
+const MESSAGE_BYTES: std::ops::RangeInclusive<usize> = 4096..=64 << 20;
+
+fn default_outbox_max_bytes() -> u64 {
+    crate::outbox::DEFAULT_MAX_BYTES
+}
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
 fn d60() -> u64 {
     60
 }
@@ -73,6 +95,9 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     pub attempts_interval: Duration,
     pub probe_timeout: Duration,
+    pub outbox_max_bytes: u64,
+    pub max_message_bytes: usize,
+    pub resend_after: Duration,
 }
 
 impl AgentConfig {
@@ -126,6 +151,7 @@ impl AgentConfig {
             ("report_interval_secs", raw.report_interval_secs),
             ("attempts_interval_secs", raw.attempts_interval_secs),
             ("probe_timeout_secs", raw.probe_timeout_secs),
+            ("resend_after_secs", raw.resend_after_secs),
         ] {
             // Bounded above too: an interval is added to clock instants, and a year-long one
             // is a typo, not a wish.
@@ -135,6 +161,28 @@ impl AgentConfig {
                     message: format!("must be 1 to {MAX_INTERVAL_SECS} seconds, not {v}"),
                 });
             }
+        }
+        if !OUTBOX_MAX_BYTES.contains(&raw.outbox_max_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "outbox_max_bytes",
+                message: format!(
+                    "must be {} to {} bytes (1 MiB to 16 GiB), not {}",
+                    OUTBOX_MAX_BYTES.start(),
+                    OUTBOX_MAX_BYTES.end(),
+                    raw.outbox_max_bytes
+                ),
+            });
+        }
+        if !MESSAGE_BYTES.contains(&raw.max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max_message_bytes",
+                message: format!(
+                    "must be {} to {} bytes, like the controller's agents.max_message_bytes, not {}",
+                    MESSAGE_BYTES.start(),
+                    MESSAGE_BYTES.end(),
+                    raw.max_message_bytes
+                ),
+            });
         }
         Ok(AgentConfig {
             controller_url: raw.controller_url,
@@ -148,6 +196,9 @@ impl AgentConfig {
             report_interval: Duration::from_secs(raw.report_interval_secs),
             attempts_interval: Duration::from_secs(raw.attempts_interval_secs),
             probe_timeout: Duration::from_secs(raw.probe_timeout_secs),
+            outbox_max_bytes: raw.outbox_max_bytes,
+            max_message_bytes: raw.max_message_bytes,
+            resend_after: Duration::from_secs(raw.resend_after_secs),
         })
     }
 }

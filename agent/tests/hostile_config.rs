@@ -25,7 +25,7 @@ static DIR: LazyLock<PathBuf> = LazyLock::new(|| {
 });
 
 /// Every key of a plausible config with its usual value; errors about a key must name it.
-const KEYS: [(&str, &str); 11] = [
+const KEYS: [(&str, &str); 14] = [
     ("controller_url", "\"https://kcdsync.lab.test:7443\""),
     ("tls_server_name", "\"localhost\""),
     ("ca_file", "\"ca.pem\""),
@@ -37,6 +37,9 @@ const KEYS: [(&str, &str); 11] = [
     ("report_interval_secs", "60"),
     ("attempts_interval_secs", "10"),
     ("probe_timeout_secs", "30"),
+    ("outbox_max_bytes", "67108864"),
+    ("max_message_bytes", "1048576"),
+    ("resend_after_secs", "30"),
 ];
 
 fn text(replace: Option<(usize, &str)>) -> String {

@@ -95,11 +95,24 @@ pub struct AgentEndpoint {
 impl AgentEndpoint {
     /// Serves on `addr` (port 0 for any) with the store at `store_url`.
     pub async fn spawn(pki: &Pki, store_url: &str, addr: SocketAddr) -> Result<AgentEndpoint> {
+        Self::spawn_limited(pki, store_url, addr, 1 << 20).await
+    }
+
+    /// [`AgentEndpoint::spawn`] with `agents.max_message_bytes` = `max_message_bytes`.
+    pub async fn spawn_limited(
+        pki: &Pki,
+        store_url: &str,
+        addr: SocketAddr,
+        max_message_bytes: usize,
+    ) -> Result<AgentEndpoint> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let cfg = pki.agents_config(addr);
+        let cfg = AgentsConfig {
+            max_message_bytes,
+            ..pki.agents_config(addr)
+        };
         let (tx, triggers) = mpsc::channel(1024);
         let hub = AgentHub::new(
             store.clone(),
@@ -171,6 +184,10 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         attempts_interval: Duration::from_millis(100),
         heartbeat_interval: Duration::from_secs(1),
         max_backoff: Duration::from_millis(800),
+        healthy_after: Duration::from_secs(2),
+        resend_after: Duration::from_secs(5),
+        max_message_bytes: 1 << 20,
+        outbox_max_bytes: 64 << 20,
     }
 }
 

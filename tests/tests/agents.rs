@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kcdsync_agent::probe::HostProbe;
+use kcdsync_agent::probe::simulated::SimulatedProbe;
 use kcdsync_controller::certs::Validity;
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
@@ -453,4 +454,216 @@ async fn a_simulated_migration_is_the_kdcs_verdict() {
     assert!(probe.report().await.system_tickets.is_empty(), "purged");
     let after = probe.migrate("vm1", peer, "sim-alice", None).await;
     assert!(after.success, "after reconcile the KDC must grant: {}", after.message);
+}
+
+/// A real `kcdsync-agent` process for `host`, its files in `dir`, reporting to `url`.
+fn agent_process_config(pki: &Pki, dir: &std::path::Path, host: &str, url: &str) -> std::path::PathBuf {
+    let (cert, key) = pki.ca.issue_agent(host, Validity::days(1)).unwrap();
+    std::fs::write(dir.join("agent.pem"), cert).unwrap();
+    kcdsync_tests::write_private(&dir.join("agent.key"), key);
+    let netbios = host.split('.').next().unwrap().to_uppercase();
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("fqdn = \"{host}\"\nnetbios = \"{netbios}\"\n"),
+    )
+    .unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller_url = \"{url}\"\ntls_server_name = \"localhost\"\nca_file = \"{}\"\ncert_file = \"agent.pem\"\n\
+             key_file = \"agent.key\"\noutbox_dir = \"outbox\"\nprobe = \"simulated\"\nsimulated_host = \"host.toml\"\n\
+             attempts_interval_secs = 1\nreport_interval_secs = 60\n",
+            pki.path("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn spawn_agent(config: &std::path::Path, crash_at: Option<&str>) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(kcdsync_tests::workspace_bin("kcdsync-agent"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(point) = crash_at {
+        cmd.env("KCDSYNC_AGENT_TEST_CRASH_AT", point);
+    }
+    cmd.spawn()
+        .expect("spawn kcdsync-agent (cargo build -p kcdsync-agent first)")
+}
+
+/// Reads the child's stderr until a line contains `marker`.
+async fn wait_for_line(child: &mut tokio::process::Child, marker: &str) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            eprintln!("agent: {line}");
+            if line.contains(marker) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the agent never printed `{marker}`");
+}
+
+fn outbox_files(outbox: &std::path::Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(outbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn an_agent_killed_between_storing_attempts_and_moving_its_cursor_loses_and_duplicates_nothing() {
+    let pki = Pki::new();
+    let db = tempfile::tempdir().unwrap();
+    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut received = ep.hub.subscribe_attempts();
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_process_config(&pki, dir.path(), "hv01.lab.test", &ep.url());
+    let outbox = dir.path().join("outbox");
+    // Five migrations in the host's event log before the agent starts (the
+    // agent keeps its simulated host under the outbox directory).
+    let host = SimulatedProbe::new(sim_host("hv01.lab.test"), &outbox.join("simulated-host")).unwrap();
+    for i in 1..=5 {
+        host.migrate(&format!("vm{i}"), "hv02.lab.test", "alice", Some(i % 2 == 0))
+            .await;
+    }
+
+    // The agent stores the five attempts, then is killed with SIGKILL before
+    // it moves its event-log cursor.
+    let mut agent = spawn_agent(&config, Some("outbox-after-attempts"));
+    wait_for_line(&mut agent, "crash point outbox-after-attempts reached").await;
+    agent.start_kill().unwrap();
+    let status = agent.wait().await.unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    assert_eq!(outbox_files(&outbox, ".attempt").len(), 5, "the attempts were on disk");
+    assert!(!outbox.join("cursor").exists(), "the cursor had not moved");
+    assert!(
+        ep.store.attempts(None, 100).await.unwrap().is_empty(),
+        "nothing sent yet"
+    );
+
+    // Restarted, it reads the same five records again: same ids, stored once
+    // in its outbox, sent once, stored once by the controller.
+    let mut agent = spawn_agent(&config, None);
+    let store = ep.store.clone();
+    eventually(Duration::from_secs(30), "five attempts stored", || {
+        let store = store.clone();
+        async move { store.attempt_count().await.unwrap() >= 5 }
+    })
+    .await;
+    let o = outbox.clone();
+    eventually(Duration::from_secs(10), "outbox drained and cursor moved", || {
+        let drained = outbox_files(&o, ".attempt").is_empty()
+            && std::fs::read_to_string(o.join("cursor")).is_ok_and(|c| c.contains("record_id=5 "));
+        async move { drained }
+    })
+    .await;
+    host.migrate("vm6", "hv02.lab.test", "alice", Some(false)).await;
+    eventually(Duration::from_secs(30), "the next attempt stored", || {
+        let store = store.clone();
+        async move { store.attempt_count().await.unwrap() >= 6 }
+    })
+    .await;
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+
+    let mut ids: Vec<String> = store
+        .attempts(Some("hv01.lab.test"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.attempt_id)
+        .collect();
+    ids.sort();
+    let expected: Vec<String> = (1..=6).map(|i| format!("hv01.lab.test:{i}")).collect();
+    assert_eq!(ids, expected, "every attempt, under its stable id");
+    let mut sent = Vec::new();
+    while let Ok((_, a)) = received.try_recv() {
+        sent.push(a.attempt_id);
+    }
+    sent.sort();
+    assert_eq!(sent, expected, "each attempt reached the controller exactly once");
+    ep.stop().await;
+}
+
+#[tokio::test]
+async fn messages_the_controller_refuses_as_too_large_are_split_and_an_attempt_too_large_for_any_is_set_aside() {
+    let pki = Pki::new();
+    let db = tempfile::tempdir().unwrap();
+    // The controller takes messages of 16 KiB; the agent believes 1 MiB.
+    let ep = AgentEndpoint::spawn_limited(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), 16 * 1024)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::sync::Arc::new(SimulatedProbe::new(sim_host("hv01.lab.test"), &dir.path().join("host")).unwrap());
+    // 100 ordinary attempts (some 35 KiB together) and, second, one whose VM
+    // name alone is larger than any message the controller takes.
+    probe.migrate("vm0", "hv02.lab.test", "alice", Some(true)).await;
+    let giant = probe
+        .migrate(&"v".repeat(20_000), "hv02.lab.test", "alice", Some(true))
+        .await;
+    for i in 1..100 {
+        probe
+            .migrate(&format!("vm{i}"), "hv02.lab.test", "alice", Some(false))
+            .await;
+    }
+    let agent = SimAgent::start_with(probe, dir.path(), settings(&ep.url(), pki.agent_tls("hv01.lab.test")));
+
+    let store = ep.store.clone();
+    eventually(Duration::from_secs(60), "the 100 ordinary attempts stored", || {
+        let store = store.clone();
+        async move { store.attempt_count().await.unwrap() >= 100 }
+    })
+    .await;
+    eventually(Duration::from_secs(10), "outbox drained", || {
+        let n = agent.outbox_depth();
+        async move { n == 0 }
+    })
+    .await;
+    let stored = store.attempts(Some("hv01.lab.test"), 500).await.unwrap();
+    assert_eq!(stored.len(), 100);
+    assert!(stored.iter().all(|a| a.attempt_id != giant.attempt_id));
+    let aside = outbox_files(&agent.outbox, "")
+        .into_iter()
+        .filter(|n| n.contains(".attempt.too-large-"))
+        .count();
+    assert_eq!(aside, 1, "the giant attempt is moved aside, not resent forever");
+
+    // The host's reports say so.
+    eventually(Duration::from_secs(10), "a report naming the attempt set aside", || {
+        let store = store.clone();
+        let id = giant.attempt_id.clone();
+        async move {
+            store
+                .latest_report("hv01.lab.test")
+                .await
+                .unwrap()
+                .is_some_and(|(r, _, _)| {
+                    r.probe_errors
+                        .iter()
+                        .any(|e| e.contains(&id) && e.contains("too-large"))
+                })
+        }
+    })
+    .await;
+    agent.stop().await;
+    ep.stop().await;
 }

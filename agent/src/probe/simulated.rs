@@ -17,7 +17,7 @@ use kcdsync_proto::v1::*;
 use serde::{Deserialize, Serialize};
 
 use super::kerberos::{self, MitKerberos};
-use super::{Cursor, HostProbe, ProbeError};
+use super::{Cursor, HostProbe, LogCheck, ProbeError, check_log};
 use crate::process::RunError;
 
 /// Limit for each Kerberos tool run.
@@ -247,12 +247,36 @@ impl SimulatedProbe {
             .open(self.log_path())
             .expect("simulated event log is writable");
         writeln!(f, "{line}").expect("append to simulated event log");
-        self.to_attempt(&ev)
+        self.to_attempt(&ev, None)
     }
 
-    fn to_attempt(&self, ev: &Event) -> MigrationAttempt {
+    /// `wevtutil cl`: empties the event log; RecordIds start again at 1.
+    pub fn clear_log(&self) {
+        let _guard = self.log.lock().expect("event log lock");
+        let _ = std::fs::remove_file(self.log_path());
+    }
+
+    /// The whole event log, oldest first.
+    fn events(&self) -> Result<Vec<Event>, ProbeError> {
+        let text = match std::fs::read_to_string(self.log_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ProbeError::Other(format!("{}: {e}", self.log_path().display()))),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).map_err(|e| ProbeError::Parse {
+                    command: self.log_path().display().to_string(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn to_attempt(&self, ev: &Event, generation: Option<i64>) -> MigrationAttempt {
         MigrationAttempt {
-            attempt_id: format!("{}:{}", self.host.fqdn, ev.record_id),
+            attempt_id: super::attempt_id(&self.host.fqdn, generation, ev.record_id),
             time: Some(timestamp_from_ms(ev.time_ms)),
             vm_name: ev.vm.clone(),
             vm_id: String::new(),
@@ -368,25 +392,35 @@ impl HostProbe for SimulatedProbe {
         }
     }
 
-    async fn attempts(&self, since: Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
-        let text = match std::fs::read_to_string(self.log_path()) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), since)),
-            Err(e) => return Err(ProbeError::Other(format!("{}: {e}", self.log_path().display()))),
-        };
-        let mut out = Vec::new();
-        let mut cursor = since;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let ev: Event = serde_json::from_str(line).map_err(|e| ProbeError::Parse {
-                command: self.log_path().display().to_string(),
-                message: e.to_string(),
-            })?;
-            if ev.record_id > since {
-                cursor = cursor.max(ev.record_id);
-                out.push(self.to_attempt(&ev));
+    async fn attempts(&self, since: &Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
+        let events = self.events()?;
+        let first = events
+            .iter()
+            .find(|e| e.record_id >= since.record_id)
+            .map(|e| (e.record_id, Some(e.time_ms)));
+        let newest = events.last().map(|e| e.record_id);
+        let since = match check_log(since, first, newest) {
+            LogCheck::Cleared => {
+                tracing::warn!(
+                    log = %self.log_path().display(),
+                    cursor = since.record_id,
+                    "the simulated event log was cleared: reading it again from its start"
+                );
+                Cursor {
+                    log_generation: Some(super::now_ms()),
+                    ..Cursor::default()
+                }
             }
+            LogCheck::Continues | LogCheck::Wrapped => since.clone(),
+        };
+        let mut next = since.clone();
+        let mut out = Vec::new();
+        for ev in events.iter().filter(|e| e.record_id > since.record_id) {
+            next.record_id = ev.record_id;
+            next.record_time_ms = Some(ev.time_ms);
+            out.push(self.to_attempt(ev, since.log_generation));
         }
-        Ok((out, cursor))
+        Ok((out, next))
     }
 
     async fn purge_system_tickets(&self) -> Result<String, ProbeError> {
@@ -414,8 +448,8 @@ mod tests {
         let p = SimulatedProbe::new(host(), dir.path()).unwrap();
         p.migrate("vm1", "hv02.lab.test", "alice", Some(false)).await;
         p.migrate("vm2", "hv02.lab.test", "alice", Some(true)).await;
-        let (all, c) = p.attempts(0).await.unwrap();
-        assert_eq!(c, 2);
+        let (all, c) = p.attempts(&Cursor::default()).await.unwrap();
+        assert_eq!(c.record_id, 2);
         assert_eq!(all[0].attempt_id, "hv01.lab.test:1");
         assert_eq!(all[0].error_code, SEC_E_NO_CREDENTIALS);
         assert!(
@@ -424,10 +458,49 @@ mod tests {
                 .contains("No credentials are available in the security package (0x8009030E)")
         );
         assert!(all[1].success);
-        let (rest, c2) = p.attempts(1).await.unwrap();
-        assert_eq!((rest.len(), c2), (1, 2));
-        let (none, c3) = p.attempts(2).await.unwrap();
-        assert!(none.is_empty() && c3 == 2);
+        let (rest, c2) = p.attempts(&Cursor::at(1)).await.unwrap();
+        assert_eq!((rest.len(), c2.record_id), (1, 2));
+        let (none, c3) = p.attempts(&c).await.unwrap();
+        assert!(none.is_empty() && c3 == c);
+    }
+
+    #[tokio::test]
+    async fn a_cleared_log_is_read_again_under_new_attempt_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = SimulatedProbe::new(host(), dir.path()).unwrap();
+        for vm in ["vm1", "vm2", "vm3"] {
+            p.migrate(vm, "hv02.lab.test", "alice", Some(true)).await;
+        }
+        let (before, cursor) = p.attempts(&Cursor::default()).await.unwrap();
+        assert_eq!(cursor.record_id, 3);
+
+        // Cleared, then one migration: RecordIds restart below the cursor.
+        p.clear_log();
+        p.migrate("vm4", "hv02.lab.test", "alice", Some(false)).await;
+        let (after, cursor) = p.attempts(&cursor).await.unwrap();
+        assert_eq!(after.len(), 1, "the new log's record 1 is read, not skipped");
+        assert_eq!(after[0].vm_name, "vm4");
+        assert_eq!(cursor.record_id, 1);
+        let generation = cursor.log_generation.expect("a new log generation");
+        assert_ne!(after[0].attempt_id, before[0].attempt_id);
+        assert_eq!(after[0].attempt_id, format!("hv01.lab.test:g{generation}:1"));
+
+        // Cleared again and refilled past the old cursor: RecordId 1 is
+        // another record (another time), so still a clear.
+        p.clear_log();
+        std::thread::sleep(Duration::from_millis(5));
+        for vm in ["vm5", "vm6"] {
+            p.migrate(vm, "hv02.lab.test", "alice", Some(true)).await;
+        }
+        let (again, next) = p.attempts(&cursor).await.unwrap();
+        let names: Vec<&str> = again.iter().map(|a| a.vm_name.as_str()).collect();
+        assert_eq!(names, ["vm5", "vm6"]);
+        assert_ne!(next.log_generation, Some(generation));
+
+        // Read on from there: nothing new, same cursor, same ids.
+        let (none, same) = p.attempts(&next).await.unwrap();
+        assert!(none.is_empty());
+        assert_eq!(same, next);
     }
 
     #[tokio::test]

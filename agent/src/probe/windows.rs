@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use kcdsync_proto::v1::{HostIdentity, HostReport, MigrationAttempt};
 
-use super::{Cursor, HostProbe, ProbeError};
+use super::{Cursor, HostProbe, LogCheck, ProbeError, check_log};
 use crate::process;
 use crate::windows::parse::{self, ParseError};
 use crate::windows::scripts::{
@@ -100,10 +100,28 @@ impl WindowsProbe {
         parser(&out).map_err(|e| parse_error(step, e))
     }
 
+    /// One page of events from RecordId `from` on.
+    async fn events_from(&self, from: u64) -> Result<parse::VmmsEventBatch, ProbeError> {
+        let out = self.powershell(&scripts::vmms_events_script(from), STEP_EVENTS).await?;
+        parse::parse_vmms_event_batch(&out, &self.host).map_err(|e| parse_error(STEP_EVENTS, e))
+    }
+
+    /// The newest record's RecordId; `None` for an empty (or unreadable) log.
+    async fn newest_record_id(&self) -> Result<Option<u64>, ProbeError> {
+        let out = self.powershell(scripts::PS_VMMS_NEWEST_EVENT, STEP_EVENTS).await?;
+        let batch = parse::parse_vmms_event_batch(&out, &self.host).map_err(|e| parse_error(STEP_EVENTS, e))?;
+        Ok(batch.max_record_id)
+    }
+
     async fn system_tickets(&self) -> Result<Vec<kcdsync_proto::v1::KerberosTicket>, ProbeError> {
         let out = self.klist(&KLIST_SYSTEM_ARGS, STEP_KLIST).await?;
         parse::parse_klist(&out).map_err(|e| parse_error(STEP_KLIST, e))
     }
+}
+
+/// A TimeCreated in Unix ms, as cursors keep it.
+fn ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
 }
 
 fn parse_error(step: &str, e: ParseError) -> ProbeError {
@@ -193,17 +211,55 @@ impl HostProbe for WindowsProbe {
     /// One page of VMMS-Admin events after `since` (at most
     /// [`scripts::VMMS_EVENTS_PAGE`]); the new cursor is the highest RecordId
     /// read, migration-related or not, so unrelated events are not re-read.
-    async fn attempts(&self, since: Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
-        let out = self
-            .powershell(&scripts::vmms_events_script(since), STEP_EVENTS)
-            .await?;
-        let batch = parse::parse_vmms_event_batch(&out, &self.host).map_err(|e| parse_error(STEP_EVENTS, e))?;
-        let next = batch.max_record_id.map_or(since, |m| m.max(since));
+    /// A log cleared since `since` is read again from its start, under a new
+    /// generation.
+    async fn attempts(&self, since: &Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
+        let batch = self.events_from(since.record_id).await?;
+        let first = batch
+            .first_from(since.record_id)
+            .map(|(id, t)| (*id, t.as_ref().map(ms)));
+        let newest = match (&first, since.record_id) {
+            (None, 1..) => self.newest_record_id().await?,
+            _ => None,
+        };
+        let (since, batch) = match check_log(since, first, newest) {
+            LogCheck::Cleared => {
+                tracing::warn!(
+                    cursor = since.record_id,
+                    newest = ?newest,
+                    "the VMMS-Admin event log was cleared: reading it again from its start"
+                );
+                let fresh = Cursor {
+                    log_generation: Some(super::now_ms()),
+                    ..Cursor::default()
+                };
+                (fresh, self.events_from(0).await?)
+            }
+            LogCheck::Wrapped => {
+                tracing::warn!(
+                    cursor = since.record_id,
+                    "the VMMS-Admin event log overwrote records the agent had not read yet (log full)"
+                );
+                (since.clone(), batch)
+            }
+            LogCheck::Continues => (since.clone(), batch),
+        };
+        let next = match batch.max_record_id {
+            Some(m) if m > since.record_id => Cursor {
+                record_id: m,
+                record_time_ms: batch.time_of(m).map(ms),
+                log_generation: since.log_generation,
+            },
+            _ => since.clone(),
+        };
         let attempts = batch
             .attempts
             .into_iter()
-            .filter(|(id, _)| *id > since)
-            .map(|(_, a)| a)
+            .filter(|(id, _)| *id > since.record_id)
+            .map(|(id, mut a)| {
+                a.attempt_id = super::attempt_id(&self.host, since.log_generation, id);
+                a
+            })
             .collect();
         Ok((attempts, next))
     }
@@ -394,10 +450,11 @@ esac"#,
         let fake = Fake::new();
         fake.healthy();
         let probe = fake.probe(Duration::from_secs(20));
-        let (attempts, cursor) = probe.attempts(4700).await.unwrap();
+        let (attempts, cursor) = probe.attempts(&Cursor::at(4700)).await.unwrap();
         let script = std::fs::read_to_string(fake.path("events.script")).unwrap();
-        assert!(script.contains("*[System[EventRecordID>4700]]"), "{script}");
-        assert_eq!(cursor, 4714);
+        assert!(script.contains("*[System[EventRecordID>=4700]]"), "{script}");
+        assert_eq!(cursor.record_id, 4714);
+        assert!(cursor.record_time_ms.is_some(), "the cursor keeps its record's time");
         assert_eq!(attempts.len(), 2);
         assert_eq!(attempts[0].attempt_id, "HV01:4712");
         assert_eq!(attempts[0].error_code, 0x8009_030D);
@@ -405,17 +462,53 @@ esac"#,
         assert_eq!(attempts[1].peer, "HV02");
 
         // Records at or below the cursor are never returned again.
-        let (attempts, cursor) = probe.attempts(4712).await.unwrap();
-        assert_eq!((attempts.len(), cursor), (1, 4714));
+        let (attempts, next) = probe.attempts(&Cursor::at(4712)).await.unwrap();
+        assert_eq!((attempts.len(), next.record_id), (1, 4714));
+        let (attempts, next) = probe.attempts(&cursor).await.unwrap();
+        assert_eq!((attempts.len(), &next), (0, &cursor), "nothing new: the cursor stays");
 
+        // An empty page and an empty log: a quiet log, not a cleared one.
         fake.file("events.out", fixture!("events_empty.txt"));
-        let (attempts, cursor) = probe.attempts(4714).await.unwrap();
+        let (attempts, next) = probe.attempts(&cursor).await.unwrap();
         assert!(attempts.is_empty());
-        assert_eq!(cursor, 4714, "no event: the cursor stays");
+        assert_eq!(next, cursor, "no event: the cursor stays");
 
         fake.file("events.out", "[{\"RecordId\": \"x\"}]");
-        let e = probe.attempts(4714).await.unwrap_err();
+        let e = probe.attempts(&cursor).await.unwrap_err();
         assert!(matches!(e, ProbeError::Parse { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_cleared_event_log_is_read_again_with_new_attempt_ids() {
+        let fake = Fake::new();
+        fake.healthy();
+        let probe = fake.probe(Duration::from_secs(20));
+        // The agent had read up to RecordId 9000; the log now holds 4712-4714
+        // only: RecordIds restarted below the cursor.
+        let saved = Cursor {
+            record_id: 9000,
+            record_time_ms: Some(1_600_000_000_000),
+            log_generation: None,
+        };
+        let (attempts, cursor) = probe.attempts(&saved).await.unwrap();
+        let script = std::fs::read_to_string(fake.path("events.script")).unwrap();
+        assert!(
+            script.contains("*[System[EventRecordID>=0]]"),
+            "read from the start: {script}"
+        );
+        let generation = cursor.log_generation.expect("a new log generation");
+        assert_eq!(cursor.record_id, 4714);
+        assert_eq!(attempts.len(), 2);
+        assert_eq!(attempts[0].attempt_id, format!("HV01:g{generation}:4712"));
+
+        // The record at the cursor with another time: cleared and refilled.
+        let moved = Cursor {
+            record_time_ms: cursor.record_time_ms.map(|t| t - 1),
+            ..cursor.clone()
+        };
+        let (again, next) = probe.attempts(&moved).await.unwrap();
+        assert_eq!(again.len(), 2);
+        assert_ne!(next.log_generation, None);
     }
 
     #[tokio::test]
@@ -439,7 +532,7 @@ esac"#,
         fake.tool("events.sh", "echo $$ > \"$D/events.pid\"; exec sleep 30");
         let probe = fake.probe(Duration::from_secs(1));
         let started = Instant::now();
-        let e = probe.attempts(0).await.unwrap_err();
+        let e = probe.attempts(&Cursor::default()).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(
             matches!(&e, ProbeError::Timeout { command, .. } if command.contains("Get-WinEvent")),
@@ -488,7 +581,11 @@ esac"#,
         let fake = Fake::new();
         fake.healthy();
         fake.tool("events.sh", &format!("head -c {} /dev/zero", MAX_STDOUT + 1));
-        let e = fake.probe(Duration::from_secs(20)).attempts(0).await.unwrap_err();
+        let e = fake
+            .probe(Duration::from_secs(20))
+            .attempts(&Cursor::default())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, ProbeError::Failed { message, .. } if message.contains("more than")),
             "{e}"
@@ -511,7 +608,10 @@ esac"#,
             r.probe_errors
         );
         assert_eq!(r.identity.unwrap().netbios_name, "HV01");
-        assert!(matches!(probe.attempts(0).await, Err(ProbeError::Spawn { .. })));
+        assert!(matches!(
+            probe.attempts(&Cursor::default()).await,
+            Err(ProbeError::Spawn { .. })
+        ));
         assert!(matches!(
             probe.purge_system_tickets().await,
             Err(ProbeError::Spawn { .. })

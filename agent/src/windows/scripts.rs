@@ -62,7 +62,8 @@ pub const PS_OS_DEVICE_GUARD: &str = concat!(
      ConvertTo-Json"
 );
 
-/// VMMS-Admin events after a cursor, oldest first, at most
+/// VMMS-Admin events from a cursor on (the record at the cursor included,
+/// so its TimeCreated can tell a cleared log), oldest first, at most
 /// [`VMMS_EVENTS_PAGE`] per call; `{CURSOR}` is replaced by
 /// [`vmms_events_script`]. No matching event is an error for Get-WinEvent
 /// ("No events were found…"), hence `-ErrorAction SilentlyContinue`: empty
@@ -71,7 +72,19 @@ pub const PS_OS_DEVICE_GUARD: &str = concat!(
 pub const PS_VMMS_EVENTS: &str = concat!(
     ps_prelude!(),
     "Get-WinEvent -LogName Microsoft-Windows-Hyper-V-VMMS-Admin \
-     -FilterXPath '*[System[EventRecordID>{CURSOR}]]' -Oldest -MaxEvents 500 \
+     -FilterXPath '*[System[EventRecordID>={CURSOR}]]' -Oldest -MaxEvents 500 \
+     -ErrorAction SilentlyContinue | \
+     Select-Object RecordId,Id,Level,\
+     @{n='TimeCreated';e={$_.TimeCreated.ToUniversalTime().ToString('o')}},Message | \
+     ConvertTo-Json"
+);
+
+/// The newest VMMS-Admin event, in [`PS_VMMS_EVENTS`]'s shape: asked only
+/// when nothing is left at or after the cursor, to tell a cleared log
+/// (RecordIds restarted below the cursor) from a quiet one.
+pub const PS_VMMS_NEWEST_EVENT: &str = concat!(
+    ps_prelude!(),
+    "Get-WinEvent -LogName Microsoft-Windows-Hyper-V-VMMS-Admin -MaxEvents 1 \
      -ErrorAction SilentlyContinue | \
      Select-Object RecordId,Id,Level,\
      @{n='TimeCreated';e={$_.TimeCreated.ToUniversalTime().ToString('o')}},Message | \
@@ -89,7 +102,7 @@ pub const KLIST_SYSTEM_ARGS: [&str; 2] = ["-li", "0x3e7"];
 /// Microsoft's klist documentation gives (`klist purge -li 0x3e7`).
 pub const KLIST_PURGE_ARGS: [&str; 3] = ["purge", "-li", "0x3e7"];
 
-/// [`PS_VMMS_EVENTS`] for events with a RecordId above `cursor`.
+/// [`PS_VMMS_EVENTS`] for events with a RecordId at or above `cursor`.
 pub fn vmms_events_script(cursor: u64) -> String {
     PS_VMMS_EVENTS.replace("{CURSOR}", &cursor.to_string())
 }
@@ -153,7 +166,7 @@ mod tests {
         assert!(PS_OS_DEVICE_GUARD.contains("root\\Microsoft\\Windows\\DeviceGuard"));
         let ev = vmms_events_script(4711);
         assert!(ev.contains("-LogName Microsoft-Windows-Hyper-V-VMMS-Admin"));
-        assert!(ev.contains("-FilterXPath '*[System[EventRecordID>4711]]'"), "{ev}");
+        assert!(ev.contains("-FilterXPath '*[System[EventRecordID>=4711]]'"), "{ev}");
         assert!(ev.contains("-ErrorAction SilentlyContinue"));
         assert!(ev.contains("-MaxEvents 500") && VMMS_EVENTS_PAGE == 500);
         assert!(ev.contains("$_.TimeCreated.ToUniversalTime().ToString('o')"));

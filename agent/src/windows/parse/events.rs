@@ -22,6 +22,29 @@ pub struct VmmsEventBatch {
     /// Highest RecordId of *all* events read, migration-related or not: the
     /// next cursor. `None` when there was no event.
     pub max_record_id: Option<u64>,
+    /// Every event read, migration-related or not: RecordId and
+    /// TimeCreated, in output order. The record at the saved cursor tells a
+    /// cleared log (see [`crate::probe::check_log`]); the newest one's time
+    /// goes into the next cursor.
+    pub records: Vec<(u64, Option<Timestamp>)>,
+}
+
+impl VmmsEventBatch {
+    /// The lowest record at or above `from`.
+    pub fn first_from(&self, from: u64) -> Option<&(u64, Option<Timestamp>)> {
+        self.records
+            .iter()
+            .filter(|(id, _)| *id >= from)
+            .min_by_key(|(id, _)| *id)
+    }
+
+    /// The time of the record `id`.
+    pub fn time_of(&self, id: u64) -> Option<&Timestamp> {
+        self.records
+            .iter()
+            .find(|(r, _)| *r == id)
+            .and_then(|(_, t)| t.as_ref())
+    }
 }
 
 /// Output of [`PS_VMMS_EVENTS`](crate::windows::scripts::PS_VMMS_EVENTS) (or the same selection with PS 5.1's raw
@@ -67,6 +90,7 @@ pub fn parse_vmms_event_batch(json: &str, local_host: &str) -> Result<VmmsEventB
             Some(other) => return Err(wrong(&what, "Message", "a string", other)),
         };
         batch.max_record_id = Some(batch.max_record_id.map_or(record_id, |x| x.max(record_id)));
+        batch.records.push((record_id, time));
         let Some(message) = message else { continue };
         let Some(outcome) = classify_message(message, local_host) else {
             continue;

@@ -1,12 +1,16 @@
 //! The agent's side of the one long-lived mTLS stream: Hello, periodic
 //! reports, attempts from the outbox until acknowledged, heartbeats, and the
 //! controller's commands. A broken stream is reconnected with exponential
-//! backoff and jitter; attempts keep flowing into the durable outbox while
-//! the controller is away.
+//! backoff and jitter ([`backoff`]); attempts keep flowing into the durable
+//! outbox while the controller is away, go out in messages sized in bytes
+//! ([`batch`]), and are resent when unacknowledged ([`resend`]).
 
-use std::collections::HashSet;
+mod backoff;
+mod batch;
+mod resend;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
@@ -17,12 +21,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::Instrument;
 
+use self::backoff::{Backoff, Progress, made_progress};
+use self::resend::InFlight;
 use crate::config::AgentConfig;
 use crate::outbox::{Outbox, OutboxError};
 use crate::probe::HostProbe;
 
-/// Attempts per AgentMessage.
-const BATCH: usize = 100;
 /// Messages the agent may send for the stream to deliver from.
 const SEND_QUEUE: usize = 64;
 
@@ -68,6 +72,16 @@ pub struct Settings {
     /// Used until the controller's Welcome says otherwise.
     pub heartbeat_interval: Duration,
     pub max_backoff: Duration,
+    /// The backoff starts over after a session that got an ack or stayed up
+    /// this long.
+    pub healthy_after: Duration,
+    /// An attempt sent and not acknowledged within this is sent again.
+    pub resend_after: Duration,
+    /// The controller's `agents.max_message_bytes`: no message is larger.
+    pub max_message_bytes: usize,
+    /// Above this, the agent stops reading the event log (see
+    /// [`Outbox::is_full`]).
+    pub outbox_max_bytes: u64,
 }
 
 impl Settings {
@@ -91,43 +105,11 @@ impl Settings {
             attempts_interval: cfg.attempts_interval,
             heartbeat_interval: Duration::from_secs(15),
             max_backoff: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(30),
+            resend_after: cfg.resend_after,
+            max_message_bytes: cfg.max_message_bytes,
+            outbox_max_bytes: cfg.outbox_max_bytes,
         })
-    }
-}
-
-/// Exponential backoff with full jitter, reset after a healthy session.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64 ^ std::process::id() as u64)
-            .unwrap_or(1);
-        Backoff {
-            next: Duration::from_millis(500),
-            max,
-            seed: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Duration::from_millis(500);
-    }
-
-    fn wait(&mut self) -> Duration {
-        // xorshift: enough to keep thousands of agents from reconnecting in step.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let cap = self.next.as_millis() as u64;
-        let d = Duration::from_millis(cap / 2 + self.seed % (cap / 2 + 1));
-        self.next = (self.next * 2).min(self.max);
-        d
     }
 }
 
@@ -139,25 +121,50 @@ pub async fn run<P: HostProbe>(
     outbox_dir: &std::path::Path,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ClientError> {
-    let mut outbox = Outbox::open(outbox_dir)?;
+    let mut outbox = Outbox::open(outbox_dir, settings.outbox_max_bytes)?;
+    // Catch the cursor up first: after a crash between storing attempts and
+    // moving the cursor, the attempts read again still find their copies
+    // waiting and are not stored twice. Once acked and gone, they would be
+    // stored and sent again (the controller would store them once, but why
+    // send them twice).
+    if let Err(e) = collect(probe.as_ref(), &mut outbox).await {
+        tracing::warn!(error = %e, "could not read migration attempts");
+    }
     let mut backoff = Backoff::new(settings.max_backoff);
+    let mut message_limit = settings.max_message_bytes;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let healthy = match session(&settings, probe.as_ref(), &mut outbox, &mut shutdown).await {
+        let mut tracker = Tracker::default();
+        let ended = session(
+            &settings,
+            probe.as_ref(),
+            &mut outbox,
+            &mut shutdown,
+            message_limit,
+            &mut tracker,
+        )
+        .await;
+        match &ended {
             Ok(()) => return Ok(()),
-            Err((e, healthy)) => {
-                match &e {
-                    ClientError::Refused(s) => {
-                        tracing::error!(code = ?s.code(), message = s.message(), "the controller refused this agent")
-                    }
-                    e => tracing::warn!(error = %e, "session with the controller ended"),
-                }
-                healthy
+            Err(ClientError::Refused(s)) => {
+                tracing::error!(code = ?s.code(), message = s.message(), "the controller refused this agent")
             }
-        };
-        if healthy {
+            Err(e) => tracing::warn!(error = %e, "session with the controller ended"),
+        }
+        if let Err(ClientError::Stream(s) | ClientError::Refused(s)) = &ended
+            && batch::refused_as_too_large(s)
+        {
+            message_limit = batch::shrink(message_limit);
+            tracing::warn!(
+                message_limit,
+                "the controller refused a message as too large: attempts now go in messages of at most \
+                 {message_limit} bytes; check that max_message_bytes matches the controller's \
+                 agents.max_message_bytes"
+            );
+        }
+        if made_progress(tracker.progress(), settings.healthy_after) {
             backoff.reset();
         }
         let wait = backoff.wait();
@@ -186,6 +193,22 @@ pub async fn run<P: HostProbe>(
     }
 }
 
+/// What a session achieved, for the backoff.
+#[derive(Default)]
+struct Tracker {
+    welcomed: Option<Instant>,
+    acked: usize,
+}
+
+impl Tracker {
+    fn progress(&self) -> Progress {
+        Progress {
+            acked: self.acked,
+            connected_for: self.welcomed.map_or(Duration::ZERO, |t| t.elapsed()),
+        }
+    }
+}
+
 /// Attempts waiting for an ack (a no-op without a metrics exporter).
 fn outbox_gauge() -> &'static opentelemetry::metrics::Gauge<u64> {
     static G: std::sync::OnceLock<opentelemetry::metrics::Gauge<u64>> = std::sync::OnceLock::new();
@@ -197,8 +220,42 @@ fn outbox_gauge() -> &'static opentelemetry::metrics::Gauge<u64> {
     })
 }
 
-/// Reads new attempts from the host into the outbox.
+/// 1 while the outbox is at its size cap and the event log is not read.
+fn outbox_full_gauge() -> &'static opentelemetry::metrics::Gauge<u64> {
+    static G: std::sync::OnceLock<opentelemetry::metrics::Gauge<u64>> = std::sync::OnceLock::new();
+    G.get_or_init(|| {
+        kcdsync_telemetry::meter()
+            .u64_gauge("kcdsync.agent.outbox.full")
+            .with_description("1 while the outbox is at outbox_max_bytes and new attempts wait in the event log")
+            .build()
+    })
+}
+
+/// What to say while the outbox is at its cap.
+fn full_sentence(outbox: &Outbox) -> String {
+    format!(
+        "outbox full ({} bytes, outbox_max_bytes = {}): new migration attempts wait in the VMMS event log until \
+         the controller acknowledges older ones (they are lost only if the event log overwrites them first); \
+         check the connection to the controller",
+        outbox.bytes(),
+        outbox.max_bytes()
+    )
+}
+
+/// Reads new attempts from the host into the outbox; none while it is full.
 async fn collect<P: HostProbe>(probe: &P, outbox: &mut Outbox) -> Result<usize, String> {
+    match outbox.full_changed() {
+        Some(true) => tracing::warn!("{}", full_sentence(outbox)),
+        Some(false) => tracing::info!(
+            bytes = outbox.bytes(),
+            "outbox below its cap again: reading the event log"
+        ),
+        None => {}
+    }
+    outbox_full_gauge().record(u64::from(outbox.is_full()), &[]);
+    if outbox.is_full() {
+        return Ok(0);
+    }
     let (mut attempts, cursor) = probe.attempts(outbox.cursor()).await.map_err(|e| e.to_string())?;
     // Each attempt starts a trace that the controller's diagnosis continues.
     for a in &mut attempts {
@@ -216,6 +273,16 @@ async fn collect<P: HostProbe>(probe: &P, outbox: &mut Outbox) -> Result<usize, 
     }
     outbox.push(&attempts, cursor).map_err(|e| e.to_string())?;
     Ok(attempts.len())
+}
+
+/// The host's report with the outbox's problems added to `probe_errors`,
+/// where the controller shows what went wrong on a host.
+fn with_outbox_problems(mut report: HostReport, outbox: &Outbox) -> HostReport {
+    report.probe_errors.extend(outbox.problems());
+    if outbox.is_full() {
+        report.probe_errors.push(full_sentence(outbox));
+    }
+    report
 }
 
 struct Sender {
@@ -252,15 +319,20 @@ async fn connect(settings: &Settings) -> Result<Channel, ClientError> {
     })
 }
 
-/// One stream. Returns Ok on shutdown; on error, whether the session got as
-/// far as a Welcome (so the backoff can start over).
-async fn session<P: HostProbe>(
+/// The stream as the Welcome left it.
+struct Stream {
+    out: Sender,
+    inbound: tonic::Streaming<ControllerMessage>,
+    heartbeat: Duration,
+}
+
+/// Connects, says Hello, waits for the Welcome.
+async fn open_stream<P: HostProbe>(
     settings: &Settings,
     probe: &P,
-    outbox: &mut Outbox,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), (ClientError, bool)> {
-    let channel = connect(settings).await.map_err(|e| (e, false))?;
+    outbox: &Outbox,
+) -> Result<(Stream, HostReport), ClientError> {
+    let channel = connect(settings).await?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
     let mut out = Sender { tx, seq: 0 };
@@ -268,12 +340,11 @@ async fn session<P: HostProbe>(
     let report = probe.report().await;
     let identity = report.identity.clone().unwrap_or_default();
     out.send(Body::Hello(Hello {
-        identity: Some(identity.clone()),
+        identity: Some(identity),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         outbox_depth: outbox.len() as u32,
     }))
-    .await
-    .map_err(|e| (e, false))?;
+    .await?;
     // The client span of the stream, per the RPC conventions; it ends with
     // the session. Attempts start traces of their own, not children of it.
     let span = tracing::info_span!(
@@ -289,20 +360,15 @@ async fn session<P: HostProbe>(
     let mut inbound = client
         .session(request)
         .await
-        .map_err(|s| (ClientError::Refused(s), false))?
+        .map_err(ClientError::Refused)?
         .into_inner();
     let welcome = match inbound.message().await {
         Ok(Some(ControllerMessage {
             body: Some(Down::Welcome(w)),
         })) => w,
-        Ok(Some(_)) => {
-            return Err((
-                ClientError::Protocol("the first message was not a Welcome".into()),
-                false,
-            ));
-        }
-        Ok(None) => return Err((ClientError::Closed, false)),
-        Err(s) => return Err((ClientError::Refused(s), false)),
+        Ok(Some(_)) => return Err(ClientError::Protocol("the first message was not a Welcome".into())),
+        Ok(None) => return Err(ClientError::Closed),
+        Err(s) => return Err(ClientError::Refused(s)),
     };
     tracing::info!(host = %welcome.host, "connected to the controller");
     let heartbeat = welcome
@@ -310,10 +376,35 @@ async fn session<P: HostProbe>(
         .and_then(|d| Duration::try_from(d).ok())
         .filter(|d| !d.is_zero())
         .unwrap_or(settings.heartbeat_interval);
-    let ok = |r: Result<(), ClientError>| r.map_err(|e| (e, true));
+    Ok((
+        Stream {
+            out,
+            inbound,
+            heartbeat,
+        },
+        report,
+    ))
+}
 
-    ok(out.send(Body::Report(report)).await)?;
-    let mut in_flight: HashSet<String> = HashSet::new();
+/// One stream, until shutdown (Ok) or an error; `tracker` records the
+/// progress it made, for the backoff.
+async fn session<P: HostProbe>(
+    settings: &Settings,
+    probe: &P,
+    outbox: &mut Outbox,
+    shutdown: &mut watch::Receiver<bool>,
+    message_limit: usize,
+    tracker: &mut Tracker,
+) -> Result<(), ClientError> {
+    let (stream, report) = open_stream(settings, probe, outbox).await?;
+    tracker.welcomed = Some(Instant::now());
+    let Stream {
+        mut out,
+        mut inbound,
+        heartbeat,
+    } = stream;
+    out.send(Body::Report(with_outbox_problems(report, outbox))).await?;
+    let mut in_flight = InFlight::default();
     let mut report_tick = tokio::time::interval(settings.report_interval);
     let mut attempts_tick = tokio::time::interval(settings.attempts_interval);
     let mut heartbeat_tick = tokio::time::interval(heartbeat);
@@ -322,58 +413,69 @@ async fn session<P: HostProbe>(
         t.reset();
     }
     // Whatever waited in the outbox goes first.
-    ok(send_pending(&mut out, outbox, &mut in_flight).await)?;
+    send_pending(&mut out, outbox, &mut in_flight, message_limit).await?;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             _ = report_tick.tick() => {
                 let report = probe.report().instrument(tracing::info_span!("probe")).await;
-                ok(out.send(Body::Report(report)).await)?
+                out.send(Body::Report(with_outbox_problems(report, outbox))).await?
             }
             _ = attempts_tick.tick() => {
                 if let Err(e) = collect(probe, outbox).await {
                     tracing::warn!(error = %e, "could not read migration attempts");
                 }
-                ok(send_pending(&mut out, outbox, &mut in_flight).await)?;
+                let due = in_flight.expire(Instant::now(), settings.resend_after);
+                if due > 0 {
+                    tracing::info!(attempts = due, "resending attempts the controller has not acknowledged");
+                }
+                send_pending(&mut out, outbox, &mut in_flight, message_limit).await?;
             }
             _ = heartbeat_tick.tick() => {
                 outbox_gauge().record(outbox.len() as u64, &[]);
-                ok(out.send(Body::Heartbeat(Heartbeat { outbox_depth: outbox.len() as u32 })).await)?
+                out.send(Body::Heartbeat(Heartbeat { outbox_depth: outbox.len() as u32 })).await?
             }
             msg = inbound.message() => match msg {
                 Ok(Some(ControllerMessage { body: Some(Down::Ack(ack)) })) => {
                     for id in &ack.attempt_ids {
-                        in_flight.remove(id);
+                        in_flight.acked(id);
                     }
-                    outbox.ack(ack.attempt_ids.iter().map(String::as_str)).map_err(|e| (e.into(), true))?;
+                    tracker.acked += outbox.ack(ack.attempt_ids.iter().map(String::as_str))?;
                 }
                 Ok(Some(ControllerMessage { body: Some(Down::Command(cmd)) })) => {
                     let result = execute(probe, &cmd).await;
                     if matches!(cmd.kind, Some(command::Kind::Reprobe(_))) {
-                        ok(out.send(Body::Report(probe.report().await)).await)?;
+                        let report = probe.report().await;
+                        out.send(Body::Report(with_outbox_problems(report, outbox))).await?;
                     }
-                    ok(out.send(Body::CommandResult(result)).await)?;
+                    out.send(Body::CommandResult(result)).await?;
                 }
                 Ok(Some(_)) => tracing::debug!("ignoring an unexpected message from the controller"),
-                Ok(None) => return Err((ClientError::Closed, true)),
-                Err(s) => return Err((ClientError::Stream(s), true)),
+                Ok(None) => return Err(ClientError::Closed),
+                Err(s) => return Err(ClientError::Stream(s)),
             },
         }
     }
 }
 
-async fn send_pending(out: &mut Sender, outbox: &Outbox, in_flight: &mut HashSet<String>) -> Result<(), ClientError> {
-    let fresh: Vec<MigrationAttempt> = outbox
-        .pending()
-        .filter(|a| !in_flight.contains(&a.attempt_id))
-        .cloned()
-        .collect();
-    for chunk in fresh.chunks(BATCH) {
-        in_flight.extend(chunk.iter().map(|a| a.attempt_id.clone()));
-        out.send(Body::Attempts(MigrationAttempts {
-            attempts: chunk.to_vec(),
-        }))
-        .await?;
+/// Sends the waiting attempts not in flight, in messages of at most `limit`
+/// bytes; an attempt no message can hold is set aside, never sent.
+async fn send_pending(
+    out: &mut Sender,
+    outbox: &mut Outbox,
+    in_flight: &mut InFlight,
+    limit: usize,
+) -> Result<(), ClientError> {
+    let (messages, too_large) = batch::batches(outbox.pending().filter(|a| !in_flight.contains(&a.attempt_id)), limit);
+    for id in too_large {
+        outbox.set_aside(&id, &format!("larger than a message may be ({limit} bytes)"));
+    }
+    let now = Instant::now();
+    for attempts in messages {
+        for a in &attempts {
+            in_flight.sent(a.attempt_id.clone(), now);
+        }
+        out.send(Body::Attempts(MigrationAttempts { attempts })).await?;
     }
     Ok(())
 }
@@ -405,16 +507,68 @@ async fn execute_in<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(8));
-        let waits: Vec<Duration> = (0..8).map(|_| b.wait()).collect();
-        assert!(waits[0] >= Duration::from_millis(250) && waits[0] <= Duration::from_millis(500));
-        assert!(waits.iter().all(|w| *w <= Duration::from_secs(8)));
-        assert!(waits[7] >= Duration::from_secs(4), "{waits:?}");
-        b.reset();
-        assert!(b.wait() <= Duration::from_millis(500));
+    use super::*;
+    use crate::probe::{Cursor, ProbeError};
+
+    /// A host whose event log always has one new attempt, counting reads.
+    #[derive(Default)]
+    struct Busy {
+        reads: AtomicUsize,
+    }
+
+    impl HostProbe for Busy {
+        async fn report(&self) -> HostReport {
+            HostReport::default()
+        }
+
+        async fn attempts(&self, since: &Cursor) -> Result<(Vec<MigrationAttempt>, Cursor), ProbeError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let next = Cursor::at(since.record_id + 1);
+            let a = MigrationAttempt {
+                attempt_id: format!("hv01:{}", next.record_id),
+                message: "x".repeat(600 << 10),
+                ..Default::default()
+            };
+            Ok((vec![a], next))
+        }
+
+        async fn purge_system_tickets(&self) -> Result<String, ProbeError> {
+            Ok(String::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_event_log_is_not_read_and_the_reports_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path(), 1 << 20).unwrap();
+        let host = Busy::default();
+        // Two attempts of 600 KiB fill a 1 MiB outbox.
+        for _ in 0..4 {
+            collect(&host, &mut outbox).await.unwrap();
+        }
+        assert_eq!(host.reads.load(Ordering::SeqCst), 2, "no read once full");
+        assert_eq!(outbox.len(), 2, "what was stored is kept: the newest wait in the log");
+        assert_eq!(
+            outbox.cursor(),
+            &Cursor::at(2),
+            "the cursor stays before what was not read"
+        );
+        let report = with_outbox_problems(HostReport::default(), &outbox);
+        assert!(
+            report
+                .probe_errors
+                .iter()
+                .any(|e| e.contains("outbox full") && e.contains("outbox_max_bytes")),
+            "{:?}",
+            report.probe_errors
+        );
+
+        // An ack drains it below the cap: reading resumes where it stopped.
+        outbox.ack(["hv01:1"]).unwrap();
+        collect(&host, &mut outbox).await.unwrap();
+        assert_eq!(host.reads.load(Ordering::SeqCst), 3);
+        assert_eq!(outbox.cursor(), &Cursor::at(3));
     }
 }
