@@ -7,6 +7,7 @@
 //! only through [`process`].
 
 mod calendar;
+pub mod cert;
 pub mod client;
 pub mod config;
 pub mod outbox;

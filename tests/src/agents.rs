@@ -188,6 +188,7 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         resend_after: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
         outbox_max_bytes: 64 << 20,
+        certified_name: None,
     }
 }
 

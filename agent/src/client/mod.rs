@@ -82,6 +82,10 @@ pub struct Settings {
     /// Above this, the agent stops reading the event log (see
     /// [`Outbox::is_full`]).
     pub outbox_max_bytes: u64,
+    /// The DNS name this agent's certificate was issued for: the name it says
+    /// Hello with when the probe cannot read the host's FQDN (PowerShell
+    /// broken or absent), since the controller accepts no other anyway.
+    pub certified_name: Option<String>,
 }
 
 impl Settings {
@@ -92,9 +96,11 @@ impl Settings {
                 source,
             })
         };
+        let cert = read(&cfg.cert_file)?;
+        let certified_name = crate::cert::dns_name(&cert);
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
-            .identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?));
+            .identity(Identity::from_pem(cert, read(&cfg.key_file)?));
         if let Some(name) = &cfg.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
@@ -109,6 +115,7 @@ impl Settings {
             resend_after: cfg.resend_after,
             max_message_bytes: cfg.max_message_bytes,
             outbox_max_bytes: cfg.outbox_max_bytes,
+            certified_name,
         })
     }
 }
@@ -277,6 +284,27 @@ async fn collect<P: HostProbe>(probe: &P, outbox: &mut Outbox) -> Result<usize, 
 
 /// The host's report with the outbox's problems added to `probe_errors`,
 /// where the controller shows what went wrong on a host.
+/// A report without an FQDN (the probe could not read it: PowerShell broken or absent) claims
+/// the name the agent's certificate was issued for, the only one the controller accepts from
+/// this agent anyway. Whether it did.
+fn fill_fqdn(report: &mut HostReport, settings: &Settings) -> bool {
+    let Some(name) = &settings.certified_name else {
+        return false;
+    };
+    let identity = report.identity.get_or_insert_with(Default::default);
+    if !identity.fqdn.is_empty() {
+        return false;
+    }
+    identity.fqdn = name.clone();
+    true
+}
+
+/// A report as sent: the outbox's problems added, its FQDN filled in (see [`fill_fqdn`]).
+fn outgoing(mut report: HostReport, outbox: &Outbox, settings: &Settings) -> HostReport {
+    fill_fqdn(&mut report, settings);
+    with_outbox_problems(report, outbox)
+}
+
 fn with_outbox_problems(mut report: HostReport, outbox: &Outbox) -> HostReport {
     report.probe_errors.extend(outbox.problems());
     if outbox.is_full() {
@@ -338,6 +366,13 @@ async fn open_stream<P: HostProbe>(
     let mut out = Sender { tx, seq: 0 };
 
     let report = probe.report().await;
+    let mut report = report;
+    if fill_fqdn(&mut report, settings) {
+        tracing::warn!(
+            certified = ?settings.certified_name,
+            "the probe could not read this host's FQDN (see the report's probe errors); reporting as the name this agent's certificate was issued for"
+        );
+    }
     let identity = report.identity.clone().unwrap_or_default();
     out.send(Body::Hello(Hello {
         identity: Some(identity),
@@ -403,7 +438,7 @@ async fn session<P: HostProbe>(
         mut inbound,
         heartbeat,
     } = stream;
-    out.send(Body::Report(with_outbox_problems(report, outbox))).await?;
+    out.send(Body::Report(outgoing(report, outbox, settings))).await?;
     let mut in_flight = InFlight::default();
     let mut report_tick = tokio::time::interval(settings.report_interval);
     let mut attempts_tick = tokio::time::interval(settings.attempts_interval);
@@ -419,7 +454,7 @@ async fn session<P: HostProbe>(
             _ = shutdown.changed() => return Ok(()),
             _ = report_tick.tick() => {
                 let report = probe.report().instrument(tracing::info_span!("probe")).await;
-                out.send(Body::Report(with_outbox_problems(report, outbox))).await?
+                out.send(Body::Report(outgoing(report, outbox, settings))).await?
             }
             _ = attempts_tick.tick() => {
                 if let Err(e) = collect(probe, outbox).await {
@@ -446,7 +481,7 @@ async fn session<P: HostProbe>(
                     let result = execute(probe, &cmd).await;
                     if matches!(cmd.kind, Some(command::Kind::Reprobe(_))) {
                         let report = probe.report().await;
-                        out.send(Body::Report(with_outbox_problems(report, outbox))).await?;
+                        out.send(Body::Report(outgoing(report, outbox, settings))).await?;
                     }
                     out.send(Body::CommandResult(result)).await?;
                 }

@@ -100,6 +100,24 @@ impl WindowsProbe {
         parser(&out).map_err(|e| parse_error(step, e))
     }
 
+    /// The host identity step, which also tells whether PowerShell works at all: every
+    /// Windows has exactly one Win32_OperatingSystem, so no output means PowerShell is
+    /// missing or broken (Wine's powershell.exe is a stub that prints nothing), and the
+    /// report says so instead of a puzzling parse error.
+    async fn identity_step(&self) -> Result<kcdsync_proto::v1::HostIdentity, ProbeError> {
+        let out = self.powershell(PS_OS_DEVICE_GUARD, STEP_OS).await?;
+        if out.trim().is_empty() {
+            return Err(ProbeError::Failed {
+                command: STEP_OS.to_owned(),
+                message: format!(
+                    "{} ran but printed nothing for Win32_OperatingSystem, which every Windows has: PowerShell is missing or broken on this host (Windows PowerShell 5.1 is needed); the PowerShell parts of this report are empty",
+                    self.powershell.display()
+                ),
+            });
+        }
+        parse::parse_host_identity(&out).map_err(|e| parse_error(STEP_OS, e))
+    }
+
     /// One page of events from RecordId `from` on.
     async fn events_from(&self, from: u64) -> Result<parse::VmmsEventBatch, ProbeError> {
         let out = self.powershell(&scripts::vmms_events_script(from), STEP_EVENTS).await?;
@@ -138,7 +156,7 @@ impl HostProbe for WindowsProbe {
     /// the error says so.
     async fn report(&self) -> HostReport {
         let (identity, services, vmhost, networks, tickets) = tokio::join!(
-            self.ps_step(STEP_OS, PS_OS_DEVICE_GUARD, parse::parse_host_identity),
+            self.identity_step(),
             self.ps_step(STEP_SERVICES, PS_SERVICES, parse::parse_services),
             self.ps_step(STEP_VMHOST, PS_VMHOST, parse::parse_vmhost_info),
             self.ps_step(STEP_NETWORKS, PS_MIGRATION_NETWORKS, parse::parse_migration_networks),
