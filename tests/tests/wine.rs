@@ -19,6 +19,7 @@ use kcdsync_tests::logs::Captured;
 use kcdsync_tests::*;
 
 const WINE: &str = "/usr/lib/wine/wine64";
+const WINESERVER: &str = "/usr/lib/wine/wineserver64";
 const MINGW: &str = "x86_64-w64-mingw32-gcc";
 
 /// The agent as `deploy/test.sh` cross-builds it.
@@ -45,10 +46,12 @@ fn wine_prefix(dir: &Path) -> PathBuf {
     // wineboot's exit status says nothing useful (it reports the missing 32-bit half of a
     // wine64-only install as a failure): the prefix is judged by its system32.
     let _ = wine(&prefix).arg("wineboot").arg("--init").status().unwrap();
+    // wineboot may return before the prefix is complete: wait for its wineserver to finish.
+    let _ = Command::new(WINESERVER).env("WINEPREFIX", &prefix).arg("-w").status();
     let system32 = prefix.join("drive_c/windows/system32");
     assert!(
-        system32.is_dir(),
-        "wineboot --init made no prefix in {}",
+        system32.join("kernel32.dll").is_file(),
+        "wineboot --init left no complete prefix in {}",
         prefix.display()
     );
     let dll = system32.join("bcryptprimitives.dll");
@@ -86,8 +89,7 @@ impl Drop for WineAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = wine(&self.prefix).arg("wineserver").arg("-k").status();
-        let _ = Command::new("/usr/lib/wine/wineserver64")
+        let _ = Command::new(WINESERVER)
             .env("WINEPREFIX", &self.prefix)
             .arg("-k")
             .status();
