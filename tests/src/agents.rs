@@ -153,8 +153,13 @@ impl AgentEndpoint {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.task.abort();
-        let _ = self.task.await;
+        // The shutdown cuts every agent connection; give it a moment before aborting.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
         self.store.close().await;
     }
 }

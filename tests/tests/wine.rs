@@ -1,8 +1,8 @@
 //! The cross-built Windows agent (`kcdsync-agent.exe`) really runs: under
 //! Wine (Debian's wine64), it reads its config from a Windows path, connects
 //! over mTLS to a real controller agent endpoint on loopback, reports (its probe saying that
-//! PowerShell is missing, as it is under Wine) and answers the controller's
-//! purge command.
+//! PowerShell is missing, as it is under Wine), answers the controller's
+//! purge command, and reconnects on its own after the controller restarts.
 //!
 //! What Wine cannot show: PowerShell, klist, the VMMS event log and the
 //! service control manager do not exist there, so the probe's parsing, the
@@ -119,7 +119,8 @@ async fn scenario() {
     let logs = Captured::install("kcdsync-wine-test", "info");
     let host = "wine01.lab.test".to_owned();
     let pki = Pki::new();
-    // The controller's agent endpoint: a real mTLS gRPC server and SQLite store.
+    // The controller's agent endpoint: a real mTLS gRPC server and SQLite store, restarted
+    // below on the same address and store.
     let db = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}?mode=rwc", db.path().join("kcdsync.db").display());
     let endpoint = AgentEndpoint::spawn(&pki, &store_url, "127.0.0.1:0".parse().unwrap())
@@ -201,6 +202,36 @@ async fn scenario() {
     })
     .await;
 
+    // The controller restarts (same address, same store): the agent notices at once and comes
+    // back on its own.
+    let seen_before = store
+        .all_reports()
+        .await
+        .unwrap()
+        .iter()
+        .find(|(n, _, _)| *n == host)
+        .unwrap()
+        .2;
+    endpoint.stop().await;
+    let endpoint = AgentEndpoint::spawn(&pki, &store_url, format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let store = endpoint.store.clone();
+    let t = Instant::now();
+    while !store
+        .all_reports()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(n, _, seen)| *n == host && *seen > seen_before)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no report after the controller's restart within 60 s; the agent's log:\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!("agent log under Wine:\n{}", agent_log());
     endpoint.stop().await;
 }

@@ -577,6 +577,15 @@ pub async fn serve(
     hub: AgentHub,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // An agent's stream never ends on its own, so a graceful shutdown would wait for it (and
+    // the connection task outlives an aborted server): at shutdown every agent connection is
+    // cut, and the agents reconnect to whichever controller serves next.
+    let cutoffs = hub.inner.cutoffs.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let n = cutoffs.cut_all();
+        tracing::info!(agents = n, "agent endpoint stopping: agent connections closed");
+    };
     super::limits::server(&super::limits::AGENTS)
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(hub.service())

@@ -274,6 +274,12 @@ impl Cutoffs {
         let map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&peer).is_some_and(|tx| tx.send(true).is_ok())
     }
+
+    /// Closes every open connection; how many there were.
+    pub fn cut_all(&self) -> usize {
+        let map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|tx| tx.send(true).is_ok()).count()
+    }
 }
 
 /// Resolves once a cut is signalled; never, when the sender goes without one.
