@@ -309,15 +309,18 @@ pub fn write_tokens(pki: &Pki, tokens: &[(&str, &str, &str)]) {
     crate::write_private(&pki.path("tokens.toml"), text);
 }
 
+/// The fleet API client the tests use: a bearer token (or none) on every call.
+pub type FleetClient = kcdsync_proto::v1::fleet_service_client::FleetServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
 /// A fleet API client authenticated with `token`.
 pub async fn fleet_client(
     pki: &Pki,
     addr: SocketAddr,
     token: Option<&str>,
     identity: Option<(String, String)>,
-) -> kcdsync_proto::v1::fleet_service_client::FleetServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
-> {
+) -> FleetClient {
     let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
         .unwrap()
         .tls_config(pki.client_tls(identity))
@@ -329,6 +332,19 @@ pub async fn fleet_client(
         channel,
         BearerToken(token.map(|t| format!("Bearer {t}").parse().unwrap())),
     )
+}
+
+/// The plans waiting for approval (the first page).
+pub async fn pending_plans(api: &mut FleetClient) -> Vec<kcdsync_proto::v1::Plan> {
+    use kcdsync_proto::v1 as pb;
+    api.list_plans(pb::ListPlansRequest {
+        state: pb::PlanState::PendingApproval as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("ListPlans")
+    .into_inner()
+    .plans
 }
 
 #[derive(Clone)]

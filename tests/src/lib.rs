@@ -32,6 +32,22 @@ pub struct Lab {
     env: BTreeMap<String, String>,
 }
 
+/// Runs `scenario` as a task on a two-worker runtime whose threads have 16 MiB of stack: the
+/// poll frames of a long end-to-end scenario (debug build, many inlined `json!` values) outgrow
+/// a test thread's 2 MiB.
+pub fn run_with_room<F>(scenario: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(async { tokio::spawn(scenario).await.expect("the scenario") })
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -76,11 +76,7 @@ fn write_rbcd(lab: &Lab, dn: &str, sids: &[&str]) {
     );
 }
 
-type Client = pb::fleet_service_client::FleetServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
->;
-
-async fn edges(c: &mut Client) -> Vec<pb::DelegationEdge> {
+async fn edges(c: &mut FleetClient) -> Vec<pb::DelegationEdge> {
     c.get_exposure(pb::GetExposureRequest::default())
         .await
         .unwrap()
@@ -243,15 +239,7 @@ async fn seeded_excess_and_dangerous_edges_are_classified_and_the_kdc_agrees() {
     );
 
     // The startup plan removes the stale peer's entries and waits for approval; its edge diff says so.
-    let pending = read
-        .list_plans(pb::ListPlansRequest {
-            state: pb::PlanState::PendingApproval as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let pending = pending_plans(&mut read).await;
     assert_eq!(pending.len(), 1, "{pending:#?}");
     let d = pending[0]
         .edge_diff

@@ -146,15 +146,7 @@ async fn in_plan_mode_a_failure_yields_findings_and_a_pending_plan_but_no_write(
             .any(|f| f.kind == pb::FindingKind::ProtocolTransitionMissing as i32 && f.automatic),
         "{findings:#?}"
     );
-    let pending = api
-        .list_plans(pb::ListPlansRequest {
-            state: pb::PlanState::PendingApproval as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let pending = pending_plans(&mut api).await;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].changes.len(), 2);
     let now = lab.read_host(&pln01.dn).await.unwrap();
@@ -279,15 +271,7 @@ async fn the_fleet_api_answers_by_role_with_clear_status_codes() {
     assert_eq!(e.code(), tonic::Code::NotFound);
 
     // Roles.
-    let pending = read
-        .list_plans(pb::ListPlansRequest {
-            state: pb::PlanState::PendingApproval as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let pending = pending_plans(&mut read).await;
     assert_eq!(pending.len(), 1, "the removals of API03's entries wait");
     let e = read
         .approve_plan(pb::ApprovePlanRequest {

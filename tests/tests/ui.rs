@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use kcdsync_controller::runtime;
-use kcdsync_proto::v1 as pb;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::browser::{Browser, Driver, spki_pin};
 use kcdsync_tests::*;
@@ -63,15 +62,7 @@ async fn csrf(b: &Browser<'_>) -> String {
 
 #[test]
 fn an_operator_reads_the_fleet_and_approves_a_plan_in_a_real_browser() {
-    // The scenario's poll frames (debug build, many inlined json! values) outgrow a test
-    // thread's 2 MiB stack: it runs as a task on workers with room.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(16 * 1024 * 1024)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async { tokio::spawn(scenario()).await.unwrap() })
+    run_with_room(scenario())
 }
 
 async fn scenario() {
@@ -93,15 +84,7 @@ async fn scenario() {
     let addr = running.api_addr.unwrap();
     let base = format!("https://127.0.0.1:{}", addr.port());
     let mut api = fleet_client(&pki, addr, Some(READ_TOKEN), None).await;
-    let pending = api
-        .list_plans(pb::ListPlansRequest {
-            state: pb::PlanState::PendingApproval as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plans;
+    let pending = pending_plans(&mut api).await;
     assert_eq!(pending.len(), 1, "the removals of UI03's entries wait");
     let plan = pending[0].id.clone();
     let (ui01, ui02, ui03) = (fleet.host("UI01"), fleet.host("UI02"), fleet.host("UI03"));

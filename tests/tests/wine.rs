@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::certs::Validity;
+use kcdsync_controller::store::Store;
+use kcdsync_proto::v1::HostReport;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::logs::Captured;
 use kcdsync_tests::*;
@@ -96,23 +98,33 @@ impl Drop for WineAgent {
     }
 }
 
-async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(what: &str, limit: Duration, f: F) {
+/// `host`'s report once one newer than `after` (Unix ms) is stored; the agent's log in the
+/// failure, which is where a Windows agent says why it did not report.
+async fn report_after(
+    store: &Store,
+    host: &str,
+    after: i64,
+    limit: Duration,
+    agent_log: impl Fn() -> String,
+) -> (HostReport, i64) {
     let t = Instant::now();
-    while !f().await {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+    loop {
+        let reports = store.all_reports().await.unwrap();
+        if let Some((_, r, seen)) = reports.into_iter().find(|(n, _, seen)| n == host && *seen > after) {
+            return (r, seen);
+        }
+        assert!(
+            t.elapsed() < limit,
+            "no report from the Windows agent newer than {after} within {limit:?}; its log:\n{}",
+            agent_log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[test]
 fn the_windows_agent_runs_under_wine_against_a_real_controller() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_stack_size(16 * 1024 * 1024)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async { tokio::spawn(scenario()).await.unwrap() })
+    run_with_room(scenario())
 }
 
 async fn scenario() {
@@ -163,23 +175,7 @@ async fn scenario() {
 
     // It connects and reports, and says why its report is thin.
     let store = endpoint.store.clone();
-    let t = Instant::now();
-    while !store
-        .all_reports()
-        .await
-        .unwrap()
-        .iter()
-        .any(|(name, _, _)| *name == host)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no report from the Windows agent within 120 s; its log:\n{}",
-            agent_log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let reports = store.all_reports().await.unwrap();
-    let (_, report, _) = reports.iter().find(|(name, _, _)| *name == host).unwrap();
+    let (report, _) = report_after(&store, &host, 0, Duration::from_secs(120), &agent_log).await;
     let errors = report.probe_errors.join("\n");
     assert!(
         errors.contains("powershell.exe ran but printed nothing for Win32_OperatingSystem")
@@ -191,7 +187,7 @@ async fn scenario() {
     // It answers a command.
     let hub = endpoint.hub.clone();
     let id = hub.purge(&host, "wine test").await.unwrap();
-    eventually("the agent's answer to the purge", Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), "the agent's answer to the purge", || {
         // The human log format colours `key=value`: look for the words.
         let (logs, id) = (&logs, id.clone());
         async move {
@@ -204,34 +200,15 @@ async fn scenario() {
 
     // The controller restarts (same address, same store): the agent notices at once and comes
     // back on its own.
-    let seen_before = store
-        .all_reports()
-        .await
-        .unwrap()
-        .iter()
-        .find(|(n, _, _)| *n == host)
-        .unwrap()
-        .2;
     endpoint.stop().await;
+    // Read while no endpoint runs: nothing can report in between.
+    let offline = Store::open(&store_url).await.unwrap();
+    let (_, seen_before) = report_after(&offline, &host, 0, Duration::ZERO, &agent_log).await;
+    offline.close().await;
     let endpoint = AgentEndpoint::spawn(&pki, &store_url, format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .unwrap();
-    let store = endpoint.store.clone();
-    let t = Instant::now();
-    while !store
-        .all_reports()
-        .await
-        .unwrap()
-        .iter()
-        .any(|(n, _, seen)| *n == host && *seen > seen_before)
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no report after the controller's restart within 60 s; the agent's log:\n{}",
-            agent_log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    report_after(&endpoint.store, &host, seen_before, Duration::from_secs(60), &agent_log).await;
     println!("agent log under Wine:\n{}", agent_log());
     endpoint.stop().await;
 }
