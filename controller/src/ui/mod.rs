@@ -14,6 +14,10 @@
 //! - `html`: escaping, the page frame, the headers every response carries;
 //! - `pages`: one module per page.
 
+// Handlers and their helpers return `Result<_, Response>` whose Err is the response itself,
+// handed straight back to axum: boxing it would only add an allocation per refused request.
+#![allow(clippy::result_large_err)]
+
 mod events;
 mod html;
 mod pages;
@@ -145,9 +149,6 @@ impl FromRequestParts<Ui> for Visitor {
     }
 }
 
-// The Err of these is the response itself, handed straight back to axum:
-// boxing it would only add an allocation per refused request.
-#[allow(clippy::result_large_err)]
 impl Visitor {
     /// The session a page needs, or a redirect to sign in.
     fn reader(&self) -> Result<&Session, Response> {
@@ -211,6 +212,15 @@ impl Ui {
         r.extensions_mut().insert(who.clone());
         r
     }
+}
+
+/// What a page handler answers: the page, or what stands in for it (the sign-in redirect,
+/// an error page), so handlers can use `?`.
+type Page = Result<Response, Response>;
+
+/// An API call's message, or the error page for its status.
+fn answer<T>(s: &Session, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T, Response> {
+    r.map(tonic::Response::into_inner).map_err(|e| api_error(s, &e))
 }
 
 /// The page for an API error: its message, with the HTTP status that matches its code.

@@ -4,12 +4,11 @@
 use std::fmt::Write;
 
 use axum::extract::{RawQuery, State};
-use axum::response::Response;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
 
 use crate::ui::html::{self, Nav, esc, q};
-use crate::ui::{Form, Ui, Visitor, api_error};
+use crate::ui::{Form, Page, Ui, Visitor, answer};
 
 const PAGE: u32 = 50;
 
@@ -47,33 +46,28 @@ pub fn table(entries: &[pb::AuditEntry]) -> String {
     h
 }
 
-pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Page {
+    let s = v.reader()?;
     let f = Form::query(query.as_deref());
     let (host, plan, page) = (
         f.text("host").unwrap_or(""),
         f.text("plan").unwrap_or(""),
         f.text("page").unwrap_or(""),
     );
-    let r = match ui
-        .api
-        .list_audit(Ui::request(
-            &s.who,
-            pb::ListAuditRequest {
-                host: host.to_owned(),
-                plan_id: plan.to_owned(),
-                page_size: PAGE,
-                page_token: page.to_owned(),
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return api_error(s, &e),
-    };
+    let r = answer(
+        s,
+        ui.api
+            .list_audit(Ui::request(
+                &s.who,
+                pb::ListAuditRequest {
+                    host: host.to_owned(),
+                    plan_id: plan.to_owned(),
+                    page_size: PAGE,
+                    page_token: page.to_owned(),
+                },
+            ))
+            .await,
+    )?;
     let mut b = format!(
         "<form method=\"get\" action=\"/ui/audit\" class=\"filters\"><label>host <input name=\"host\" value=\"{}\"></label>\
          <label>plan <input name=\"plan\" value=\"{}\" size=\"6\"></label><button type=\"submit\">Filter</button> \
@@ -95,5 +89,5 @@ pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -
             q(&r.next_page_token)
         );
     }
-    html::page("Audit trail", Nav::Audit, Some(s), &b)
+    Ok(html::page("Audit trail", Nav::Audit, Some(s), &b))
 }

@@ -6,21 +6,17 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use axum::extract::{RawQuery, State};
-use axum::response::Response;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
 
 use super::{edge_class, edge_table};
 use crate::ui::html::{self, Nav, esc, q};
-use crate::ui::{Form, Ui, Visitor, api_error};
+use crate::ui::{Form, Page, Ui, Visitor, answer};
 
 const PAGE: u32 = 200;
 
-pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Page {
+    let s = v.reader()?;
     let f = Form::query(query.as_deref());
     let class = match f.get("class").unwrap_or("") {
         "required" => pb::EdgeClass::Required,
@@ -29,22 +25,20 @@ pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -
         _ => pb::EdgeClass::Unspecified,
     };
     let (host, page) = (f.text("host").unwrap_or(""), f.text("page").unwrap_or(""));
-    let r = match ui
-        .api
-        .get_exposure(Ui::request(
-            &s.who,
-            pb::GetExposureRequest {
-                class: class as i32,
-                host: host.to_owned(),
-                page_size: PAGE,
-                page_token: page.to_owned(),
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return api_error(s, &e),
-    };
+    let r = answer(
+        s,
+        ui.api
+            .get_exposure(Ui::request(
+                &s.who,
+                pb::GetExposureRequest {
+                    class: class as i32,
+                    host: host.to_owned(),
+                    page_size: PAGE,
+                    page_token: page.to_owned(),
+                },
+            ))
+            .await,
+    )?;
     let mut b = String::from("<div class=\"cards\">");
     for (n, word, class) in [
         (r.required, "required", "ready"),
@@ -98,7 +92,7 @@ pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -
             q(&r.next_page_token)
         );
     }
-    html::page("Delegation exposure", Nav::Exposure, Some(s), &b)
+    Ok(html::page("Delegation exposure", Nav::Exposure, Some(s), &b))
 }
 
 /// Hosts on a circle, one line per edge; dangerous edges drawn last (on top).

@@ -5,13 +5,12 @@
 use std::fmt::Write;
 
 use axum::extract::{RawQuery, State};
-use axum::response::Response;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
 
 use super::{finding, kind_name, readiness};
 use crate::ui::html::{self, Nav, esc, q};
-use crate::ui::{Form, Ui, Visitor, api_error};
+use crate::ui::{Form, Page, Ui, Visitor, answer};
 
 /// The group and account pickers (GET, so a matrix has a URL to share).
 fn pickers(groups: &[String], group: Option<&str>, account: Option<&str>) -> String {
@@ -31,11 +30,8 @@ fn pickers(groups: &[String], group: Option<&str>, account: Option<&str>) -> Str
     h
 }
 
-pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Page {
+    let s = v.reader()?;
     let form = Form::query(query.as_deref());
     let groups: Vec<String> = ui.api.state.view().cfg.groups.iter().map(|g| g.name.clone()).collect();
     let group = form.text("group").or(groups.first().map(String::as_str));
@@ -43,24 +39,22 @@ pub async fn show(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -
     let mut b = pickers(&groups, group, account);
     let (Some(group), Some(account)) = (group, account) else {
         b.push_str("<p class=\"hint\">Pick a group and the account that runs <code>Move-VM</code> (the user whose ticket is delegated).</p>");
-        return html::page("Readiness matrix", Nav::Matrix, Some(s), &b);
+        return Ok(html::page("Readiness matrix", Nav::Matrix, Some(s), &b));
     };
-    let m = match ui
-        .api
-        .readiness_matrix(Ui::request(
-            &s.who,
-            pb::ReadinessMatrixRequest {
-                group: group.to_owned(),
-                account: account.to_owned(),
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return api_error(s, &e),
-    };
+    let m = answer(
+        s,
+        ui.api
+            .readiness_matrix(Ui::request(
+                &s.who,
+                pb::ReadinessMatrixRequest {
+                    group: group.to_owned(),
+                    account: account.to_owned(),
+                },
+            ))
+            .await,
+    )?;
     b.push_str(&grid(&m, account));
-    html::page("Readiness matrix", Nav::Matrix, Some(s), &b)
+    Ok(html::page("Readiness matrix", Nav::Matrix, Some(s), &b))
 }
 
 /// Rows are sources, columns destinations; each cell links to its check.
@@ -129,37 +123,32 @@ fn short(fqdn: &str) -> &str {
     fqdn.split('.').next().unwrap_or(fqdn)
 }
 
-pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) -> Page {
+    let s = v.reader()?;
     let form = Form::query(query.as_deref());
     let (Some(src), Some(dst), Some(account)) = (form.text("source"), form.text("destination"), form.text("account"))
     else {
-        return html::error(
+        return Err(html::error(
             axum::http::StatusCode::BAD_REQUEST,
             Some(s),
             "a check needs source, destination and account (open it from the readiness matrix)",
-        );
+        ));
     };
     let initiator = form.text("initiator").unwrap_or("");
-    let r = match ui
-        .api
-        .check_migration(Ui::request(
-            &s.who,
-            pb::CheckMigrationRequest {
-                source: src.to_owned(),
-                destination: dst.to_owned(),
-                account: account.to_owned(),
-                initiator: initiator.to_owned(),
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(e) => return api_error(s, &e),
-    };
+    let r = answer(
+        s,
+        ui.api
+            .check_migration(Ui::request(
+                &s.who,
+                pb::CheckMigrationRequest {
+                    source: src.to_owned(),
+                    destination: dst.to_owned(),
+                    account: account.to_owned(),
+                    initiator: initiator.to_owned(),
+                },
+            ))
+            .await,
+    )?;
     let (class, word) = readiness(r.readiness);
     let mut b = format!(
         "<p class=\"verdict\">{} <span class=\"mono\">{}</span> → <span class=\"mono\">{}</span> as <span class=\"mono\">{}</span></p><p>{}</p>",
@@ -189,5 +178,5 @@ pub async fn check(State(ui): State<Ui>, v: Visitor, RawQuery(query): RawQuery) 
         b.push_str("<h2>Warnings</h2>");
         b.extend(r.warnings.iter().map(finding));
     }
-    html::page("Can this migration authenticate?", Nav::Matrix, Some(s), &b)
+    Ok(html::page("Can this migration authenticate?", Nav::Matrix, Some(s), &b))
 }

@@ -5,13 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::response::Response;
 use kcdsync_proto::v1 as pb;
 use kcdsync_proto::v1::fleet_service_server::FleetService;
 
 use crate::model::Severity;
 use crate::ui::html::{self, Nav, esc, q};
-use crate::ui::{Ui, Visitor, api_error};
+use crate::ui::{Page, Ui, Visitor, answer};
 use crate::view::View;
 
 /// Not-ready hosts listed by name at most (the rest are counted).
@@ -57,42 +56,37 @@ fn groups(view: &View) -> Vec<GroupRow> {
         .collect()
 }
 
-pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn show(State(ui): State<Ui>, v: Visitor) -> Page {
+    let s = v.reader()?;
     let view = ui.api.state.view();
     let rows = groups(&view);
-    let pending = match ui
-        .api
-        .list_plans(Ui::request(
-            &s.who,
-            pb::ListPlansRequest {
-                state: pb::PlanState::PendingApproval as i32,
-                page_size: 100,
-                page_token: String::new(),
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner().plans,
-        Err(e) => return api_error(s, &e),
-    };
-    let recent = match ui
-        .api
-        .list_audit(Ui::request(
-            &s.who,
-            pb::ListAuditRequest {
-                page_size: 10,
-                ..Default::default()
-            },
-        ))
-        .await
-    {
-        Ok(r) => r.into_inner().entries,
-        Err(e) => return api_error(s, &e),
-    };
+    let pending = answer(
+        s,
+        ui.api
+            .list_plans(Ui::request(
+                &s.who,
+                pb::ListPlansRequest {
+                    state: pb::PlanState::PendingApproval as i32,
+                    page_size: 100,
+                    page_token: String::new(),
+                },
+            ))
+            .await,
+    )?
+    .plans;
+    let recent = answer(
+        s,
+        ui.api
+            .list_audit(Ui::request(
+                &s.who,
+                pb::ListAuditRequest {
+                    page_size: 10,
+                    ..Default::default()
+                },
+            ))
+            .await,
+    )?
+    .entries;
 
     let day_ago = crate::store::now_ms() - 24 * 3600 * 1000;
     let changed = match ui.api.state.store.audit_count_since(day_ago).await {
@@ -113,7 +107,7 @@ pub async fn show(State(ui): State<Ui>, v: Visitor) -> Response {
         b.push_str(&super::audit::table(&recent));
         b.push_str("<p><a href=\"/ui/audit\">The whole audit trail →</a></p>");
     }
-    html::page("Fleet overview", Nav::Overview, Some(s), &b)
+    Ok(html::page("Fleet overview", Nav::Overview, Some(s), &b))
 }
 
 /// The numbers at the top.

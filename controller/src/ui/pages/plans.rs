@@ -16,7 +16,7 @@ use super::edge_table;
 use crate::config::Role;
 use crate::ui::html::{self, Nav, esc};
 use crate::ui::session::Session;
-use crate::ui::{Form, Ui, Visitor, api_error};
+use crate::ui::{Form, Page, Ui, Visitor, answer};
 
 /// How long an approval waits for its reconcile before the page says it goes on.
 const APPROVE_WAIT: &str = "30S";
@@ -59,31 +59,27 @@ fn rows(plans: &[pb::Plan]) -> String {
     h
 }
 
-pub async fn list(State(ui): State<Ui>, v: Visitor) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub async fn list(State(ui): State<Ui>, v: Visitor) -> Page {
+    let s = v.reader()?;
     let mut b = String::new();
     for (title, state, size) in [
         ("Waiting for approval", pb::PlanState::PendingApproval, 100),
         ("Recent plans", pb::PlanState::Unspecified, 25),
     ] {
-        let plans = match ui
-            .api
-            .list_plans(Ui::request(
-                &s.who,
-                pb::ListPlansRequest {
-                    state: state as i32,
-                    page_size: size,
-                    page_token: String::new(),
-                },
-            ))
-            .await
-        {
-            Ok(r) => r.into_inner().plans,
-            Err(e) => return api_error(s, &e),
-        };
+        let plans = answer(
+            s,
+            ui.api
+                .list_plans(Ui::request(
+                    &s.who,
+                    pb::ListPlansRequest {
+                        state: state as i32,
+                        page_size: size,
+                        page_token: String::new(),
+                    },
+                ))
+                .await,
+        )?
+        .plans;
         let _ = write!(b, "<h2>{title}</h2>");
         if plans.is_empty() {
             b.push_str("<p class=\"hint\">None.</p>");
@@ -91,19 +87,18 @@ pub async fn list(State(ui): State<Ui>, v: Visitor) -> Response {
             b.push_str(&rows(&plans));
         }
     }
-    html::page("Plans", Nav::Plans, Some(s), &b)
+    Ok(html::page("Plans", Nav::Plans, Some(s), &b))
 }
 
-pub async fn show(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>) -> Response {
-    let s = match v.reader() {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let p = match ui.api.get_plan(Ui::request(&s.who, pb::GetPlanRequest { id })).await {
-        Ok(r) => r.into_inner(),
-        Err(e) => return api_error(s, &e),
-    };
-    html::page(&format!("Plan {}", p.id), Nav::Plans, Some(s), &detail(&p, s))
+pub async fn show(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>) -> Page {
+    let s = v.reader()?;
+    let p = answer(s, ui.api.get_plan(Ui::request(&s.who, pb::GetPlanRequest { id })).await)?;
+    Ok(html::page(
+        &format!("Plan {}", p.id),
+        Nav::Plans,
+        Some(s),
+        &detail(&p, s),
+    ))
 }
 
 fn detail(p: &pb::Plan, s: &Session) -> String {
@@ -181,12 +176,9 @@ fn detail(p: &pb::Plan, s: &Session) -> String {
     b
 }
 
-pub async fn approve(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>, body: Bytes) -> Response {
+pub async fn approve(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>, body: Bytes) -> Page {
     let form = Form::parse(&body);
-    let s = match v.changer(&form, Role::Write, "approving a plan") {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = v.changer(&form, Role::Write, "approving a plan")?;
     let mut req = Ui::request(
         &s.who,
         pb::ApprovePlanRequest {
@@ -196,40 +188,30 @@ pub async fn approve(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>, b
     );
     req.metadata_mut()
         .insert("grpc-timeout", APPROVE_WAIT.parse().expect("static"));
-    match ui.api.approve_plan(req).await {
-        Ok(_) => decided(&id),
-        Err(e) => api_error(s, &e),
-    }
+    answer(s, ui.api.approve_plan(req).await)?;
+    Ok(decided(&id))
 }
 
-pub async fn reject(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>, body: Bytes) -> Response {
+pub async fn reject(State(ui): State<Ui>, v: Visitor, Path(id): Path<String>, body: Bytes) -> Page {
     let form = Form::parse(&body);
-    let s = match v.changer(&form, Role::Write, "rejecting a plan") {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let s = v.changer(&form, Role::Write, "rejecting a plan")?;
     let comment = form.text("comment").unwrap_or("").to_owned();
     if form.get("comment").is_some_and(|c| c.chars().count() > 256) {
-        return html::error(
+        return Err(html::error(
             StatusCode::BAD_REQUEST,
             Some(s),
             "the comment is longer than 256 characters",
-        );
+        ));
     }
-    match ui
-        .api
-        .reject_plan(Ui::request(
-            &s.who,
-            pb::RejectPlanRequest {
-                id: id.clone(),
-                comment,
-            },
-        ))
-        .await
-    {
-        Ok(_) => decided(&id),
-        Err(e) => api_error(s, &e),
-    }
+    let request = Ui::request(
+        &s.who,
+        pb::RejectPlanRequest {
+            id: id.clone(),
+            comment,
+        },
+    );
+    answer(s, ui.api.reject_plan(request).await)?;
+    Ok(decided(&id))
 }
 
 /// After a decision, the plan's page (POST, then redirect, then GET).
