@@ -15,15 +15,68 @@ use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::logs::Captured;
+use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::*;
 use tokio::sync::mpsc;
 use tonic::Streaming;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-/// The endpoint's log lines (one subscriber per process, so once for every test here).
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| Captured::install("kcdsync-revoke-test", "info"))
+/// What the endpoints in this process log and count: their log lines, and their metrics as
+/// an OTLP receiver gets them.
+struct Observed {
+    logs: Captured,
+    otlp: Receiver,
+}
+
+/// Set up once for every test here, before any of them starts an endpoint or a process (the
+/// telemetry is process-global and reads its environment once). The receiver and the
+/// exporters live on a runtime of their own: a test's runtime ends with the test.
+fn observed() -> &'static Observed {
+    static OBSERVED: OnceLock<Observed> = OnceLock::new();
+    OBSERVED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let otlp = Receiver::start().await;
+                // SAFETY: set inside the OnceLock, before any test of this binary goes on.
+                unsafe {
+                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint());
+                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+                }
+                let logs = Captured::default();
+                let writer = logs.clone();
+                let telemetry = kcdsync_telemetry::init_with_writer(
+                    "kcdsync-revoke-test",
+                    kcdsync_telemetry::LogFormat::Human,
+                    "info",
+                    kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
+                );
+                assert!(telemetry.exporting());
+                tx.send(Observed { logs, otlp }).unwrap();
+                let _keep = telemetry;
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("telemetry set up")
+    })
+}
+
+/// The total of `kcdsync.agents.revoked_refused` for `stage`, as last exported.
+fn refused_count(stage: &str) -> f64 {
+    observed()
+        .otlp
+        .metrics()
+        .iter()
+        .rev()
+        .find(|m| {
+            m.name == "kcdsync.agents.revoked_refused" && m.attributes.iter().any(|(k, v)| k == "stage" && v == stage)
+        })
+        .map_or(0.0, |m| m.value)
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> String {
@@ -96,7 +149,7 @@ fn assert_says_revoked(s: &tonic::Status, host: &str) {
 #[test]
 fn a_revoked_agent_is_cut_within_a_second_refused_while_revoked_and_back_after_unrevoke() {
     run_with_room(async {
-        let logs = logs();
+        let logs = &observed().logs;
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
@@ -195,6 +248,23 @@ fn a_revoked_agent_is_cut_within_a_second_refused_while_revoked_and_back_after_u
         assert_eq!(hub.open_streams(other), 1);
         assert!(!hub.liveness(other).stale);
 
+        // Each refusal and each cut is counted (by stage), as an operator's dashboard sees it.
+        let logged = refusals.len() as f64;
+        eventually(
+            Duration::from_secs(5),
+            "the refusals and cuts exported as metrics",
+            || {
+                let (hello, live) = (refused_count("hello"), refused_count("live"));
+                async move { hello >= logged && live >= 2.0 }
+            },
+        )
+        .await;
+        println!(
+            "kcdsync.agents.revoked_refused: hello {}, live {}",
+            refused_count("hello"),
+            refused_count("live")
+        );
+
         // Unrevoked, the agent is back on its next retry and reports again.
         revocation::unrevoke(&store, host, "bob").await.unwrap();
         let unrevoked_ms = kcdsync_controller::store::now_ms();
@@ -231,6 +301,7 @@ fn a_revoked_agent_is_cut_within_a_second_refused_while_revoked_and_back_after_u
 /// a host revoked through the first: the deny-list lives in the store, not in one process.
 #[test]
 fn a_revocation_through_one_replica_cuts_the_stream_on_another() {
+    observed();
     run_with_room(async {
         let Some(pg) = PgTestDb::create() else { return };
         let pki = Pki::new();
@@ -263,6 +334,8 @@ fn controller(config: &std::path::Path, args: &[&str]) -> Output {
         .arg(config)
         .args(args)
         .env("RUST_LOG", "warn")
+        // The receiver is this process's; the binary exports nothing here.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .output()
         .expect("run kcdsync-controller")
 }
@@ -277,6 +350,8 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test]
 async fn revoke_list_show_and_unrevoke_from_the_command_line() {
+    // Not for its output: the environment is set before this test runs any process.
+    observed();
     let lab = Lab::start();
     // The agents commands read only the store; the config must still be valid.
     let (_dir, path) = write_config(&format!(
