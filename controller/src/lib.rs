@@ -20,6 +20,7 @@ pub mod model;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
+pub mod revocation;
 pub mod runtime;
 pub mod store;
 pub mod ui;

@@ -117,10 +117,73 @@ enum Command {
         #[command(subcommand)]
         command: kcdsync_controller::certs::CertsCommand,
     },
+    /// The hosts' agents: list them, show one, revoke or unrevoke a host.
+    ///
+    /// Revoking is how to shut out an agent you no longer trust (a stolen host, a leaked
+    /// agent key): every controller sharing this store refuses it, whatever certificate it
+    /// holds, until you unrevoke it. Reads and writes only the state store.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// Run continuously: reconcile every reconcile.interval_secs, and at
     /// once on SIGHUP (which also re-reads the config, the API tokens and the
     /// TLS files; secret files must be mode 600).
     Serve,
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Every host whose agent reported, or that is revoked: when it was last heard from, and
+    /// for a revoked one who revoked it, when and why.
+    List {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// One host's agent: last seen, last report, whether it is revoked, and its history of
+    /// revocations.
+    Show {
+        /// The host's FQDN (as in its agent certificate), e.g. hv01.contoso.com.
+        host: String,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Refuse HOST's agent on every controller sharing this store.
+    ///
+    /// The host goes on the deny-list in the state store, with who revoked it, when and why,
+    /// and an audit event. Every controller replica reading this store then refuses the
+    /// agent's streams with PERMISSION_DENIED (the agent's log says it is revoked and how to
+    /// undo it), whatever certificate it presents, and closes a stream that is live now
+    /// within a second. Each refused attempt is logged with the host and its address and
+    /// counted in kcdsync.agents.revoked_refused.
+    ///
+    /// Nothing is written to AD: the host keeps its delegation (take it out of its group to
+    /// remove that). Revoking a host already revoked changes nothing.
+    ///
+    /// Undo: `kcdsync-controller agents unrevoke HOST`; the agent connects again on its next
+    /// retry (at most a minute).
+    Revoke {
+        /// The host's FQDN (as in its agent certificate), e.g. hv01.contoso.com.
+        host: String,
+        /// Why (shown in `agents list`, to the refused agent and in the audit); one line, at
+        /// most 500 characters.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who revokes (recorded with the revocation and in the audit); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
+    /// Let HOST's agent connect again (lifts `agents revoke`).
+    ///
+    /// Removes the host from the deny-list, with an audit event; its agent is accepted again
+    /// on its next retry. Unrevoking a host that is not revoked changes nothing.
+    Unrevoke {
+        /// The host's FQDN, e.g. hv01.contoso.com.
+        host: String,
+        /// Who unrevokes (recorded in the audit); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
 }
 
 #[tokio::main]
@@ -242,8 +305,72 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Agents { command } => agents(&cli.config, command).await,
         Command::Serve => serve(cli.config).await,
     }
+}
+
+/// `agents`: the deny-list and what agents reported, in the store only (no AD, no running
+/// controller needed: replicas read the list from the store).
+async fn agents(path: &std::path::Path, command: AgentsCommand) -> Result<()> {
+    use kcdsync_controller::revocation;
+    use kcdsync_controller::store::Revoked;
+    let cfg = load(path)?;
+    let store = Store::open(&cfg.store_url).await?;
+    match command {
+        AgentsCommand::List { output } => {
+            let rows = revocation::agents(&store).await?;
+            match output {
+                Output::Json => print_json(&rows)?,
+                Output::Table => print!("{}", report::agents(&rows)),
+            }
+        }
+        AgentsCommand::Show { host, output } => {
+            let Some(a) = revocation::agent(&store, &host).await? else {
+                bail!(
+                    "no agent of {} has reported to this store, and it was never revoked; `agents list` shows the hosts it knows",
+                    revocation::host(&host)?
+                );
+            };
+            match output {
+                Output::Json => print_json(&a)?,
+                Output::Table => print!("{}", report::agent_detail(&a)),
+            }
+        }
+        AgentsCommand::Revoke { host, reason, by } => {
+            match revocation::revoke(&store, &host, &reason, &by)
+                .await
+                .context("nothing was revoked")?
+            {
+                Revoked::Now(r) => println!(
+                    "{} is revoked ({}). Every controller sharing this store refuses its agent and closes its                      live stream within a second.\nUndo: kcdsync-controller agents unrevoke {}",
+                    r.host,
+                    report::revoked(&r),
+                    r.host
+                ),
+                Revoked::Already(r) => println!(
+                    "{} was already revoked ({}); nothing changed.",
+                    r.host,
+                    report::revoked(&r)
+                ),
+            }
+        }
+        AgentsCommand::Unrevoke { host, by } => {
+            match revocation::unrevoke(&store, &host, &by)
+                .await
+                .context("nothing was unrevoked")?
+            {
+                Some(r) => println!(
+                    "{} is no longer revoked (it was revoked {}). Its agent is accepted again on its next retry.",
+                    r.host,
+                    report::revoked(&r)
+                ),
+                None => println!("{} is not revoked; nothing changed.", revocation::host(&host)?),
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 /// `apply`: one reconcile under the writer lease, so it never runs beside `serve` (or another

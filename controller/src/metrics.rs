@@ -15,6 +15,9 @@ pub struct Metrics {
     pub drift_detected: Counter<u64>,
     pub drift_repaired: Counter<u64>,
     pub attempts: Counter<u64>,
+    /// Agent streams refused or cut because their host is revoked (attribute `stage`:
+    /// `hello` for a refused connection, `live` for a stream cut while it ran).
+    pub agents_revoked_refused: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -80,6 +83,12 @@ pub fn get() -> &'static Metrics {
             attempts: meter
                 .u64_counter("kcdsync.migration.attempts")
                 .with_description("live-migration attempts reported by agents, by result and error code")
+                .build(),
+            agents_revoked_refused: meter
+                .u64_counter("kcdsync.agents.revoked_refused")
+                .with_description(
+                    "agent streams refused at Hello (stage=hello) or cut while live (stage=live) because their host is revoked",
+                )
                 .build(),
             gauges,
         }

@@ -5,7 +5,8 @@ use std::fmt::Write;
 use crate::model::HostChange;
 use crate::model::{TRUSTED_FOR_DELEGATION, TRUSTED_TO_AUTH_FOR_DELEGATION};
 use crate::reconcile::{Decision, Outcome};
-use crate::store::{AuditRecord, ReplicationRecord, StoredPlan};
+use crate::revocation::{AgentDetail, AgentRow};
+use crate::store::{AuditRecord, ReplicationRecord, Revocation, StoredPlan};
 
 fn uac_words(uac: u32) -> String {
     let mut w = vec![format!("0x{uac:x}")];
@@ -179,6 +180,77 @@ pub fn audit(rows: &[AuditRecord], replication: &[Vec<ReplicationRecord>]) -> St
     }
     if rows.is_empty() {
         out.push_str("The audit is empty.\n");
+    }
+    out
+}
+
+/// "since 2026-12-04T10:00:00Z by alice: key leaked"
+pub fn revoked(r: &Revocation) -> String {
+    let why = if r.reason.is_empty() {
+        " (no reason given)".to_owned()
+    } else {
+        format!(": {}", r.reason)
+    };
+    format!("since {} by {}{why}", format_ms(r.revoked_at_ms), r.revoked_by)
+}
+
+/// `agents list`: one line per host, revoked ones marked with who, when and why.
+pub fn agents(rows: &[AgentRow]) -> String {
+    if rows.is_empty() {
+        return "No agent has reported and none is revoked.\n".into();
+    }
+    let width = rows.iter().map(|r| r.host.len()).max().unwrap_or(4).max(4);
+    let mut out = format!("{:<width$}  {:<24}  STATE\n", "HOST", "LAST SEEN");
+    for r in rows {
+        let seen = r.last_seen_ms.map_or_else(|| "never".to_owned(), format_ms);
+        let state = r
+            .revoked
+            .as_ref()
+            .map_or_else(|| "allowed".to_owned(), |x| format!("REVOKED {}", revoked(x)));
+        let _ = writeln!(out, "{:<width$}  {:<24}  {state}", r.host, seen);
+    }
+    out
+}
+
+/// `agents show HOST`.
+pub fn agent_detail(a: &AgentDetail) -> String {
+    let r = &a.row;
+    let mut out = format!("Agent of {}\n", r.host);
+    match &r.revoked {
+        Some(x) => {
+            let _ = writeln!(out, "  state:      REVOKED {}", revoked(x));
+            let _ = writeln!(
+                out,
+                "              refused by every controller sharing this store; undo: kcdsync-controller agents unrevoke {}",
+                r.host
+            );
+        }
+        None => out.push_str("  state:      allowed\n"),
+    }
+    let seen = r.last_seen_ms.map_or_else(|| "never".to_owned(), format_ms);
+    let _ = writeln!(out, "  last seen:  {seen}");
+    if let Some(at) = a.last_report_ms {
+        let _ = writeln!(out, "  last report: {}", format_ms(at));
+    }
+    if let (Some(caption), Some(build)) = (&a.os_caption, a.os_build) {
+        let _ = writeln!(out, "  os:         {caption} (build {build})");
+    }
+    if !a.history.is_empty() {
+        out.push_str("  history (newest first):\n");
+        for e in &a.history {
+            let _ = writeln!(
+                out,
+                "    {}  {}  by {}{}",
+                format_ms(e.time_ms),
+                e.kind,
+                e.actor,
+                if e.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e.detail)
+                }
+            );
+        }
     }
     out
 }

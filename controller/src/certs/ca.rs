@@ -264,6 +264,9 @@ impl Ca {
     /// Issues an agent's client certificate: subjectAltName DNS = the host's
     /// FQDN lower-cased, CN = the same, EKU clientAuth. Returns
     /// `(cert_pem, key_pem)`. Pass [`Validity::expired`] for an expired one.
+    ///
+    /// Renewal over the agent stream (not built yet) must not call this for a host on the
+    /// deny-list (`Store::agent_revocation`): a revoked host gets no fresh certificate.
     pub fn issue_agent(&self, host_fqdn: &str, validity: Validity) -> Result<(String, String)> {
         let host = normalize_host_fqdn(host_fqdn)?;
         let sans = vec![SanType::DnsName(host.clone().try_into()?)];

@@ -11,10 +11,15 @@
 //! command that finds it full cuts that agent off (it is not reading), and a
 //! purge that could not be handed over is recorded in the store and sent
 //! again when the agent connects.
+//!
+//! Revoked hosts (the deny-list in the store, `crate::revocation`) are refused
+//! at Hello with PERMISSION_DENIED; every [`revocation::POLL`] the hub re-reads
+//! the list and cuts the live streams of hosts revoked meanwhile, on whichever
+//! replica revoked them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kcdsync_proto::v1::agent_message::Body;
@@ -24,7 +29,8 @@ use kcdsync_proto::v1::*;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::store::{IngestBatch, Store};
+use crate::revocation;
+use crate::store::{IngestBatch, Revocation, Store};
 
 /// HRESULTs that mean "Kerberos delegation did not work" in a migration.
 pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
@@ -34,6 +40,9 @@ pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
 pub const DOWN_QUEUE: usize = 32;
 /// Items the writer takes per transaction at most.
 const MAX_BATCH: usize = 4096;
+/// How long a revoked agent's connection stays open after its stream was ended, so that the
+/// PERMISSION_DENIED saying why reaches it before the connection is closed.
+const REVOKED_GRACE: Duration = Duration::from_millis(200);
 
 type Downlink = mpsc::Sender<Result<ControllerMessage, Status>>;
 
@@ -97,11 +106,37 @@ enum Ingest {
     Seen(String),
 }
 
+/// The stream a host's commands go to (its newest).
 struct Conn {
     id: u64,
     tx: Downlink,
-    /// Set to true to cut this stream off (both directions).
-    cut: watch::Sender<bool>,
+}
+
+/// Why the hub ends a stream.
+#[derive(Debug, Clone)]
+enum Cut {
+    /// Its agent does not read (a command found its queue full).
+    NotReading,
+    /// Its host was revoked while it streamed; what it is told.
+    Revoked(String),
+}
+
+impl Cut {
+    fn status(&self) -> Status {
+        match self {
+            Cut::NotReading => not_reading(),
+            Cut::Revoked(why) => Status::permission_denied(why.clone()),
+        }
+    }
+}
+
+/// Every open stream, by id: a host may have more than one (a reconnect before the old
+/// connection died, or a second client with the same certificate), and a revocation must
+/// end them all, not only the one commands go to.
+struct Live {
+    host: String,
+    /// Set to cut this stream off (both directions).
+    cut: watch::Sender<Option<Cut>>,
     /// The connection it came on, closed when the agent is cut off.
     remote: Option<std::net::SocketAddr>,
 }
@@ -115,6 +150,7 @@ struct Inner {
     /// The agent endpoint's connections, to close one that does not read.
     cutoffs: Arc<super::tls::Cutoffs>,
     connected: Mutex<HashMap<String, Conn>>,
+    streams: Mutex<HashMap<u64, Live>>,
     /// host -> (command id, recorded at): the undelivered purge sent again on
     /// its last connection, cleared from the store when the agent answers it.
     redelivered: Mutex<HashMap<String, (String, i64)>>,
@@ -134,19 +170,20 @@ impl AgentHub {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let (attempts, _) = tokio::sync::broadcast::channel(1024);
         tokio::spawn(writer(store.clone(), rx, triggers, attempts.clone()));
-        AgentHub {
-            inner: Arc::new(Inner {
-                opts,
-                attempts,
-                ingest: tx,
-                store,
-                cutoffs: Arc::default(),
-                connected: Mutex::new(HashMap::new()),
-                redelivered: Mutex::new(HashMap::new()),
-                last_seen: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            opts,
+            attempts,
+            ingest: tx,
+            store,
+            cutoffs: Arc::default(),
+            connected: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            redelivered: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(watch_revocations(Arc::downgrade(&inner)));
+        AgentHub { inner }
     }
 
     /// The tonic service, with the message size limit applied.
@@ -165,6 +202,13 @@ impl AgentHub {
         let mut v: Vec<String> = self.inner.connected.lock().unwrap().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Streams of `host` open now: usually one, more while an old connection of it lingers.
+    pub fn open_streams(&self, host: &str) -> usize {
+        let host = host.to_lowercase();
+        let streams = self.inner.streams.lock().unwrap();
+        streams.values().filter(|l| l.host == host).count()
     }
 
     pub fn liveness(&self, host: &str) -> Liveness {
@@ -228,23 +272,75 @@ impl AgentHub {
     /// Ends connection `id` of `host` (if it is still the current one): its
     /// stream closes with RESOURCE_EXHAUSTED and its reader stops.
     fn cut_off(&self, host: &str, id: u64) {
-        let conn = {
-            let mut map = self.inner.connected.lock().unwrap();
-            if map.get(host).is_some_and(|c| c.id == id) {
-                map.remove(host)
-            } else {
-                None
-            }
-        };
-        if let Some(c) = conn {
+        if self.forget(host, id) {
             tracing::warn!(%host, queued = DOWN_QUEUE, "agent does not read its stream: disconnected");
-            let _ = c.cut.send(true);
             // The stream alone cannot end while the agent reads nothing (its
             // end would queue behind what is already waiting): close the connection.
-            if let Some(peer) = c.remote {
-                self.inner.cutoffs.cut(peer);
-            }
+            self.end_stream(id, Cut::NotReading, Duration::ZERO);
         }
+    }
+
+    /// Takes stream `id` out of the command registry if it is `host`'s current one.
+    fn forget(&self, host: &str, id: u64) -> bool {
+        let mut map = self.inner.connected.lock().unwrap();
+        if map.get(host).is_some_and(|c| c.id == id) {
+            map.remove(host);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends stream `id` with `why`'s status and closes its connection after `grace`.
+    fn end_stream(&self, id: u64, why: Cut, grace: Duration) {
+        let remote = {
+            let streams = self.inner.streams.lock().unwrap();
+            let Some(live) = streams.get(&id) else { return };
+            live.cut.send_replace(Some(why));
+            live.remote
+        };
+        let Some(peer) = remote else { return };
+        if grace.is_zero() {
+            self.inner.cutoffs.cut(peer);
+        } else {
+            let cutoffs = self.inner.cutoffs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                cutoffs.cut(peer);
+            });
+        }
+    }
+
+    /// Cuts every live stream of a host on `revoked` (the deny-list as just read): each ends
+    /// with PERMISSION_DENIED saying so, and its connection is closed a moment later. Returns
+    /// how many were cut.
+    fn cut_revoked(&self, revoked: &[Revocation]) -> usize {
+        if revoked.is_empty() {
+            return 0;
+        }
+        let by_host: HashMap<&str, &Revocation> = revoked.iter().map(|r| (r.host.as_str(), r)).collect();
+        let doomed: Vec<(u64, String, String, String)> = {
+            let streams = self.inner.streams.lock().unwrap();
+            streams
+                .iter()
+                // Already cut (a previous poll, or not reading): once is enough.
+                .filter(|(_, l)| l.cut.borrow().is_none())
+                .filter_map(|(id, l)| {
+                    let r = by_host.get(l.host.as_str())?;
+                    let remote = l.remote.map(|a| a.to_string()).unwrap_or_default();
+                    Some((*id, l.host.clone(), remote, revocation::refusal(r)))
+                })
+                .collect()
+        };
+        for (id, host, remote, why) in &doomed {
+            self.forget(host, *id);
+            tracing::warn!(%host, %remote, "agent stream cut: its host was revoked");
+            crate::metrics::get()
+                .agents_revoked_refused
+                .add(1, &[opentelemetry::KeyValue::new("stage", "live")]);
+            self.end_stream(*id, Cut::Revoked(why.clone()), REVOKED_GRACE);
+        }
+        doomed.len()
     }
 
     /// Sends the purge recorded for `host` while its agent was away.
@@ -339,6 +435,25 @@ impl AgentService for AgentHub {
             )));
         }
         let host = claimed;
+        // Certificate renewal over the stream (not built yet) must ask this same deny-list
+        // before it issues anything: a revoked host must not get a fresh certificate.
+        match self.inner.store.agent_revocation(&host).await {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                tracing::warn!(%host, %remote, revoked_by = r.revoked_by, "agent refused: its host is revoked");
+                crate::metrics::get()
+                    .agents_revoked_refused
+                    .add(1, &[opentelemetry::KeyValue::new("stage", "hello")]);
+                return Err(Status::permission_denied(revocation::refusal(&r)));
+            }
+            Err(e) => {
+                // Fail closed: a host this controller cannot check is not let in.
+                tracing::error!(%host, %remote, error = %e, "agent refused: cannot read the revocation list");
+                return Err(Status::unavailable(
+                    "the controller cannot read its agent revocation list right now; the agent retries",
+                ));
+            }
+        }
         let (tx, rx) = mpsc::channel(DOWN_QUEUE);
         let welcome = ControllerMessage {
             body: Some(Down::Welcome(Welcome {
@@ -350,17 +465,21 @@ impl AgentService for AgentHub {
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (cut, cut_rx) = watch::channel(false);
+        let (cut, cut_rx) = watch::channel(None);
         let down = Downstream::new(rx, cut_rx.clone());
-        self.inner.connected.lock().unwrap().insert(
-            host.clone(),
-            Conn {
-                id,
-                tx: tx.clone(),
+        self.inner.streams.lock().unwrap().insert(
+            id,
+            Live {
+                host: host.clone(),
                 cut,
                 remote: peer,
             },
         );
+        self.inner
+            .connected
+            .lock()
+            .unwrap()
+            .insert(host.clone(), Conn { id, tx: tx.clone() });
         self.seen(&host);
         let _ = self.inner.ingest.send(Ingest::Seen(host.clone())).await;
         tracing::info!(%host, %remote, version = hello.agent_version, outbox = hello.outbox_depth, "agent connected");
@@ -369,12 +488,8 @@ impl AgentService for AgentHub {
         let hub = self.clone();
         tokio::spawn(async move {
             let end = hub.pump(&host, &mut inbound, &tx, cut_rx).await;
-            {
-                let mut map = hub.inner.connected.lock().unwrap();
-                if map.get(&host).is_some_and(|c| c.id == id) {
-                    map.remove(&host);
-                }
-            }
+            hub.forget(&host, id);
+            hub.inner.streams.lock().unwrap().remove(&id);
             match end {
                 Ok(()) => tracing::info!(%host, "agent disconnected"),
                 Err(s) => {
@@ -395,12 +510,14 @@ impl AgentHub {
         host: &str,
         inbound: &mut Streaming<AgentMessage>,
         tx: &Downlink,
-        mut cut: watch::Receiver<bool>,
+        mut cut: watch::Receiver<Option<Cut>>,
     ) -> Result<(), Status> {
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m?,
-                Ok(_) = cut.wait_for(|c| *c) => return Err(not_reading()),
+                Ok(c) = cut.wait_for(|c| c.is_some()) => {
+                    return Err(c.as_ref().map_or_else(not_reading, Cut::status));
+                }
             };
             let Some(msg) = msg else { break };
             super::validate::validate(&msg, crate::store::now_ms())?;
@@ -446,23 +563,32 @@ fn not_reading() -> Status {
 }
 
 /// One agent's downlink as tonic sends it: the queued messages, until the hub
-/// cuts the agent off — then RESOURCE_EXHAUSTED and the end, whatever is still
-/// queued (the purges among it are recorded for the next connection).
+/// cuts the agent off — then RESOURCE_EXHAUSTED (not reading) or PERMISSION_DENIED
+/// (revoked) and the end, whatever is still queued (the purges among it are
+/// recorded for the next connection).
 pub struct Downstream {
     rx: mpsc::Receiver<Result<ControllerMessage, Status>>,
-    cut: super::tls::CutSignal,
+    cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send + Sync>>,
     ended: bool,
 }
 
 impl Downstream {
-    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, cut: watch::Receiver<bool>) -> Downstream {
+    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, mut cut: watch::Receiver<Option<Cut>>) -> Downstream {
         // A hub that drops the connection without cutting it (the agent left)
         // ends the stream by closing the queue instead.
-        Downstream {
-            rx,
-            cut: super::tls::cut_signal(cut),
-            ended: false,
-        }
+        let cut = Box::pin(async move {
+            let why = cut
+                .wait_for(|c| c.is_some())
+                .await
+                .ok()
+                .map(|c| c.as_ref().map_or_else(not_reading, Cut::status));
+            match why {
+                Some(status) => status,
+                // The hub dropped the stream without cutting it: the queue's end ends it.
+                None => std::future::pending().await,
+            }
+        });
+        Downstream { rx, cut, ended: false }
     }
 }
 
@@ -477,9 +603,9 @@ impl tokio_stream::Stream for Downstream {
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.cut.as_mut().poll(cx).is_ready() {
+        if let Poll::Ready(status) = self.cut.as_mut().poll(cx) {
             self.ended = true;
-            return Poll::Ready(Some(Err(not_reading())));
+            return Poll::Ready(Some(Err(status)));
         }
         self.rx.poll_recv(cx)
     }
@@ -565,6 +691,41 @@ async fn writer(
             for f in failed {
                 tracing::info!(host = %f.host, reason = %f.reason, "authentication failure reported: reconcile requested");
                 let _ = t.try_send(f);
+            }
+        }
+    }
+}
+
+/// Re-reads the deny-list every [`revocation::POLL`] while any stream is open and cuts the
+/// streams of hosts on it: a host revoked on any replica loses its live stream here within
+/// that. Stops when the hub is gone.
+async fn watch_revocations(hub: Weak<Inner>) {
+    let mut tick = tokio::time::interval(revocation::POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(inner) = hub.upgrade() else { return };
+        let hub = AgentHub { inner };
+        // Nothing to cut: no need to ask the store (an idle replica stays quiet).
+        if hub.inner.streams.lock().unwrap().is_empty() {
+            continue;
+        }
+        match hub.inner.store.agent_revocations().await {
+            Ok(list) => {
+                if failing {
+                    tracing::info!("the agent revocation list is readable again");
+                }
+                failing = false;
+                hub.cut_revoked(&list);
+            }
+            Err(e) => {
+                // Once per outage, not twice a second; new streams are refused meanwhile
+                // (their Hello cannot be checked), live ones are cut once it reads again.
+                if !failing {
+                    tracing::error!(error = %e, "cannot read the agent revocation list: streams of hosts revoked now are cut once it can be read");
+                }
+                failing = true;
             }
         }
     }

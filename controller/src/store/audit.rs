@@ -175,3 +175,42 @@ pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, Store
         epoch: r.try_get(12)?,
     })
 }
+
+/// An audit event that is not an AD modify (an agent revoked or unrevoked): who did what to
+/// which host, and why. Kept apart from the modify rows above, which date each host's last
+/// delegation change for the diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub time_ms: i64,
+    /// `agent-revoked`, `agent-unrevoked`.
+    pub kind: String,
+    pub host: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+impl Store {
+    /// Audit events, newest first; `host` filters by host name.
+    pub async fn audit_events(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, time, kind, host, actor, detail FROM audit_events WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(text(host.unwrap_or("")))
+        .bind(limit(max))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: r.try_get(0)?,
+                    time_ms: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    host: r.try_get(3)?,
+                    actor: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,9 +1,10 @@
 //! The state store: one `Store` over sqlx's `Any` driver, so one code path serves SQLite (the
 //! embedded default) and PostgreSQL (by URL; what replicas share). The schema has one migration
 //! set per dialect, applied at start-up. The methods live by job: `plans`, `audit` (write-ahead
-//! intents included), `ingest` (what agents send), `purges` (ticket purges an agent has not received yet), `replication` (when a write reached
-//! each other DC) and
-//! `lease` (the leader lease).
+//! intents included, and the events that are not AD modifies), `ingest` (what agents send),
+//! `purges` (ticket purges an agent has not received yet), `revocations` (the agents'
+//! deny-list), `replication` (when a write reached each other DC) and `lease` (the leader
+//! lease).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,15 +18,17 @@ mod lease;
 mod plans;
 mod purges;
 mod replication;
+mod revocations;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use audit::AuditRecord;
+pub use audit::{AuditEvent, AuditRecord};
 pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
 pub use purges::UndeliveredPurge;
 pub use replication::ReplicationRecord;
+pub use revocations::{EVENT_REVOKED, EVENT_UNREVOKED, Revocation, Revoked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -18,12 +18,14 @@ mod lease;
 mod plans;
 mod purges;
 mod replication;
+mod revocations;
 use audit::*;
 use ingest::*;
 use lease::*;
 use plans::*;
 use purges::*;
 use replication::*;
+use revocations::*;
 
 /// One store test, on both backends: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! store_tests {
@@ -77,6 +79,8 @@ store_tests!(
     audit_pages_by_id_with_host_and_plan_filters,
     a_write_is_awaited_per_dc_and_arrives_once,
     writes_still_awaited_are_found_again_with_their_audit_rows,
+    a_revoked_host_stays_listed_with_who_when_and_why_until_unrevoked,
+    two_stores_revoking_one_host_at_once_write_it_once,
 );
 
 /// The store of one test: where it lives, and what removes it afterwards.
