@@ -60,6 +60,12 @@ fn report(r: &HostReport, now_ms: i64) -> Result<(), Status> {
             now_ms,
             MAX_TICKET_AHEAD_MS,
         )?;
+        // Matched against the DCs' dNSHostName to decide when a purge may go out.
+        if !t.kdc_called.is_empty()
+            && let Err(e) = crate::model::names::HostName::parse(&t.kdc_called)
+        {
+            return Err(Status::invalid_argument(format!("{}: {e}", field("kdc_called"))));
+        }
     }
     Ok(())
 }
@@ -172,6 +178,15 @@ mod tests {
         validate(&msg(ticket(NOW + 7 * 24 * 3600 * 1000)), NOW).unwrap();
         let e = refusal(&msg(ticket(NOW + 10 * 366 * 24 * 3600 * 1000)));
         assert!(e.starts_with("report.system_tickets[0].end_time"), "{e}");
+
+        // The KDC a ticket names decides where a purge waits: a DNS name or nothing.
+        let from = |kdc: &str| KerberosTicket {
+            kdc_called: kdc.into(),
+            ..ticket(NOW + 3600 * 1000)
+        };
+        validate(&msg(from("dc2.lab.test")), NOW).unwrap();
+        let e = refusal(&msg(from("dc2.lab.test)(objectClass=*")));
+        assert!(e.starts_with("report.system_tickets[0].kdc_called"), "{e}");
     }
 
     #[test]

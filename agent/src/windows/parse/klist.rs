@@ -18,6 +18,7 @@ struct TicketBuilder {
     start: Option<Timestamp>,
     end: Option<Timestamp>,
     renew: Option<Timestamp>,
+    kdc: Option<String>,
 }
 
 impl TicketBuilder {
@@ -35,6 +36,7 @@ impl TicketBuilder {
             end_time: Some(self.end.ok_or_else(|| missing("End Time"))?),
             // Optional: a ticket that is not renewable may lack it.
             renew_until: self.renew,
+            kdc_called: self.kdc.unwrap_or_default(),
         })
     }
 }
@@ -46,6 +48,7 @@ enum KlistField {
     Start,
     End,
     Renew,
+    KdcCalled,
     Ignored,
     CachedTickets,
 }
@@ -82,7 +85,8 @@ fn klist_field(label: &str) -> Option<KlistField> {
         "start time" | "heure de dmarrage" => Start,
         "end time" | "heure de fin" => End,
         "renew time" | "heure de renouvellement" => Renew,
-        "session key type" | "type de cl de session" | "cache flags" | "kdc called" => Ignored,
+        "kdc called" | "kdc appel" => KdcCalled,
+        "session key type" | "type de cl de session" | "cache flags" => Ignored,
         "cached tickets" | "tickets mis en cache" => CachedTickets,
         _ => return None,
     })
@@ -205,6 +209,7 @@ pub fn parse_klist(text: &str) -> Result<Vec<KerberosTicket>, ParseError> {
                     KlistField::Start => t.start = Some(parse_klist_time(value).ok_or_else(|| bad("bad date"))?),
                     KlistField::End => t.end = Some(parse_klist_time(value).ok_or_else(|| bad("bad date"))?),
                     KlistField::Renew => t.renew = Some(parse_klist_time(value).ok_or_else(|| bad("bad date"))?),
+                    KlistField::KdcCalled => t.kdc = kdc_name(value),
                     KlistField::Ignored | KlistField::CachedTickets => {}
                 }
             }
@@ -221,6 +226,17 @@ pub fn parse_klist(text: &str) -> Result<Vec<KerberosTicket>, ParseError> {
         });
     }
     Ok(tickets)
+}
+
+/// `Kdc Called: DC01.contoso.com`: a host name, lower-cased, or nothing when klist printed
+/// none or something that is not a DNS name (it is only used to match a DC's dNSHostName).
+fn kdc_name(value: &str) -> Option<String> {
+    let v = value.trim().trim_start_matches('\\').to_ascii_lowercase();
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    ok.then_some(v)
 }
 
 /// `12/17/2025 8:50:52 (local)` → a Timestamp, reading the wall-clock time
@@ -271,8 +287,10 @@ mod tests {
                 renew_until: ts(1793689509 + 7 * 86400), // 11/10/2026 7:05:09
                 ticket_flags: 0x40e1_0000,
                 encryption_type: "AES-256-CTS-HMAC-SHA1-96".into(),
+                kdc_called: "dc01.contoso.com".into(),
             }
         );
+        assert_eq!(t[2].kdc_called, "", "an empty `Kdc Called:` names no KDC");
         assert_eq!(
             t[1].server,
             "Microsoft Virtual System Migration Service/HV02.contoso.com @ CONTOSO.COM"
@@ -288,11 +306,27 @@ mod tests {
         assert_eq!(t.len(), 6);
         assert_eq!(t[0].ticket_flags, 0x60a1_0000);
         assert_eq!(t[0].client, "jsykora @ MINDFREAK.LAB.LAN");
+        assert_eq!(t[0].kdc_called, "crissdc01.mindfreak.lab.lan");
         assert_eq!(t[0].start_time, ts(1765961452)); // 12/17/2025 8:50:52
         assert_eq!(
             t[5].server,
             "LDAP/CrissDC01.mindfreak.lab.lan/mindfreak.lab.lan @ MINDFREAK.LAB.LAN"
         );
+    }
+
+    #[test]
+    fn a_kdc_is_kept_only_as_a_dns_name() {
+        assert_eq!(kdc_name(" DC01.Contoso.com "), Some("dc01.contoso.com".into()));
+        assert_eq!(kdc_name("\\\\DC01"), Some("dc01".into()), "a logon-server spelling");
+        for bad in [
+            "",
+            "dc01 contoso",
+            "dc01..contoso",
+            "dc01.contoso.com;rm",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(kdc_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
