@@ -219,9 +219,66 @@ fn file_server_findings(c: &Computer, g: &crate::config::Group) -> Vec<Finding> 
     out
 }
 
+/// A source whose KDC does not have kcdsync's last change yet (an `AwaitingReplication`
+/// finding of the per-DC verify) is not ready now, whatever AD on the written DC says: that
+/// KDC refuses until it replicates. The answer says so instead of "ready".
+pub fn awaiting_replication(v: &mut Verdict, findings: &[Finding], source: &str) {
+    let names = |h: &str| {
+        h.eq_ignore_ascii_case(source)
+            || (!source.contains('.') && h.split('.').next().is_some_and(|l| l.eq_ignore_ascii_case(source)))
+    };
+    let Some(f) = findings
+        .iter()
+        .find(|f| f.kind == FindingKind::AwaitingReplication && f.hosts.iter().any(|h| names(h)))
+    else {
+        return;
+    };
+    v.summary = if v.readiness == Readiness::Ready {
+        f.summary.clone()
+    } else {
+        format!("{}; and {}", v.summary, f.summary)
+    };
+    v.readiness = Readiness::NotReady;
+    v.blocking.push(f.clone());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_whose_kdc_has_not_replicated_is_ready_only_once_it_has() {
+        let ready = || Verdict {
+            readiness: Readiness::Ready,
+            blocking: vec![],
+            warnings: vec![],
+            summary: "ready".into(),
+        };
+        let waiting = Finding::new(
+            FindingKind::AwaitingReplication,
+            Severity::Critical,
+            &["hv01.contoso.com"],
+            "",
+            "ready once dc2.contoso.com replicates: …".into(),
+        );
+        for source in ["hv01.contoso.com", "HV01"] {
+            let mut v = ready();
+            awaiting_replication(&mut v, std::slice::from_ref(&waiting), source);
+            assert_eq!(v.readiness, Readiness::NotReady, "{source}");
+            assert!(
+                v.summary.starts_with("ready once dc2.contoso.com replicates"),
+                "{}",
+                v.summary
+            );
+            assert_eq!(v.blocking, vec![waiting.clone()]);
+        }
+        // Another host's wait, or none, changes nothing.
+        for source in ["hv02.contoso.com", "HV0"] {
+            let mut v = ready();
+            awaiting_replication(&mut v, std::slice::from_ref(&waiting), source);
+            assert_eq!(v, ready(), "{source}");
+        }
+    }
     use crate::config::Group;
     use crate::config::Mode;
     use crate::model::fixtures::{self, delegating};

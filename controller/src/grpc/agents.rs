@@ -155,6 +155,8 @@ struct Inner {
     /// its last connection, cleared from the store when the agent answers it.
     redelivered: Mutex<HashMap<String, (String, i64)>>,
     last_seen: Mutex<HashMap<String, Instant>>,
+    /// host -> the DC its SYSTEM tickets last came from (its reports' "Kdc Called").
+    kdcs: Mutex<HashMap<String, String>>,
     next_id: AtomicU64,
 }
 
@@ -180,6 +182,7 @@ impl AgentHub {
             streams: Mutex::new(HashMap::new()),
             redelivered: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
+            kdcs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
         tokio::spawn(watch_revocations(Arc::downgrade(&inner)));
@@ -202,6 +205,31 @@ impl AgentHub {
         let mut v: Vec<String> = self.inner.connected.lock().unwrap().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// The DC `host`'s SYSTEM tickets last came from, as its agent reported it.
+    pub fn kdc_of(&self, host: &str) -> Option<String> {
+        self.inner.kdcs.lock().unwrap().get(&host.to_lowercase()).cloned()
+    }
+
+    /// Keeps the KDC of the report's newest ticket-granting ticket (any ticket when it has
+    /// none): that is the DC the host's next service tickets come from. A report naming no
+    /// KDC keeps what an earlier one said.
+    fn note_kdc(&self, host: &str, r: &HostReport) {
+        let start = |t: &&KerberosTicket| t.start_time.as_ref().map(|s| (s.seconds, s.nanos));
+        let named = r.system_tickets.iter().filter(|t| !t.kdc_called.is_empty());
+        let tgt = named
+            .clone()
+            .filter(|t| t.server.starts_with("krbtgt/"))
+            .max_by_key(start);
+        if let Some(t) = tgt.or_else(|| named.max_by_key(start)) {
+            let kdc = t.kdc_called.to_lowercase();
+            let mut kdcs = self.inner.kdcs.lock().unwrap();
+            if kdcs.get(host) != Some(&kdc) {
+                tracing::info!(%host, kdc = %kdc, "the host's tickets come from {kdc}");
+                kdcs.insert(host.to_owned(), kdc);
+            }
+        }
     }
 
     /// Streams of `host` open now: usually one, more while an old connection of it lingers.
@@ -530,6 +558,7 @@ impl AgentHub {
                             "this stream is bound to {host}; it cannot report for another host"
                         )));
                     }
+                    self.note_kdc(host, &r);
                     Ingest::Report(host.to_owned(), r)
                 }
                 Some(Body::Attempts(a)) => Ingest::Attempts {

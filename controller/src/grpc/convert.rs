@@ -41,6 +41,7 @@ pub fn kind_to_pb(k: FindingKind) -> i32 {
         FindingKind::NoAgentReport => F::NoAgentReport,
         FindingKind::InitiatorCannotDelegate => F::InitiatorCannotDelegate,
         FindingKind::DcNotReplicating => F::DcNotReplicating,
+        FindingKind::AwaitingReplication => F::AwaitingReplication,
     }) as i32
 }
 

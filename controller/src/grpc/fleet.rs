@@ -423,7 +423,8 @@ impl FleetService for FleetApi {
             .ok_or_else(|| Status::not_found(format!("no account `{}` in AD", r.account)))?;
         let initiator = self.state.initiator(&view, &r.source, initiator.as_ref()).await?;
         let facts = view.snapshot.facts(&view.cfg, now_ms());
-        let v = diagnose::check_migration_from(&facts, &initiator, &r.source, &r.destination, &account);
+        let mut v = diagnose::check_migration_from(&facts, &initiator, &r.source, &r.destination, &account);
+        diagnose::awaiting_replication(&mut v, &view.findings, &r.source);
         Ok(Response::new(pb::CheckMigrationResponse {
             readiness: readiness_to_pb(v.readiness),
             blocking: v.blocking.iter().map(finding_to_pb).collect(),

@@ -43,6 +43,9 @@ pub enum FindingKind {
     /// A write kcdsync verified on the DC it wrote to has not reached another DC within
     /// `ad.replication_deadline_secs` (`runtime::replication`).
     DcNotReplicating,
+    /// A host's tickets come from a DC that does not have kcdsync's change yet: ready once it
+    /// replicates; its purge waits (`runtime::replication`).
+    AwaitingReplication,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

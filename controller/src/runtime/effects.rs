@@ -21,6 +21,8 @@ use crate::reconcile::Outcome;
 use crate::store::{Store, now_ms};
 use crate::view::{Snapshot, View};
 
+use super::replication::{Batch, Purge, Replication};
+
 pub struct Effects {
     pub store: Store,
     pub hub: Option<AgentHub>,
@@ -30,6 +32,9 @@ pub struct Effects {
     findings: BTreeMap<String, Finding>,
     /// The per-DC verify's findings: shown in the view, raised and cleared by it.
     pub dc_findings: super::replication::DcFindings,
+    /// The per-DC verify: gets each run's audit rows, and holds the purges of hosts whose KDC
+    /// is another DC until that DC has the change.
+    pub replication: Replication,
 }
 
 impl Effects {
@@ -46,6 +51,7 @@ impl Effects {
             events,
             findings: BTreeMap::new(),
             dc_findings: Default::default(),
+            replication: Replication::default(),
         }
     }
 
@@ -67,24 +73,47 @@ impl Effects {
         self.finding_events(&findings);
         // Announced by the per-DC verify when they change; shown here with the rest.
         findings.extend(self.dc_findings.lock().unwrap().values().cloned());
+        findings.extend(self.replication.awaiting.lock().unwrap().iter().cloned());
         self.metrics(cfg, &snapshot, &findings);
         if let Some(api) = &self.api {
             api.publish(View::new(cfg.clone(), snapshot, findings));
         }
     }
 
-    /// Changed hosts drop their SYSTEM tickets.
+    /// Changed hosts drop their SYSTEM tickets: at once, or — when the host's agent reported
+    /// that its tickets come from another DC — once that DC has the change (purging earlier
+    /// would only fetch the old answer again from that KDC).
     async fn purge(&self, o: &Outcome) {
-        let (Some(hub), Some(plan)) = (&self.hub, o.plan_id) else {
-            return;
+        let mut now = Vec::new();
+        let mut batch = Batch {
+            records: o.applied.clone(),
+            purges: Vec::new(),
         };
-        for r in &o.applied {
-            let reason = format!("delegation of {} changed by plan {plan}", r.host);
-            let span = tracing::info_span!("purge_command", host = %r.host, plan = plan);
+        if let Some(hub) = &self.hub {
+            for r in &o.applied {
+                let p = Purge {
+                    host: r.host.clone(),
+                    dn: r.dn.clone(),
+                    plan_id: r.plan_id,
+                    kdc: hub.kdc_of(&r.host).unwrap_or_default(),
+                    reason: format!("delegation of {} changed by plan {}", r.host, r.plan_id),
+                };
+                if p.kdc.is_empty() {
+                    now.push(p)
+                } else {
+                    batch.purges.push(p)
+                }
+            }
+        }
+        // Those the per-DC verify does not take (it is not running) go out now too.
+        now.extend(self.replication.watch(batch));
+        let Some(hub) = &self.hub else { return };
+        for p in now {
+            let span = tracing::info_span!("purge_command", host = %p.host, plan = p.plan_id);
             // Never waits on the agent: one that is away or not reading gets it on reconnect.
-            match hub.purge(&r.host, &reason).instrument(span).await {
-                Ok(id) => tracing::info!(host = %r.host, command = id, "asked the agent to purge SYSTEM tickets"),
-                Err(e) => tracing::info!(host = %r.host, "{e}; the purge is sent when the agent connects"),
+            match hub.purge(&p.host, &p.reason).instrument(span).await {
+                Ok(id) => tracing::info!(host = %p.host, command = id, "asked the agent to purge SYSTEM tickets"),
+                Err(e) => tracing::info!(host = %p.host, "{e}; the purge is sent when the agent connects"),
             }
         }
     }

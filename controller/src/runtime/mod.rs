@@ -287,12 +287,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             store: store.clone(),
             api: api_state.clone(),
             events: events.clone(),
+            hub: hub.clone(),
         },
     );
     let mut effects = Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone());
     effects.dc_findings = replication.findings.clone();
+    effects.replication = replication.clone();
     let reconciler = Reconciler {
-        replication,
         count,
         leadership: leadership.clone(),
         cfg,

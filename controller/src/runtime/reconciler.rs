@@ -48,8 +48,6 @@ pub struct Reconciler {
     pub observer: Observer,
     pub ldap: Kept,
     pub queue: HostQueue,
-    /// The per-DC verify: gets what was written, after the audit, without waiting.
-    pub replication: super::replication::Replication,
     /// When a host the queue holds back is due.
     pub due: Option<tokio::time::Instant>,
 }
@@ -262,7 +260,6 @@ impl Reconciler {
         // here and does not plan them again, and the view is built without a re-read.
         self.observer.absorb(&outcome.after);
         observed.update_computers(&outcome.after);
-        self.replication.watch(&outcome.applied);
         self.effects.after(&cfg, &ad, (observed, index), &outcome).await;
         self.ldap.give_back(ad);
         Ok(outcome)

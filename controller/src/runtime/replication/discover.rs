@@ -14,7 +14,7 @@ use super::{Event, Expected, dispatch};
 use crate::config::{Config, DcConfig};
 use crate::ldap::{Ad, DcInfo, LdapError};
 use crate::model::{Computer, dn_key};
-use crate::store::{AuditRecord, Store, now_ms};
+use crate::store::{Store, now_ms};
 
 /// Reads in flight per DC at most (one connection; the DC answers them in turn).
 const READS_IN_FLIGHT: usize = 16;
@@ -30,7 +30,7 @@ impl DcRead for Ad {
 pub(super) async fn run(
     cfg: Arc<Config>,
     store: Store,
-    batches: mpsc::UnboundedReceiver<Vec<AuditRecord>>,
+    batches: mpsc::UnboundedReceiver<super::Batch>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut backoff = Duration::from_secs(1);

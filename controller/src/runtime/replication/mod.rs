@@ -11,7 +11,12 @@
 //!   `kcdsync.replication.lag` histogram, the log and the findings.
 //!
 //! None of it runs in the reconcile loop: [`Replication::watch`] hands the audit rows over
-//! without waiting, after the audit is written. Samba has no rootDSE `replicateSingleObject`
+//! without waiting, after the audit is written.
+//!
+//! It also holds ticket purges back: a host whose agent reported that its tickets come from
+//! another DC's KDC is told to purge only once that DC has the change (purging earlier just
+//! fetches the old answer again), and until then it has an `AwaitingReplication` finding
+//! ("ready once dc2 replicates"). Samba has no rootDSE `replicateSingleObject`
 //! (rc 53, checked on 4.17 and 4.22: deploy/lab/README.md), so the workers poll.
 
 mod discover;
@@ -29,6 +34,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::config::Config;
 use crate::diagnose::Finding;
+use crate::grpc::agents::AgentHub;
 use crate::grpc::fleet::ApiState;
 use crate::ldap::DcInfo;
 use crate::store::{AuditRecord, ReplicationRecord, Store};
@@ -37,6 +43,24 @@ use crate::store::{AuditRecord, ReplicationRecord, Store};
 #[derive(Debug, Clone)]
 pub struct Expected {
     pub record: AuditRecord,
+}
+
+/// A purge to send to `host`'s agent once `kdc` has plan `plan_id`'s change to `dn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    pub host: String,
+    pub dn: String,
+    pub plan_id: i64,
+    /// The DC the host's tickets came from, as its agent reported it (lower case).
+    pub kdc: String,
+    pub reason: String,
+}
+
+/// What a reconcile hands over: its audit rows and the purges that may have to wait.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<AuditRecord>,
+    pub purges: Vec<Purge>,
 }
 
 /// Objects past the deadline on one DC.
@@ -52,8 +76,13 @@ pub struct Overdue {
 /// What the workers report to the recorder, in order.
 #[derive(Debug)]
 pub enum Event {
-    /// These (plan, object, DC) are awaited from now on.
-    Expect(Vec<ReplicationRecord>),
+    /// These (plan, object, DC) are awaited from now on, and these purges wait on their DC.
+    Expect {
+        rows: Vec<ReplicationRecord>,
+        held: Vec<(String, Purge)>,
+    },
+    /// Purges whose KDC kcdsync does not wait on (the DC it wrote to, or one it cannot read).
+    PurgeNow(Vec<Purge>),
     Arrived {
         dc: String,
         expected: Expected,
@@ -68,18 +97,29 @@ pub enum Event {
 /// The current `DcNotReplicating` findings, by DC name; the view shows them beside diagnosis'.
 pub type DcFindings = Arc<Mutex<BTreeMap<String, Finding>>>;
 
+/// The current `AwaitingReplication` findings, one per host whose purge waits.
+pub type AwaitingFindings = Arc<Mutex<Vec<Finding>>>;
+
 /// The reconcile loop's handle: hands written objects to the watch, never waiting.
 #[derive(Clone, Default)]
 pub struct Replication {
-    batches: Option<mpsc::UnboundedSender<Vec<AuditRecord>>>,
+    batches: Option<mpsc::UnboundedSender<Batch>>,
     pub findings: DcFindings,
+    pub awaiting: AwaitingFindings,
 }
 
 impl Replication {
-    /// Watches where the audit rows' writes arrive. Returns at once.
-    pub fn watch(&self, applied: &[AuditRecord]) {
-        if let (Some(tx), false) = (&self.batches, applied.is_empty()) {
-            let _ = tx.send(applied.to_vec());
+    /// Watches where the audit rows' writes arrive, and sends each purge once its KDC has the
+    /// change (at once when that is the DC written to or one kcdsync cannot read). Returns at
+    /// once, with the purges it did not take: all of them when the watch is not running.
+    pub fn watch(&self, batch: Batch) -> Vec<Purge> {
+        match &self.batches {
+            Some(tx) if !batch.records.is_empty() || !batch.purges.is_empty() => match tx.send(batch) {
+                Ok(()) => Vec::new(),
+                Err(mpsc::error::SendError(b)) => b.purges,
+            },
+            Some(_) => Vec::new(),
+            None => batch.purges,
         }
     }
 
@@ -94,6 +134,8 @@ pub struct Outputs {
     pub store: Store,
     pub api: Option<Arc<ApiState>>,
     pub events: broadcast::Sender<pb::FleetEvent>,
+    /// Where held purges go once their DC has the change.
+    pub hub: Option<AgentHub>,
 }
 
 /// Starts the watch: discovers the domain's DCs in the background, then one worker per other
@@ -102,26 +144,51 @@ pub fn start(cfg: Arc<Config>, out: Outputs) -> Replication {
     let (tx, rx) = mpsc::unbounded_channel();
     let (events, recorded) = mpsc::unbounded_channel();
     let findings = DcFindings::default();
+    let awaiting = AwaitingFindings::default();
     let store = out.store.clone();
     let recorder = record::Recorder {
         out,
         findings: findings.clone(),
+        held: Default::default(),
+        awaiting: awaiting.clone(),
     };
     tokio::spawn(recorder.run(recorded));
     tokio::spawn(discover::run(cfg, store, rx, events));
     Replication {
         batches: Some(tx),
         findings,
+        awaiting,
     }
+}
+
+/// The worker's DC a host's reported KDC is: its dNSHostName, or its first label when the
+/// agent saw a short name.
+fn dc_of<'a>(kdc: &str, dcs: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    dcs.into_iter().find(|dc| {
+        dc.eq_ignore_ascii_case(kdc)
+            || (!kdc.contains('.') && dc.split('.').next().is_some_and(|l| l.eq_ignore_ascii_case(kdc)))
+    })
 }
 
 /// Hands every batch to every worker, after recording that it is awaited there.
 async fn dispatch(
-    mut batches: mpsc::UnboundedReceiver<Vec<AuditRecord>>,
+    mut batches: mpsc::UnboundedReceiver<Batch>,
     workers: Vec<(String, mpsc::UnboundedSender<Expected>)>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    while let Some(batch) = batches.recv().await {
+    while let Some(Batch { records: batch, purges }) = batches.recv().await {
+        // A purge waits only on a DC a worker reads, for an object this batch wrote.
+        let (mut held, mut now) = (Vec::new(), Vec::new());
+        for p in purges {
+            let dc = dc_of(&p.kdc, workers.iter().map(|(dc, _)| dc));
+            match dc {
+                Some(dc) if batch.iter().any(|r| r.plan_id == p.plan_id && r.dn == p.dn) => held.push((dc.clone(), p)),
+                _ => now.push(p),
+            }
+        }
+        if !now.is_empty() {
+            let _ = events.send(Event::PurgeNow(now));
+        }
         if workers.is_empty() {
             continue;
         }
@@ -140,7 +207,7 @@ async fn dispatch(
             .collect();
         // Sent before the workers get the batch: the recorder stores "awaited" before any
         // arrival.
-        let _ = events.send(Event::Expect(rows));
+        let _ = events.send(Event::Expect { rows, held });
         for (_, w) in &workers {
             for r in &batch {
                 let _ = w.send(Expected { record: r.clone() });

@@ -3,10 +3,13 @@
 //! findings (raised and cleared on the event stream and in the API's view at once, not at the
 //! next reconcile).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use kcdsync_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use super::{DcFindings, Event, Outputs, Overdue};
+use super::{DcFindings, Event, Outputs, Overdue, Purge};
 use crate::diagnose::{Finding, FindingKind, Severity};
 use crate::grpc::convert::{event, finding_to_pb};
 use crate::store::now_ms;
@@ -17,6 +20,10 @@ const EVIDENCE_OBJECTS: usize = 20;
 pub(super) struct Recorder {
     pub out: Outputs,
     pub findings: DcFindings,
+    /// Purges waiting for (plan, DN, DC) to arrive.
+    pub held: Mutex<BTreeMap<(i64, String, String), Vec<Purge>>>,
+    /// The `AwaitingReplication` findings last shown.
+    pub awaiting: super::AwaitingFindings,
 }
 
 impl Recorder {
@@ -28,9 +35,24 @@ impl Recorder {
 
     async fn handle(&self, e: Event) {
         match e {
-            Event::Expect(rows) => {
+            Event::Expect { rows, held } => {
                 if let Err(e) = self.out.store.expect_replication(&rows).await {
                     tracing::warn!(error = %e, "cannot record the per-DC verify's rows");
+                }
+                if !held.is_empty() {
+                    let mut map = self.held.lock().unwrap();
+                    for (dc, p) in held {
+                        tracing::info!(host = %p.host, plan = p.plan_id, dc = %dc,
+                            "{}'s tickets come from {dc}: its purge waits until {dc} has plan {}'s change", p.host, p.plan_id);
+                        map.entry((p.plan_id, p.dn.clone(), dc)).or_default().push(p);
+                    }
+                    drop(map);
+                    self.republish_awaiting();
+                }
+            }
+            Event::PurgeNow(purges) => {
+                for p in purges {
+                    self.purge(&p).await;
                 }
             }
             Event::Arrived { dc, expected, .. } => {
@@ -44,6 +66,13 @@ impl Recorder {
                     "plan {}'s change to {} replicated to {dc} after {lag:.1} s", r.plan_id, r.host);
                 if let Err(e) = self.out.store.replication_arrived(r.plan_id, &r.dn, &dc, arrived).await {
                     tracing::warn!(error = %e, "cannot record the per-DC verify's arrival");
+                }
+                let released = self.held.lock().unwrap().remove(&(r.plan_id, r.dn.clone(), dc.clone()));
+                if let Some(purges) = released {
+                    self.republish_awaiting();
+                    for p in purges {
+                        self.purge(&p).await;
+                    }
                 }
             }
             Event::Overdue(o) => {
@@ -72,6 +101,47 @@ impl Recorder {
         }
     }
 
+    /// Tells the host's agent to drop its SYSTEM tickets; one that is away gets it on
+    /// reconnect (the hub records it), so this never waits on the agent.
+    async fn purge(&self, p: &Purge) {
+        let Some(hub) = &self.out.hub else { return };
+        let span = tracing::info_span!("purge_command", host = %p.host, plan = p.plan_id);
+        match tracing::Instrument::instrument(hub.purge(&p.host, &p.reason), span).await {
+            Ok(id) => {
+                tracing::info!(host = %p.host, command = id, kdc = %p.kdc, "asked the agent to purge SYSTEM tickets")
+            }
+            Err(e) => tracing::info!(host = %p.host, "{e}; the purge is sent when the agent connects"),
+        }
+    }
+
+    /// The `AwaitingReplication` findings: one per host whose purge waits, shown at once.
+    fn republish_awaiting(&self) {
+        let mut by_host: BTreeMap<String, (String, Vec<i64>)> = BTreeMap::new();
+        for ((plan, _, dc), purges) in self.held.lock().unwrap().iter() {
+            for p in purges {
+                let e = by_host
+                    .entry(p.host.clone())
+                    .or_insert_with(|| (dc.clone(), Vec::new()));
+                e.1.push(*plan);
+            }
+        }
+        let now: Vec<Finding> = by_host
+            .iter()
+            .map(|(host, (dc, plans))| awaiting(host, dc, plans))
+            .collect();
+        let before: Vec<Finding> = std::mem::take(&mut *self.awaiting.lock().unwrap());
+        for f in now.iter().filter(|f| !before.iter().any(|b| b.id == f.id)) {
+            self.announce(pb::fleet_event::Event::FindingRaised(finding_to_pb(f)));
+        }
+        for f in before.iter().filter(|b| !now.iter().any(|f| f.id == b.id)) {
+            self.announce(pb::fleet_event::Event::FindingCleared(finding_to_pb(f)));
+        }
+        *self.awaiting.lock().unwrap() = now.clone();
+        if let Some(api) = &self.out.api {
+            api.publish_findings_of(FindingKind::AwaitingReplication, now);
+        }
+    }
+
     fn announce(&self, e: pb::fleet_event::Event) {
         let _ = self.out.events.send(event(e));
     }
@@ -82,6 +152,31 @@ impl Recorder {
             api.publish_findings_of(FindingKind::DcNotReplicating, now);
         }
     }
+}
+
+/// A host whose tickets come from a DC that does not have kcdsync's change yet: its migrations
+/// are refused by that KDC until it does, and its purge waits for it.
+pub(super) fn awaiting(host: &str, dc: &str, plans: &[i64]) -> Finding {
+    let plans: Vec<String> = plans.iter().map(|p| p.to_string()).collect();
+    let mut f = Finding::new(
+        FindingKind::AwaitingReplication,
+        Severity::Critical,
+        &[host],
+        "",
+        format!(
+            "ready once {dc} replicates: {host} gets its tickets from {dc}, which does not have plan {}'s change yet; kcdsync tells {host} to purge its tickets when it does",
+            plans.join(", ")
+        ),
+    )
+    .evidence("kdc", dc.to_owned())
+    .evidence("plans", plans.join(", "));
+    f.id = format!("{:?}:{host}", FindingKind::AwaitingReplication);
+    f.fix(
+        format!(
+            "Nothing to do unless it lasts: replication to {dc} normally takes seconds to 15 minutes (a DcNotReplicating finding names {dc} past the deadline). To use it sooner, force replication (`repadmin /syncall {dc}`; Samba: `samba-tool drs replicate`)."
+        ),
+        false,
+    )
 }
 
 /// The finding naming a DC that is behind: stable id per DC, so raise and clear pair up.

@@ -296,13 +296,17 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
         .unwrap();
     let (events, mut fleet) = broadcast::channel(16);
     let findings = DcFindings::default();
+    let awaiting = super::AwaitingFindings::default();
     let recorder = Recorder {
         out: Outputs {
             store: store.clone(),
             api: None,
             events,
+            hub: None,
         },
         findings: findings.clone(),
+        held: Default::default(),
+        awaiting: awaiting.clone(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let done = tokio::spawn(recorder.run(rx));
@@ -323,7 +327,19 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
             last_error: None,
         })
     };
-    tx.send(Event::Expect(vec![row])).unwrap();
+    // The host's tickets come from dc2: its purge waits there, and so does its readiness.
+    let purge = super::Purge {
+        host: w.record.host.clone(),
+        dn: DN.into(),
+        plan_id: 7,
+        kdc: "dc2.lab.test".into(),
+        reason: "delegation changed by plan 7".into(),
+    };
+    tx.send(Event::Expect {
+        rows: vec![row],
+        held: vec![("dc2.lab.test".into(), purge)],
+    })
+    .unwrap();
     tx.send(overdue()).unwrap();
     tx.send(overdue()).unwrap();
     tx.send(Event::Arrived {
@@ -342,6 +358,16 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
     let rows = store.replication_of_plans(7, 7).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].arrived_at_ms.is_some(), "{rows:?}");
+    let waiting = fleet.try_recv().unwrap().event.unwrap();
+    let pb::fleet_event::Event::FindingRaised(a) = waiting else {
+        panic!("{waiting:?}");
+    };
+    assert_eq!(a.kind, pb::FindingKind::AwaitingReplication as i32);
+    assert!(
+        a.summary.starts_with("ready once dc2.lab.test replicates"),
+        "{}",
+        a.summary
+    );
     let raised = fleet.try_recv().unwrap().event.unwrap();
     let pb::fleet_event::Event::FindingRaised(f) = raised else {
         panic!("{raised:?}");
@@ -349,6 +375,13 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
     assert_eq!(f.id, "DcNotReplicating:dc2.lab.test");
     assert!(f.summary.contains("dc2.lab.test"), "{}", f.summary);
     assert_eq!(f.kind, pb::FindingKind::DcNotReplicating as i32);
+    // The change arrives on dc2: the host's wait ends (its purge goes out), then dc2 catches up.
+    let ended = fleet.try_recv().unwrap().event.unwrap();
+    assert!(
+        matches!(ended, pb::fleet_event::Event::FindingCleared(ref c) if c.id == a.id),
+        "{ended:?}"
+    );
+    assert!(awaiting.lock().unwrap().is_empty());
     let cleared = fleet.try_recv().unwrap().event.unwrap();
     assert!(
         matches!(cleared, pb::fleet_event::Event::FindingCleared(c) if c.id == f.id),
@@ -373,4 +406,22 @@ async fn a_write_watched_again_after_a_restart_keeps_its_deadline() {
     };
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert!(o.oldest >= Duration::from_secs(20), "{:?}", o.oldest);
+}
+
+#[test]
+fn a_reported_kdc_is_matched_to_the_dc_by_its_name_or_first_label() {
+    let dcs = ["dc2.lab.test".to_owned(), "dc3.lab.test".to_owned()];
+    assert_eq!(super::dc_of("dc2.lab.test", &dcs), Some(&dcs[0]));
+    assert_eq!(super::dc_of("DC3.LAB.TEST", &dcs), Some(&dcs[1]));
+    assert_eq!(
+        super::dc_of("dc3", &dcs),
+        Some(&dcs[1]),
+        "a short name as klist may print it"
+    );
+    assert_eq!(
+        super::dc_of("dc1.lab.test", &dcs),
+        None,
+        "the DC written to, or one not read"
+    );
+    assert_eq!(super::dc_of("dc2.other.test", &dcs), None);
 }
