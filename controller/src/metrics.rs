@@ -15,6 +15,8 @@ pub struct Metrics {
     pub drift_detected: Counter<u64>,
     pub drift_repaired: Counter<u64>,
     pub attempts: Counter<u64>,
+    /// serve moved its writes to another DC (attributes `from`, `to`: dNSHostNames).
+    pub writer_switches: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -29,6 +31,11 @@ pub fn get() -> &'static Metrics {
             ("kcdsync.hosts", "readiness", "grouped hosts by readiness"),
             ("kcdsync.findings", "kind", "current findings by kind"),
             ("kcdsync.agents.connected", "", "agents with an open stream"),
+            (
+                "kcdsync.ad.writer",
+                "dc",
+                "the domain controller serve writes to (1), by dc",
+            ),
         ] {
             let g = gauges.clone();
             meter
@@ -80,6 +87,12 @@ pub fn get() -> &'static Metrics {
             attempts: meter
                 .u64_counter("kcdsync.migration.attempts")
                 .with_description("live-migration attempts reported by agents, by result and error code")
+                .build(),
+            writer_switches: meter
+                .u64_counter("kcdsync.ad.writer_switches")
+                .with_description(
+                    "serve moved its writes to another domain controller (failed over, or back), by from and to",
+                )
                 .build(),
             gauges,
         }

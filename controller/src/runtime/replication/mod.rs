@@ -125,24 +125,29 @@ async fn dispatch(
         if workers.is_empty() {
             continue;
         }
+        // A write is not awaited on the DC it was made on: after a failover
+        // (`runtime::failover`) that is one of the DCs with a worker.
         let rows = workers
             .iter()
             .flat_map(|(dc, _)| {
-                batch.iter().map(move |r| ReplicationRecord {
-                    plan_id: r.plan_id,
-                    host: r.host.clone(),
-                    dn: r.dn.clone(),
-                    dc: dc.clone(),
-                    written_at_ms: r.time_ms,
-                    arrived_at_ms: None,
-                })
+                batch
+                    .iter()
+                    .filter(move |r| r.dc != *dc)
+                    .map(move |r| ReplicationRecord {
+                        plan_id: r.plan_id,
+                        host: r.host.clone(),
+                        dn: r.dn.clone(),
+                        dc: dc.clone(),
+                        written_at_ms: r.time_ms,
+                        arrived_at_ms: None,
+                    })
             })
             .collect();
         // Sent before the workers get the batch: the recorder stores "awaited" before any
         // arrival.
         let _ = events.send(Event::Expect(rows));
-        for (_, w) in &workers {
-            for r in &batch {
+        for (dc, w) in &workers {
+            for r in batch.iter().filter(|r| r.dc != *dc) {
                 let _ = w.send(Expected { record: r.clone() });
             }
         }

@@ -108,6 +108,7 @@ fn written(plan_id: i64, dn: &str, before: u32, after: u32) -> Expected {
             trigger: "test".into(),
             approved_by: None,
             epoch: 0,
+            dc: "dc1.lab.test".into(),
         },
     }
 }
