@@ -269,6 +269,27 @@ async fn scenario(logs: Captured) {
     let plans: BTreeSet<i64> = rows.iter().map(|r| r.plan_id).collect();
     assert!(plans.len() <= 2, "{plans:?}");
 
+    // The per-DC verify: dc1's writes are awaited on dc2 (and arrive), dc2's own are not
+    // awaited on dc2 (a write is never "replicated" to the DC that made it).
+    let rows_ref = &rows;
+    eventually(Duration::from_secs(60), "dc1's writes seen on dc2", || async move {
+        let seen = store.replication_of(rows_ref).await.unwrap();
+        rows_ref
+            .iter()
+            .zip(&seen)
+            .all(|(r, xs)| r.dc != DC1 || xs.iter().any(|x| x.dc == DC2 && x.arrived_at_ms.is_some()))
+    })
+    .await;
+    for (r, xs) in rows.iter().zip(store.replication_of(&rows).await.unwrap()) {
+        if r.dc == DC2 {
+            assert!(
+                xs.iter().all(|x| x.dc != DC2),
+                "{}: awaited on the DC that made it: {xs:?}",
+                r.host
+            );
+        }
+    }
+
     // Both DCs converge (dc2 by its own writes, dc1 by replication; the lab's dc1 was never
     // down, only serve's path to it), with no entry twice on either.
     let t = Instant::now();

@@ -187,14 +187,16 @@ async fn settle_ripe(ad: &impl AdClient, store: &Store, open: Vec<AuditRecord>) 
 /// - else AD shows the intent's change: it was made, by the lost DC; its row names that DC;
 /// - else it was never made.
 ///
-/// So each change has exactly one row, whichever DC made it.
+/// So each change has exactly one row, whichever DC made it. Returns the rows of the changes
+/// the lost DC made: the run reports them with its own (agents purge, the per-DC verify
+/// watches them), since no run did yet.
 pub(super) async fn settle_cut_off(
     ad: &impl AdClient,
     store: &Store,
     epoch: i64,
     plan: Option<i64>,
     audited: &[String],
-) -> Result<(), ReconcileError> {
+) -> Result<Vec<AuditRecord>, ReconcileError> {
     let open: Vec<AuditRecord> = store
         .open_intents()
         .await?
@@ -202,7 +204,7 @@ pub(super) async fn settle_cut_off(
         .filter(|r| r.epoch == epoch && Some(r.plan_id) != plan)
         .collect();
     if open.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let audited: BTreeSet<String> = audited.iter().map(|d| dn_key(d)).collect();
     let (mut done, mut superseded, mut unwritten) = (Vec::new(), Vec::new(), Vec::new());
@@ -235,7 +237,7 @@ pub(super) async fn settle_cut_off(
     );
     let aborted: Vec<i64> = superseded.into_iter().chain(unwritten).collect();
     store.settle_intents(&done, &aborted).await?;
-    Ok(())
+    Ok(done.into_iter().map(|(_, r)| r).collect())
 }
 
 /// AD shows the change an intent describes.

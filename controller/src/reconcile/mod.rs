@@ -74,6 +74,8 @@ pub struct Outcome {
     /// The plan waiting for approval, if the guard held anything.
     pub pending_plan: Option<i64>,
     pub gate_reasons: Vec<String>,
+    /// The audit rows this run wrote; with them, those of writes an earlier run of this writer
+    /// made on a DC it then lost, settled by this run (`audit::settle_cut_off`).
     pub applied: Vec<AuditRecord>,
     pub failures: Vec<HostFailure>,
     /// The written objects as verify read them back: with the observe, what AD holds now
@@ -148,7 +150,7 @@ pub async fn execute(
     let epoch = fence.map_or(0, |f| f.epoch);
     let to_apply = &selection.changes;
     if to_apply.is_empty() {
-        audit::settle_cut_off(ad, store, epoch, None, &[]).await?;
+        outcome.applied = audit::settle_cut_off(ad, store, epoch, None, &[]).await?;
         return Ok(outcome);
     }
     let plan_id = match selection.plan_id {
@@ -202,7 +204,8 @@ pub async fn execute(
     }
     outcome.applied = audit::settle(store, &ctx, &intents, &verified).await?;
     let audited: Vec<String> = outcome.applied.iter().map(|r| r.dn.clone()).collect();
-    audit::settle_cut_off(ad, store, epoch, Some(plan_id), &audited).await?;
+    let made_by_the_lost_dc = audit::settle_cut_off(ad, store, epoch, Some(plan_id), &audited).await?;
+    outcome.applied.extend(made_by_the_lost_dc);
     crate::metrics::get()
         .drift_repaired
         .add(outcome.applied.len() as u64, &[]);

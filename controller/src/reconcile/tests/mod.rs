@@ -855,7 +855,16 @@ async fn a_write_cut_off_with_its_dc_and_replicated_during_the_retry_is_audited_
     });
 
     let out = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
-    assert_eq!(out.applied.len(), 1, "only HV03 is this run's write: {out:#?}");
+    let reported: Vec<(&str, &str)> = out.applied.iter().map(|r| (r.host.as_str(), r.dc.as_str())).collect();
+    assert_eq!(
+        reported,
+        [
+            ("hv03.lab.test", "dc2.lab.test"),
+            ("hv01.lab.test", "dc1.lab.test"),
+            ("hv02.lab.test", "dc1.lab.test")
+        ],
+        "this run's write, then dc1's it settled (its effects are this run's to send)"
+    );
     assert_eq!(
         dc2.modifies.load(Ordering::SeqCst),
         2,
