@@ -29,6 +29,7 @@ use kcdsync_controller::runtime;
 use kcdsync_controller::store::{AuditRecord, Store};
 use kcdsync_tests::agents::eventually;
 use kcdsync_tests::logs::Captured;
+use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::proxy::CutProxy;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
 use kcdsync_tests::{Fleet, FleetSpec, T2A4D, TestHost, delete_subtree, run_with_room, token, write_config};
@@ -187,16 +188,51 @@ async fn audit_rows(store: &Store) -> Vec<AuditRecord> {
     store.audit(None, 1000).await.unwrap()
 }
 
-#[test]
-fn when_dc1_goes_away_mid_apply_serve_finishes_on_dc2_audits_each_change_once_and_comes_back_to_dc1() {
-    let logs = Captured::install(
-        "kcdsync-failover-test",
-        "info,kcdsync_controller::reconcile::apply=debug",
-    );
-    run_with_room(scenario(logs));
+/// Has the receiver got a point of `name` with these attributes and at least `value`?
+fn exported(receiver: &Receiver, name: &str, attrs: &[(&str, &str)], value: f64) -> bool {
+    receiver.metrics().iter().any(|m| {
+        m.name == name
+            && m.value >= value
+            && attrs
+                .iter()
+                .all(|(k, v)| m.attributes.iter().any(|(mk, mv)| mk == k && mv == v))
+    })
 }
 
-async fn scenario(logs: Captured) {
+#[test]
+fn when_dc1_goes_away_mid_apply_serve_finishes_on_dc2_audits_each_change_once_and_comes_back_to_dc1() {
+    // Metrics go to an in-process OTLP receiver, on a runtime of its own that outlives the
+    // scenario's; the telemetry reads where to export from the environment when the log
+    // capture installs it, so the variables are set first (nothing else runs yet).
+    let (otlp_rt, receiver) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the OTLP receiver's runtime");
+        let receiver = rt.block_on(Receiver::start());
+        (rt, Arc::new(receiver))
+    })
+    .join()
+    .expect("starting the OTLP receiver");
+    // SAFETY: no other thread of this process reads the environment yet.
+    unsafe {
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+        std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+    }
+    // The exporter runs on the receiver's runtime.
+    let logs = {
+        let _on = otlp_rt.enter();
+        Captured::install(
+            "kcdsync-failover-test",
+            "info,kcdsync_controller::reconcile::apply=debug",
+        )
+    };
+    run_with_room(scenario(logs, receiver));
+    drop(otlp_rt);
+}
+
+async fn scenario(logs: Captured, receiver: Arc<Receiver>) {
     let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let dc1: SocketAddr = lab
@@ -227,6 +263,12 @@ async fn scenario(logs: Captured) {
     .await;
     let cut_at = *cut_at.get().expect("the cut happened");
     let failed_over_ms = cut_at.elapsed().as_millis();
+    let r = &receiver;
+    eventually(Duration::from_secs(10), "the failover in the metrics", || async move {
+        exported(r, "kcdsync.ad.writer_switches", &[("from", DC1), ("to", DC2)], 1.0)
+            && exported(r, "kcdsync.ad.writer", &[("dc", DC2)], 1.0)
+    })
+    .await;
     assert!(
         logs.count(FAILED_OVER) >= 1,
         "serve said it failed over:\n{}",
@@ -333,6 +375,10 @@ async fn scenario(logs: Captured) {
     })
     .await;
     let (back_after, back_since_restore) = (cut_at.elapsed(), restored_at.elapsed());
+    eventually(Duration::from_secs(10), "the way back in the metrics", || async move {
+        exported(r, "kcdsync.ad.writer_switches", &[("from", DC2), ("to", DC1)], 1.0)
+    })
+    .await;
     assert!(
         back_after >= HOLD,
         "serve went back to dc1 {:.1} s after losing it, within its {} s hold:\n{}",
