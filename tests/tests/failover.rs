@@ -2,9 +2,10 @@
 //! url`) and knows dc2 (`[[ad.dc]]`). dc1 goes away for serve in the middle of an apply — right
 //! after it acknowledged the first host's modify — and serve finishes the job on dc2: every
 //! host converges (read back on both DCs, their KDCs grant the delegation), each change is in
-//! the audit exactly once with the DC that made it, and no delegation entry is written twice.
-//! Once dc1 answers again, serve stays on dc2 until dc1's hold-down is over, then writes to
-//! dc1 again.
+//! the audit exactly once with the DC that made it, and no delegation entry is written twice;
+//! the log and the metrics (kcdsync.ad.writer, kcdsync.ad.writer_switches, to an in-process
+//! OTLP receiver) say where serve writes. Once dc1 answers again, serve stays on dc2 until
+//! dc1's hold-down is over, then writes to dc1 again.
 //!
 //! The shared lab's DCs are never stopped (other tests use them): serve reaches dc1 through a
 //! [`CutProxy`], and cutting it is, for this controller, dc1 going down. The cut is made by a
