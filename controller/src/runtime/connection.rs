@@ -138,7 +138,9 @@ impl Kept {
         let m = crate::metrics::get();
         m.set_gauge("kcdsync.ad.writer", [(w.dc.clone(), 1)]);
         let Some(before) = self.last_dc.replace(w.dc.clone()) else {
-            if index != 0 {
+            if index == 0 {
+                tracing::info!(dc = %w.dc, url = %w.url, "writing to {}", w.dc);
+            } else {
                 tracing::warn!(dc = %w.dc, url = %w.url, preferred = %candidates[0].url, "the preferred domain controller cannot be reached: writing to {} until it answers again", w.dc);
             }
             return;
