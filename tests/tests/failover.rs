@@ -313,7 +313,8 @@ async fn scenario(logs: Captured, receiver: Arc<Receiver>) {
     assert!(plans.len() <= 2, "{plans:?}");
 
     // The per-DC verify: dc1's writes are awaited on dc2 (and arrive), dc2's own are not
-    // awaited on dc2 (a write is never "replicated" to the DC that made it).
+    // awaited on dc2 (a write is never "replicated" to the DC that made it) but on dc1 (seen
+    // there once serve can reach dc1 again, below).
     let rows_ref = &rows;
     eventually(Duration::from_secs(60), "dc1's writes seen on dc2", || async move {
         let seen = store.replication_of(rows_ref).await.unwrap();
@@ -387,6 +388,16 @@ async fn scenario(logs: Captured, receiver: Arc<Receiver>) {
         HOLD.as_secs(),
         plain(&logs.text())
     );
+
+    // dc2's writes were awaited on dc1 while serve could not reach it; now they are seen there.
+    eventually(Duration::from_secs(60), "dc2's writes recorded on dc1", || async move {
+        let seen = store.replication_of(rows_ref).await.unwrap();
+        rows_ref
+            .iter()
+            .zip(&seen)
+            .all(|(r, xs)| r.dc != DC2 || xs.iter().any(|x| x.dc == DC1 && x.arrived_at_ms.is_some()))
+    })
+    .await;
 
     // Writes go to dc1 again: a drift made on dc1 is repaired there and audited as dc1's.
     let drifted = &fleet.hosts[1];
