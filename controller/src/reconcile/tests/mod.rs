@@ -48,6 +48,8 @@ struct FakeAd {
     invocation: Mutex<String>,
     /// The DC's dsServiceName (which DC this is).
     service: Mutex<String>,
+    /// Reads fail as on a connection the DC dropped.
+    reads_lost: std::sync::Arc<AtomicBool>,
     tombstones: Mutex<Vec<Change>>,
 }
 
@@ -62,6 +64,7 @@ impl FakeAd {
             usn: AtomicI64::new(100),
             invocation: Mutex::new("aa".into()),
             service: Mutex::new("CN=NTDS Settings,CN=DC1".into()),
+            reads_lost: Default::default(),
             tombstones: Mutex::new(Vec::new()),
         }
     }
@@ -139,6 +142,9 @@ impl AdClient for FakeAd {
     }
 
     async fn read_object(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        if self.reads_lost.load(Ordering::SeqCst) {
+            return Err(connection_lost());
+        }
         Ok(self.objects.lock().unwrap().get(&dn_key(dn)).cloned())
     }
 
@@ -939,4 +945,43 @@ async fn a_delta_cursor_read_on_dc1_means_a_full_read_on_dc2() {
     // And back to dc1 (the preferred DC answers again): another full read, not a delta.
     let got = incremental::refresh(&cfg, &dc1, &mut cache).await.unwrap();
     assert!(matches!(&got, incremental::Refresh::Resynced(_)), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_dc_lost_between_the_writes_and_their_verify_leaves_them_to_the_next_dc_which_audits_them_once() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let fleet = || {
+        vec![
+            delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+            delegating("HV02", KERBEROS_ONLY, &["HV01"]),
+        ]
+    };
+    // dc1 takes both modifies; the connection drops right after the last one, before verify.
+    let dc1 = FakeAd::new(fleet());
+    let lost = dc1.reads_lost.clone();
+    let dc1 = dc1.before_modify(move |n, _| {
+        if n == 1 {
+            lost.store(true, Ordering::SeqCst);
+        }
+        None
+    });
+    let err = reconcile(&cfg, &dc1, &store, on("dc1.lab.test")).await.unwrap_err();
+    assert!(matches!(&err, ReconcileError::Ldap(e) if e.is_unreachable()), "{err}");
+    assert_eq!(store.open_intents().await.unwrap().len(), 2, "written, never verified");
+    assert_eq!(store.audit_count().await.unwrap(), 0);
+
+    // dc2 already has both (replicated): nothing left to write, and the retry's run settles
+    // dc1's writes as dc1's.
+    let dc2 = FakeAd::new(vec![dc1.get("HV01"), dc1.get("HV02")]);
+    *dc2.service.lock().unwrap() = "CN=NTDS Settings,CN=DC2".into();
+    let out = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
+    assert_eq!(dc2.modifies.load(Ordering::SeqCst), 0, "nothing written twice");
+    assert_eq!(out.applied.len(), 2, "reported by the run that settled them: {out:#?}");
+    assert_eq!(
+        audited(&store).await,
+        [
+            ("hv01.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+            ("hv02.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+        ]
+    );
 }
