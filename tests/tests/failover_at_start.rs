@@ -83,8 +83,11 @@ async fn scenario(logs: Captured) {
         );
     }
     let text = logs.text();
+    // Both, in the first run (a run more than their 30 s hold later would try them again: a
+    // loaded machine may get there).
+    let first_run = text.find("reconciled").unwrap_or(text.len());
     assert_eq!(
-        logs.count(PASSED_OVER),
+        text[..first_run].matches(PASSED_OVER).count(),
         2,
         "[ad] url and the mis-named [[ad.dc]]:\n{text}"
     );
@@ -93,7 +96,7 @@ async fn scenario(logs: Captured) {
         text.contains("answers as dc1.lab.test, not as the DC it is configured for (dc3.lab.test)"),
         "the mis-named URL is explained:\n{text}"
     );
-    assert_eq!(logs.count(ON_DC2), 1, "{text}");
+    assert!(logs.count(ON_DC2) >= 1, "{text}");
 
     // Written on dc2, replicated to dc1.
     let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
