@@ -16,7 +16,7 @@ started_lab=0
 if ! bash "$lab" status >/dev/null 2>&1; then
     started_lab=1
 fi
-# Not started here (only tests/tests/two_dcs.rs needs it, and starts it), but
+# Not started here (tests/tests/two_dcs.rs, replication.rs and failover*.rs start it), but
 # stopped at the end if a test of this run started it.
 started_lab2=0
 if ! bash "$lab" status --dcs 2 >/dev/null 2>&1; then

@@ -385,6 +385,12 @@ async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, o
         let ad = Ad::connect(&cfg.ad)
             .await
             .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
+        // The audit names the DC each write went to. The one-shot apply writes to `[ad] url`
+        // only (no failover: an operator running it sees the error and can point it elsewhere).
+        let dc = ad
+            .dns_host_name()
+            .await
+            .with_context(|| format!("reading the rootDSE dnsHostName of {}", cfg.ad.url))?;
         let (tx, rx) = watch::channel(Progress::default());
         let printer = tokio::spawn(show_progress(rx));
         let opts = RunOptions {
@@ -392,6 +398,7 @@ async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, o
             approve: approve.map(|plan_id| Approval { plan_id, by: approver }),
             progress: Some(tx),
             fence: Some(held.fence.clone()),
+            dc,
         };
         let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
         printer.abort();

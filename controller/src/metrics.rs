@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Agent streams refused or cut because their host is revoked (attribute `stage`:
     /// `hello` for a refused connection, `live` for a stream cut while it ran).
     pub agents_revoked_refused: Counter<u64>,
+    /// serve moved its writes to another DC (attributes `from`, `to`: dNSHostNames).
+    pub writer_switches: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -32,6 +34,11 @@ pub fn get() -> &'static Metrics {
             ("kcdsync.hosts", "readiness", "grouped hosts by readiness"),
             ("kcdsync.findings", "kind", "current findings by kind"),
             ("kcdsync.agents.connected", "", "agents with an open stream"),
+            (
+                "kcdsync.ad.writer",
+                "dc",
+                "the domain controller serve writes to (1), by dc",
+            ),
         ] {
             let g = gauges.clone();
             meter
@@ -88,6 +95,12 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("kcdsync.agents.revoked_refused")
                 .with_description(
                     "agent streams refused at Hello (stage=hello) or cut while live (stage=live) because their host is revoked",
+                )
+                .build(),
+            writer_switches: meter
+                .u64_counter("kcdsync.ad.writer_switches")
+                .with_description(
+                    "serve moved its writes to another domain controller (failed over, or back), by from and to",
                 )
                 .build(),
             gauges,

@@ -174,6 +174,9 @@ pub fn audit(rows: &[AuditRecord], replication: &[Vec<ReplicationRecord>]) -> St
         if let Some(by) = &r.approved_by {
             let _ = writeln!(out, "    approved by {by}");
         }
+        if !r.dc.is_empty() {
+            let _ = writeln!(out, "    written on {}", r.dc);
+        }
         for x in replication.get(i).into_iter().flatten() {
             let _ = writeln!(out, "    {}", replicated(x));
         }

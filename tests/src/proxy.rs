@@ -66,6 +66,15 @@ impl CutProxy {
         let _ = live.wait_for(|n| *n == 0).await;
     }
 
+    /// [`CutProxy::cut`] as a plain function to call from anywhere (a log hook, another
+    /// thread), which does not wait: every connection is closed as soon as its task sees it.
+    pub fn cutter(&self) -> impl FnOnce() + Send + 'static {
+        let up = self.up.clone();
+        move || {
+            up.send_replace(false);
+        }
+    }
+
     /// The DC is back: new connections go through again (closed ones stay closed).
     pub fn restore(&self) {
         self.up.send_replace(true);

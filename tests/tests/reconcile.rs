@@ -610,6 +610,7 @@ async fn intents_left_by_an_interrupted_writer_are_settled_from_ad() {
         trigger: "crashed-writer".into(),
         approved_by: None,
         epoch: old,
+        dc: String::new(),
     };
     store
         .record_intents(&[intent(fleet.host("WAL01")), intent(fleet.host("WAL02"))])

@@ -247,10 +247,10 @@ fn validate_suffixes(raw: Option<Vec<String>>, domain: &Dn) -> Result<Vec<String
 
 /// Fixtures shared by the tests of the submodules.
 #[cfg(test)]
-mod test_util {
+pub(crate) mod test_util {
     use super::*;
 
-    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
         // The one fixture file also stands in for private keys: private to its owner.
@@ -263,7 +263,7 @@ mod test_util {
         Config::parse(text, &path)
     }
 
-    pub(super) const AD: &str = r#"
+    pub(crate) const AD: &str = r#"
 [ad]
 url = "ldaps://127.0.0.1"
 ca_file = "pw"

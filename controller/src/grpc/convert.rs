@@ -128,6 +128,7 @@ pub fn audit_to_pb(r: &AuditRecord) -> pb::AuditEntry {
         trigger: r.trigger.clone(),
         approved_by: r.approved_by.clone().unwrap_or_default(),
         replicated_to: Vec::new(),
+        written_on: r.dc.clone(),
     }
 }
 

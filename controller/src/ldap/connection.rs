@@ -91,6 +91,11 @@ impl Ad {
         self.read_base("", &["1.1"]).await.map(|_| ())
     }
 
+    /// How this connection was made (which DC: `url`).
+    pub fn config(&self) -> &AdConfig {
+        &self.cfg
+    }
+
     /// The server (or the network) closed this connection.
     pub fn is_closed(&mut self) -> bool {
         self.ldap.is_closed()

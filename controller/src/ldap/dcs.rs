@@ -55,6 +55,25 @@ impl Ad {
         Ok(out)
     }
 
+    /// The dNSHostName of the DC this connection talks to, lower-case, as its rootDSE says:
+    /// the name the audit gives the DC a write was sent to.
+    pub async fn dns_host_name(&self) -> Result<String, LdapError> {
+        let root = self.read_base("", &["dnsHostName"]).await?;
+        root.first()
+            .and_then(|e| {
+                e.attrs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("dnsHostName"))
+                    .and_then(|(_, v)| v.first())
+            })
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .ok_or_else(|| LdapError::Search {
+                base: "rootDSE".into(),
+                rc: 0,
+                text: "no dnsHostName".into(),
+            })
+    }
+
     /// The DN of the NTDS Settings object of the DC this connection talks to.
     pub async fn dc_service(&self) -> Result<String, LdapError> {
         let root = self.read_base("", &["dsServiceName"]).await?;

@@ -102,6 +102,13 @@ impl LdapError {
         matches!(self, LdapError::Protocol { .. })
     }
 
+    /// The DC could not be reached, or stopped answering: the connection was refused, timed
+    /// out, failed its TLS handshake, or was lost under a request. What makes serve write on
+    /// the next DC (`runtime::failover`); an answer from the DC (a refused bind, an rc) does not.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LdapError::Connect { .. } | LdapError::Protocol { .. })
+    }
+
     /// Worth retrying on the same connection after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -67,6 +67,9 @@ pub(super) fn with_before(changes: &[HostChange], observed: &Observed) -> Vec<Wr
 /// What one apply did.
 pub(super) struct Applied {
     pub written: Vec<Written>,
+    /// Sent, but the connection was lost before AD answered: written or not, nobody knows
+    /// until the object is read again (on whichever DC the next run writes to).
+    pub uncertain: Vec<HostChange>,
     pub failures: Vec<HostFailure>,
     /// An error that stops the run (after what was written is audited).
     pub fatal: Option<LdapError>,
@@ -85,6 +88,8 @@ pub(super) struct Apply<'a, A> {
     pub approved: HashMap<String, Intent>,
     pub fence: Option<(&'a Store, &'a Fence)>,
     pub progress: Option<watch::Sender<Progress>>,
+    /// The DC the writes go to (its dNSHostName), for the log.
+    pub dc: &'a str,
     abort: AtomicBool,
     lost: AtomicBool,
 }
@@ -107,6 +112,7 @@ impl<'a, A: AdClient> Apply<'a, A> {
             approved: work.iter().map(|(c, _)| (dn_key(&c.dn), c.intent())).collect(),
             fence: None,
             progress: None,
+            dc: "",
             abort: AtomicBool::new(false),
             lost: AtomicBool::new(false),
         }
@@ -124,6 +130,7 @@ impl<'a, A: AdClient> Apply<'a, A> {
             .buffer_unordered(self.cfg.ad.max_in_flight);
         let mut out = Applied {
             written: Vec::new(),
+            uncertain: Vec::new(),
             failures: Vec::new(),
             fatal: None,
             fenced: false,
@@ -137,6 +144,9 @@ impl<'a, A: AdClient> Apply<'a, A> {
                 Ok(None) => {}
                 Err(e) => {
                     out.failures.push(HostFailure::new(&planned, &e));
+                    if matches!(&e, HostError::Ldap(e) if e.is_unreachable()) {
+                        out.uncertain.push(planned.clone());
+                    }
                     if let HostError::Ldap(e @ (LdapError::MissingPrivilege { .. } | LdapError::Protocol { .. })) = e {
                         out.fatal.get_or_insert(e);
                     }
@@ -184,6 +194,13 @@ impl<'a, A: AdClient> Apply<'a, A> {
                     self.abort.store(true, Ordering::Relaxed);
                     return Err(e.into());
                 }
+                Err(e) if e.is_unreachable() => {
+                    // The connection is gone: nothing more is sent on it, so every host not
+                    // yet sent is certainly unwritten. This one may have been written; the
+                    // next run (on the next DC, `runtime::failover`) reads it again.
+                    self.abort.store(true, Ordering::Relaxed);
+                    return Err(e.into());
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -214,6 +231,11 @@ impl<'a, A: AdClient> Apply<'a, A> {
         let rc = result.as_ref().map_or_else(|e| e.rc().unwrap_or(u32::MAX), |_| 0);
         span.record("ldap.result_code", rc);
         crate::metrics::get().ldap("modify", rc);
+        if result.is_ok() {
+            // One line per accepted modify, naming the DC: what an operator greps for after
+            // a failover, and the hook tests/tests/failover.rs cuts the DC on.
+            tracing::debug!(dn = %change.dn, host = %change.host, dc = %self.dc, "modify accepted");
+        }
         result
     }
 

@@ -21,6 +21,8 @@ pub(super) struct Context<'a> {
     pub trigger: &'a str,
     pub approved_by: Option<&'a str>,
     pub epoch: i64,
+    /// The DC the run writes to.
+    pub dc: &'a str,
 }
 
 impl Context<'_> {
@@ -39,12 +41,25 @@ impl Context<'_> {
             trigger: self.trigger.to_owned(),
             approved_by: self.approved_by.map(str::to_owned),
             epoch: self.epoch,
+            dc: self.dc.to_owned(),
         }
     }
 }
 
 /// The intents of a run, by DN.
 pub(super) struct Intents(HashMap<String, i64>);
+
+impl Intents {
+    /// The ids of the intents of every DN but `dns`.
+    pub(super) fn all_but(&self, dns: &[&str]) -> Vec<i64> {
+        let keep: BTreeSet<String> = dns.iter().map(|d| dn_key(d)).collect();
+        self.0
+            .iter()
+            .filter(|(dn, _)| !keep.contains(*dn))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+}
 
 /// Records an intent for every change about to be written.
 pub(super) async fn record_intents(
@@ -157,6 +172,72 @@ async fn settle_ripe(ad: &impl AdClient, store: &Store, open: Vec<AuditRecord>) 
     );
     store.settle_intents(&done, &aborted).await?;
     Ok(())
+}
+
+/// Settles the intents an earlier run of this same writer (same epoch, another plan than
+/// `plan`) left open because it lost its DC mid-apply (`reconcile::cut_off`): writes the DC
+/// acknowledged but could not be verified on, and writes sent without an answer. Called
+/// after this run's own writes are audited (`audited`: their DNs), never before: until this
+/// run has written, a cut-off write may still be on its way to the DC this run reads
+/// (replicated from the lost one), and an intent settled "not written" before it lands
+/// would leave a change with no audit row once this run's compare-and-swap then finds it
+/// done (a conflict, re-read, nothing left to write). After:
+/// - this run wrote the object: its row is the change; the cut-off intent is superseded
+///   (if the lost DC made the same write too, the two replicate into one value set);
+/// - else AD shows the intent's change: it was made, by the lost DC; its row names that DC;
+/// - else it was never made.
+///
+/// So each change has exactly one row, whichever DC made it. Returns the rows of the changes
+/// the lost DC made: the run reports them with its own (agents purge, the per-DC verify
+/// watches them), since no run did yet.
+pub(super) async fn settle_cut_off(
+    ad: &impl AdClient,
+    store: &Store,
+    epoch: i64,
+    plan: Option<i64>,
+    audited: &[String],
+) -> Result<Vec<AuditRecord>, ReconcileError> {
+    let open: Vec<AuditRecord> = store
+        .open_intents()
+        .await?
+        .into_iter()
+        .filter(|r| r.epoch == epoch && Some(r.plan_id) != plan)
+        .collect();
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let audited: BTreeSet<String> = audited.iter().map(|d| dn_key(d)).collect();
+    let (mut done, mut superseded, mut unwritten) = (Vec::new(), Vec::new(), Vec::new());
+    for r in open {
+        if audited.contains(&dn_key(&r.dn)) {
+            superseded.push(r.id);
+            continue;
+        }
+        match ad.read_object(&r.dn).await? {
+            Some(now) if reflected(&r, &now) => {
+                let id = r.id;
+                done.push((
+                    id,
+                    AuditRecord {
+                        time_ms: now_ms(),
+                        uac_after: now.uac,
+                        delegate_after: now.allowed_to_delegate_to.clone(),
+                        ..r
+                    },
+                ));
+            }
+            _ => unwritten.push(r.id),
+        }
+    }
+    tracing::info!(
+        made_by_the_lost_dc = done.len(),
+        superseded_by_this_run = superseded.len(),
+        never_made = unwritten.len(),
+        "settled the writes cut off with the last domain controller"
+    );
+    let aborted: Vec<i64> = superseded.into_iter().chain(unwritten).collect();
+    store.settle_intents(&done, &aborted).await?;
+    Ok(done.into_iter().map(|(_, r)| r).collect())
 }
 
 /// AD shows the change an intent describes.

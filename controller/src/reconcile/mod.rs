@@ -50,6 +50,8 @@ pub struct RunOptions {
     /// With several replicas: the lease this run writes under. Checked before every AD modify
     /// and before the audit; a lost lease aborts the run ([`ReconcileError::Fenced`]).
     pub fence: Option<Fence>,
+    /// The DC the run writes to (its dNSHostName), recorded with every audit row.
+    pub dc: String,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,8 @@ pub struct Outcome {
     /// The plan waiting for approval, if the guard held anything.
     pub pending_plan: Option<i64>,
     pub gate_reasons: Vec<String>,
+    /// The audit rows this run wrote; with them, those of writes an earlier run of this writer
+    /// made on a DC it then lost, settled by this run (`audit::settle_cut_off`).
     pub applied: Vec<AuditRecord>,
     pub failures: Vec<HostFailure>,
     /// The written objects as verify read them back: with the observe, what AD holds now
@@ -143,8 +147,10 @@ pub async fn execute(
         failures: Vec::new(),
         after: Vec::new(),
     };
+    let epoch = fence.map_or(0, |f| f.epoch);
     let to_apply = &selection.changes;
     if to_apply.is_empty() {
+        outcome.applied = audit::settle_cut_off(ad, store, epoch, None, &[]).await?;
         return Ok(outcome);
     }
     let plan_id = match selection.plan_id {
@@ -160,7 +166,8 @@ pub async fn execute(
         plan_id,
         trigger: &opts.trigger,
         approved_by: selection.approved_by.as_deref(),
-        epoch: fence.map_or(0, |f| f.epoch),
+        epoch,
+        dc: &opts.dc,
     };
     let work = apply::with_before(to_apply, observed);
     let intents = audit::record_intents(store, &ctx, &work).await?;
@@ -172,6 +179,7 @@ pub async fn execute(
     let mut apply = apply::Apply::new(cfg, ad, observed, &policy, selection.part, &work);
     apply.fence = fence.map(|f| (store, f));
     apply.progress = opts.progress.clone();
+    apply.dc = &opts.dc;
     let applied = apply.run(work).await;
     outcome.failures = applied.failures;
     let written = applied.written.len();
@@ -181,6 +189,13 @@ pub async fn execute(
         // Deposed: the new leader owns AD and the store now; write nothing more.
         return Err(f.lost(written));
     }
+    let fatal = match applied.fatal {
+        Some(lost) if lost.is_unreachable() => {
+            let open = (&applied.written[..], &applied.uncertain[..]);
+            return cut_off(store, &ctx, &intents, open, lost, to_apply.len()).await;
+        }
+        other => other,
+    };
 
     let verified = verify::verify(ad, cfg.ad.max_in_flight, applied.written, &mut outcome.failures).await?;
     outcome.after = verified.iter().map(|(_, _, now)| now.clone()).collect();
@@ -188,10 +203,13 @@ pub async fn execute(
         fence::check(fence, store, written).await?;
     }
     outcome.applied = audit::settle(store, &ctx, &intents, &verified).await?;
+    let audited: Vec<String> = outcome.applied.iter().map(|r| r.dn.clone()).collect();
+    let made_by_the_lost_dc = audit::settle_cut_off(ad, store, epoch, Some(plan_id), &audited).await?;
+    outcome.applied.extend(made_by_the_lost_dc);
     crate::metrics::get()
         .drift_repaired
         .add(outcome.applied.len() as u64, &[]);
-    finish(store, plan_id, outcome, applied.fatal, to_apply.len()).await
+    finish(store, plan_id, outcome, fatal, to_apply.len()).await
 }
 
 /// Settles what earlier writers left open before this run writes anything: a write of theirs
@@ -214,6 +232,42 @@ async fn settle_before_writing(
         fence::check(fence, store, 0).await?;
     }
     Ok(())
+}
+
+/// The run lost its DC mid-apply: nothing can be verified on a connection that is gone.
+/// Intents of hosts never sent are settled as not written; those written (AD said so) or
+/// sent without an answer stay open, and the next run resolves them from what the DC it
+/// writes to shows, after its own writes (`audit::settle_cut_off`): one audit row per
+/// change, whichever DC made it. The plan is failed; the error is the lost connection, which
+/// the serve loop answers by writing on the next DC (`runtime::failover`).
+async fn cut_off(
+    store: &Store,
+    ctx: &audit::Context<'_>,
+    intents: &audit::Intents,
+    (written, uncertain): (&[apply::Written], &[HostChange]),
+    lost: crate::ldap::LdapError,
+    total: usize,
+) -> Result<Outcome, ReconcileError> {
+    let open: Vec<&str> = written
+        .iter()
+        .map(|(c, _)| c.dn.as_str())
+        .chain(uncertain.iter().map(|c| c.dn.as_str()))
+        .collect();
+    let unsent = intents.all_but(&open);
+    store.settle_intents(&[], &unsent).await?;
+    tracing::warn!(
+        dc = %ctx.dc,
+        written = written.len(),
+        unanswered = uncertain.len(),
+        not_sent = unsent.len(),
+        error = %lost,
+        "lost the domain controller mid-apply: what it acknowledged or never answered is read again and settled by the next run"
+    );
+    let first = format!("{} of {total} hosts left unverified: {lost}", open.len());
+    store
+        .decide_plan(ctx.plan_id, PlanState::Approved, PlanState::Failed, None, Some(&first))
+        .await?;
+    Err(ReconcileError::Ldap(lost))
 }
 
 /// Records how the plan ended, and turns failures into the run's error.

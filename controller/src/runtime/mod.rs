@@ -7,6 +7,7 @@
 //! - `observer`: what a run plans from (a full observe, or the last one patched by a
 //!   uSNChanged delta read) and the change-notification watch that wakes it;
 //! - `connection`: the LDAP connection kept between runs;
+//! - `failover`: which DC the runs write to (`[ad] url`, else the next `[[ad.dc]]`);
 //! - `queue`: the per-host rate limit (a host written again and again is held back);
 //! - `effects`: purge commands, plan and finding events, the published view;
 //! - `replication`: the per-DC verify, beside the loop (never in it).
@@ -15,6 +16,7 @@
 
 mod connection;
 mod effects;
+pub mod failover;
 mod observer;
 pub mod policy;
 mod queue;

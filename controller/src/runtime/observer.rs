@@ -27,6 +27,8 @@ pub struct Observer {
 
 struct Watching {
     regs: Vec<Registration>,
+    /// The DC watched: the one the runs read and write (`runtime::failover`).
+    url: String,
     _tasks: JoinSet<()>,
     _stop: watch::Sender<bool>,
 }
@@ -125,19 +127,27 @@ impl Observer {
                 return;
             }
         };
-        if self.watching.as_ref().is_some_and(|w| w.regs == regs) {
+        // Notifications come from the DC the runs read, so a failover moves the watch too:
+        // the delta read they wake runs there (its USNs mean nothing on another DC).
+        let dc = ad.config();
+        if self
+            .watching
+            .as_ref()
+            .is_some_and(|w| w.regs == regs && w.url == dc.url)
+        {
             return;
         }
         let (stop, stopped) = watch::channel(false);
         let tasks = notify::spawn(
-            cfg.ad.clone(),
+            dc.clone(),
             regs.clone(),
             cfg.watch.per_connection,
             self.notices.clone(),
             stopped,
         );
-        tracing::info!(registrations = regs.len(), "watching AD for changes");
+        tracing::info!(registrations = regs.len(), url = %dc.url, "watching AD for changes");
         self.watching = Some(Watching {
+            url: dc.url.clone(),
             regs,
             _tasks: tasks,
             _stop: stop,

@@ -15,10 +15,12 @@ use super::policy::{self, Action};
 use super::queue::HostQueue;
 use super::scheduler::{Reason, Scheduler, Wake};
 use crate::config::Config;
-use crate::ldap::Ad;
 use crate::leader::Leadership;
 use crate::reconcile::{self, Approval, Fence, Outcome, ReconcileError, RunOptions};
 use crate::store::now_ms;
+
+/// How soon a run that lost its DC is retried when another DC can take the writes.
+const FAILOVER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the next run does, and for whom.
 struct Next {
@@ -189,7 +191,15 @@ impl Reconciler {
             }
             Err(e) => {
                 *failures += 1;
-                let next = policy::error_policy(e, *failures);
+                let mut next = policy::error_policy(e, *failures);
+                if let ReconcileError::Ldap(lost) = e
+                    && lost.is_unreachable()
+                    && self.ldap.can_fail_over(&self.cfg.ad)
+                {
+                    // Another DC is there and not held down: write on it now, not after the
+                    // back-off (the DC just lost is held down: the retry will not pick it).
+                    next = Action::RequeueAfter(FAILOVER_RETRY);
+                }
                 tracing::error!(trigger = %reason, error = %e, next = ?next, "reconcile failed");
                 next
             }
@@ -206,17 +216,19 @@ impl Reconciler {
         fence: Option<Fence>,
     ) -> Result<Outcome, ReconcileError> {
         let cfg = self.cfg.clone();
-        let (mut ad, reused) = self.ldap.take(&cfg.ad).await?;
-        let seen = match self.observer.observe(&cfg, &ad, reason).await {
+        let mut w = self.ldap.take(&cfg.ad).await?;
+        let seen = match self.observer.observe(&cfg, &w.ad, reason).await {
             // Nothing is written yet: a kept connection the DC dropped (a restart, an idle
             // timeout) costs one reconnect, not a failed run and the error policy's backoff.
-            Err(ReconcileError::Ldap(e)) if reused && e.is_connection_lost() => {
-                tracing::info!(error = %e, "the kept LDAP connection is gone; reconnecting");
-                ad = Ad::connect(&cfg.ad).await?;
-                self.observer.observe(&cfg, &ad, reason).await
+            // A DC that is down is passed over by the reconnect (`runtime::failover`).
+            Err(ReconcileError::Ldap(e)) if w.reused && e.is_connection_lost() => {
+                tracing::info!(error = %e, dc = %w.dc, "the kept LDAP connection is gone; reconnecting");
+                w = self.ldap.fresh(&cfg.ad).await?;
+                self.observer.observe(&cfg, &w.ad, reason).await
             }
             r => r,
         };
+        let ad = &w.ad;
         let result = async {
             let seen = seen?;
             tracing::debug!(how = %seen.how, "observed");
@@ -236,19 +248,24 @@ impl Reconciler {
                 approve,
                 progress: None,
                 fence,
+                dc: w.dc.clone(),
             };
-            let outcome = reconcile::execute(&cfg, &ad, &self.effects.store, &observed, &decision, opts).await?;
+            let outcome = reconcile::execute(&cfg, ad, &self.effects.store, &observed, &decision, opts).await?;
             Ok::<_, ReconcileError>(Some((observed, index, outcome)))
         }
         .await;
         let (mut observed, index, outcome) = match result {
             Ok(Some(r)) => r,
             Ok(None) => {
-                self.ldap.give_back(ad);
+                self.ldap.give_back(w);
                 return Ok(Outcome::default());
             }
             Err(e) => {
-                ad.unbind().await;
+                match &e {
+                    // The DC went away under the run: the retry writes on the next one.
+                    ReconcileError::Ldap(lost) if lost.is_unreachable() => self.ldap.lost(w, lost).await,
+                    _ => w.ad.unbind().await,
+                }
                 return Err(e);
             }
         };
@@ -260,8 +277,8 @@ impl Reconciler {
         // here and does not plan them again, and the view is built without a re-read.
         self.observer.absorb(&outcome.after);
         observed.update_computers(&outcome.after);
-        self.effects.after(&cfg, &ad, (observed, index), &outcome).await;
-        self.ldap.give_back(ad);
+        self.effects.after(&cfg, ad, (observed, index), &outcome).await;
+        self.ldap.give_back(w);
         Ok(outcome)
     }
 }

@@ -24,6 +24,10 @@ pub struct AuditRecord {
     /// The lease epoch the write was made under; 0 without a lease (a single controller).
     #[serde(default)]
     pub epoch: i64,
+    /// The domain controller the write was sent to (its dNSHostName); empty in rows older than
+    /// failover (`runtime::failover`), and for imports.
+    #[serde(default)]
+    pub dc: String,
 }
 
 impl Store {
@@ -44,7 +48,7 @@ impl Store {
         let mut ids = Vec::with_capacity(records.len());
         for r in records {
             let row = sqlx::query(
-                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                "INSERT INTO audit (time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, state, dc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
             )
             .bind(r.time_ms)
             .bind(r.plan_id)
@@ -59,6 +63,7 @@ impl Store {
             .bind(r.approved_by.as_deref().map(text))
             .bind(r.epoch)
             .bind(state)
+            .bind(text(&r.dc))
             .fetch_one(&mut *tx)
             .await?;
             ids.push(row.try_get::<i64, _>(0)?);
@@ -98,7 +103,7 @@ impl Store {
     /// audit (a crash, a lost lease), oldest first.
     pub async fn open_intents(&self) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'intent' ORDER BY id",
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, dc FROM audit WHERE state = 'intent' ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -120,7 +125,7 @@ impl Store {
         max: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch FROM audit WHERE state = 'done' AND ($1 = '' OR host = $1) AND ($2 < 0 OR plan_id = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
+            "SELECT id, time, plan_id, host, dn, uac_before, uac_after, delegate_before, delegate_after, reasons, trigger, approved_by, epoch, dc FROM audit WHERE state = 'done' AND ($1 = '' OR host = $1) AND ($2 < 0 OR plan_id = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
         )
         .bind(text(host.unwrap_or("")))
         .bind(plan.unwrap_or(-1))
@@ -173,6 +178,7 @@ pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, Store
         trigger: r.try_get(10)?,
         approved_by: r.try_get(11)?,
         epoch: r.try_get(12)?,
+        dc: r.try_get(13)?,
     })
 }
 

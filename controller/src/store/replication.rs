@@ -70,13 +70,13 @@ impl Store {
     /// audit row), oldest first. What a restarted (or newly elected) writer watches again.
     pub async fn awaited_replication(&self, since_ms: i64) -> Result<Vec<(String, super::AuditRecord)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT a.id, a.time, a.plan_id, a.host, a.dn, a.uac_before, a.uac_after, a.delegate_before, a.delegate_after, a.reasons, a.trigger, a.approved_by, a.epoch, r.dc FROM replication r JOIN audit a ON a.plan_id = r.plan_id AND a.dn = r.dn AND a.state = 'done' WHERE r.arrived_at IS NULL AND r.written_at >= $1 ORDER BY r.written_at, a.id",
+            "SELECT a.id, a.time, a.plan_id, a.host, a.dn, a.uac_before, a.uac_after, a.delegate_before, a.delegate_after, a.reasons, a.trigger, a.approved_by, a.epoch, a.dc, r.dc FROM replication r JOIN audit a ON a.plan_id = r.plan_id AND a.dn = r.dn AND a.state = 'done' WHERE r.arrived_at IS NULL AND r.written_at >= $1 ORDER BY r.written_at, a.id",
         )
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(13)?, super::audit::audit_from_row(r)?)))
+            .map(|r| Ok((r.try_get::<String, _>(14)?, super::audit::audit_from_row(r)?)))
             .collect()
     }
 

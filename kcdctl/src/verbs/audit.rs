@@ -32,6 +32,9 @@ pub async fn audit(c: &mut Client, out: Output, host: String, limit: u32) -> Res
                 a.trigger,
                 a.reasons.join("; ")
             ));
+            if !a.written_on.is_empty() {
+                s.push_str(&format!("    written on {}\n", a.written_on));
+            }
             for x in &a.replicated_to {
                 match &x.arrived {
                     Some(_) => s.push_str(&format!("    replicated to {} after {:.1} s\n", x.dc, x.lag_seconds)),
@@ -68,7 +71,7 @@ fn audit_json(a: &pb::AuditEntry) -> Value {
     json!({"id": a.id, "time": time(&a.time), "plan_id": a.plan_id, "host": a.host, "dn": a.dn,
         "uac_before": a.user_account_control_before, "uac_after": a.user_account_control_after,
         "delegate_before": a.delegate_before, "delegate_after": a.delegate_after, "reasons": a.reasons,
-        "trigger": a.trigger, "approved_by": a.approved_by,
+        "trigger": a.trigger, "approved_by": a.approved_by, "written_on": a.written_on,
         "replicated_to": a.replicated_to.iter().map(|x| json!({"dc": x.dc,
             "arrived": x.arrived.as_ref().map(|_| time(&x.arrived)), "lag_seconds": x.arrived.as_ref().map(|_| x.lag_seconds)})).collect::<Vec<_>>()})
 }

@@ -46,6 +46,10 @@ struct FakeAd {
     usn: AtomicI64,
     /// The DC's invocationId (a restore from backup changes it).
     invocation: Mutex<String>,
+    /// The DC's dsServiceName (which DC this is).
+    service: Mutex<String>,
+    /// Reads fail as on a connection the DC dropped.
+    reads_lost: std::sync::Arc<AtomicBool>,
     tombstones: Mutex<Vec<Change>>,
 }
 
@@ -59,6 +63,8 @@ impl FakeAd {
             forget_writes: AtomicBool::new(false),
             usn: AtomicI64::new(100),
             invocation: Mutex::new("aa".into()),
+            service: Mutex::new("CN=NTDS Settings,CN=DC1".into()),
+            reads_lost: Default::default(),
             tombstones: Mutex::new(Vec::new()),
         }
     }
@@ -136,6 +142,9 @@ impl AdClient for FakeAd {
     }
 
     async fn read_object(&self, dn: &str) -> Result<Option<Computer>, LdapError> {
+        if self.reads_lost.load(Ordering::SeqCst) {
+            return Err(connection_lost());
+        }
         Ok(self.objects.lock().unwrap().get(&dn_key(dn)).cloned())
     }
 
@@ -169,7 +178,7 @@ impl AdClient for FakeAd {
     async fn cursor(&self) -> Result<Cursor, LdapError> {
         Ok(Cursor {
             dc: DcIdentity {
-                service: "CN=NTDS Settings,CN=DC1".into(),
+                service: self.service.lock().unwrap().clone(),
                 invocation_id: self.invocation.lock().unwrap().clone(),
             },
             usn: self.usn.load(Ordering::SeqCst),
@@ -535,6 +544,7 @@ async fn only_old_intents_of_earlier_epochs_are_settled() {
             trigger: "timer".into(),
             approved_by: None,
             epoch,
+            dc: "dc1.lab.test".into(),
         }
     };
     let grace = Duration::from_secs(45); // a 15 s lease TTL + a 30 s LDAP timeout
@@ -753,4 +763,225 @@ fn classify_reads_again_what_a_patch_cannot_express() {
         }],
     );
     assert_eq!(p, incremental::Patch::default());
+}
+
+// Failover (runtime::failover): the writer DC is lost mid-apply, the next run writes on the
+// next DC. The in-memory directories stand for dc1 and dc2; "replication" is a test copying
+// objects from one to the other.
+
+fn on(dc: &str) -> RunOptions {
+    RunOptions {
+        dc: dc.into(),
+        ..run_opts()
+    }
+}
+
+/// What a client sees when the DC goes away under a request.
+fn connection_lost() -> LdapError {
+    LdapError::Protocol {
+        op: "modify".into(),
+        source: Box::new(ldap3::LdapError::EndOfStream),
+    }
+}
+
+/// Three "Kerberos only" hosts; dc1 accepts HV01's modify, applies HV02's and loses the
+/// connection before answering, and is never sent HV03's. Returns dc1 after that run.
+async fn lose_dc1_at_the_second_write(cfg: &Config, store: &Store) -> FakeAd {
+    let fleet = || {
+        vec![
+            delegating("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+            delegating("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+            delegating("HV03", KERBEROS_ONLY, &["HV01", "HV02"]),
+        ]
+    };
+    let dc1 = FakeAd::new(fleet()).before_modify(|n, objects| match n {
+        0 => None,
+        1 => {
+            // Applied by dc1, then the connection drops before its answer.
+            objects.get_mut(&dn_key(&format!("CN=HV02,{BASE}"))).unwrap().uac = ANY_PROTOCOL;
+            Some(connection_lost())
+        }
+        _ => panic!("modify {n} was sent on a connection already lost"),
+    });
+    let err = reconcile(cfg, &dc1, store, on("dc1.lab.test")).await.unwrap_err();
+    assert!(matches!(&err, ReconcileError::Ldap(e) if e.is_unreachable()), "{err}");
+    assert_eq!(dc1.modifies.load(Ordering::SeqCst), 2, "nothing sent after the loss");
+    assert_eq!(
+        store.audit_count().await.unwrap(),
+        0,
+        "nothing verified, nothing audited yet"
+    );
+    let open: Vec<String> = store
+        .open_intents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.host)
+        .collect();
+    assert_eq!(
+        open,
+        ["hv01.lab.test", "hv02.lab.test"],
+        "acknowledged and unanswered writes stay open; HV03's was never sent"
+    );
+    dc1
+}
+
+/// The audit rows, as (host, DC), sorted; and no intent left open.
+async fn audited(store: &Store) -> Vec<(String, String)> {
+    assert!(store.open_intents().await.unwrap().is_empty(), "every intent settled");
+    let mut rows: Vec<(String, String)> = store
+        .audit(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.host, r.dc))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn a_write_cut_off_with_its_dc_and_replicated_during_the_retry_is_audited_once_as_dc1s() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    let dc1 = lose_dc1_at_the_second_write(&cfg, &store).await;
+    // dc2 has received HV01's write from dc1, not HV02's yet: it reaches dc2 just before
+    // the retry writes HV02 there, so dc2's compare-and-swap finds it done.
+    let dc2 = FakeAd::new(vec![
+        dc1.get("HV01"),
+        delegating("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        dc1.get("HV03"),
+    ]);
+    *dc2.service.lock().unwrap() = "CN=NTDS Settings,CN=DC2".into();
+    let hv02_on_dc1 = dc1.get("HV02");
+    let dc2 = dc2.before_modify(move |n, objects| {
+        if n == 0 {
+            objects.insert(dn_key(&hv02_on_dc1.dn), hv02_on_dc1.clone());
+        }
+        None
+    });
+
+    let out = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
+    let reported: Vec<(&str, &str)> = out.applied.iter().map(|r| (r.host.as_str(), r.dc.as_str())).collect();
+    assert_eq!(
+        reported,
+        [
+            ("hv03.lab.test", "dc2.lab.test"),
+            ("hv01.lab.test", "dc1.lab.test"),
+            ("hv02.lab.test", "dc1.lab.test")
+        ],
+        "this run's write, then dc1's it settled (its effects are this run's to send)"
+    );
+    assert_eq!(
+        dc2.modifies.load(Ordering::SeqCst),
+        2,
+        "HV02's compare-and-swap conflicts (already done), HV03 is written: {out:#?}"
+    );
+    for h in ["HV01", "HV02", "HV03"] {
+        assert_eq!(dc2.get(h).uac, ANY_PROTOCOL, "{h} converged on dc2");
+    }
+    // One row per change: HV01 and HV02 were made by dc1 (dc2 shows them), HV03 by dc2.
+    assert_eq!(
+        audited(&store).await,
+        [
+            ("hv01.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+            ("hv02.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+            ("hv03.lab.test".to_owned(), "dc2.lab.test".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_write_cut_off_with_its_dc_and_not_yet_replicated_is_made_again_on_dc2_and_audited_once() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02", "HV03"]).await;
+    let dc1 = lose_dc1_at_the_second_write(&cfg, &store).await;
+    // dc2 has nothing from dc1 yet (dc1 is down, or slow): the retry writes HV01 and HV02
+    // again, compare-and-swap on what dc2 shows, and HV03.
+    let dc2 = FakeAd::new(vec![
+        delegating("HV01", KERBEROS_ONLY, &["HV02", "HV03"]),
+        delegating("HV02", KERBEROS_ONLY, &["HV01", "HV03"]),
+        dc1.get("HV03"),
+    ]);
+    *dc2.service.lock().unwrap() = "CN=NTDS Settings,CN=DC2".into();
+    let out = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
+    assert_eq!(out.applied.len(), 3, "{out:#?}");
+    // dc1's own writes of HV01 and HV02 carry the same values: when they replicate, nothing
+    // changes again. The audit has the change once, as the write dc2 shows.
+    assert_eq!(
+        audited(&store).await,
+        [
+            ("hv01.lab.test".to_owned(), "dc2.lab.test".to_owned()),
+            ("hv02.lab.test".to_owned(), "dc2.lab.test".to_owned()),
+            ("hv03.lab.test".to_owned(), "dc2.lab.test".to_owned()),
+        ]
+    );
+    // A later run on dc2 finds nothing to do and leaves the audit as it is.
+    let again = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(store.audit_count().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_delta_cursor_read_on_dc1_means_a_full_read_on_dc2() {
+    let (cfg, _store, _dir) = setup(&["HV01", "HV02"]).await;
+    let fleet = || {
+        vec![
+            delegating("HV01", ANY_PROTOCOL, &["HV02"]),
+            delegating("HV02", ANY_PROTOCOL, &["HV01"]),
+        ]
+    };
+    let dc1 = FakeAd::new(fleet());
+    let mut cache = incremental::full(&cfg, &dc1).await.unwrap();
+    // dc2's USNs are its own: higher here, so a cursor compared by number alone would read a
+    // "delta" from dc2 that skips whatever dc2 committed below dc1's number.
+    let dc2 = FakeAd::new(fleet());
+    *dc2.service.lock().unwrap() = "CN=NTDS Settings,CN=DC2".into();
+    dc2.usn.store(dc1.usn.load(Ordering::SeqCst) + 1000, Ordering::SeqCst);
+    let got = incremental::refresh(&cfg, &dc2, &mut cache).await.unwrap();
+    assert!(
+        matches!(&got, incremental::Refresh::Resynced(why) if why.contains("another DC") && why.contains("DC2")),
+        "{got:?}"
+    );
+    assert!(cache.cursor.dc.service.contains("DC2"), "the cursor is dc2's now");
+    // And back to dc1 (the preferred DC answers again): another full read, not a delta.
+    let got = incremental::refresh(&cfg, &dc1, &mut cache).await.unwrap();
+    assert!(matches!(&got, incremental::Refresh::Resynced(_)), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_dc_lost_between_the_writes_and_their_verify_leaves_them_to_the_next_dc_which_audits_them_once() {
+    let (cfg, store, _dir) = setup(&["HV01", "HV02"]).await;
+    let fleet = || {
+        vec![
+            delegating("HV01", KERBEROS_ONLY, &["HV02"]),
+            delegating("HV02", KERBEROS_ONLY, &["HV01"]),
+        ]
+    };
+    // dc1 takes both modifies; the connection drops right after the last one, before verify.
+    let dc1 = FakeAd::new(fleet());
+    let lost = dc1.reads_lost.clone();
+    let dc1 = dc1.before_modify(move |n, _| {
+        if n == 1 {
+            lost.store(true, Ordering::SeqCst);
+        }
+        None
+    });
+    let err = reconcile(&cfg, &dc1, &store, on("dc1.lab.test")).await.unwrap_err();
+    assert!(matches!(&err, ReconcileError::Ldap(e) if e.is_unreachable()), "{err}");
+    assert_eq!(store.open_intents().await.unwrap().len(), 2, "written, never verified");
+    assert_eq!(store.audit_count().await.unwrap(), 0);
+
+    // dc2 already has both (replicated): nothing left to write, and the retry's run settles
+    // dc1's writes as dc1's.
+    let dc2 = FakeAd::new(vec![dc1.get("HV01"), dc1.get("HV02")]);
+    *dc2.service.lock().unwrap() = "CN=NTDS Settings,CN=DC2".into();
+    let out = reconcile(&cfg, &dc2, &store, on("dc2.lab.test")).await.unwrap();
+    assert_eq!(dc2.modifies.load(Ordering::SeqCst), 0, "nothing written twice");
+    assert_eq!(out.applied.len(), 2, "reported by the run that settled them: {out:#?}");
+    assert_eq!(
+        audited(&store).await,
+        [
+            ("hv01.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+            ("hv02.lab.test".to_owned(), "dc1.lab.test".to_owned()),
+        ]
+    );
 }

@@ -50,7 +50,18 @@ pub(super) async fn run(
         }
     };
     let mut workers = Vec::new();
-    for (dc, reach) in reachable(&cfg.ad.dcs, &dcs, &me) {
+    // The DC behind `[ad] url` too: a write is never awaited on the DC that made it, so this
+    // worker has nothing to do (and opens no connection) until serve fails over and writes
+    // elsewhere (`runtime::failover`); then it watches those writes arrive here.
+    let preferred = dcs.iter().find(|d| dn_key(&d.service) == dn_key(&me)).map(|d| {
+        let reach = DcConfig {
+            name: d.name.clone(),
+            url: cfg.ad.url.clone(),
+            starttls: cfg.ad.starttls,
+        };
+        (d.clone(), reach)
+    });
+    for (dc, reach) in reachable(&cfg.ad.dcs, &dcs, &me).into_iter().chain(preferred) {
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = Worker {
             connect: connector(&cfg, &reach, &dc),
@@ -61,7 +72,11 @@ pub(super) async fn run(
             events: events.clone(),
             dc: dc.clone(),
         };
-        tracing::info!(dc = %dc.name, site = %dc.site, url = %reach.url, "verifying writes on this DC too");
+        if dn_key(&dc.service) == dn_key(&me) {
+            tracing::debug!(dc = %dc.name, url = %reach.url, "writes made on another DC (after a failover) are verified on this one");
+        } else {
+            tracing::info!(dc = %dc.name, site = %dc.site, url = %reach.url, "verifying writes on this DC too");
+        }
         tokio::spawn(worker.run(rx));
         workers.push((dc.name, tx));
     }

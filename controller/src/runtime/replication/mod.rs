@@ -177,12 +177,19 @@ async fn dispatch(
     events: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(Batch { records: batch, purges }) = batches.recv().await {
-        // A purge waits only on a DC a worker reads, for an object this batch wrote.
+        // A purge waits only on a DC a worker reads, for an object this batch wrote on
+        // another DC (a host whose KDC is the DC written on has the change already).
         let (mut held, mut now) = (Vec::new(), Vec::new());
         for p in purges {
             let dc = dc_of(&p.kdc, workers.iter().map(|(dc, _)| dc));
             match dc {
-                Some(dc) if batch.iter().any(|r| r.plan_id == p.plan_id && r.dn == p.dn) => held.push((dc.clone(), p)),
+                Some(dc)
+                    if batch
+                        .iter()
+                        .any(|r| r.plan_id == p.plan_id && r.dn == p.dn && r.dc != *dc) =>
+                {
+                    held.push((dc.clone(), p))
+                }
                 _ => now.push(p),
             }
         }
@@ -192,24 +199,31 @@ async fn dispatch(
         if workers.is_empty() {
             continue;
         }
-        let rows = workers
+        // A write is not awaited on the DC it was made on: after a failover
+        // (`runtime::failover`) that is one of the DCs with a worker.
+        let rows: Vec<ReplicationRecord> = workers
             .iter()
             .flat_map(|(dc, _)| {
-                batch.iter().map(move |r| ReplicationRecord {
-                    plan_id: r.plan_id,
-                    host: r.host.clone(),
-                    dn: r.dn.clone(),
-                    dc: dc.clone(),
-                    written_at_ms: r.time_ms,
-                    arrived_at_ms: None,
-                })
+                batch
+                    .iter()
+                    .filter(move |r| r.dc != *dc)
+                    .map(move |r| ReplicationRecord {
+                        plan_id: r.plan_id,
+                        host: r.host.clone(),
+                        dn: r.dn.clone(),
+                        dc: dc.clone(),
+                        written_at_ms: r.time_ms,
+                        arrived_at_ms: None,
+                    })
             })
             .collect();
         // Sent before the workers get the batch: the recorder stores "awaited" before any
         // arrival.
-        let _ = events.send(Event::Expect { rows, held });
-        for (_, w) in &workers {
-            for r in &batch {
+        if !rows.is_empty() || !held.is_empty() {
+            let _ = events.send(Event::Expect { rows, held });
+        }
+        for (dc, w) in &workers {
+            for r in batch.iter().filter(|r| r.dc != *dc) {
                 let _ = w.send(Expected { record: r.clone() });
             }
         }

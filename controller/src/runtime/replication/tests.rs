@@ -108,6 +108,7 @@ fn written(plan_id: i64, dn: &str, before: u32, after: u32) -> Expected {
             trigger: "test".into(),
             approved_by: None,
             epoch: 0,
+            dc: "dc1.lab.test".into(),
         },
     }
 }
@@ -179,10 +180,12 @@ async fn a_dc_behind_past_the_deadline_is_overdue_until_it_catches_up() {
     let Event::Overdue(o) = next(&mut seen).await else {
         panic!("expected the DC to be overdue first");
     };
-    assert_eq!(
-        t0.elapsed().as_secs(),
-        10,
-        "raised at the deadline, not at the next read"
+    // The deadline counts from the audit row's wall-clock time, which goes on while the
+    // paused test clock does not: on a loaded machine it comes up to a second early here.
+    let raised = t0.elapsed().as_secs();
+    assert!(
+        (9..=10).contains(&raised),
+        "raised at the deadline, not at the next read: {raised} s"
     );
     assert_eq!((o.dc.name.as_str(), o.waiting.len()), ("dc2.lab.test", 1));
     assert!(o.last_error.is_none());

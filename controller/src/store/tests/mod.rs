@@ -154,6 +154,7 @@ fn audit_record(plan_id: i64, host: &str, time_ms: i64) -> AuditRecord {
         trigger: "cli".into(),
         approved_by: None,
         epoch: 3,
+        dc: "dc1.lab.test".into(),
     }
 }
 

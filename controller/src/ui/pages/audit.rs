@@ -16,7 +16,7 @@ const PAGE: u32 = 50;
 pub fn table(entries: &[pb::AuditEntry]) -> String {
     let mut h = String::from(
         "<table class=\"audit\"><tr><th>time</th><th>host</th><th>plan</th><th>trigger</th><th>userAccountControl</th>\
-         <th>delegation after</th><th>why</th><th>approved by</th></tr>",
+         <th>delegation after</th><th>why</th><th>approved by</th><th>written on</th></tr>",
     );
     for e in entries {
         let uac = if e.user_account_control_before == e.user_account_control_after {
@@ -30,7 +30,7 @@ pub fn table(entries: &[pb::AuditEntry]) -> String {
         let _ = write!(
             h,
             "<tr><td>{}</td><td class=\"mono\"><a href=\"/ui/audit?host={}\">{}</a></td><td><a href=\"/ui/plans/{}\">{}</a></td>\
-             <td><code>{}</code></td><td class=\"mono\">{uac}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>",
+             <td><code>{}</code></td><td class=\"mono\">{uac}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
             html::when(e.time.as_ref()),
             q(&e.host),
             esc(&e.host),
@@ -39,7 +39,8 @@ pub fn table(entries: &[pb::AuditEntry]) -> String {
             esc(&e.trigger),
             e.delegate_after.len(),
             esc(&e.reasons.join("; ")),
-            esc(&e.approved_by)
+            esc(&e.approved_by),
+            esc(&e.written_on)
         );
     }
     h.push_str("</table>");
