@@ -5,7 +5,11 @@
 //! catch up (its inbound replication held) is named by a DC_NOT_REPLICATING finding after the
 //! deadline, which clears once it catches up.
 //!
-//! Both tests use dc2's replication, and one holds it: they run one at a time.
+//! A host whose agent reports that its tickets come from dc2 is told to purge them only once
+//! dc2 has the change (by then dc2's KDC grants), and until then CheckMigration from it says
+//! "ready once dc2.lab.test replicates".
+//!
+//! The tests use dc2's replication, and some hold it: they run one at a time.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,10 +19,12 @@ use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime::{self, Running};
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1 as pb;
+use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
+use kcdsync_tests::agents::{FleetClient, Pki, WRITE_TOKEN, eventually, fleet_client, pending_plans, write_tokens};
 use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
 use kcdsync_tests::{Fleet, FleetSpec, TestHost, controller_bin, delete_subtree, token, write_config};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, mpsc};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -369,5 +375,209 @@ async fn a_dc_that_does_not_catch_up_is_named_by_a_finding_until_it_does() {
         "finding raised +{raised_after} ms after the write (deadline 5 s); after release ({:.1} s ago) dc2's KDC first granted +{granted} ms, kcdsync recorded dc2 +{recorded} ms ({refusals} refusals before); finding cleared",
         released.elapsed().as_secs_f64()
     ));
+    cleanup(lab, running, &fleet).await;
+}
+
+/// serve with an agent endpoint and the fleet API (tokens, certificates in `pki`), the group in
+/// `plan` mode: nothing is written until the test approves, after the agent has reported.
+fn config_with_agents(lab: &TwoDcLab, fleet: &Fleet, pki: &Pki, deadline_secs: u64) -> String {
+    write_tokens(pki, &[("orchestrator", "write", WRITE_TOKEN)]);
+    let p = |f: &str| pki.path(f).display().to_string();
+    let agents = format!(
+        "[agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nheartbeat_secs = 1\n\n[api]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\ntokens_file = \"{}\"\n",
+        p("controller.pem"),
+        p("controller.key"),
+        p("ca.pem"),
+        p("controller.pem"),
+        p("controller.key"),
+        p("api-ca.pem"),
+        p("tokens.toml"),
+    );
+    config(lab, fleet, deadline_secs).replace("mode = \"enforce\"", "mode = \"plan\"") + "\n" + &agents
+}
+
+/// What a Windows agent of `host` sends once its SYSTEM session holds a TGT from `kdc`
+/// (`klist -li 0x3e7` prints it as "Kdc Called: dc2.lab.test").
+fn report_with_tgt_from(host: &TestHost, realm: &str, kdc: &str) -> pb::AgentMessage {
+    let now = kcdsync_controller::store::now_ms();
+    let ts = |ms: i64| Some(kcdsync_proto::timestamp_from_ms(ms));
+    pb::AgentMessage {
+        seq: 2,
+        body: Some(pb::agent_message::Body::Report(pb::HostReport {
+            observed_at: ts(now),
+            identity: Some(pb::HostIdentity {
+                fqdn: host.fqdn.clone(),
+                ..Default::default()
+            }),
+            system_tickets: vec![pb::KerberosTicket {
+                client: format!("{}$ @ {realm}", host.netbios),
+                server: format!("krbtgt/{realm} @ {realm}"),
+                start_time: ts(now - 60_000),
+                end_time: ts(now + 10 * 3600 * 1000),
+                kdc_called: kdc.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+/// The agent stream of `host`, opened with its own certificate: Hello sent, Welcome read.
+async fn agent_stream(
+    pki: &Pki,
+    running: &Running,
+    host: &TestHost,
+) -> (mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::ControllerMessage>) {
+    let url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .tls_config(pki.agent_tls(&host.fqdn))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the agent endpoint");
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::AgentMessage {
+        seq: 1,
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            identity: Some(pb::HostIdentity {
+                fqdn: host.fqdn.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    tx.send(hello).await.unwrap();
+    let mut inbound = AgentServiceClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("agent session")
+        .into_inner();
+    let welcome = inbound.message().await.expect("Welcome").expect("Welcome");
+    assert!(
+        matches!(welcome.body, Some(pb::controller_message::Body::Welcome(_))),
+        "{welcome:?}"
+    );
+    (tx, inbound)
+}
+
+/// The next purge command on `inbound`, or `None` when `within` passes without one.
+async fn next_purge(inbound: &mut tonic::Streaming<pb::ControllerMessage>, within: Duration) -> Option<pb::Command> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let m = tokio::time::timeout_at(deadline, inbound.message()).await.ok()?;
+        let m = m.expect("the agent stream failed").expect("the agent stream ended");
+        if let Some(pb::controller_message::Body::Command(c)) = m.body
+            && matches!(c.kind, Some(pb::command::Kind::PurgeSystemTickets(_)))
+        {
+            return Some(c);
+        }
+    }
+}
+
+async fn check(api: &mut FleetClient, src: &TestHost, peer: &TestHost, user: &str) -> pb::CheckMigrationResponse {
+    api.check_migration(pb::CheckMigrationRequest {
+        source: src.fqdn.clone(),
+        destination: peer.fqdn.clone(),
+        account: user.to_owned(),
+        ..Default::default()
+    })
+    .await
+    .expect("CheckMigration")
+    .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let lab = TwoDcLab::start();
+    let (fleet, user) = fleet(lab).await;
+    let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let realm = lab.var("LAB_REALM").to_owned();
+    let pki = Pki::new();
+    let (_dir, path) = write_config(&config_with_agents(lab, &fleet, &pki, 600));
+    let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
+    let mut api = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
+
+    // The source's agent reports that its tickets come from dc2's KDC.
+    let (uplink, mut inbound) = agent_stream(&pki, &running, src).await;
+    uplink
+        .send(report_with_tgt_from(src, &realm, "dc2.lab.test"))
+        .await
+        .unwrap();
+    let hub = running.hub.clone().unwrap();
+    eventually(Duration::from_secs(10), "the hub knows the source's KDC", || {
+        let kdc = hub.kdc_of(&src.fqdn);
+        async move { kdc.as_deref() == Some("dc2.lab.test") }
+    })
+    .await;
+
+    // dc2 falls behind; the operator approves the plan, which kcdsync writes through dc1.
+    let held = lab.hold_inbound(Dc::Dc2).expect("holding dc2's inbound replication");
+    let t = Instant::now();
+    let pending = loop {
+        let p = pending_plans(&mut api).await;
+        if !p.is_empty() {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no pending plan in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    api.approve_plan(pb::ApprovePlanRequest {
+        id: pending[0].id.clone(),
+        comment: String::new(),
+    })
+    .await
+    .expect("ApprovePlan");
+    let (plan, written_ms) = written(&running.store, &src.dn).await;
+    kdc_grants(lab, Dc::Dc1, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("dc1's KDC, where kcdsync wrote: {e}"));
+
+    // While dc2 lacks the change its KDC refuses, the source is not told to purge (it would
+    // only fetch the refusal again), and readiness says what it waits for.
+    let early = next_purge(&mut inbound, Duration::from_secs(3)).await;
+    assert!(early.is_none(), "purged while dc2 lacks the change: {early:?}");
+    let refused = kdc_grants(lab, Dc::Dc2, src, &user, peer).await;
+    assert!(
+        refused.is_err(),
+        "dc2's KDC granted while its inbound replication is off"
+    );
+    let v = check(&mut api, src, peer, &user).await;
+    assert_eq!(v.readiness, pb::Readiness::NotReady as i32, "{v:?}");
+    assert!(
+        v.summary.starts_with("ready once dc2.lab.test replicates"),
+        "{}",
+        v.summary
+    );
+    assert!(
+        v.blocking
+            .iter()
+            .any(|f| f.kind == pb::FindingKind::AwaitingReplication as i32),
+        "{v:?}"
+    );
+
+    // dc2 catches up: the purge goes out, and by then dc2's KDC grants.
+    held.release().expect("dc2's inbound replication back on");
+    let purge = next_purge(&mut inbound, Duration::from_secs(90))
+        .await
+        .expect("no purge within 90 s of dc2's replication coming back");
+    let purged_ms = kcdsync_controller::store::now_ms();
+    assert!(purge.reason.contains(&format!("plan {plan}")), "{}", purge.reason);
+    kdc_grants(lab, Dc::Dc2, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("the purge went out, yet dc2's KDC refuses: {e}"));
+    let arrived = recorded_on_dc2(&running.store, plan, &src.dn)
+        .await
+        .expect("purged before kcdsync recorded dc2 has the change");
+    assert!(arrived <= purged_ms);
+    let v = check(&mut api, src, peer, &user).await;
+    assert_eq!(v.readiness, pb::Readiness::Ready as i32, "{v:?}");
+    report(&format!(
+        "purge held {:.1} s after the write, sent {} ms after kcdsync recorded dc2",
+        (purged_ms - written_ms) as f64 / 1000.0,
+        purged_ms - arrived
+    ));
+    drop(uplink);
     cleanup(lab, running, &fleet).await;
 }
