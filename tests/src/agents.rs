@@ -378,3 +378,53 @@ pub fn kerberized_probe(lab: &crate::Lab, host: &crate::TestHost, dir: &Path) ->
 /// A PostgreSQL database of one test on the test cluster (`deploy/pg/pg.sh up`): the store's own
 /// helper, so the store suite, these tests and kcdsync-bench make theirs one way.
 pub use kcdsync_controller::store::testing::PgTestDb;
+
+/// The Hello an agent of `claimed` opens its stream with.
+pub fn hello_msg(claimed: &str) -> kcdsync_proto::v1::AgentMessage {
+    use kcdsync_proto::v1::{AgentMessage, Hello, HostIdentity, agent_message::Body};
+    AgentMessage {
+        seq: 1,
+        body: Some(Body::Hello(Hello {
+            identity: Some(HostIdentity {
+                fqdn: claimed.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An agent stream opened by hand, as an agent of `host` would: Hello sent, Welcome received.
+/// Keep the sender alive (dropping it ends the stream from the agent's side).
+pub async fn open_stream(
+    url: &str,
+    tls: ClientTlsConfig,
+    host: &str,
+) -> Result<
+    (
+        mpsc::Sender<kcdsync_proto::v1::AgentMessage>,
+        tonic::Streaming<kcdsync_proto::v1::ControllerMessage>,
+    ),
+    tonic::Status,
+> {
+    use kcdsync_proto::v1::{ControllerMessage, agent_service_client::AgentServiceClient, controller_message};
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(hello_msg(host)).await.unwrap();
+    let mut inbound = AgentServiceClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match inbound.message().await? {
+        Some(ControllerMessage {
+            body: Some(controller_message::Body::Welcome(_)),
+        }) => Ok((tx, inbound)),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}

@@ -189,19 +189,6 @@ async fn an_agent_restarted_mid_send_loses_and_duplicates_nothing() {
     ep.stop().await;
 }
 
-fn hello_msg(claimed: &str) -> AgentMessage {
-    AgentMessage {
-        seq: 1,
-        body: Some(Body::Hello(Hello {
-            identity: Some(HostIdentity {
-                fqdn: claimed.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    }
-}
-
 /// Opens a raw stream with `tls`, sends `msgs`, and returns what came back
 /// until the stream ended (or 5 s passed); an error ends the list.
 async fn raw_session(

@@ -19,12 +19,13 @@ use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime::{self, Running};
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1 as pb;
-use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
-use kcdsync_tests::agents::{FleetClient, Pki, WRITE_TOKEN, eventually, fleet_client, pending_plans, write_tokens};
+use kcdsync_tests::agents::{
+    FleetClient, Pki, WRITE_TOKEN, eventually, fleet_client, open_stream, pending_plans, write_tokens,
+};
 use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
 use kcdsync_tests::{Fleet, FleetSpec, TestHost, controller_bin, delete_subtree, token, write_config};
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, broadcast};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -422,45 +423,6 @@ fn report_with_tgt_from(host: &TestHost, realm: &str, kdc: &str) -> pb::AgentMes
     }
 }
 
-/// The agent stream of `host`, opened with its own certificate: Hello sent, Welcome read.
-async fn agent_stream(
-    pki: &Pki,
-    running: &Running,
-    host: &TestHost,
-) -> (mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::ControllerMessage>) {
-    let url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .tls_config(pki.agent_tls(&host.fqdn))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connecting to the agent endpoint");
-    let (tx, rx) = mpsc::channel(4);
-    let hello = pb::AgentMessage {
-        seq: 1,
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            identity: Some(pb::HostIdentity {
-                fqdn: host.fqdn.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    };
-    tx.send(hello).await.unwrap();
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("agent session")
-        .into_inner();
-    let welcome = inbound.message().await.expect("Welcome").expect("Welcome");
-    assert!(
-        matches!(welcome.body, Some(pb::controller_message::Body::Welcome(_))),
-        "{welcome:?}"
-    );
-    (tx, inbound)
-}
-
 /// The next purge command on `inbound`, or `None` when `within` passes without one.
 async fn next_purge(inbound: &mut tonic::Streaming<pb::ControllerMessage>, within: Duration) -> Option<pb::Command> {
     let deadline = tokio::time::Instant::now() + within;
@@ -500,7 +462,10 @@ async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants()
     let mut api = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
 
     // The source's agent reports that its tickets come from dc2's KDC.
-    let (uplink, mut inbound) = agent_stream(&pki, &running, src).await;
+    let agents_url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
+    let (uplink, mut inbound) = open_stream(&agents_url, pki.agent_tls(&src.fqdn), &src.fqdn)
+        .await
+        .expect("the source's agent stream");
     uplink
         .send(report_with_tgt_from(src, &realm, "dc2.lab.test"))
         .await

@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 
 use kcdsync_controller::revocation;
 use kcdsync_controller::store::Store;
-use kcdsync_proto::v1::agent_message::Body;
-use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::logs::Captured;
 use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::*;
-use tokio::sync::mpsc;
 use tonic::Streaming;
-use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// What the endpoints in this process log and count: their log lines, and their metrics as
 /// an OTLP receiver gets them.
@@ -81,47 +77,6 @@ fn refused_count(stage: &str) -> f64 {
 
 fn sqlite(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}?mode=rwc", dir.path().join("kcdsync.db").display())
-}
-
-fn hello_msg(host: &str) -> AgentMessage {
-    AgentMessage {
-        seq: 1,
-        body: Some(Body::Hello(Hello {
-            identity: Some(HostIdentity {
-                fqdn: host.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    }
-}
-
-/// An agent stream opened by hand: Hello sent, Welcome received. Keep `.0` alive (dropping it
-/// ends the stream from the agent's side).
-async fn open_stream(
-    url: &str,
-    tls: ClientTlsConfig,
-    host: &str,
-) -> Result<(mpsc::Sender<AgentMessage>, Streaming<ControllerMessage>), tonic::Status> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(hello_msg(host)).await.unwrap();
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match inbound.message().await? {
-        Some(ControllerMessage {
-            body: Some(controller_message::Body::Welcome(_)),
-        }) => Ok((tx, inbound)),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
 }
 
 /// Reads `inbound` until it ends; the status it ended with.
