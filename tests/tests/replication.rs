@@ -452,6 +452,9 @@ async fn check(api: &mut FleetClient, src: &TestHost, peer: &TestHost, user: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants() {
     let _serial = ONE_AT_A_TIME.lock().await;
+    // First, whichever test runs first: the controller's instruments bind to the exporter
+    // installed before their first use, for the whole process.
+    export_metrics();
     let lab = TwoDcLab::start();
     let (fleet, user) = fleet(lab).await;
     let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
