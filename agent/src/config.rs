@@ -55,6 +55,10 @@ struct Raw {
     /// An attempt not acknowledged this long after it was sent is sent again.
     #[serde(default = "d30")]
     resend_after_secs: u64,
+    /// At most one ticket purge per this many seconds; purges asked for within it wait for
+    /// its end and are answered by one run.
+    #[serde(default = "d10")]
+    purge_min_interval_secs: u64,
 }
 
 /// The longest report, attempts or probe interval: a day.
@@ -98,6 +102,7 @@ pub struct AgentConfig {
     pub outbox_max_bytes: u64,
     pub max_message_bytes: usize,
     pub resend_after: Duration,
+    pub purge_min_interval: Duration,
 }
 
 impl AgentConfig {
@@ -152,6 +157,7 @@ impl AgentConfig {
             ("attempts_interval_secs", raw.attempts_interval_secs),
             ("probe_timeout_secs", raw.probe_timeout_secs),
             ("resend_after_secs", raw.resend_after_secs),
+            ("purge_min_interval_secs", raw.purge_min_interval_secs),
         ] {
             // Bounded above too: an interval is added to clock instants, and a year-long one
             // is a typo, not a wish.
@@ -199,6 +205,7 @@ impl AgentConfig {
             outbox_max_bytes: raw.outbox_max_bytes,
             max_message_bytes: raw.max_message_bytes,
             resend_after: Duration::from_secs(raw.resend_after_secs),
+            purge_min_interval: Duration::from_secs(raw.purge_min_interval_secs),
         })
     }
 }

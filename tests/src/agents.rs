@@ -191,6 +191,8 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         max_backoff: Duration::from_millis(800),
         healthy_after: Duration::from_secs(2),
         resend_after: Duration::from_secs(5),
+        // Shorter than the default 10 s: tests that purge again should not wait long.
+        purge_min_interval: Duration::from_secs(2),
         max_message_bytes: 1 << 20,
         outbox_max_bytes: 64 << 20,
         certified_name: None,

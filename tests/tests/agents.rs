@@ -654,3 +654,83 @@ async fn messages_the_controller_refuses_as_too_large_are_split_and_an_attempt_t
     agent.stop().await;
     ep.stop().await;
 }
+
+/// The simulated host, counting the ticket purges the agent runs on it, and when.
+struct CountingPurges {
+    host: SimulatedProbe,
+    ran: std::sync::Mutex<Vec<std::time::Instant>>,
+}
+
+impl HostProbe for CountingPurges {
+    async fn report(&self) -> HostReport {
+        self.host.report().await
+    }
+
+    async fn attempts(
+        &self,
+        since: &kcdsync_agent::probe::Cursor,
+    ) -> Result<(Vec<MigrationAttempt>, kcdsync_agent::probe::Cursor), kcdsync_agent::probe::ProbeError> {
+        self.host.attempts(since).await
+    }
+
+    async fn purge_system_tickets(&self) -> Result<String, kcdsync_agent::probe::ProbeError> {
+        self.ran.lock().unwrap().push(std::time::Instant::now());
+        self.host.purge_system_tickets().await
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_purges_from_the_controller_runs_once_per_interval_on_the_host() {
+    let pki = Pki::new();
+    let db = tempfile::tempdir().unwrap();
+    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let host = "hv01.lab.test";
+    let dir = tempfile::tempdir().unwrap();
+    let probe = std::sync::Arc::new(CountingPurges {
+        host: SimulatedProbe::new(sim_host(host), &dir.path().join("host")).unwrap(),
+        ran: Default::default(),
+    });
+    let s = settings(&ep.url(), pki.agent_tls(host));
+    let interval = s.purge_min_interval;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (p, outbox) = (probe.clone(), dir.path().join("outbox"));
+    let agent = tokio::spawn(async move { kcdsync_agent::client::run(s, p, &outbox, rx).await });
+    let hub = ep.hub.clone();
+    eventually(Duration::from_secs(20), "the agent connected", || {
+        let up = hub.connected_hosts().contains(&host.to_owned());
+        async move { up }
+    })
+    .await;
+
+    // Three delegation changes in a row: the host purges at once, then once more when the
+    // interval is over, for the two that came within it.
+    for plan in 1..=3 {
+        hub.purge(host, &format!("delegation changed by plan {plan}"))
+            .await
+            .unwrap();
+    }
+    let ran = || probe.ran.lock().unwrap().clone();
+    eventually(Duration::from_secs(10), "the first purge ran", || {
+        let n = ran().len();
+        async move { n >= 1 }
+    })
+    .await;
+    eventually(interval * 3, "the waiting purges ran", || {
+        let n = ran().len();
+        async move { n >= 2 }
+    })
+    .await;
+    tokio::time::sleep(interval).await;
+    let times = ran();
+    assert_eq!(times.len(), 2, "three purges asked for, two runs: {times:?}");
+    assert!(
+        times[1] - times[0] >= interval,
+        "the second run came {:?} after the first, within the {interval:?} interval",
+        times[1] - times[0]
+    );
+    let _ = stop.send(true);
+    agent.await.unwrap().unwrap();
+    ep.stop().await;
+}

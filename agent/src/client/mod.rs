@@ -7,6 +7,7 @@
 
 mod backoff;
 mod batch;
+pub mod purges;
 mod resend;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::Instrument;
 
 use self::backoff::{Backoff, Progress, made_progress};
+use self::purges::{Admit, PurgeLimit};
 use self::resend::InFlight;
 use crate::config::AgentConfig;
 use crate::outbox::{Outbox, OutboxError};
@@ -86,6 +88,8 @@ pub struct Settings {
     /// Hello with when the probe cannot read the host's FQDN (PowerShell
     /// broken or absent), since the controller accepts no other anyway.
     pub certified_name: Option<String>,
+    /// At most one ticket purge per this long ([`purges`]).
+    pub purge_min_interval: Duration,
 }
 
 impl Settings {
@@ -113,6 +117,7 @@ impl Settings {
             max_backoff: Duration::from_secs(60),
             healthy_after: Duration::from_secs(30),
             resend_after: cfg.resend_after,
+            purge_min_interval: cfg.purge_min_interval,
             max_message_bytes: cfg.max_message_bytes,
             outbox_max_bytes: cfg.outbox_max_bytes,
             certified_name,
@@ -139,6 +144,8 @@ pub async fn run<P: HostProbe>(
     }
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut message_limit = settings.max_message_bytes;
+    // Outlives each session: a reconnect does not reset the purge budget.
+    let mut purges = PurgeLimit::new(settings.purge_min_interval);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -151,6 +158,7 @@ pub async fn run<P: HostProbe>(
             &mut shutdown,
             message_limit,
             &mut tracker,
+            &mut purges,
         )
         .await;
         match &ended {
@@ -430,6 +438,7 @@ async fn session<P: HostProbe>(
     shutdown: &mut watch::Receiver<bool>,
     message_limit: usize,
     tracker: &mut Tracker,
+    purges: &mut PurgeLimit,
 ) -> Result<(), ClientError> {
     let (stream, report) = open_stream(settings, probe, outbox).await?;
     tracker.welcomed = Some(Instant::now());
@@ -452,6 +461,17 @@ async fn session<P: HostProbe>(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
+            _ = purge_due(purges.due()), if purges.due().is_some() => {
+                // One run answers every purge that waited for it.
+                let waiting = purges.take(Instant::now());
+                if let Some(first) = waiting.first() {
+                    let result = execute(probe, first).await;
+                    for c in &waiting {
+                        let answer = CommandResult { command_id: c.command_id.clone(), ..result.clone() };
+                        out.send(Body::CommandResult(answer)).await?;
+                    }
+                }
+            }
             _ = report_tick.tick() => {
                 let report = probe.report().instrument(tracing::info_span!("probe")).await;
                 out.send(Body::Report(outgoing(report, outbox, settings))).await?
@@ -476,6 +496,24 @@ async fn session<P: HostProbe>(
                         in_flight.acked(id);
                     }
                     tracker.acked += outbox.ack(ack.attempt_ids.iter().map(String::as_str))?;
+                }
+                Ok(Some(ControllerMessage { body: Some(Down::Command(cmd)) }))
+                    if matches!(cmd.kind, Some(command::Kind::PurgeSystemTickets(_))) =>
+                {
+                    match purges.offer(&cmd, Instant::now()) {
+                        Admit::Now => {
+                            let result = execute(probe, &cmd).await;
+                            purges.ran(Instant::now());
+                            out.send(Body::CommandResult(result)).await?;
+                        }
+                        Admit::Later(due) => tracing::info!(
+                            command = %cmd.command_id,
+                            wait_ms = due.saturating_duration_since(Instant::now()).as_millis() as u64,
+                            "a ticket purge ran less than {} s ago: this one runs when that interval is over",
+                            settings.purge_min_interval.as_secs()
+                        ),
+                        Admit::AlreadyWaiting => {}
+                    }
                 }
                 Ok(Some(ControllerMessage { body: Some(Down::Command(cmd)) })) => {
                     let result = execute(probe, &cmd).await;
@@ -513,6 +551,14 @@ async fn send_pending(
         out.send(Body::Attempts(MigrationAttempts { attempts })).await?;
     }
     Ok(())
+}
+
+/// Resolves when the waiting purges are due.
+async fn purge_due(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn execute<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {
