@@ -59,6 +59,15 @@ struct Raw {
     /// its end and are answered by one run.
     #[serde(default = "d10")]
     purge_min_interval_secs: u64,
+    /// Where the Windows service writes its log (`agent.log`, rotated by size); default
+    /// `logs` beside this file. A console run logs to stderr.
+    log_dir: Option<PathBuf>,
+}
+
+/// The service's log directory when the config does not say: `logs` beside the config file
+/// (also where it logs when the config itself cannot be read).
+pub fn default_log_dir(config_path: &Path) -> PathBuf {
+    config_path.parent().unwrap_or(Path::new(".")).join("logs")
 }
 
 /// The longest report, attempts or probe interval: a day.
@@ -103,6 +112,7 @@ pub struct AgentConfig {
     pub max_message_bytes: usize,
     pub resend_after: Duration,
     pub purge_min_interval: Duration,
+    pub log_dir: PathBuf,
 }
 
 impl AgentConfig {
@@ -206,6 +216,7 @@ impl AgentConfig {
             max_message_bytes: raw.max_message_bytes,
             resend_after: Duration::from_secs(raw.resend_after_secs),
             purge_min_interval: Duration::from_secs(raw.purge_min_interval_secs),
+            log_dir: raw.log_dir.map(abs).unwrap_or_else(|| default_log_dir(path)),
         })
     }
 }

@@ -75,9 +75,28 @@ fn main() -> std::process::ExitCode {
         let config = cli.config.clone();
         let r = kcdsync_agent::service::run_as_service(move |stop| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // The SCM discards stderr: the log goes to a rotating file (logfile.rs), in the
+            // config's log_dir, or beside the config when it cannot be read (to say why).
+            let log_dir = kcdsync_agent::config::AgentConfig::load(&config)
+                .map(|c| c.log_dir)
+                .unwrap_or_else(|_| kcdsync_agent::config::default_log_dir(&config));
+            let log = kcdsync_agent::logfile::LogFile::open(
+                &log_dir,
+                kcdsync_agent::logfile::MAX_BYTES,
+                kcdsync_agent::logfile::KEEP,
+            )
+            .with_context(|| format!("cannot open the service log in {}", log_dir.display()))?;
             rt.block_on(async {
-                let telemetry = kcdsync_telemetry::init("kcdsync-agent", kcdsync_telemetry::LogFormat::Human, "info");
+                let telemetry = kcdsync_telemetry::init_with_writer(
+                    "kcdsync-agent",
+                    kcdsync_telemetry::LogFormat::Plain,
+                    "info",
+                    kcdsync_telemetry::BoxMakeWriter::new(move || log.clone()),
+                );
                 let r = run_agent(&config, stop).await;
+                if let Err(e) = &r {
+                    tracing::error!("the agent stopped: {e:#}");
+                }
                 telemetry.shutdown();
                 r
             })

@@ -33,6 +33,8 @@ pub use transport::{ALLOW_PLAINTEXT, is_loopback_host};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Human,
+    /// Human, without terminal colours: for log files.
+    Plain,
     Json,
 }
 
@@ -156,6 +158,7 @@ pub fn init_with_writer(service: &str, format: LogFormat, default_filter: &str, 
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
         LogFormat::Human => registry.with(fmt.with_filter(filter)).init(),
+        LogFormat::Plain => registry.with(fmt.with_ansi(false).with_filter(filter)).init(),
         LogFormat::Json => registry
             .with(
                 fmt.json()
