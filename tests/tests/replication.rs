@@ -524,6 +524,34 @@ async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants()
             .any(|f| f.kind == pb::FindingKind::AwaitingReplication as i32),
         "{v:?}"
     );
+    // The matrix (and the dashboard's, drawn from it) says the same for that cell only.
+    let cells = api
+        .readiness_matrix(pb::ReadinessMatrixRequest {
+            group: "g".into(),
+            account: user.clone(),
+        })
+        .await
+        .expect("ReadinessMatrix")
+        .into_inner()
+        .cells;
+    let from_src = cells
+        .iter()
+        .find(|c| c.source.eq_ignore_ascii_case(&src.fqdn) || c.source.eq_ignore_ascii_case(&src.netbios))
+        .unwrap_or_else(|| panic!("no cell from the source: {cells:?}"));
+    assert_eq!(from_src.readiness, pb::Readiness::NotReady as i32, "{from_src:?}");
+    assert!(
+        from_src
+            .reasons
+            .contains(&(pb::FindingKind::AwaitingReplication as i32)),
+        "{from_src:?}"
+    );
+    let from_peer = cells
+        .iter()
+        .find(|c| c.destination.eq_ignore_ascii_case(&src.fqdn) || c.destination.eq_ignore_ascii_case(&src.netbios));
+    assert!(
+        from_peer.is_some_and(|c| !c.reasons.contains(&(pb::FindingKind::AwaitingReplication as i32))),
+        "the peer's KDC wait is not the source's: {from_peer:?}"
+    );
 
     // dc2 catches up: the purge goes out, and by then dc2's KDC grants.
     held.release().expect("dc2's inbound replication back on");

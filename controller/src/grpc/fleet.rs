@@ -456,7 +456,8 @@ impl FleetService for FleetApi {
         let mut cells = Vec::with_capacity(cells);
         for s in &names {
             for d in names.iter().filter(|d| *d != s) {
-                let v = diagnose::check_migration(&facts, s, d, &account);
+                let mut v = diagnose::check_migration(&facts, s, d, &account);
+                diagnose::awaiting_replication(&mut v, &view.findings, s);
                 let mut reasons: Vec<i32> = v.blocking.iter().map(|f| kind_to_pb(f.kind)).collect();
                 reasons.dedup();
                 cells.push(pb::MatrixCell {
