@@ -102,7 +102,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Show the audit trail of applied changes, newest first.
+    /// Show the audit trail, newest first: the AD changes kcdsync applied, then agent events
+    /// (agents revoked and unrevoked; table output only — `--output json` lists the AD changes).
     Audit {
         /// Only this host (FQDN as shown in plans).
         #[arg(long)]
@@ -301,7 +302,13 @@ async fn run(cli: Cli) -> Result<()> {
                         .collect();
                     print_json(&with)?
                 }
-                Output::Table => print!("{}", report::audit(&rows, &replication)),
+                Output::Table => {
+                    print!("{}", report::audit(&rows, &replication));
+                    let events = store.audit_events(host.as_deref(), limit).await?;
+                    if !events.is_empty() {
+                        print!("\n{}", report::audit_events(&events));
+                    }
+                }
             }
             Ok(())
         }

@@ -241,21 +241,39 @@ pub fn agent_detail(a: &AgentDetail) -> String {
     if !a.history.is_empty() {
         out.push_str("  history (newest first):\n");
         for e in &a.history {
-            let _ = writeln!(
-                out,
-                "    {}  {}  by {}{}",
-                format_ms(e.time_ms),
-                e.kind,
-                e.actor,
-                if e.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", e.detail)
-                }
-            );
+            let _ = writeln!(out, "    {}", event_line(e, false));
         }
     }
     out
+}
+
+/// The audit trail's events that are not AD changes (agents revoked and unrevoked), newest
+/// first, after the AD changes in `kcdsync-controller audit`.
+pub fn audit_events(events: &[crate::store::AuditEvent]) -> String {
+    let mut out = String::from("Agent events (newest first):\n");
+    for e in events {
+        let _ = writeln!(out, "  {}", event_line(e, true));
+    }
+    out
+}
+
+fn event_line(e: &crate::store::AuditEvent, with_host: bool) -> String {
+    format!(
+        "{}  {}  {}by {}{}",
+        format_ms(e.time_ms),
+        e.kind,
+        if with_host {
+            format!("{}  ", e.host)
+        } else {
+            String::new()
+        },
+        e.actor,
+        if e.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", e.detail)
+        }
+    )
 }
 
 /// "replicated to dc2.lab.test after 3.1 s", or that it has not been seen there.

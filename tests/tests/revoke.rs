@@ -427,6 +427,13 @@ async fn revoke_list_show_and_unrevoke_from_the_command_line() {
         show.contains("allowed") && show.contains("Windows Server 2022 (build 20348)"),
         "{show}"
     );
+    // The audit trail shows it after the AD changes (none here).
+    let audit = stdout(&controller(&path, &["audit"]));
+    assert!(
+        audit.contains("Agent events (newest first):")
+            && audit.contains("agent-revoked  hv01.lab.test  by alice: disk stolen"),
+        "{audit}"
+    );
     let unknown = controller(&path, &["agents", "show", "hv09.lab.test"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(
