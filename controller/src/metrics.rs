@@ -18,6 +18,10 @@ pub struct Metrics {
     /// Agent streams refused or cut because their host is revoked (attribute `stage`:
     /// `hello` for a refused connection, `live` for a stream cut while it ran).
     pub agents_revoked_refused: Counter<u64>,
+    /// Certificate renewals asked for over agent streams, by `result`: `issued`, or why not
+    /// (`not_configured`, `too_soon`, `bad_csr`, `wrong_name`, `revoked`, `ca_expired`,
+    /// `unavailable`).
+    pub agent_renewals: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -88,6 +92,12 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("kcdsync.agents.revoked_refused")
                 .with_description(
                     "agent streams refused at Hello (stage=hello) or cut while live (stage=live) because their host is revoked",
+                )
+                .build(),
+            agent_renewals: meter
+                .u64_counter("kcdsync.agents.renewals")
+                .with_description(
+                    "agent certificate renewals asked over the stream, by result (issued, or why they were refused)",
                 )
                 .build(),
             gauges,

@@ -72,6 +72,8 @@ impl Pki {
             heartbeat: Duration::from_secs(1),
             stale_after: Duration::from_secs(3),
             max_message_bytes: 1 << 20,
+            issuing_ca: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -166,6 +166,11 @@ async fn start_agents(
             heartbeat: a.heartbeat,
             stale_after: a.stale_after,
             max_message_bytes: a.max_message_bytes,
+            renewal: crate::renewal::RenewalPolicy {
+                ca: a.issuing_ca.clone(),
+                lifetime: a.cert_lifetime,
+                ..Default::default()
+            },
             ..Default::default()
         },
         Some(triggers),

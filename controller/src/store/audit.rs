@@ -176,21 +176,45 @@ pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, Store
     })
 }
 
-/// An audit event that is not an AD modify (an agent revoked or unrevoked): who did what to
+/// An audit event that is not an AD modify (an agent revoked or unrevoked, its certificate renewed): who did what to
 /// which host, and why. Kept apart from the modify rows above, which date each host's last
 /// delegation change for the diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: i64,
     pub time_ms: i64,
-    /// `agent-revoked`, `agent-unrevoked`.
+    /// `agent-revoked`, `agent-unrevoked`, `agent-certificate-renewed`, `agent-certificate-refused`.
     pub kind: String,
     pub host: String,
     pub actor: String,
     pub detail: String,
 }
 
+/// Audit event kinds of certificate renewal over the agent stream (`crate::renewal`).
+pub const EVENT_CERT_RENEWED: &str = "agent-certificate-renewed";
+pub const EVENT_CERT_REFUSED: &str = "agent-certificate-refused";
+
 impl Store {
+    /// Records an audit event on its own (the deny-list writes its events in the transaction
+    /// of its change instead).
+    pub async fn record_audit_event(
+        &self,
+        kind: &str,
+        host: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_events (time, kind, host, actor, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(super::now_ms())
+            .bind(kind)
+            .bind(text(host))
+            .bind(text(actor))
+            .bind(text(detail))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Audit events, newest first; `host` filters by host name.
     pub async fn audit_events(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
