@@ -3,10 +3,13 @@
 //! controller's commands. A broken stream is reconnected with exponential
 //! backoff and jitter ([`backoff`]); attempts keep flowing into the durable
 //! outbox while the controller is away, go out in messages sized in bytes
-//! ([`batch`]), and are resent when unacknowledged ([`resend`]).
+//! ([`batch`]), and are resent when unacknowledged ([`resend`]). At half its
+//! lifetime the certificate is renewed over the stream ([`renew`]) and the
+//! stream reconnected with the new one.
 
 mod backoff;
 mod batch;
+mod renew;
 mod resend;
 
 use std::sync::Arc;
@@ -22,8 +25,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::Instrument;
 
 use self::backoff::{Backoff, Progress, made_progress};
+use self::renew::{Outcome, Renewal};
 use self::resend::InFlight;
 use crate::config::AgentConfig;
+use crate::identity::IdentityFiles;
 use crate::outbox::{Outbox, OutboxError};
 use crate::probe::HostProbe;
 
@@ -86,6 +91,11 @@ pub struct Settings {
     /// Hello with when the probe cannot read the host's FQDN (PowerShell
     /// broken or absent), since the controller accepts no other anyway.
     pub certified_name: Option<String>,
+    /// The certificate and key files: read again before every connection, and renewed over
+    /// the stream at half-life. `None`: the identity in `tls` is used as it is, never renewed.
+    pub identity: Option<IdentityFiles>,
+    /// The first wait after a renewal was refused or failed (doubling, up to an hour).
+    pub renew_retry: Duration,
 }
 
 impl Settings {
@@ -96,11 +106,19 @@ impl Settings {
                 source,
             })
         };
-        let cert = read(&cfg.cert_file)?;
-        let certified_name = crate::cert::dns_name(&cert);
+        let files = IdentityFiles {
+            cert_file: cfg.cert_file.clone(),
+            key_file: cfg.key_file.clone(),
+        };
+        // Through `identity::load`: a renewal a crash interrupted is finished first.
+        let id = crate::identity::load(&files).map_err(|e| ClientError::File {
+            path: format!("{} / {}", cfg.cert_file.display(), cfg.key_file.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let certified_name = crate::cert::dns_name(&id.cert_pem);
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
-            .identity(Identity::from_pem(cert, read(&cfg.key_file)?));
+            .identity(Identity::from_pem(id.cert_pem, id.key_pem));
         if let Some(name) = &cfg.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
@@ -116,6 +134,8 @@ impl Settings {
             max_message_bytes: cfg.max_message_bytes,
             outbox_max_bytes: cfg.outbox_max_bytes,
             certified_name,
+            identity: Some(files),
+            renew_retry: Duration::from_secs(60),
         })
     }
 }
@@ -123,7 +143,7 @@ impl Settings {
 /// Runs until `shutdown` turns true. Errors of one session are logged and
 /// retried; only an outbox that cannot be opened is fatal.
 pub async fn run<P: HostProbe>(
-    settings: Settings,
+    mut settings: Settings,
     probe: Arc<P>,
     outbox_dir: &std::path::Path,
     mut shutdown: watch::Receiver<bool>,
@@ -139,10 +159,12 @@ pub async fn run<P: HostProbe>(
     }
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut message_limit = settings.max_message_bytes;
+    let mut renewal = Renewal::new(&settings);
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
+        renewal.reload(&mut settings);
         let mut tracker = Tracker::default();
         let ended = session(
             &settings,
@@ -151,10 +173,17 @@ pub async fn run<P: HostProbe>(
             &mut shutdown,
             message_limit,
             &mut tracker,
+            &mut renewal,
         )
         .await;
+        renewal.stream_ended();
         match &ended {
-            Ok(()) => return Ok(()),
+            Ok(End::Shutdown) => return Ok(()),
+            Ok(End::Renewed) => {
+                // At once, so the new certificate is the one in use; nothing to back off from.
+                backoff.reset();
+                continue;
+            }
             Err(ClientError::Refused(s)) => {
                 tracing::error!(code = ?s.code(), message = s.message(), "the controller refused this agent")
             }
@@ -421,8 +450,24 @@ async fn open_stream<P: HostProbe>(
     ))
 }
 
-/// One stream, until shutdown (Ok) or an error; `tracker` records the
-/// progress it made, for the backoff.
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    /// A renewed certificate is in place: connect again with it.
+    Renewed,
+}
+
+/// Sleeps until `at`; forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One stream, until shutdown, a renewed certificate, or an error; `tracker`
+/// records the progress it made, for the backoff.
 async fn session<P: HostProbe>(
     settings: &Settings,
     probe: &P,
@@ -430,7 +475,8 @@ async fn session<P: HostProbe>(
     shutdown: &mut watch::Receiver<bool>,
     message_limit: usize,
     tracker: &mut Tracker,
-) -> Result<(), ClientError> {
+    renewal: &mut Renewal,
+) -> Result<End, ClientError> {
     let (stream, report) = open_stream(settings, probe, outbox).await?;
     tracker.welcomed = Some(Instant::now());
     let Stream {
@@ -451,7 +497,14 @@ async fn session<P: HostProbe>(
     send_pending(&mut out, outbox, &mut in_flight, message_limit).await?;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return Ok(End::Shutdown),
+            _ = until(renewal.due()) => {
+                if let Some((body, request)) = renewal.start() {
+                    out.send(body).await?;
+                    renewal.sent(out.seq, request);
+                }
+            }
+            _ = until(renewal.answer_deadline()) => renewal.timed_out(),
             _ = report_tick.tick() => {
                 let report = probe.report().instrument(tracing::info_span!("probe")).await;
                 out.send(Body::Report(outgoing(report, outbox, settings))).await?
@@ -476,6 +529,11 @@ async fn session<P: HostProbe>(
                         in_flight.acked(id);
                     }
                     tracker.acked += outbox.ack(ack.attempt_ids.iter().map(String::as_str))?;
+                }
+                Ok(Some(ControllerMessage { body: Some(Down::CertificateRenewal(answer)) })) => {
+                    if renewal.answer(answer) == Outcome::Installed {
+                        return Ok(End::Renewed);
+                    }
                 }
                 Ok(Some(ControllerMessage { body: Some(Down::Command(cmd)) })) => {
                     let result = execute(probe, &cmd).await;
