@@ -141,7 +141,7 @@ enum AgentsCommand {
         output: Output,
     },
     /// One host's agent: last seen, last report, whether it is revoked, and its history of
-    /// revocations.
+    /// revocations and certificate renewals.
     Show {
         /// The host's FQDN (as in its agent certificate), e.g. hv01.contoso.com.
         host: String,

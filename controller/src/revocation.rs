@@ -102,7 +102,7 @@ pub struct AgentDetail {
     pub last_report_ms: Option<i64>,
     pub os_caption: Option<String>,
     pub os_build: Option<u32>,
-    /// Revocations and their lifting, newest first.
+    /// Revocations and their lifting, certificates renewed and refused, newest first.
     pub history: Vec<AuditEvent>,
 }
 
