@@ -256,3 +256,157 @@ impl Renewal {
         wait
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, IsCa, Issuer, KeyPair};
+    use tonic::transport::ClientTlsConfig;
+
+    use super::*;
+
+    const HOST: &str = "hv01.lab.test";
+
+    fn settings(files: &IdentityFiles) -> Settings {
+        Settings {
+            url: "https://127.0.0.1:1".into(),
+            tls: ClientTlsConfig::new(),
+            report_interval: Duration::from_secs(60),
+            attempts_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(15),
+            max_backoff: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(30),
+            resend_after: Duration::from_secs(30),
+            max_message_bytes: 1 << 20,
+            outbox_max_bytes: 64 << 20,
+            certified_name: None,
+            identity: Some(files.clone()),
+            renew_retry: Duration::from_secs(60),
+        }
+    }
+
+    /// Writes a pair for `HOST` valid from `from` to `to` seconds from now.
+    fn pair(dir: &std::path::Path, from: i64, to: i64) -> IdentityFiles {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::seconds(from);
+        params.not_after = now + time::Duration::seconds(to);
+        let files = IdentityFiles {
+            cert_file: dir.join("agent.pem"),
+            key_file: dir.join("agent.key"),
+        };
+        std::fs::write(&files.cert_file, params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn secs_until(at: Instant) -> u64 {
+        at.saturating_duration_since(Instant::now()).as_secs()
+    }
+
+    #[tokio::test]
+    async fn a_renewal_is_due_at_half_life_read_from_the_certificate_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Issued 10 minutes ago for 2 hours: half-life in 50 minutes.
+        let files = pair(dir.path(), -600, 6600);
+        let mut s = settings(&files);
+        let mut r = Renewal::new(&s);
+        assert_eq!(r.due(), None, "nothing is known before the files are read");
+        r.reload(&mut s);
+        assert_eq!(
+            s.certified_name.as_deref(),
+            Some(HOST),
+            "the name comes from the certificate"
+        );
+        let due = secs_until(r.due().unwrap());
+        assert!((2990..=3000).contains(&due), "{due}");
+    }
+
+    #[tokio::test]
+    async fn past_half_life_it_is_due_now_and_not_again_while_the_answer_is_awaited() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pair(dir.path(), -600, 300);
+        let mut s = settings(&files);
+        let mut r = Renewal::new(&s);
+        r.reload(&mut s);
+        assert!(r.due().unwrap() <= Instant::now());
+        let (body, request) = r.start().unwrap();
+        let Body::RenewCertificate(req) = body else { panic!() };
+        assert!(
+            String::from_utf8(req.csr)
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+        );
+        r.sent(7, request);
+        assert_eq!(r.due(), None);
+        assert!(r.answer_deadline().is_some());
+        // An answer to another request changes nothing.
+        let stray = CertificateRenewal { seq: 6, result: None };
+        assert_eq!(r.answer(stray), Outcome::Kept);
+        assert!(r.answer_deadline().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_the_certificate_and_asks_again_after_doubling_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pair(dir.path(), -600, 300);
+        let before = std::fs::read(&files.cert_file).unwrap();
+        let mut s = settings(&files);
+        let mut r = Renewal::new(&s);
+        r.reload(&mut s);
+        let mut waits = Vec::new();
+        for seq in 1..=3 {
+            let (_, request) = r.start().unwrap();
+            r.sent(seq, request);
+            let refusal = CertificateRenewal {
+                seq,
+                result: Some(certificate_renewal::Result::Refused(
+                    kcdsync_proto::v1::RenewalRefused {
+                        code: tonic::Code::Unavailable as i32,
+                        message: "try later".into(),
+                    },
+                )),
+            };
+            assert_eq!(r.answer(refusal), Outcome::Kept);
+            waits.push(secs_until(r.due().unwrap()));
+        }
+        assert!(
+            (59..=60).contains(&waits[0]) && (119..=120).contains(&waits[1]) && (239..=240).contains(&waits[2]),
+            "{waits:?}"
+        );
+        assert_eq!(std::fs::read(&files.cert_file).unwrap(), before);
+        // No answer at all counts the same.
+        let (_, request) = r.start().unwrap();
+        r.sent(9, request);
+        r.timed_out();
+        assert!((479..=480).contains(&secs_until(r.due().unwrap())));
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_not_renewed_over_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pair(dir.path(), -7200, -60);
+        let mut s = settings(&files);
+        let mut r = Renewal::new(&s);
+        r.reload(&mut s);
+        assert_eq!(r.due(), None, "it must be re-issued by hand (see the log)");
+        assert!(r.told_expired.is_some(), "and the log said so, once");
+    }
+
+    #[tokio::test]
+    async fn without_files_nothing_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pair(dir.path(), -600, 300);
+        let mut s = Settings {
+            identity: None,
+            ..settings(&files)
+        };
+        let mut r = Renewal::new(&s);
+        r.reload(&mut s);
+        assert_eq!(r.due(), None);
+    }
+}
