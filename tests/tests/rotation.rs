@@ -470,3 +470,139 @@ fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
         ep.stop().await;
     });
 }
+
+/// A real `kcdsync-agent` process for HV01 whose certificate and key (`agent.pem`,
+/// `agent.key`, valid `validity`) are in `dir`, reporting to `url`.
+fn agent_process(pki: &Pki, dir: &Path, url: &str, validity: Validity) -> (tokio::process::Child, IdentityFiles) {
+    let files = pki.agent_files(HV01, dir, validity);
+    std::fs::write(
+        dir.join("host.toml"),
+        format!("fqdn = \"{HV01}\"\nnetbios = \"HV01\"\n"),
+    )
+    .unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller_url = \"{url}\"\ntls_server_name = \"localhost\"\nca_file = \"{}\"\ncert_file = \"{}\"\n\
+             key_file = \"{}\"\noutbox_dir = \"outbox\"\nprobe = \"simulated\"\nsimulated_host = \"host.toml\"\n\
+             attempts_interval_secs = 1\nreport_interval_secs = 60\n",
+            pki.path("ca.pem").display(),
+            files.cert_file.display(),
+            files.key_file.display(),
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(kcdsync_tests::workspace_bin("kcdsync-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kcdsync-agent (cargo build -p kcdsync-agent first)");
+    (child, files)
+}
+
+/// Every line the child writes (stdout and stderr), as it comes.
+fn lines_of(child: &mut tokio::process::Child) -> mpsc::UnboundedReceiver<String> {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    for reader in [
+        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(err),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("agent: {line}");
+                let _ = tx.send(line);
+            }
+        });
+    }
+    rx
+}
+
+/// Reads `lines` until one contains `marker`; that line.
+async fn line_with(lines: &mut mpsc::UnboundedReceiver<String>, marker: &str, within: Duration) -> String {
+    tokio::time::timeout(within, async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(marker) {
+                return line;
+            }
+        }
+        panic!("the agent's output ended before `{marker}`");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the agent never printed `{marker}` within {within:?}"))
+}
+
+#[test]
+fn a_real_agent_process_renews_its_files_and_one_whose_certificate_expired_says_how_to_re_enroll() {
+    run_with_room(async {
+        let pki = Pki::new();
+        let db = tempfile::tempdir().unwrap();
+        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
+            .await
+            .unwrap();
+        let addr = ep.addr;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, files) = agent_process(&pki, dir.path(), &ep.url(), short(8));
+        let first = serial(&files);
+        let mut lines = lines_of(&mut child);
+        line_with(
+            &mut lines,
+            "asking the controller for a new one",
+            Duration::from_secs(15),
+        )
+        .await;
+        line_with(
+            &mut lines,
+            "certificate renewed and written with its new key",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_ne!(serial(&files), first);
+        assert_eq!(cert_names(&files), [HV01]);
+        #[cfg(unix)]
+        assert_eq!(mode(&files.key_file), 0o600);
+
+        // Past the first certificate's end, a restarted controller lets the process in again.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        ep.stop().await;
+        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), addr, renewing(&pki))
+            .await
+            .unwrap();
+        let h = ep.hub.clone();
+        eventually(Duration::from_secs(15), "the agent process streams again", || {
+            let n = h.open_streams(HV01);
+            async move { n == 1 }
+        })
+        .await;
+        child.kill().await.unwrap();
+
+        // A process whose certificate expired before it started cannot renew: it says what to do.
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (mut child, _) = agent_process(
+            &pki,
+            dir.path(),
+            &ep.url(),
+            Validity::between(now - time::Duration::hours(2), now - time::Duration::minutes(1)),
+        );
+        let mut lines = lines_of(&mut child);
+        let said = line_with(&mut lines, "certificate has expired", Duration::from_secs(15)).await;
+        assert!(
+            said.contains("kcdsync-controller certs agent") && said.contains(&format!("--host {HV01}")),
+            "{said}"
+        );
+        assert!(said.contains("not built yet"), "{said}");
+        child.kill().await.unwrap();
+        ep.stop().await;
+    });
+}
