@@ -26,7 +26,10 @@ pub enum IdentityError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error(
+        "cannot write {path}: {source} (to renew its certificate the agent must be able to write the \
+         directories of its cert_file and key_file)"
+    )]
     Write {
         path: PathBuf,
         #[source]
