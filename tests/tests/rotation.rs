@@ -17,6 +17,8 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
+use kcdsync_tests::logs::Captured;
+use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::run_with_room;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -24,6 +26,62 @@ use tonic::Streaming;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 const HV01: &str = "hv01.lab.test";
+
+/// What the endpoints in this process log and count: their log lines, and their metrics as an
+/// OTLP receiver gets them.
+struct Observed {
+    logs: Captured,
+    otlp: Receiver,
+}
+
+/// Set up once, first thing in every test here (the telemetry is process-global, and the
+/// controller's instruments are made on first use: before that, no endpoint may run). The
+/// receiver and the exporters live on a runtime of their own: a test's runtime ends with it.
+fn observed() -> &'static Observed {
+    static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
+    OBSERVED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let otlp = Receiver::start().await;
+                // SAFETY: set inside the OnceLock, before any test of this binary goes on.
+                unsafe {
+                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint());
+                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+                }
+                let logs = Captured::default();
+                let writer = logs.clone();
+                let telemetry = kcdsync_telemetry::init_with_writer(
+                    "kcdsync-rotation-test",
+                    kcdsync_telemetry::LogFormat::Human,
+                    "info",
+                    kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
+                );
+                assert!(telemetry.exporting());
+                tx.send(Observed { logs, otlp }).unwrap();
+                let _keep = telemetry;
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("telemetry set up")
+    })
+}
+
+/// The total of `kcdsync.agents.renewals` with `result`, as last exported.
+fn renewals(result: &str) -> f64 {
+    observed()
+        .otlp
+        .metrics()
+        .iter()
+        .rev()
+        .find(|m| m.name == "kcdsync.agents.renewals" && m.attributes.iter().any(|(k, v)| k == "result" && v == result))
+        .map_or(0.0, |m| m.value)
+}
 
 fn sqlite(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}?mode=rwc", dir.path().join("kcdsync.db").display())
@@ -94,6 +152,7 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_reporting() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
@@ -269,6 +328,7 @@ fn refused(r: &CertificateRenewal) -> Option<&RenewalRefused> {
 #[test]
 fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
@@ -289,6 +349,13 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
         );
         let audited = renewed_events(&ep.store, HV01, EVENT_CERT_REFUSED).await;
         assert_eq!(audited.len(), 1, "{audited:?}");
+        let logged = observed()
+            .logs
+            .text()
+            .lines()
+            .filter(|l| l.contains("agent certificate renewal refused") && l.contains("hv02.lab.test"))
+            .count();
+        assert_eq!(logged, 1, "{}", observed().logs.text());
         assert!(renewed_events(&ep.store, HV01, EVENT_CERT_RENEWED).await.is_empty());
 
         // The stream goes on, and a request for its own name a second later is granted.
@@ -313,6 +380,12 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
         let answer = next_renewal(&mut inbound).await.unwrap();
         let why = refused(&answer).expect("refused");
         assert_eq!(tonic::Code::from(why.code), tonic::Code::ResourceExhausted, "{why:?}");
+        // Each answer is counted by its result, as an operator's dashboard sees it.
+        eventually(Duration::from_secs(5), "the renewals exported as metrics", || {
+            let counted = [renewals("wrong_name"), renewals("issued"), renewals("too_soon")];
+            async move { counted.iter().all(|n| *n >= 1.0) }
+        })
+        .await;
         drop(tx);
         ep.stop().await;
     });
@@ -321,6 +394,7 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
 #[test]
 fn a_controller_without_an_issuing_ca_says_how_to_configure_one() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
@@ -342,6 +416,7 @@ fn a_controller_without_an_issuing_ca_says_how_to_configure_one() {
 #[test]
 fn a_revoked_host_cannot_renew() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
@@ -384,6 +459,7 @@ fn a_revoked_host_cannot_renew() {
 #[test]
 fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
@@ -545,6 +621,7 @@ async fn line_with(lines: &mut mpsc::UnboundedReceiver<String>, marker: &str, wi
 #[test]
 fn a_real_agent_process_renews_its_files_and_one_whose_certificate_expired_says_how_to_re_enroll() {
     run_with_room(async {
+        let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
