@@ -16,7 +16,7 @@
 //! whose audit could not be written is not sent (UNAVAILABLE; the agent asks again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -128,16 +128,27 @@ pub fn renewal_validity(now: OffsetDateTime, lifetime: Duration, ca_not_after: O
 
 /// The renewals of one controller (its agent endpoint): the policy and when each host last asked.
 pub struct Renewer {
-    policy: RenewalPolicy,
+    /// Swapped by SIGHUP ([`Renewer::set_policy`]); a request uses the one current when it came.
+    policy: RwLock<RenewalPolicy>,
     last: Mutex<HashMap<String, Instant>>,
 }
 
 impl Renewer {
     pub fn new(policy: RenewalPolicy) -> Renewer {
         Renewer {
-            policy,
+            policy: RwLock::new(policy),
             last: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// From the next request on, renew as `policy` says (a reloaded config: another issuing
+    /// CA, lifetime, or none).
+    pub fn set_policy(&self, policy: RenewalPolicy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> RenewalPolicy {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Answers `host`'s request (the host its stream is bound to, from its certificate) for a
@@ -175,10 +186,11 @@ impl Renewer {
     }
 
     async fn decide(&self, store: &Store, host: &str, csr: &[u8]) -> Result<Issued, Refusal> {
-        let Some(ca) = &self.policy.ca else {
+        let policy = self.policy();
+        let Some(ca) = &policy.ca else {
             return Err(Refusal::NotConfigured(host.to_owned()));
         };
-        self.take_slot(host)?;
+        self.take_slot(host, policy.min_interval)?;
         let checked = check_csr(csr, host).map_err(Refusal::Csr)?;
         match store.agent_revocation(host).await {
             Ok(None) => {}
@@ -187,13 +199,13 @@ impl Renewer {
             Err(e) => return Err(Refusal::Unavailable(format!("cannot read the revocation list: {e}"))),
         }
         let validity =
-            renewal_validity(OffsetDateTime::now_utc(), self.policy.lifetime, ca.not_after()).ok_or_else(|| {
+            renewal_validity(OffsetDateTime::now_utc(), policy.lifetime, ca.not_after()).ok_or_else(|| {
                 Refusal::CaExpired {
                     name: ca.name().to_owned(),
                     at: crate::certs::fmt_rfc3339(ca.not_after()),
                 }
             })?;
-        if validity.not_after < OffsetDateTime::now_utc() + self.policy.lifetime {
+        if validity.not_after < OffsetDateTime::now_utc() + policy.lifetime {
             tracing::warn!(
                 ca = ca.name(), %host,
                 ca_not_after = %crate::certs::fmt_rfc3339(ca.not_after()),
@@ -222,8 +234,7 @@ impl Renewer {
 
     /// One request per host per `min_interval`: taken whatever the request turns out to be, so
     /// that bad requests in a loop cost the CA nothing either.
-    fn take_slot(&self, host: &str) -> Result<(), Refusal> {
-        let every = self.policy.min_interval;
+    fn take_slot(&self, host: &str, every: Duration) -> Result<(), Refusal> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if let Some(prev) = last.get(host) {
@@ -362,10 +373,8 @@ mod tests {
     #[tokio::test]
     async fn without_an_issuing_ca_the_answer_says_how_to_configure_one() {
         let (_dir, store) = store().await;
-        let e = renewer(None, Duration::ZERO)
-            .renew(&store, HOST, "test", &csr(&[HOST]))
-            .await
-            .unwrap_err();
+        let r = renewer(None, Duration::ZERO);
+        let e = r.renew(&store, HOST, "test", &csr(&[HOST])).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         let m = e.to_string();
         assert!(
@@ -373,6 +382,13 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("certs agent --host hv01.lab.test"), "{m}");
+        // A reloaded config with an issuing CA applies to the next request.
+        r.set_policy(RenewalPolicy {
+            ca: Some(Arc::new(Ca::new("kcdsync test CA").unwrap())),
+            lifetime: Duration::from_secs(3600),
+            min_interval: Duration::ZERO,
+        });
+        r.renew(&store, HOST, "test", &csr(&[HOST])).await.unwrap();
     }
 
     #[tokio::test]

@@ -203,6 +203,11 @@ impl AgentHub {
             .max_encoding_message_size(self.inner.opts.max_message_bytes)
     }
 
+    /// Renews certificates as `policy` says from the next request on (SIGHUP).
+    pub fn set_renewal(&self, policy: RenewalPolicy) {
+        self.inner.renewer.set_policy(policy);
+    }
+
     /// Attempts (host, attempt) as they are committed.
     pub fn subscribe_attempts(&self) -> tokio::sync::broadcast::Receiver<(String, MigrationAttempt)> {
         self.inner.attempts.subscribe()
