@@ -154,7 +154,8 @@ impl Renewer {
     /// Answers `host`'s request (the host its stream is bound to, from its certificate) for a
     /// certificate for the key in `csr`; logs, counts and audits what it decided.
     pub async fn renew(&self, store: &Store, host: &str, remote: &str, csr: &[u8]) -> Result<Issued, Refusal> {
-        let result = self.decide(store, host, csr).await;
+        let actor = format!("agent at {remote}");
+        let result = self.decide(store, host, &actor, csr).await;
         let outcome = match &result {
             Ok(_) => "issued",
             Err(r) => r.metric(),
@@ -174,7 +175,7 @@ impl Renewer {
                 // revocations: audited (a revoked host is audited already by its revocation).
                 if matches!(r, Refusal::Csr(_))
                     && let Err(e) = store
-                        .record_audit_event(EVENT_CERT_REFUSED, host, &format!("agent {remote}"), &r.to_string())
+                        .record_audit_event(EVENT_CERT_REFUSED, host, &actor, &r.to_string())
                         .await
                 {
                     tracing::error!(%host, error = %e, "could not audit a refused renewal");
@@ -185,7 +186,7 @@ impl Renewer {
         result
     }
 
-    async fn decide(&self, store: &Store, host: &str, csr: &[u8]) -> Result<Issued, Refusal> {
+    async fn decide(&self, store: &Store, host: &str, actor: &str, csr: &[u8]) -> Result<Issued, Refusal> {
         let policy = self.policy();
         let Some(ca) = &policy.ca else {
             return Err(Refusal::NotConfigured(host.to_owned()));
@@ -222,7 +223,7 @@ impl Renewer {
             crate::certs::fmt_rfc3339(validity.not_after)
         );
         store
-            .record_audit_event(EVENT_CERT_RENEWED, host, "agent stream", &detail)
+            .record_audit_event(EVENT_CERT_RENEWED, host, actor, &detail)
             .await
             .map_err(|e| Refusal::Unavailable(format!("cannot write the audit event: {e}")))?;
         Ok(Issued {
@@ -325,6 +326,7 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, EVENT_CERT_RENEWED);
         assert!(events[0].detail.contains(&issued.serial), "{}", events[0].detail);
+        assert_eq!(events[0].actor, "agent at test", "who asked: the stream's address");
     }
 
     #[tokio::test]
