@@ -224,17 +224,41 @@ impl Store {
         .bind(limit(max))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: r.try_get(0)?,
-                    time_ms: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    host: r.try_get(3)?,
-                    actor: r.try_get(4)?,
-                    detail: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
+
+    /// The newest `max` audit events of `host` of one of `kinds`, newest first: a host's
+    /// revocations stay in view however many certificate renewals (two a day) came after them.
+    pub async fn audit_events_of(&self, host: &str, kinds: &[&str], max: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events = Vec::new();
+        for kind in kinds {
+            let rows = sqlx::query(
+                "SELECT id, time, kind, host, actor, detail FROM audit_events WHERE host = $1 AND kind = $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(text(host))
+            .bind(*kind)
+            .bind(limit(max))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                events.push(event_from_row(r)?);
+            }
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.id));
+        if max >= 0 {
+            events.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        Ok(events)
+    }
+}
+
+fn event_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: r.try_get(0)?,
+        time_ms: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        host: r.try_get(3)?,
+        actor: r.try_get(4)?,
+        detail: r.try_get(5)?,
+    })
 }
