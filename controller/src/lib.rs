@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod renewal;
 pub mod report;
 pub mod revocation;
 pub mod runtime;

@@ -142,7 +142,7 @@ enum AgentsCommand {
         output: Output,
     },
     /// One host's agent: last seen, last report, whether it is revoked, and its history of
-    /// revocations.
+    /// revocations and certificate renewals.
     Show {
         /// The host's FQDN (as in its agent certificate), e.g. hv01.contoso.com.
         host: String,
@@ -434,6 +434,21 @@ fn check_config(path: &std::path::Path) -> Result<()> {
         cfg.scope.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
     );
     println!("store: {}", kcdsync_controller::store::redact_url(&cfg.store_url));
+    if let Some(a) = &cfg.agents {
+        match &a.issuing_ca {
+            Some(ca) => println!(
+                "agents: {}; certificates renewed over the stream for {} h by \"{}\" (ends {})",
+                a.listen,
+                a.cert_lifetime.as_secs() / 3600,
+                ca.name(),
+                kcdsync_controller::certs::fmt_rfc3339(ca.not_after())
+            ),
+            None => println!(
+                "agents: {}; no certificate renewal (agents.issuing_ca_cert_file / issuing_ca_key_file unset)",
+                a.listen
+            ),
+        }
+    }
     for g in &cfg.groups {
         println!(
             "group {} ({}): {} hosts{}{}",

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub agents_revoked_refused: Counter<u64>,
     /// serve moved its writes to another DC (attributes `from`, `to`: dNSHostNames).
     pub writer_switches: Counter<u64>,
+    /// Certificate renewals asked for over agent streams, by `result`: `issued`, or why not
+    /// (`not_configured`, `too_soon`, `bad_csr`, `wrong_name`, `revoked`, `ca_expired`,
+    /// `unavailable`).
+    pub agent_renewals: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -101,6 +105,12 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("kcdsync.ad.writer_switches")
                 .with_description(
                     "serve moved its writes to another domain controller (failed over, or back), by from and to",
+                )
+                .build(),
+            agent_renewals: meter
+                .u64_counter("kcdsync.agents.renewals")
+                .with_description(
+                    "agent certificate renewals asked over the stream, by result (issued, or why they were refused)",
                 )
                 .build(),
             gauges,

@@ -14,12 +14,17 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::certs::CertError;
-use crate::store::{AuditEvent, Revocation, Revoked, Store, StoreError};
+use crate::store::{
+    AuditEvent, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_REVOKED, EVENT_UNREVOKED, Revocation, Revoked, Store,
+    StoreError,
+};
 
 /// The longest reason kept (characters): enough to say why and name a ticket.
 pub const MAX_REASON_CHARS: usize = 500;
 /// The longest operator name kept (characters).
 pub const MAX_BY_CHARS: usize = 128;
+/// Certificate events (renewed, refused) `agents show` lists: the newest.
+pub const SHOWN_CERTIFICATE_EVENTS: i64 = 10;
 /// How often the agent endpoint re-reads the deny-list to cut live streams of hosts revoked
 /// meanwhile (on any replica): a revoked host's stream ends within this plus a moment.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -102,7 +107,8 @@ pub struct AgentDetail {
     pub last_report_ms: Option<i64>,
     pub os_caption: Option<String>,
     pub os_build: Option<u32>,
-    /// Revocations and their lifting, newest first.
+    /// Revocations and their lifting (the last 100), and the newest certificates renewed and
+    /// refused ([`SHOWN_CERTIFICATE_EVENTS`]), newest first.
     pub history: Vec<AuditEvent>,
 }
 
@@ -140,7 +146,21 @@ pub async fn agent(store: &Store, host_input: &str) -> Result<Option<AgentDetail
     let host = host(host_input)?;
     let report = store.latest_report(&host).await?;
     let revoked = store.agent_revocation(&host).await?;
-    let history = store.audit_events(Some(&host), 100).await?;
+    // Every revocation (the last 100), and only the last few certificates: renewals come twice
+    // a day and would push the revocations out of a plain "newest 100".
+    let mut history = store
+        .audit_events_of(&host, &[EVENT_REVOKED, EVENT_UNREVOKED], 100)
+        .await?;
+    history.extend(
+        store
+            .audit_events_of(
+                &host,
+                &[EVENT_CERT_RENEWED, EVENT_CERT_REFUSED],
+                SHOWN_CERTIFICATE_EVENTS,
+            )
+            .await?,
+    );
+    history.sort_by_key(|e| std::cmp::Reverse(e.id));
     if report.is_none() && revoked.is_none() && history.is_empty() {
         return Ok(None);
     }
@@ -221,6 +241,37 @@ mod tests {
             assert!(matches!(by(bad), Err(RevocationError::By)), "{bad:?}");
         }
         assert!(by(&"a".repeat(129)).is_err());
+    }
+
+    #[tokio::test]
+    async fn agents_show_keeps_the_revocations_in_view_after_many_renewals() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let host = "hv01.lab.test";
+        revoke(&store, host, "key leaked", "alice").await.unwrap();
+        unrevoke(&store, host, "bob").await.unwrap();
+        // Two renewals a day for two months: more than the newest 100 events.
+        for i in 0..120 {
+            store
+                .record_audit_event(
+                    EVENT_CERT_RENEWED,
+                    host,
+                    "agent at 10.0.0.1:50000",
+                    &format!("serial {i}"),
+                )
+                .await
+                .unwrap();
+        }
+        let shown = agent(&store, host).await.unwrap().unwrap();
+        let kinds: Vec<&str> = shown.history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == EVENT_CERT_RENEWED).count(), 10);
+        assert_eq!(
+            &kinds[10..],
+            [EVENT_UNREVOKED, EVENT_REVOKED],
+            "newest first: {kinds:?}"
+        );
+        assert_eq!(shown.history[0].detail, "serial 119");
     }
 
     #[test]

@@ -155,6 +155,25 @@ proptest! {
     }
 
     #[test]
+    fn any_bytes_as_a_renewal_csr_are_refused_never_granted_nor_a_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..2048),
+        pem in any::<bool>(),
+    ) {
+        // As sent raw (DER) or inside a PEM block the way an agent sends its CSR.
+        let csr = if pem {
+            use std::io::Write;
+            let mut text = b"-----BEGIN CERTIFICATE REQUEST-----\n".to_vec();
+            let b64: String = bytes.iter().map(|b| (b'A' + b % 26) as char).collect();
+            let _ = writeln!(text, "{b64}");
+            text.extend_from_slice(b"-----END CERTIFICATE REQUEST-----\n");
+            text
+        } else {
+            bytes
+        };
+        prop_assert!(kcdsync_controller::certs::check_csr(&csr, "hv01.lab.test").is_err());
+    }
+
+    #[test]
     fn attempts_with_any_times_roles_and_ids_are_checked(
         seconds in prop_oneof![any::<i64>(), (NOW / 1000 - 86_400 * 400)..(NOW / 1000 + 86_400 * 2)],
         nanos in prop_oneof![any::<i32>(), 0..1_000_000_000i32],

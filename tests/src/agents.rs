@@ -14,6 +14,7 @@ use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_controller::config::AgentsConfig;
 use kcdsync_controller::grpc::agents::{self, AgentHub, HubOptions, Trigger};
 use kcdsync_controller::grpc::tls;
+use kcdsync_controller::renewal::RenewalPolicy;
 use kcdsync_controller::store::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -52,6 +53,24 @@ impl Pki {
         self.client_tls(Some((cert, key)))
     }
 
+    /// The agents' CA again, able to issue (a renewing endpoint's issuing CA).
+    pub fn issuing_ca(&self) -> Arc<Ca> {
+        Arc::new(Ca::load(self.ca.cert_pem(), &self.ca.key_pem()).expect("the test CA loads"))
+    }
+
+    /// Writes a certificate for `host` valid `validity` and its key (mode 0600) into `dir`, as
+    /// `certs agent` would: the files an agent that renews reads.
+    pub fn agent_files(&self, host: &str, dir: &Path, validity: Validity) -> kcdsync_agent::identity::IdentityFiles {
+        let (cert, key) = self.ca.issue_agent(host, validity).expect("agent cert");
+        let files = kcdsync_agent::identity::IdentityFiles {
+            cert_file: dir.join(format!("{host}.pem")),
+            key_file: dir.join(format!("{host}.key")),
+        };
+        std::fs::write(&files.cert_file, cert).unwrap();
+        crate::write_private(&files.key_file, key);
+        files
+    }
+
     /// Client TLS trusting this CA, with an optional client identity.
     pub fn client_tls(&self, identity: Option<(String, String)>) -> ClientTlsConfig {
         let mut tls = ClientTlsConfig::new()
@@ -72,6 +91,8 @@ impl Pki {
             heartbeat: Duration::from_secs(1),
             stale_after: Duration::from_secs(3),
             max_message_bytes: 1 << 20,
+            issuing_ca: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -105,6 +126,26 @@ impl AgentEndpoint {
         addr: SocketAddr,
         max_message_bytes: usize,
     ) -> Result<AgentEndpoint> {
+        Self::spawn_with(pki, store_url, addr, max_message_bytes, RenewalPolicy::default()).await
+    }
+
+    /// [`AgentEndpoint::spawn`] renewing agents' certificates as `renewal` says.
+    pub async fn spawn_renewing(
+        pki: &Pki,
+        store_url: &str,
+        addr: SocketAddr,
+        renewal: RenewalPolicy,
+    ) -> Result<AgentEndpoint> {
+        Self::spawn_with(pki, store_url, addr, 1 << 20, renewal).await
+    }
+
+    async fn spawn_with(
+        pki: &Pki,
+        store_url: &str,
+        addr: SocketAddr,
+        max_message_bytes: usize,
+        renewal: RenewalPolicy,
+    ) -> Result<AgentEndpoint> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -120,6 +161,7 @@ impl AgentEndpoint {
                 heartbeat: cfg.heartbeat,
                 stale_after: cfg.stale_after,
                 max_message_bytes: cfg.max_message_bytes,
+                renewal,
                 ..Default::default()
             },
             Some(tx),
@@ -196,6 +238,8 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         max_message_bytes: 1 << 20,
         outbox_max_bytes: 64 << 20,
         certified_name: None,
+        identity: None,
+        renew_retry: Duration::from_secs(1),
     }
 }
 

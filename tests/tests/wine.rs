@@ -212,3 +212,117 @@ async fn scenario() {
     println!("agent log under Wine:\n{}", agent_log());
     endpoint.stop().await;
 }
+
+#[test]
+fn the_windows_agent_renews_its_certificate_under_wine() {
+    run_with_room(renewal_scenario())
+}
+
+/// The Windows agent's half of rotation: with a 30-second certificate it asks for a new one at
+/// half-life, writes the key and the certificate over the old ones through Windows' own
+/// write-through renames, and after the first certificate's end a restarted controller still
+/// lets it in.
+async fn renewal_scenario() {
+    use kcdsync_controller::certs::{peer_host_names, serial_hex};
+    use kcdsync_controller::renewal::RenewalPolicy;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let host = "wine02.lab.test";
+    let pki = Pki::new();
+    let renewing = || RenewalPolicy {
+        ca: Some(pki.issuing_ca()),
+        lifetime: Duration::from_secs(3600),
+        min_interval: Duration::from_secs(1),
+    };
+    let db = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}?mode=rwc", db.path().join("kcdsync.db").display());
+    let endpoint = AgentEndpoint::spawn_renewing(&pki, &store_url, "127.0.0.1:0".parse().unwrap(), renewing())
+        .await
+        .unwrap();
+    let port = endpoint.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = wine_prefix(dir.path());
+    let home = prefix.join("drive_c/kcdsync");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(pki.path("ca.pem"), home.join("ca.pem")).unwrap();
+    std::fs::write(
+        home.join("agent.toml"),
+        format!(
+            "controller_url = \"https://127.0.0.1:{port}\"\ntls_server_name = \"localhost\"\nca_file = 'C:\\kcdsync\\ca.pem'\ncert_file = 'C:\\kcdsync\\agent.pem'\nkey_file = 'C:\\kcdsync\\agent.key'\noutbox_dir = 'C:\\kcdsync\\outbox'\nreport_interval_secs = 1\nprobe_timeout_secs = 10\n"
+        ),
+    )
+    .unwrap();
+    // Issued last, once Wine is ready: valid 30 seconds, so half-life comes after 15.
+    let now = time::OffsetDateTime::now_utc();
+    let expires = Instant::now() + Duration::from_secs(30);
+    let (cert, key) = pki
+        .ca
+        .issue_agent(
+            host,
+            Validity::between(now - time::Duration::seconds(1), now + time::Duration::seconds(30)),
+        )
+        .unwrap();
+    std::fs::write(home.join("agent.pem"), &cert).unwrap();
+    std::fs::write(home.join("agent.key"), key).unwrap();
+    let first = serial_hex(cert.as_bytes()).unwrap();
+    let log = dir.path().join("agent.log");
+    let child = wine(&prefix)
+        .arg(agent_exe())
+        .args(["--config", "C:\\kcdsync\\agent.toml", "run"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let _agent = WineAgent {
+        child,
+        prefix: prefix.clone(),
+    };
+    let agent_log = || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default()
+    };
+
+    let cert_file = home.join("agent.pem");
+    let t = Instant::now();
+    loop {
+        let now = std::fs::read(&cert_file).ok().and_then(|pem| serial_hex(&pem).ok());
+        if now.as_ref().is_some_and(|s| *s != first) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the Windows agent did not renew its certificate; its log:\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pem = std::fs::read(&cert_file).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(peer_host_names(&der).unwrap(), [host]);
+    let leftovers: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Past the first certificate's end, a restarted controller lets the agent in: it holds the
+    // renewed one.
+    tokio::time::sleep(expires.saturating_duration_since(Instant::now()) + Duration::from_secs(1)).await;
+    endpoint.stop().await;
+    let offline = Store::open(&store_url).await.unwrap();
+    let (_, seen_before) = report_after(&offline, host, 0, Duration::ZERO, &agent_log).await;
+    offline.close().await;
+    let endpoint = AgentEndpoint::spawn_renewing(
+        &pki,
+        &store_url,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        renewing(),
+    )
+    .await
+    .unwrap();
+    report_after(&endpoint.store, host, seen_before, Duration::from_secs(60), &agent_log).await;
+    println!("agent log under Wine:\n{}", agent_log());
+    endpoint.stop().await;
+}

@@ -3,11 +3,14 @@
 //! controller's commands. A broken stream is reconnected with exponential
 //! backoff and jitter ([`backoff`]); attempts keep flowing into the durable
 //! outbox while the controller is away, go out in messages sized in bytes
-//! ([`batch`]), and are resent when unacknowledged ([`resend`]).
+//! ([`batch`]), and are resent when unacknowledged ([`resend`]). At half its
+//! lifetime the certificate is renewed over the stream ([`renew`]) and the
+//! stream reconnected with the new one.
 
 mod backoff;
 mod batch;
 pub mod purges;
+mod renew;
 mod resend;
 
 use std::sync::Arc;
@@ -24,8 +27,10 @@ use tracing::Instrument;
 
 use self::backoff::{Backoff, Progress, made_progress};
 use self::purges::{Admit, PurgeLimit};
+use self::renew::{Outcome, Renewal};
 use self::resend::InFlight;
 use crate::config::AgentConfig;
+use crate::identity::IdentityFiles;
 use crate::outbox::{Outbox, OutboxError};
 use crate::probe::HostProbe;
 
@@ -90,6 +95,11 @@ pub struct Settings {
     pub certified_name: Option<String>,
     /// At most one ticket purge per this long ([`purges`]).
     pub purge_min_interval: Duration,
+    /// The certificate and key files: read again before every connection, and renewed over
+    /// the stream at half-life. `None`: the identity in `tls` is used as it is, never renewed.
+    pub identity: Option<IdentityFiles>,
+    /// The first wait after a renewal was refused or failed (doubling, up to an hour).
+    pub renew_retry: Duration,
 }
 
 impl Settings {
@@ -100,11 +110,19 @@ impl Settings {
                 source,
             })
         };
-        let cert = read(&cfg.cert_file)?;
-        let certified_name = crate::cert::dns_name(&cert);
+        let files = IdentityFiles {
+            cert_file: cfg.cert_file.clone(),
+            key_file: cfg.key_file.clone(),
+        };
+        // Through `identity::load`: a renewal a crash interrupted is finished first.
+        let id = crate::identity::load(&files).map_err(|e| ClientError::File {
+            path: format!("{} / {}", cfg.cert_file.display(), cfg.key_file.display()),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let certified_name = crate::cert::dns_name(&id.cert_pem);
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
-            .identity(Identity::from_pem(cert, read(&cfg.key_file)?));
+            .identity(Identity::from_pem(id.cert_pem, id.key_pem));
         if let Some(name) = &cfg.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
@@ -121,6 +139,8 @@ impl Settings {
             max_message_bytes: cfg.max_message_bytes,
             outbox_max_bytes: cfg.outbox_max_bytes,
             certified_name,
+            identity: Some(files),
+            renew_retry: Duration::from_secs(60),
         })
     }
 }
@@ -128,7 +148,7 @@ impl Settings {
 /// Runs until `shutdown` turns true. Errors of one session are logged and
 /// retried; only an outbox that cannot be opened is fatal.
 pub async fn run<P: HostProbe>(
-    settings: Settings,
+    mut settings: Settings,
     probe: Arc<P>,
     outbox_dir: &std::path::Path,
     mut shutdown: watch::Receiver<bool>,
@@ -144,12 +164,16 @@ pub async fn run<P: HostProbe>(
     }
     let mut backoff = Backoff::new(settings.max_backoff);
     let mut message_limit = settings.max_message_bytes;
-    // Outlives each session: a reconnect does not reset the purge budget.
-    let mut purges = PurgeLimit::new(settings.purge_min_interval);
+    // A reconnect resets neither the purge budget nor the renewal's schedule.
+    let mut across = Across {
+        purges: PurgeLimit::new(settings.purge_min_interval),
+        renewal: Renewal::new(&settings),
+    };
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
+        across.renewal.reload(&mut settings);
         let mut tracker = Tracker::default();
         let ended = session(
             &settings,
@@ -158,11 +182,17 @@ pub async fn run<P: HostProbe>(
             &mut shutdown,
             message_limit,
             &mut tracker,
-            &mut purges,
+            &mut across,
         )
         .await;
+        across.renewal.stream_ended();
         match &ended {
-            Ok(()) => return Ok(()),
+            Ok(End::Shutdown) => return Ok(()),
+            Ok(End::Renewed) => {
+                // At once, so the new certificate is the one in use; nothing to back off from.
+                backoff.reset();
+                continue;
+            }
             Err(ClientError::Refused(s)) => {
                 tracing::error!(code = ?s.code(), message = s.message(), "the controller refused this agent")
             }
@@ -429,8 +459,30 @@ async fn open_stream<P: HostProbe>(
     ))
 }
 
-/// One stream, until shutdown (Ok) or an error; `tracker` records the
-/// progress it made, for the backoff.
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Shutdown,
+    /// A renewed certificate is in place: connect again with it.
+    Renewed,
+}
+
+/// Sleeps until `at`; forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What outlives one stream.
+struct Across {
+    purges: PurgeLimit,
+    renewal: Renewal,
+}
+
+/// One stream, until shutdown, a renewed certificate, or an error; `tracker`
+/// records the progress it made, for the backoff.
 async fn session<P: HostProbe>(
     settings: &Settings,
     probe: &P,
@@ -438,8 +490,9 @@ async fn session<P: HostProbe>(
     shutdown: &mut watch::Receiver<bool>,
     message_limit: usize,
     tracker: &mut Tracker,
-    purges: &mut PurgeLimit,
-) -> Result<(), ClientError> {
+    across: &mut Across,
+) -> Result<End, ClientError> {
+    let Across { purges, renewal } = across;
     let (stream, report) = open_stream(settings, probe, outbox).await?;
     tracker.welcomed = Some(Instant::now());
     let Stream {
@@ -460,8 +513,8 @@ async fn session<P: HostProbe>(
     send_pending(&mut out, outbox, &mut in_flight, message_limit).await?;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            _ = purge_due(purges.due()), if purges.due().is_some() => {
+            _ = shutdown.changed() => return Ok(End::Shutdown),
+            _ = until(purges.due().map(tokio::time::Instant::from_std)) => {
                 // One run answers every purge that waited for it.
                 let waiting = purges.take(Instant::now());
                 if let Some(first) = waiting.first() {
@@ -472,6 +525,13 @@ async fn session<P: HostProbe>(
                     }
                 }
             }
+            _ = until(renewal.due()) => {
+                if let Some((body, request)) = renewal.start() {
+                    out.send(body).await?;
+                    renewal.sent(out.seq, request);
+                }
+            }
+            _ = until(renewal.answer_deadline()) => renewal.timed_out(),
             _ = report_tick.tick() => {
                 let report = probe.report().instrument(tracing::info_span!("probe")).await;
                 out.send(Body::Report(outgoing(report, outbox, settings))).await?
@@ -515,6 +575,11 @@ async fn session<P: HostProbe>(
                         Admit::AlreadyWaiting => {}
                     }
                 }
+                Ok(Some(ControllerMessage { body: Some(Down::CertificateRenewal(answer)) })) => {
+                    if renewal.answer(answer) == Outcome::Installed {
+                        return Ok(End::Renewed);
+                    }
+                }
                 Ok(Some(ControllerMessage { body: Some(Down::Command(cmd)) })) => {
                     let result = execute(probe, &cmd).await;
                     if matches!(cmd.kind, Some(command::Kind::Reprobe(_))) {
@@ -551,14 +616,6 @@ async fn send_pending(
         out.send(Body::Attempts(MigrationAttempts { attempts })).await?;
     }
     Ok(())
-}
-
-/// Resolves when the waiting purges are due.
-async fn purge_due(due: Option<Instant>) {
-    match due {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn execute<P: HostProbe>(probe: &P, cmd: &Command) -> CommandResult {

@@ -67,14 +67,14 @@ pub fn sync_dir(_dir: &Path) -> Result<(), WriteError> {
 }
 
 #[cfg(not(windows))]
-fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
     fs::rename(from, to).map_err(at(to))
 }
 
 /// `MOVEFILE_WRITE_THROUGH`: `MoveFileExW` returns only once the move is
 /// flushed to disk, which is what a directory sync does elsewhere.
 #[cfg(windows)]
-fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<(), WriteError> {
     use std::os::windows::ffi::OsStrExt;
     use windows_sys::Win32::Storage::FileSystem::{MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW};
 

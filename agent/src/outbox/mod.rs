@@ -17,7 +17,8 @@
 //!   nothing already stored is dropped. See [`Outbox::is_full`].
 
 mod cursor;
-mod durable;
+// Also the agent's certificate and key files, when they are renewed (`crate::identity`).
+pub(crate) mod durable;
 mod quarantine;
 mod record;
 

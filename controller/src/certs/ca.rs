@@ -258,19 +258,31 @@ impl Ca {
             sans.push(SanType::DnsName(n.try_into()?));
         }
         sans.extend(addrs.into_iter().map(SanType::IpAddress));
-        self.issue_leaf(&cn, sans, ExtendedKeyUsagePurpose::ServerAuth, validity)
+        let key = KeyPair::generate()?;
+        let cert = self.issue_leaf(&cn, sans, ExtendedKeyUsagePurpose::ServerAuth, validity, &key)?;
+        Ok((cert, key.serialize_pem()))
     }
 
     /// Issues an agent's client certificate: subjectAltName DNS = the host's
     /// FQDN lower-cased, CN = the same, EKU clientAuth. Returns
     /// `(cert_pem, key_pem)`. Pass [`Validity::expired`] for an expired one.
     ///
-    /// Renewal over the agent stream (not built yet) must not call this for a host on the
-    /// deny-list (`Store::agent_revocation`): a revoked host gets no fresh certificate.
+    /// Renewal over the agent stream goes through [`Ca::issue_agent_for_key`] instead, after
+    /// `crate::renewal` checked the deny-list: a revoked host gets no fresh certificate.
     pub fn issue_agent(&self, host_fqdn: &str, validity: Validity) -> Result<(String, String)> {
         let host = normalize_host_fqdn(host_fqdn)?;
+        let key = KeyPair::generate()?;
+        let cert = self.issue_agent_for_key(&host, &key, validity)?;
+        Ok((cert, key.serialize_pem()))
+    }
+
+    /// Issues an agent's client certificate, as [`Ca::issue_agent`] does, for a public key the
+    /// agent keeps the private half of (a renewal's CSR, checked by
+    /// [`check_csr`](super::check_csr)). Returns the certificate's PEM.
+    pub fn issue_agent_for_key(&self, host_fqdn: &str, key: &impl PublicKeyData, validity: Validity) -> Result<String> {
+        let host = normalize_host_fqdn(host_fqdn)?;
         let sans = vec![SanType::DnsName(host.clone().try_into()?)];
-        self.issue_leaf(&host, sans, ExtendedKeyUsagePurpose::ClientAuth, validity)
+        self.issue_leaf(&host, sans, ExtendedKeyUsagePurpose::ClientAuth, validity, key)
     }
 
     fn issue_leaf(
@@ -279,7 +291,8 @@ impl Ca {
         sans: Vec<SanType>,
         eku: ExtendedKeyUsagePurpose,
         validity: Validity,
-    ) -> Result<(String, String)> {
+        key: &impl PublicKeyData,
+    ) -> Result<String> {
         validity.check()?;
         if validity.not_after > self.not_after {
             return Err(CertError::Validity(format!(
@@ -290,7 +303,6 @@ impl Ca {
                 fmt_time(self.not_after)
             )));
         }
-        let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -301,9 +313,10 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
-        // The serial number is derived from the fresh public key (rcgen's
-        // default), so it is unique per certificate.
-        let cert = params.signed_by(&key, &self.issuer)?;
+        // A random serial number: unique per certificate even when an agent asks twice with
+        // the same key (rcgen's default derives it from the key).
+        params.serial_number = Some(random_serial()?);
+        let cert = params.signed_by(key, &self.issuer)?;
         // The issuer name must be byte-identical to the CA's subject, or no
         // verifier will chain the certificate to the CA.
         let issued = parse_der(cert.der())?;
@@ -314,8 +327,20 @@ impl Ca {
                     .into(),
             ));
         }
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok(cert.pem())
     }
+}
+
+/// 16 random bytes: the top bit clear (a positive INTEGER, at most 20 octets: RFC 5280), the
+/// next one set (no leading zero byte for DER to drop, so every serial has the same length).
+fn random_serial() -> Result<rcgen::SerialNumber> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CertError::UnusableCa("the system's random number generator failed".into()))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
 }
 
 /// Rebuilds the CA's subject as rcgen needs it to name the issuer.

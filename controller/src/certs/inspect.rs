@@ -53,6 +53,16 @@ pub fn not_after(cert_der: &[u8]) -> Result<OffsetDateTime> {
     Ok(parse_der(cert_der)?.validity().not_after.to_datetime())
 }
 
+/// The serial number of the first certificate in `pem`, in hex (as `openssl x509 -serial`
+/// prints it).
+pub fn serial_hex(pem: &[u8]) -> Result<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem).map_err(|e| CertError::Parse(e.to_string()))?;
+    let cert = parse_der(&der)?;
+    Ok(cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,20 +18,28 @@
 //! Keys are ECDSA P-256 (PKCS#8 PEM, `-----BEGIN PRIVATE KEY-----`), which
 //! rustls, tonic and Windows all accept.
 //!
-//! Layout: `names` (which host names a certificate may carry), `ca` (issuing),
+//! Layout: `names` (which host names a certificate may carry), `ca` (issuing), `csr` (an
+//! agent's renewal request, checked),
 //! `inspect` (reading certificates), `cli` (the `certs` subcommands) and
 //! `files` (writing PEM files safely, loading a CA directory).
 
 mod ca;
 mod cli;
+mod csr;
 mod files;
 mod inspect;
 mod names;
 
 pub use ca::{Ca, Validity};
 pub use cli::{CertsCommand, run};
+pub use csr::{CheckedCsr, CsrError, MAX_CSR_BYTES, check_csr};
 pub use files::load_ca_dir;
-pub use inspect::{not_after, peer_host_names};
+pub use inspect::{not_after, peer_host_names, serial_hex};
+
+/// A time as RFC 3339 (`2027-01-15T08:00:00Z`), as certificate messages print it.
+pub fn fmt_rfc3339(t: time::OffsetDateTime) -> String {
+    ca::fmt_time(t)
+}
 pub use names::{normalize_dns_name, normalize_host_fqdn};
 
 /// File names inside a CA directory and an output directory.

@@ -1,8 +1,15 @@
-//! `[agents]`: the mTLS gRPC endpoint agents connect to, and how long an
-//! agent may stay silent before the controller calls its host stale.
+//! `[agents]`: the mTLS gRPC endpoint agents connect to, how long an
+//! agent may stay silent before the controller calls its host stale, and the
+//! CA that renews agents' certificates over their streams (`crate::renewal`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::certs::Ca;
 
 use serde::Deserialize;
 
@@ -27,6 +34,17 @@ pub(super) struct RawAgents {
     stale_after_secs: u64,
     #[serde(default = "default_max_message")]
     max_message_bytes: usize,
+    issuing_ca_cert_file: Option<PathBuf>,
+    issuing_ca_key_file: Option<PathBuf>,
+    #[serde(default = "default_lifetime_hours")]
+    cert_lifetime_hours: u64,
+}
+
+/// `agents.cert_lifetime_hours`: an hour to 30 days.
+const LIFETIME_HOURS: std::ops::RangeInclusive<u64> = 1..=720;
+
+fn default_lifetime_hours() -> u64 {
+    crate::renewal::DEFAULT_LIFETIME.as_secs() / 3600
 }
 
 fn default_heartbeat_secs() -> u64 {
@@ -50,6 +68,12 @@ pub struct AgentsConfig {
     pub heartbeat: Duration,
     pub stale_after: Duration,
     pub max_message_bytes: usize,
+    /// The CA that renews agents' certificates over their streams (`issuing_ca_cert_file` +
+    /// `issuing_ca_key_file`), the one `client_ca_file` trusts; `None`: renewals are refused
+    /// with FAILED_PRECONDITION.
+    pub issuing_ca: Option<Arc<Ca>>,
+    /// How long a renewed certificate lives (never past the CA's own end).
+    pub cert_lifetime: Duration,
 }
 
 pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsConfig, ConfigError> {
@@ -84,6 +108,37 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
     let key_file = files.pop().expect("three files");
     super::secret::check_private("agents.key_file", &key_file)?;
     let cert_file = files.pop().expect("three files");
+    if !LIFETIME_HOURS.contains(&raw.cert_lifetime_hours) {
+        return Err(invalid(
+            "agents.cert_lifetime_hours",
+            format!(
+                "must be {} to {} hours (agents renew at half-life), not {}",
+                LIFETIME_HOURS.start(),
+                LIFETIME_HOURS.end(),
+                raw.cert_lifetime_hours
+            ),
+        ));
+    }
+    let issuing_ca = match (raw.issuing_ca_cert_file, raw.issuing_ca_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(Arc::new(load_issuing_ca(
+            &resolve(base_dir, cert),
+            &resolve(base_dir, key),
+            &client_ca_file,
+        )?)),
+        (Some(_), None) => {
+            return Err(invalid(
+                "agents.issuing_ca_key_file",
+                "agents.issuing_ca_cert_file is set: give its private key too (or neither)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "agents.issuing_ca_cert_file",
+                "agents.issuing_ca_key_file is set: give the CA certificate too (or neither)",
+            ));
+        }
+    };
     Ok(AgentsConfig {
         listen,
         cert_file,
@@ -92,7 +147,41 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
         heartbeat: Duration::from_secs(raw.heartbeat_secs),
         stale_after: Duration::from_secs(raw.stale_after_secs),
         max_message_bytes: raw.max_message_bytes,
+        issuing_ca,
+        cert_lifetime: Duration::from_secs(raw.cert_lifetime_hours * 3600),
     })
+}
+
+/// The issuing CA: its key private to its owner (mode 600), the key the certificate's, and the
+/// certificate one that `client_ca_file` trusts — a certificate from any other CA would be
+/// issued and then refused at the agent's next connection.
+fn load_issuing_ca(cert: &Path, key: &Path, client_ca_file: &Path) -> Result<Ca, ConfigError> {
+    let cert_pem = std::fs::read_to_string(cert)
+        .map_err(|e| invalid("agents.issuing_ca_cert_file", format!("{}: {e}", cert.display())))?;
+    let key_pem = super::secret::read_private("agents.issuing_ca_key_file", key)?;
+    let ca = Ca::load(&cert_pem, &key_pem).map_err(|e| {
+        invalid(
+            "agents.issuing_ca_cert_file",
+            format!("{} with {}: {e}", cert.display(), key.display()),
+        )
+    })?;
+    let trusted: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(client_ca_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid("agents.client_ca_file", format!("{}: {e}", client_ca_file.display())))?;
+    if !trusted.iter().any(|t| t.as_ref() == ca.cert_der()) {
+        return Err(invalid(
+            "agents.issuing_ca_cert_file",
+            format!(
+                "{} (\"{}\") is not a certificate of agents.client_ca_file {}: the controller would issue \
+                 certificates it then refuses; give the CA that issued the agents' certificates (`certs ca` wrote \
+                 it as ca.pem + ca.key; an intermediate CA is not supported)",
+                cert.display(),
+                ca.name(),
+                client_ca_file.display()
+            ),
+        ));
+    }
+    Ok(ca)
 }
 
 #[cfg(test)]
@@ -115,5 +204,94 @@ mod tests {
         assert_eq!(c.stale_after(), DEFAULT_STALE_AFTER);
         let c = parse(&format!("{AD}{agents}stale_after_secs = 90\n{g}")).unwrap();
         assert_eq!(c.stale_after(), Duration::from_secs(90));
+    }
+
+    /// A config whose `[agents]` trusts `ca.pem` and adds `more`, in a directory holding the
+    /// agents' CA (`ca.pem`, `ca.key` mode 600) and another CA (`other.pem`, `other.key`).
+    fn with_cas(more: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        use crate::certs::Ca;
+        let dir = tempfile::tempdir().unwrap();
+        let private = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        };
+        private("pw", "s3cret\n");
+        let (ca, other) = (Ca::new("agents CA").unwrap(), Ca::new("other CA").unwrap());
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let public = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(dir.path().join("ca.pem"), public).unwrap();
+        }
+        private("ca.key", &ca.key_pem());
+        std::fs::write(dir.path().join("other.pem"), other.cert_pem()).unwrap();
+        private("other.key", &other.key_pem());
+        let text = format!(
+            "{AD}[agents]\nlisten = \"127.0.0.1:7443\"\ncert_file = \"pw\"\nkey_file = \"pw\"\nclient_ca_file = \"ca.pem\"\n{more}\n\
+             [[group]]\nname = \"a\"\nmode = \"plan\"\nhosts = [\"hv01\"]\n"
+        );
+        crate::config::Config::parse(&text, &dir.path().join("kcdsync.toml"))
+    }
+
+    #[test]
+    fn renewal_is_off_without_an_issuing_ca_and_lives_a_day_by_default() {
+        let c = with_cas("").unwrap();
+        let a = c.agents.unwrap();
+        assert!(a.issuing_ca.is_none());
+        assert_eq!(a.cert_lifetime, Duration::from_secs(24 * 3600));
+        let c =
+            with_cas("issuing_ca_cert_file = \"ca.pem\"\nissuing_ca_key_file = \"ca.key\"\ncert_lifetime_hours = 6")
+                .unwrap();
+        let a = c.agents.unwrap();
+        assert_eq!(a.issuing_ca.unwrap().name(), "agents CA");
+        assert_eq!(a.cert_lifetime, Duration::from_secs(6 * 3600));
+    }
+
+    #[test]
+    fn the_issuing_ca_must_be_the_trusted_one_whole_and_private() {
+        let e = with_cas("issuing_ca_cert_file = \"other.pem\"\nissuing_ca_key_file = \"other.key\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`agents.issuing_ca_cert_file`"), "{e}");
+        assert!(e.contains("is not a certificate of agents.client_ca_file"), "{e}");
+        let e = with_cas("issuing_ca_cert_file = \"ca.pem\"\nissuing_ca_key_file = \"other.key\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not belong to the CA certificate"), "{e}");
+        let e = with_cas("issuing_ca_cert_file = \"ca.pem\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`agents.issuing_ca_key_file`") && e.contains("or neither"),
+            "{e}"
+        );
+        let e = with_cas("issuing_ca_key_file = \"ca.key\"").unwrap_err().to_string();
+        assert!(e.contains("`agents.issuing_ca_cert_file`"), "{e}");
+        for bad in [0, 721] {
+            let e = with_cas(&format!("cert_lifetime_hours = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`agents.cert_lifetime_hours`") && e.contains("1 to 720 hours"),
+                "{e}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_issuing_ca_key_others_can_read_is_refused() {
+        // ca.pem stands in for a key file of mode 0644.
+        let e = with_cas("issuing_ca_cert_file = \"ca.pem\"\nissuing_ca_key_file = \"ca.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`agents.issuing_ca_key_file`") && e.contains("chmod 600"),
+            "{e}"
+        );
     }
 }

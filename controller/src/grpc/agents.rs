@@ -16,6 +16,10 @@
 //! at Hello with PERMISSION_DENIED; every [`revocation::POLL`] the hub re-reads
 //! the list and cuts the live streams of hosts revoked meanwhile, on whichever
 //! replica revoked them.
+//!
+//! A stream may ask for a fresh certificate for its own host (`RenewCertificate`);
+//! `crate::renewal` decides, and the answer goes back on the stream, which stays open
+//! whatever it is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +33,7 @@ use kcdsync_proto::v1::*;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::renewal::{RenewalPolicy, Renewer};
 use crate::revocation;
 use crate::store::{IngestBatch, Revocation, Store};
 
@@ -54,6 +59,8 @@ pub struct HubOptions {
     pub max_message_bytes: usize,
     /// How long a new stream may take to say Hello.
     pub hello_timeout: Duration,
+    /// Whether and how agents' certificates are renewed over their streams.
+    pub renewal: RenewalPolicy,
 }
 
 impl Default for HubOptions {
@@ -63,6 +70,7 @@ impl Default for HubOptions {
             stale_after: crate::config::DEFAULT_STALE_AFTER,
             max_message_bytes: 1 << 20,
             hello_timeout: Duration::from_secs(10),
+            renewal: RenewalPolicy::default(),
         }
     }
 }
@@ -143,6 +151,7 @@ struct Live {
 
 struct Inner {
     opts: HubOptions,
+    renewer: Renewer,
     /// Attempts as they are stored, for the fleet event stream.
     attempts: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
     ingest: mpsc::Sender<Ingest>,
@@ -173,6 +182,7 @@ impl AgentHub {
         let (attempts, _) = tokio::sync::broadcast::channel(1024);
         tokio::spawn(writer(store.clone(), rx, triggers, attempts.clone()));
         let inner = Arc::new(Inner {
+            renewer: Renewer::new(opts.renewal.clone()),
             opts,
             attempts,
             ingest: tx,
@@ -194,6 +204,11 @@ impl AgentHub {
         AgentServiceServer::new(self.clone())
             .max_decoding_message_size(self.inner.opts.max_message_bytes)
             .max_encoding_message_size(self.inner.opts.max_message_bytes)
+    }
+
+    /// Renews certificates as `policy` says from the next request on (SIGHUP).
+    pub fn set_renewal(&self, policy: RenewalPolicy) {
+        self.inner.renewer.set_policy(policy);
     }
 
     /// Attempts (host, attempt) as they are committed.
@@ -463,8 +478,8 @@ impl AgentService for AgentHub {
             )));
         }
         let host = claimed;
-        // Certificate renewal over the stream (not built yet) must ask this same deny-list
-        // before it issues anything: a revoked host must not get a fresh certificate.
+        // Certificate renewal over the stream asks this same deny-list before it issues
+        // anything (`crate::renewal`): a revoked host gets no fresh certificate.
         match self.inner.store.agent_revocation(&host).await {
             Ok(None) => {}
             Ok(Some(r)) => {
@@ -515,7 +530,7 @@ impl AgentService for AgentHub {
 
         let hub = self.clone();
         tokio::spawn(async move {
-            let end = hub.pump(&host, &mut inbound, &tx, cut_rx).await;
+            let end = hub.pump(&host, &remote, &mut inbound, &tx, cut_rx).await;
             hub.forget(&host, id);
             hub.inner.streams.lock().unwrap().remove(&id);
             match end {
@@ -536,6 +551,7 @@ impl AgentHub {
     async fn pump(
         &self,
         host: &str,
+        remote: &str,
         inbound: &mut Streaming<AgentMessage>,
         tx: &Downlink,
         mut cut: watch::Receiver<Option<Cut>>,
@@ -573,6 +589,12 @@ impl AgentHub {
                     self.answered(host, &r.command_id).await;
                     continue;
                 }
+                Some(Body::RenewCertificate(r)) => {
+                    let reply = self.renewal(host, remote, msg.seq, &r.csr).await;
+                    // Never waits: an agent that does not read gets no certificate, and asks again.
+                    let _ = tx.try_send(Ok(reply));
+                    continue;
+                }
                 Some(Body::Hello(_)) => return Err(Status::failed_precondition("Hello was already received")),
                 None => continue,
             };
@@ -581,6 +603,26 @@ impl AgentHub {
             }
         }
         Ok(())
+    }
+}
+
+impl AgentHub {
+    /// The answer to `host`'s RenewCertificate (message `seq`): the new certificate, or why not.
+    async fn renewal(&self, host: &str, remote: &str, seq: u64, csr: &[u8]) -> ControllerMessage {
+        use certificate_renewal::Result as Answer;
+        let result = match self.inner.renewer.renew(&self.inner.store, host, remote, csr).await {
+            Ok(issued) => Answer::CertificateChainPem(issued.chain_pem),
+            Err(refusal) => Answer::Refused(RenewalRefused {
+                code: refusal.code() as i32,
+                message: refusal.to_string(),
+            }),
+        };
+        ControllerMessage {
+            body: Some(Down::CertificateRenewal(CertificateRenewal {
+                seq,
+                result: Some(result),
+            })),
+        }
     }
 }
 

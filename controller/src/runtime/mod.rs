@@ -67,7 +67,8 @@ pub struct Running {
 impl Running {
     /// What SIGHUP does with the freshly loaded config: the listeners' TLS
     /// files (certificate, key, client CA) apply to the next connection, the
-    /// API tokens and client names to the next call, and the rest (groups,
+    /// API tokens and client names to the next call, the agents' issuing CA and
+    /// certificate lifetime to the next renewal, and the rest (groups,
     /// modes, guard, AD) from the next reconcile on. All or nothing: when a
     /// TLS file cannot be loaded, nothing changes. Listeners keep their
     /// addresses; adding or removing `[agents]` / `[api]` needs a restart.
@@ -88,6 +89,9 @@ impl Running {
         }
         if let (Some(state), Some(a)) = (&self.api, &cfg.api) {
             state.reload_callers(a);
+        }
+        if let (Some(hub), Some(a)) = (&self.hub, &cfg.agents) {
+            hub.set_renewal(renewal_policy(a));
         }
         if self.agents_tls.is_some() != cfg.agents.is_some() || self.api_tls.is_some() != cfg.api.is_some() {
             tracing::warn!("[agents] or [api] was added or removed: that takes a restart");
@@ -146,6 +150,15 @@ async fn on_stop(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
+/// How the agent endpoint renews certificates, as `[agents]` says (at start and on SIGHUP).
+fn renewal_policy(a: &crate::config::AgentsConfig) -> crate::renewal::RenewalPolicy {
+    crate::renewal::RenewalPolicy {
+        ca: a.issuing_ca.clone(),
+        lifetime: a.cert_lifetime,
+        ..Default::default()
+    }
+}
+
 /// Binds the agent endpoint and starts serving it.
 async fn start_agents(
     cfg: &Config,
@@ -168,6 +181,7 @@ async fn start_agents(
             heartbeat: a.heartbeat,
             stale_after: a.stale_after,
             max_message_bytes: a.max_message_bytes,
+            renewal: renewal_policy(a),
             ..Default::default()
         },
         Some(triggers),

@@ -182,21 +182,45 @@ pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, Store
     })
 }
 
-/// An audit event that is not an AD modify (an agent revoked or unrevoked): who did what to
+/// An audit event that is not an AD modify (an agent revoked or unrevoked, its certificate renewed): who did what to
 /// which host, and why. Kept apart from the modify rows above, which date each host's last
 /// delegation change for the diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: i64,
     pub time_ms: i64,
-    /// `agent-revoked`, `agent-unrevoked`.
+    /// `agent-revoked`, `agent-unrevoked`, `agent-certificate-renewed`, `agent-certificate-refused`.
     pub kind: String,
     pub host: String,
     pub actor: String,
     pub detail: String,
 }
 
+/// Audit event kinds of certificate renewal over the agent stream (`crate::renewal`).
+pub const EVENT_CERT_RENEWED: &str = "agent-certificate-renewed";
+pub const EVENT_CERT_REFUSED: &str = "agent-certificate-refused";
+
 impl Store {
+    /// Records an audit event on its own (the deny-list writes its events in the transaction
+    /// of its change instead).
+    pub async fn record_audit_event(
+        &self,
+        kind: &str,
+        host: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_events (time, kind, host, actor, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(super::now_ms())
+            .bind(kind)
+            .bind(text(host))
+            .bind(text(actor))
+            .bind(text(detail))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Audit events, newest first; `host` filters by host name.
     pub async fn audit_events(&self, host: Option<&str>, max: i64) -> Result<Vec<AuditEvent>, StoreError> {
         let rows = sqlx::query(
@@ -206,17 +230,41 @@ impl Store {
         .bind(limit(max))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: r.try_get(0)?,
-                    time_ms: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    host: r.try_get(3)?,
-                    actor: r.try_get(4)?,
-                    detail: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
+
+    /// The newest `max` audit events of `host` of one of `kinds`, newest first: a host's
+    /// revocations stay in view however many certificate renewals (two a day) came after them.
+    pub async fn audit_events_of(&self, host: &str, kinds: &[&str], max: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events = Vec::new();
+        for kind in kinds {
+            let rows = sqlx::query(
+                "SELECT id, time, kind, host, actor, detail FROM audit_events WHERE host = $1 AND kind = $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(text(host))
+            .bind(*kind)
+            .bind(limit(max))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                events.push(event_from_row(r)?);
+            }
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.id));
+        if max >= 0 {
+            events.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        }
+        Ok(events)
+    }
+}
+
+fn event_from_row(r: &sqlx::any::AnyRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: r.try_get(0)?,
+        time_ms: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        host: r.try_get(3)?,
+        actor: r.try_get(4)?,
+        detail: r.try_get(5)?,
+    })
 }

@@ -22,7 +22,7 @@ mod revocations;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use audit::{AuditEvent, AuditRecord};
+pub use audit::{AuditEvent, AuditRecord, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED};
 pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};

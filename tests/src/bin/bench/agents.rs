@@ -38,6 +38,8 @@ pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
             heartbeat: Duration::from_secs(30),
             stale_after: Duration::from_secs(120),
             max_message_bytes: 1 << 20,
+            issuing_ca: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
         };
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
