@@ -254,6 +254,15 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         "{protect:?}"
     );
     assert_eq!(row(&actions, "KcdsyncSetIcacls")[3], "[System64Folder]icacls.exe");
+    let owner = row(&actions, "KcdsyncOwnDataDir");
+    assert_eq!(owner[1].parse::<u32>().unwrap() & 0xc3f, 0xc00 | 50, "{owner:?}");
+    assert!(owner[3].contains("/setowner *S-1-5-32-544 /T"), "{owner:?}");
+    let reparse = row(&actions, "KcdsyncRefuseReparsePoint");
+    assert_eq!(reparse[1].parse::<u32>().unwrap() & 0xc3f, 0xc00 | 50, "{reparse:?}");
+    assert!(
+        reparse[3].contains("fsutil reparsepoint query \"[DATADIR].\""),
+        "{reparse:?}"
+    );
     let failure = row(&actions, "KcdsyncServiceFailure");
     assert_eq!(failure[1].parse::<u32>().unwrap() & 0xc3f, 0xc00 | 50, "{failure:?}");
     assert_eq!(
@@ -275,7 +284,9 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         .collect();
     let at = |a: &str| *seq.get(a).unwrap_or_else(|| panic!("{a} is not sequenced: {seq:?}"));
     assert!(at("InstallInitialize") < at("CreateFolders"));
-    assert!(at("CreateFolders") < at("KcdsyncResetDataDir"));
+    assert!(at("CreateFolders") < at("KcdsyncRefuseReparsePoint"));
+    assert!(at("KcdsyncRefuseReparsePoint") < at("KcdsyncOwnDataDir"));
+    assert!(at("KcdsyncOwnDataDir") < at("KcdsyncResetDataDir"));
     assert!(at("KcdsyncResetDataDir") < at("KcdsyncProtectDataDir"));
     assert!(at("KcdsyncProtectDataDir") < at("KcdsyncWriteConfig"));
     assert!(at("InstallServices") < at("KcdsyncServiceFailure"));
