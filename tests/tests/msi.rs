@@ -6,8 +6,9 @@
 //! (automatic start, LocalSystem); without `CONTROLLER_URL`, or with a URL that is not
 //! https://, the install is refused by its launch conditions and installs nothing.
 //!
-//! What Wine cannot show: its icacls.exe is a stub (the data directory's ACL is not set,
-//! nor enforced: Wine has no ACL checks on files), its `sc failure` records no failure
+//! What Wine cannot show: its icacls.exe is a stub (the data directory's owner and ACL are
+//! not set, nor enforced: Wine has no ACL checks on files), its fsutil has no `reparsepoint`
+//! (the refusal of a junction as data directory never triggers), its `sc failure` records no failure
 //! actions and `sc failureflag` fails (the SCM's restart-on-failure cannot be seen), it
 //! runs standard actions at once and deferred custom actions only at InstallFinalize (so
 //! under Wine the service is started before agent.toml is written; Windows runs them in
