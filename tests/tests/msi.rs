@@ -4,7 +4,8 @@
 //! `C:\Program Files\kcdsync`, `agent.toml` in `C:\ProgramData\kcdsync` holds the
 //! controller URL given on the command line, the `kcdsync-agent` service is registered
 //! (automatic start, LocalSystem); without `CONTROLLER_URL`, or with a URL that is not
-//! https://, the install is refused by its launch conditions and installs nothing.
+//! https://, the install is refused by its launch conditions and installs nothing;
+//! `msiexec /x` removes the service and the exe and keeps the data directory.
 //!
 //! What Wine cannot show: its icacls.exe is a stub (the data directory's owner and ACL are
 //! not set, nor enforced: Wine has no ACL checks on files), its fsutil has no `reparsepoint`
@@ -402,6 +403,32 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
     assert!(
         key.contains(r#"kcdsync\\kcdsync-agent.exe service --config \"C:\\ProgramData\\kcdsync\\agent.toml\"""#),
         "{key}"
+    );
+
+    // Uninstalled: the service and the binary go, the data directory (configuration, key,
+    // outbox) stays.
+    let status = wine(&prefix)
+        .arg("msiexec")
+        .arg("/x")
+        .arg(&msi)
+        .arg("/qn")
+        .arg("/l*v")
+        .arg(dir.join("uninstall.log"))
+        .status()
+        .unwrap();
+    let ulog = String::from_utf8_lossy(&std::fs::read(dir.join("uninstall.log")).unwrap_or_default()).replace('\0', "");
+    assert!(status.success(), "msiexec /x failed ({status}); its log:\n{ulog}");
+    server.kill();
+    let reg = std::fs::read_to_string(prefix.join("system.reg")).unwrap();
+    assert!(
+        !reg.contains("System\\\\CurrentControlSet\\\\Services\\\\kcdsync-agent]"),
+        "the service is still registered after uninstall; log:\n{ulog}"
+    );
+    assert!(!installed.exists(), "the exe is still there after uninstall");
+    assert_eq!(
+        std::fs::read_to_string(data.join("agent.toml")).unwrap_or_default(),
+        toml_text,
+        "agent.toml was not kept"
     );
     println!(
         "MSI checked in {tables_done:?}, installed under Wine in {:?} in all",
