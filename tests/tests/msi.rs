@@ -5,7 +5,8 @@
 //! controller URL given on the command line, the `kcdsync-agent` service is registered
 //! (automatic start, LocalSystem); without `CONTROLLER_URL`, or with a URL that is not
 //! https://, the install is refused by its launch conditions and installs nothing;
-//! `msiexec /x` removes the service and the exe and keeps the data directory.
+//! a higher version upgrades it in place; `msiexec /x` removes the service and the exe and
+//! keeps the data directory.
 //!
 //! What Wine cannot show: its icacls.exe is a stub (the data directory's owner and ACL are
 //! not set, nor enforced: Wine has no ACL checks on files), its fsutil has no `reparsepoint`
@@ -390,6 +391,37 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         String::from_utf8_lossy(&check.stderr)
     );
 
+    // Upgraded in place by a higher version (MajorUpgrade: the old product is removed
+    // first, before this one's services are installed), agent.toml rewritten.
+    let msi2 = dir.join("kcdsync-agent-0.1.1.msi");
+    let out = Command::new("bash")
+        .arg(repo_root().join("deploy/windows/msi/build.sh"))
+        .arg(&exe)
+        .arg("0.1.1")
+        .arg(&msi2)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build.sh 0.1.1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, log, _) = msiexec(
+        &prefix,
+        &dir,
+        &msi2,
+        &["CONTROLLER_URL=https://kcdsync.lab.test:7443"],
+        "upgrade",
+    );
+    assert_eq!(code, 0, "the upgrade exited {code}; its log:\n{log}");
+    let toml_text = std::fs::read_to_string(data.join("agent.toml")).unwrap();
+    assert!(
+        toml_text.contains("controller_url = 'https://kcdsync.lab.test:7443'")
+            && !toml_text.contains("tls_server_name"),
+        "the upgrade did not rewrite agent.toml:\n{toml_text}"
+    );
+    assert!(installed.is_file(), "the upgrade removed the exe; log:\n{log}");
+
     // The service, in Wine's registry (written to system.reg when the wineserver stops).
     server.kill();
     let reg = std::fs::read_to_string(prefix.join("system.reg")).unwrap();
@@ -400,6 +432,11 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
     assert!(key.contains("\n\"Start\"=dword:00000002"), "{key}");
     assert!(key.contains("\n\"ObjectName\"=\"LocalSystem\""), "{key}");
     assert!(key.contains("\n\"Type\"=dword:00000010"), "{key}");
+    // One product installed, the new one.
+    assert!(
+        reg.contains("\"DisplayVersion\"=\"0.1.1\"") && !reg.contains("\"DisplayVersion\"=\"0.1.0\""),
+        "after the upgrade, 0.1.0 is still registered or 0.1.1 is not"
+    );
     assert!(
         key.contains(r#"kcdsync\\kcdsync-agent.exe service --config \"C:\\ProgramData\\kcdsync\\agent.toml\"""#),
         "{key}"
@@ -410,7 +447,7 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
     let status = wine(&prefix)
         .arg("msiexec")
         .arg("/x")
-        .arg(&msi)
+        .arg(&msi2)
         .arg("/qn")
         .arg("/l*v")
         .arg(dir.join("uninstall.log"))
