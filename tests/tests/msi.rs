@@ -16,7 +16,12 @@
 //! under Wine the service is started before agent.toml is written; Windows runs them in
 //! sequence order), it writes the service's ImagePath unquoted, and `msiexec /l*v` does
 //! not log a failed launch condition's message (the failed condition is read from
-//! Wine's msi trace instead; the message is checked in the LaunchCondition table).
+//! Wine's msi trace instead; the message is checked in the LaunchCondition table). Wine's
+//! services.exe starts the automatic service whenever the prefix's wineserver starts (each
+//! msiexec here): with TLS files present the agent keeps running and its exe busy, which
+//! made an uninstall under load leave the exe behind; the test removes its placeholder TLS
+//! files before upgrading and uninstalling. An uninstall right before a reinstall once
+//! made Wine's StartServices fail (not done here).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -241,6 +246,10 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         "{required:?}"
     );
     assert!(
+        conditions.iter().any(|c| c[0] == "Privileged"),
+        "no condition requires administrator rights: {conditions:?}"
+    );
+    assert!(
         conditions
             .iter()
             .any(|c| c[0].contains("CONTROLLER_URL << \"https://\"") && c[0].contains("CONTROLLER_URL >< \"&\"")),
@@ -391,6 +400,28 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         String::from_utf8_lossy(&check.stderr)
     );
 
+    // The service, in Wine's registry (written to system.reg when the wineserver stops).
+    server.kill();
+    let reg = std::fs::read_to_string(prefix.join("system.reg")).unwrap();
+    let key = reg
+        .split("\n[")
+        .find(|k| k.starts_with("System\\\\CurrentControlSet\\\\Services\\\\kcdsync-agent]"))
+        .unwrap_or_else(|| panic!("no kcdsync-agent service in the registry; log:\n{log}"));
+    assert!(key.contains("\n\"Start\"=dword:00000002"), "{key}");
+    assert!(key.contains("\n\"ObjectName\"=\"LocalSystem\""), "{key}");
+    assert!(key.contains("\n\"Type\"=dword:00000010"), "{key}");
+    assert!(
+        key.contains(r#"kcdsync\\kcdsync-agent.exe service --config \"C:\\ProgramData\\kcdsync\\agent.toml\"""#),
+        "{key}"
+    );
+
+    // The placeholders go first: Wine's services.exe starts the automatic service whenever
+    // the prefix's wineserver starts, and an agent that passed its config check keeps the
+    // exe busy (retrying the controller) while an upgrade or an uninstall replaces it.
+    for f in ["ca.pem", "agent.pem", "agent.key"] {
+        std::fs::remove_file(data.join("tls").join(f)).unwrap();
+    }
+
     // Upgraded in place by a higher version (MajorUpgrade: the old product is removed
     // first, before this one's services are installed), agent.toml rewritten.
     let msi2 = dir.join("kcdsync-agent-0.1.1.msi");
@@ -421,25 +452,16 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         "the upgrade did not rewrite agent.toml:\n{toml_text}"
     );
     assert!(installed.is_file(), "the upgrade removed the exe; log:\n{log}");
-
-    // The service, in Wine's registry (written to system.reg when the wineserver stops).
     server.kill();
     let reg = std::fs::read_to_string(prefix.join("system.reg")).unwrap();
-    let key = reg
-        .split("\n[")
-        .find(|k| k.starts_with("System\\\\CurrentControlSet\\\\Services\\\\kcdsync-agent]"))
-        .unwrap_or_else(|| panic!("no kcdsync-agent service in the registry; log:\n{log}"));
-    assert!(key.contains("\n\"Start\"=dword:00000002"), "{key}");
-    assert!(key.contains("\n\"ObjectName\"=\"LocalSystem\""), "{key}");
-    assert!(key.contains("\n\"Type\"=dword:00000010"), "{key}");
+    assert!(
+        reg.contains("System\\\\CurrentControlSet\\\\Services\\\\kcdsync-agent]"),
+        "the service is gone after the upgrade; log:\n{log}"
+    );
     // One product installed, the new one.
     assert!(
         reg.contains("\"DisplayVersion\"=\"0.1.1\"") && !reg.contains("\"DisplayVersion\"=\"0.1.0\""),
         "after the upgrade, 0.1.0 is still registered or 0.1.1 is not"
-    );
-    assert!(
-        key.contains(r#"kcdsync\\kcdsync-agent.exe service --config \"C:\\ProgramData\\kcdsync\\agent.toml\"""#),
-        "{key}"
     );
 
     // Uninstalled: the service and the binary go, the data directory (configuration, key,
@@ -461,7 +483,10 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         !reg.contains("System\\\\CurrentControlSet\\\\Services\\\\kcdsync-agent]"),
         "the service is still registered after uninstall; log:\n{ulog}"
     );
-    assert!(!installed.exists(), "the exe is still there after uninstall");
+    assert!(
+        !installed.exists(),
+        "the exe is still there after uninstall; log:\n{ulog}"
+    );
     assert_eq!(
         std::fs::read_to_string(data.join("agent.toml")).unwrap_or_default(),
         toml_text,
