@@ -66,6 +66,32 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// [`Store::replication_arrived`] for many (plan, DN, DC), all read at `arrived_at_ms`, in
+    /// one transaction (one commit: the per-DC verify sees thousands of objects arrive at
+    /// once). For each, `true` when this call recorded it.
+    pub async fn replication_arrived_all(
+        &self,
+        arrived: &[(i64, &str, &str)],
+        arrived_at_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(arrived.len());
+        for (plan_id, dn, dc) in arrived {
+            let r = sqlx::query(
+                "UPDATE replication SET arrived_at = $1 WHERE plan_id = $2 AND dn = $3 AND dc = $4 AND arrived_at IS NULL",
+            )
+            .bind(arrived_at_ms)
+            .bind(*plan_id)
+            .bind(text(dn))
+            .bind(text(dc))
+            .execute(&mut *tx)
+            .await?;
+            out.push(r.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// The writes still awaited on some DC, written since `since_ms`: (the DC, the write's
     /// audit row), oldest first. What a restarted (or newly elected) writer watches again.
     pub async fn awaited_replication(&self, since_ms: i64) -> Result<Vec<(String, super::AuditRecord)>, StoreError> {

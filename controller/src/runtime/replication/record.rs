@@ -14,6 +14,9 @@ use crate::diagnose::{Finding, FindingKind, Severity};
 use crate::grpc::convert::{event, finding_to_pb};
 use crate::store::now_ms;
 
+/// At most this many arrivals are recorded in one commit.
+const ARRIVALS_PER_COMMIT: usize = 1000;
+
 /// At most this many waiting objects are named in a finding's evidence.
 const EVIDENCE_OBJECTS: usize = 20;
 
@@ -29,7 +32,59 @@ pub(super) struct Recorder {
 impl Recorder {
     pub async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
         while let Some(e) = events.recv().await {
-            self.handle(e).await;
+            // Arrivals already queued behind this one are recorded together (one commit), in
+            // order with the other events.
+            let mut arrived = Vec::new();
+            let mut next = Some(e);
+            while let Some(e) = next.take() {
+                match e {
+                    Event::Arrived { dc, expected, .. } => arrived.push((dc, expected)),
+                    other => {
+                        self.arrived(std::mem::take(&mut arrived)).await;
+                        self.handle(other).await;
+                    }
+                }
+                if arrived.len() >= ARRIVALS_PER_COMMIT {
+                    self.arrived(std::mem::take(&mut arrived)).await;
+                }
+                next = events.try_recv().ok();
+            }
+            self.arrived(arrived).await;
+        }
+    }
+
+    /// Records arrivals read on their DC: the lag histogram, a log line each, the store (one
+    /// commit), and the purges that waited for them.
+    async fn arrived(&self, arrived: Vec<(String, super::Expected)>) {
+        if arrived.is_empty() {
+            return;
+        }
+        let at = now_ms();
+        for (dc, expected) in &arrived {
+            let r = &expected.record;
+            let lag = (at - r.time_ms).max(0) as f64 / 1000.0;
+            crate::metrics::get()
+                .replication_lag
+                .record(lag, &[opentelemetry::KeyValue::new("dc", dc.clone())]);
+            tracing::info!(host = %r.host, plan = r.plan_id, dc = %dc, lag_secs = lag,
+                "plan {}'s change to {} replicated to {dc} after {lag:.1} s", r.plan_id, r.host);
+        }
+        let keys: Vec<(i64, &str, &str)> = arrived
+            .iter()
+            .map(|(dc, e)| (e.record.plan_id, e.record.dn.as_str(), dc.as_str()))
+            .collect();
+        if let Err(e) = self.out.store.replication_arrived_all(&keys, at).await {
+            tracing::warn!(error = %e, "cannot record the per-DC verify's arrivals");
+        }
+        for (dc, expected) in arrived {
+            let r = &expected.record;
+            let released = self.held.lock().unwrap().remove(&(r.plan_id, r.dn.clone(), dc));
+            if let Some(purges) = released {
+                self.republish_awaiting();
+                for p in purges {
+                    self.purge(&p).await;
+                }
+            }
         }
     }
 
@@ -55,26 +110,7 @@ impl Recorder {
                     self.purge(&p).await;
                 }
             }
-            Event::Arrived { dc, expected, .. } => {
-                let r = &expected.record;
-                let arrived = now_ms();
-                let lag = (arrived - r.time_ms).max(0) as f64 / 1000.0;
-                crate::metrics::get()
-                    .replication_lag
-                    .record(lag, &[opentelemetry::KeyValue::new("dc", dc.clone())]);
-                tracing::info!(host = %r.host, plan = r.plan_id, dc = %dc, lag_secs = lag,
-                    "plan {}'s change to {} replicated to {dc} after {lag:.1} s", r.plan_id, r.host);
-                if let Err(e) = self.out.store.replication_arrived(r.plan_id, &r.dn, &dc, arrived).await {
-                    tracing::warn!(error = %e, "cannot record the per-DC verify's arrival");
-                }
-                let released = self.held.lock().unwrap().remove(&(r.plan_id, r.dn.clone(), dc.clone()));
-                if let Some(purges) = released {
-                    self.republish_awaiting();
-                    for p in purges {
-                        self.purge(&p).await;
-                    }
-                }
-            }
+            Event::Arrived { dc, expected, .. } => self.arrived(vec![(dc, expected)]).await,
             Event::Overdue(o) => {
                 tracing::warn!(dc = %o.dc.name, waiting = o.waiting.len(), oldest_secs = o.oldest.as_secs(),
                     "{} has not received {} of kcdsync's writes within the replication deadline", o.dc.name, o.waiting.len());

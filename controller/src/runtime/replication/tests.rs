@@ -428,3 +428,95 @@ fn a_reported_kdc_is_matched_to_the_dc_by_its_name_or_first_label() {
     );
     assert_eq!(super::dc_of("dc2.other.test", &dcs), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_reports_each_arrival_as_its_read_returns_not_after_the_last() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    let dns: Vec<String> = (0..50)
+        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
+        .collect();
+    for dn in &dns {
+        dc.shows(dn, 0x1000 | T2A4D, t0);
+    }
+    // One read at a time, 5 ms each: the pass takes 250 ms.
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 1);
+    for dn in &dns {
+        jobs.send(written(8, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
+    }
+    let Event::Arrived { after, .. } = next(&mut seen).await else {
+        panic!("expected an arrival");
+    };
+    assert!(
+        after < Duration::from_millis(50),
+        "the first arrival waited for the pass: {after:?}"
+    );
+    for _ in 1..dns.len() {
+        assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
+    }
+    assert_eq!(dc.reads.load(Ordering::SeqCst), 50);
+}
+
+#[tokio::test]
+async fn the_recorder_records_arrivals_queued_together_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let (events, _fleet) = broadcast::channel(16);
+    let recorder = Recorder {
+        out: Outputs {
+            store: store.clone(),
+            api: None,
+            events,
+            hub: None,
+        },
+        findings: DcFindings::default(),
+        held: Default::default(),
+        awaiting: Default::default(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writes: Vec<Expected> = (0..1500)
+        .map(|i| {
+            written(
+                9,
+                &format!("CN=HV{i:04},OU=Hyper-V,DC=lab,DC=test"),
+                0x1000,
+                0x1000 | T2A4D,
+            )
+        })
+        .collect();
+    let rows = writes
+        .iter()
+        .map(|w| ReplicationRecord {
+            plan_id: 9,
+            host: w.record.host.clone(),
+            dn: w.record.dn.clone(),
+            dc: "dc2.lab.test".into(),
+            written_at_ms: w.record.time_ms,
+            arrived_at_ms: None,
+        })
+        .collect();
+    tx.send(Event::Expect { rows, held: vec![] }).unwrap();
+    for w in &writes {
+        tx.send(Event::Arrived {
+            dc: "dc2.lab.test".into(),
+            expected: w.clone(),
+            after: Duration::from_millis(10),
+        })
+        .unwrap();
+    }
+    drop(tx);
+    recorder.run(rx).await;
+    let recorded = store.replication_of_plans(9, 9).await.unwrap();
+    assert_eq!(recorded.len(), 1500);
+    assert!(
+        recorded.iter().all(|r| r.arrived_at_ms.is_some()),
+        "every arrival recorded"
+    );
+    // More than ARRIVALS_PER_COMMIT queued: two commits, each with one time.
+    let mut times: Vec<i64> = recorded.iter().filter_map(|r| r.arrived_at_ms).collect();
+    times.sort();
+    times.dedup();
+    assert!(times.len() <= 2, "{} distinct arrival times", times.len());
+}

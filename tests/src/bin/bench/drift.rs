@@ -27,7 +27,7 @@ use kcdsync_controller::store::{Store, now_ms};
 use kcdsync_tests::otlp::Receiver;
 use kcdsync_tests::{Lab, T2A4D, WORKSTATION};
 
-use super::{fleet_config, ldap_tool, name, seed, seed_as, timed};
+use super::{fleet_config, ldap_tool, name, percentile, seed, seed_as, timed};
 
 /// Name prefix of the floor's computers (outside the scope).
 const FLOOR: &str = "BFL";
@@ -497,14 +497,6 @@ impl Lcg {
         }
         seen.into_iter().collect()
     }
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn print(args: &Args, reports: &[Report]) {

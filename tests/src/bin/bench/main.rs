@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 mod agents;
 mod api;
 mod drift;
+mod replication;
 mod ui;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
+use kcdsync_tests::two_dcs::{Dc, TwoDcLab};
 use kcdsync_tests::{Lab, MIGRATION, T2A4D, WORKSTATION};
 
 #[derive(Parser)]
@@ -119,6 +121,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         ttl_secs: u64,
     },
+    /// Two-DC lab: `serve` converges N broken hosts through dc1 and records when each change
+    /// reaches dc2; against a plain poll of the same objects on dc2 (raw replication latency),
+    /// in the same run.
+    Replication {
+        #[arg(long, default_value_t = 2000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Members per migration group.
+        #[arg(long, default_value_t = 16)]
+        group_size: usize,
+        /// Leave the seeded OU in place (printed).
+        #[arg(long)]
+        keep: bool,
+    },
     /// (internal) Runs no-op reconciles in-process and prints their median (ms).
     #[command(hide = true)]
     OtelChild {
@@ -176,6 +193,17 @@ fn main() -> Result<()> {
             agents::run(agents, messages, bin, &stores)
         }
         Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
+        Cmd::Replication {
+            hosts,
+            rounds,
+            group_size,
+            keep,
+        } => replication::run(replication::Args {
+            hosts,
+            rounds,
+            group_size,
+            keep,
+        }),
         Cmd::OtelOverhead { hosts, rounds } => otel_overhead(hosts, rounds),
         Cmd::OtelChild { config, rounds } => otel_child(&config, rounds),
         Cmd::Takeover { kills, ttl_secs } => takeover(kills, ttl_secs),
@@ -197,14 +225,71 @@ pub fn name(i: usize) -> String {
     format!("BCH{i:05}")
 }
 
+/// The DC the OpenLDAP tools and the seed talk to, and its domain's admin: the one-DC lab, or
+/// one DC of the two-DC lab ([`OnDc`]).
+pub trait Directory {
+    fn ldaps_url(&self) -> &str;
+    fn ca_file(&self) -> &str;
+    fn admin_dn(&self) -> &str;
+    fn admin_pw_file(&self) -> &str;
+    /// The Kerberos realm (the DNS domain, upper case).
+    fn realm_name(&self) -> &str;
+}
+
+impl Directory for Lab {
+    fn ldaps_url(&self) -> &str {
+        self.var("LAB_LDAPS_URL")
+    }
+    fn ca_file(&self) -> &str {
+        self.ca()
+    }
+    fn admin_dn(&self) -> &str {
+        self.var("LAB_ADMIN_DN")
+    }
+    fn admin_pw_file(&self) -> &str {
+        self.var("LAB_ADMIN_PASS_FILE")
+    }
+    fn realm_name(&self) -> &str {
+        self.realm()
+    }
+}
+
+/// One DC of the two-DC lab.
+pub struct OnDc<'a>(pub &'a TwoDcLab, pub Dc);
+
+impl Directory for OnDc<'_> {
+    fn ldaps_url(&self) -> &str {
+        self.0.ldaps_url(self.1)
+    }
+    fn ca_file(&self) -> &str {
+        self.0.var("LAB_CA")
+    }
+    fn admin_dn(&self) -> &str {
+        self.0.var("LAB_ADMIN_DN")
+    }
+    fn admin_pw_file(&self) -> &str {
+        self.0.var("LAB_ADMIN_PASS_FILE")
+    }
+    fn realm_name(&self) -> &str {
+        self.0.var("LAB_REALM")
+    }
+}
+
 /// Runs an OpenLDAP client tool bound as `dn`; `input` is LDIF, passed as a
 /// file (a pipe would deadlock against the tool's own output).
-pub fn ldap_tool(lab: &Lab, tool: &str, dn: &str, pw_file: &str, args: &[&str], input: Option<&str>) -> Result<String> {
+pub fn ldap_tool(
+    lab: &impl Directory,
+    tool: &str,
+    dn: &str,
+    pw_file: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String> {
     let file = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new(tool);
-    cmd.args(["-x", "-H", lab.var("LAB_LDAPS_URL"), "-D", dn, "-y", pw_file])
+    cmd.args(["-x", "-H", lab.ldaps_url(), "-D", dn, "-y", pw_file])
         .args(args)
-        .env("LDAPTLS_CACERT", lab.ca())
+        .env("LDAPTLS_CACERT", lab.ca_file())
         .env("LDAPTLS_REQCERT", "demand")
         .stdin(Stdio::null());
     if let Some(i) = input {
@@ -227,6 +312,15 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The `p` quantile (0..=1) of `sorted`, nearest rank; 0 when empty.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
 }
 
 fn highest_usn(lab: &Lab) -> Result<i64> {
@@ -382,7 +476,7 @@ pub fn seed(lab: &Lab, ou_dn: &str, n: usize, group_size: usize, uac: u32) -> Re
 
 /// [`seed`] with another name prefix (SPNs are unique domain-wide: two seeded OUs need two).
 pub fn seed_as(
-    lab: &Lab,
+    lab: &impl Directory,
     ou_dn: &str,
     n: usize,
     group_size: usize,
@@ -390,8 +484,8 @@ pub fn seed_as(
     prefix: &str,
 ) -> Result<(Vec<Vec<usize>>, usize)> {
     let name = |i: usize| format!("{prefix}{i:05}");
-    let domain = lab.realm().to_lowercase();
-    let (admin, admin_pw) = (lab.var("LAB_ADMIN_DN"), lab.var("LAB_ADMIN_PASS_FILE"));
+    let domain = lab.realm_name().to_lowercase();
+    let (admin, admin_pw) = (lab.admin_dn(), lab.admin_pw_file());
     // Seed: N computers, groups of `group_size`, full mesh, userAccountControl as given.
     eprintln!("seeding {n} hosts in groups of {group_size} under {ou_dn} ...");
     let _ = ldap_tool(lab, "ldapdelete", admin, admin_pw, &["-r", ou_dn], None);
@@ -448,15 +542,34 @@ pub fn seed_as(
 /// A controller config for the seeded fleet: every group, enforce, a guard
 /// wide enough for all hosts.
 pub fn fleet_config(lab: &Lab, ou_dn: &str, groups: &[Vec<usize>], n: usize) -> String {
-    let domain = lab.realm().to_lowercase();
-    let mut cfg = lab.ad_section(kcdsync_tests::BindAs::Svc);
+    fleet_config_as(
+        lab.ad_section(kcdsync_tests::BindAs::Svc),
+        lab.realm(),
+        ou_dn,
+        groups,
+        n,
+        "BCH",
+    )
+}
+
+/// [`fleet_config`] with its `[ad]` table given, for hosts seeded by [`seed_as`] with `prefix`.
+pub fn fleet_config_as(
+    ad_section: String,
+    realm: &str,
+    ou_dn: &str,
+    groups: &[Vec<usize>],
+    n: usize,
+    prefix: &str,
+) -> String {
+    let domain = realm.to_lowercase();
+    let mut cfg = ad_section;
     cfg.push_str(&format!(
         "\n[scope]\nbase_dns = [\"{ou_dn}\"]\n\n[guard]\nmax_hosts_per_apply = {n}\n"
     ));
     for (gi, g) in groups.iter().enumerate() {
         let hosts: Vec<String> = g
             .iter()
-            .map(|&i| format!("\"{}.{domain}\"", name(i).to_lowercase()))
+            .map(|&i| format!("\"{prefix}{i:05}.{domain}\"").to_lowercase())
             .collect();
         cfg.push_str(&format!(
             "\n[[group]]\nname = \"g{gi:04}\"\nmode = \"enforce\"\nfirst_grants = \"auto\"\nhosts = [{}]\n",
