@@ -176,4 +176,59 @@ impl Receiver {
     pub fn metrics(&self) -> Vec<MetricRecord> {
         self.sink.metrics.lock().unwrap().clone()
     }
+
+    /// The last exported value of counter `name` with attribute `key` = `value`; 0 before any.
+    pub fn last_value(&self, name: &str, key: &str, value: &str) -> f64 {
+        self.metrics()
+            .iter()
+            .rev()
+            .find(|m| m.name == name && m.attributes.iter().any(|(k, v)| k == key && v == value))
+            .map_or(0.0, |m| m.value)
+    }
+}
+
+/// What a test process's own controller parts log and export: their log lines, and their
+/// metrics as an in-process OTLP receiver got them.
+pub struct Observed {
+    pub logs: crate::logs::Captured,
+    pub otlp: Receiver,
+}
+
+/// Sets this test process's telemetry up once, as `service`, and returns what it observes.
+/// Call it first thing in every test of a binary that uses it: the telemetry is process-global
+/// and reads its environment once. The receiver and the exporters run on a runtime of their
+/// own, since a test's runtime ends with the test.
+pub fn observe_process(service: &'static str) -> &'static Observed {
+    static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
+    OBSERVED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let otlp = Receiver::start().await;
+                // SAFETY: set inside the OnceLock, before any test of this binary goes on.
+                unsafe {
+                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint());
+                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
+                }
+                let logs = crate::logs::Captured::default();
+                let writer = logs.clone();
+                let telemetry = kcdsync_telemetry::init_with_writer(
+                    service,
+                    kcdsync_telemetry::LogFormat::Human,
+                    "info",
+                    kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
+                );
+                assert!(telemetry.exporting());
+                tx.send(Observed { logs, otlp }).unwrap();
+                let _keep = telemetry;
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("telemetry set up")
+    })
 }

@@ -5,74 +5,26 @@
 //! real `kcdsync-controller agents ...` binary.
 
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::revocation;
 use kcdsync_controller::store::Store;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
-use kcdsync_tests::logs::Captured;
-use kcdsync_tests::otlp::Receiver;
+use kcdsync_tests::otlp::{Observed, observe_process};
 use kcdsync_tests::*;
 use tonic::Streaming;
 
-/// What the endpoints in this process log and count: their log lines, and their metrics as
-/// an OTLP receiver gets them.
-struct Observed {
-    logs: Captured,
-    otlp: Receiver,
-}
-
-/// Set up once for every test here, before any of them starts an endpoint or a process (the
-/// telemetry is process-global and reads its environment once). The receiver and the
-/// exporters live on a runtime of their own: a test's runtime ends with the test.
+/// This process's log lines and exported metrics (`kcdsync_tests::otlp::observe_process`).
 fn observed() -> &'static Observed {
-    static OBSERVED: OnceLock<Observed> = OnceLock::new();
-    OBSERVED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let otlp = Receiver::start().await;
-                // SAFETY: set inside the OnceLock, before any test of this binary goes on.
-                unsafe {
-                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint());
-                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
-                }
-                let logs = Captured::default();
-                let writer = logs.clone();
-                let telemetry = kcdsync_telemetry::init_with_writer(
-                    "kcdsync-revoke-test",
-                    kcdsync_telemetry::LogFormat::Human,
-                    "info",
-                    kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
-                );
-                assert!(telemetry.exporting());
-                tx.send(Observed { logs, otlp }).unwrap();
-                let _keep = telemetry;
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("telemetry set up")
-    })
+    observe_process("kcdsync-revoke-test")
 }
 
 /// The total of `kcdsync.agents.revoked_refused` for `stage`, as last exported.
 fn refused_count(stage: &str) -> f64 {
     observed()
         .otlp
-        .metrics()
-        .iter()
-        .rev()
-        .find(|m| {
-            m.name == "kcdsync.agents.revoked_refused" && m.attributes.iter().any(|(k, v)| k == "stage" && v == stage)
-        })
-        .map_or(0.0, |m| m.value)
+        .last_value("kcdsync.agents.revoked_refused", "stage", stage)
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> String {

@@ -17,8 +17,7 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
-use kcdsync_tests::logs::Captured;
-use kcdsync_tests::otlp::Receiver;
+use kcdsync_tests::otlp::{Observed, observe_process};
 use kcdsync_tests::run_with_room;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -27,60 +26,14 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 
 const HV01: &str = "hv01.lab.test";
 
-/// What the endpoints in this process log and count: their log lines, and their metrics as an
-/// OTLP receiver gets them.
-struct Observed {
-    logs: Captured,
-    otlp: Receiver,
-}
-
-/// Set up once, first thing in every test here (the telemetry is process-global, and the
-/// controller's instruments are made on first use: before that, no endpoint may run). The
-/// receiver and the exporters live on a runtime of their own: a test's runtime ends with it.
+/// This process's log lines and exported metrics (`kcdsync_tests::otlp::observe_process`).
 fn observed() -> &'static Observed {
-    static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
-    OBSERVED.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let otlp = Receiver::start().await;
-                // SAFETY: set inside the OnceLock, before any test of this binary goes on.
-                unsafe {
-                    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint());
-                    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
-                }
-                let logs = Captured::default();
-                let writer = logs.clone();
-                let telemetry = kcdsync_telemetry::init_with_writer(
-                    "kcdsync-rotation-test",
-                    kcdsync_telemetry::LogFormat::Human,
-                    "info",
-                    kcdsync_telemetry::BoxMakeWriter::new(move || writer.clone()),
-                );
-                assert!(telemetry.exporting());
-                tx.send(Observed { logs, otlp }).unwrap();
-                let _keep = telemetry;
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("telemetry set up")
-    })
+    observe_process("kcdsync-rotation-test")
 }
 
 /// The total of `kcdsync.agents.renewals` with `result`, as last exported.
 fn renewals(result: &str) -> f64 {
-    observed()
-        .otlp
-        .metrics()
-        .iter()
-        .rev()
-        .find(|m| m.name == "kcdsync.agents.renewals" && m.attributes.iter().any(|(k, v)| k == "result" && v == result))
-        .map_or(0.0, |m| m.value)
+    observed().otlp.last_value("kcdsync.agents.renewals", "result", result)
 }
 
 fn sqlite(dir: &tempfile::TempDir) -> String {
