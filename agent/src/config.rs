@@ -62,6 +62,92 @@ struct Raw {
     /// Where the Windows service writes its log (`agent.log`, rotated by size); default
     /// `logs` beside this file. A console run logs to stderr.
     log_dir: Option<PathBuf>,
+    /// Enrollment by Kerberos: without it, cert_file and key_file are made by hand.
+    enroll: Option<RawEnroll>,
+}
+
+/// `[enroll]`: get a certificate by proving, with Kerberos, that this agent is its host's
+/// computer account — when there is none yet, or it has expired.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnroll {
+    /// The controller's service principal, e.g. `kcdsync/ctl.contoso.com` (realm: the host's).
+    service_principal: String,
+    /// The FQDN to ask a certificate for; default the probe's (the computer's dNSHostName).
+    host: Option<String>,
+    /// Unix only (SSPI uses the logon session's): the host's keytab, its principal
+    /// (default: the keytab's first), a credential cache (default: a private in-memory one).
+    keytab_file: Option<PathBuf>,
+    principal: Option<String>,
+    ccache: Option<String>,
+    /// The first wait after a failed enrollment (doubling, at most 10 minutes).
+    #[serde(default = "d30")]
+    retry_secs: u64,
+}
+
+/// `[enroll]`, validated.
+#[derive(Debug, Clone)]
+pub struct EnrollConfig {
+    pub service_principal: String,
+    pub host: Option<String>,
+    pub creds: kcdsync_gss::ClientCreds,
+    pub retry: Duration,
+}
+
+fn validate_enroll(raw: RawEnroll, abs: impl Fn(PathBuf) -> PathBuf) -> Result<EnrollConfig, ConfigError> {
+    let principal_like = |key: &'static str, v: &str| {
+        let ok = !v.is_empty() && v.len() <= 256 && v.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                key,
+                message: format!("`{v}` is not a Kerberos principal name (e.g. kcdsync/ctl.contoso.com)"),
+            })
+        }
+    };
+    principal_like("enroll.service_principal", &raw.service_principal)?;
+    if !raw.service_principal.contains('/') {
+        return Err(ConfigError::Invalid {
+            key: "enroll.service_principal",
+            message: format!(
+                "`{}` is not a service principal: it is SERVICE/HOST, e.g. kcdsync/ctl.contoso.com, as the \
+                 controller's agents.enroll.service_principal says",
+                raw.service_principal
+            ),
+        });
+    }
+    if let Some(p) = &raw.principal {
+        principal_like("enroll.principal", p)?;
+    }
+    if let Some(h) = &raw.host {
+        let ok = h.len() <= 253
+            && h.contains('.')
+            && h.split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if !ok {
+            return Err(ConfigError::Invalid {
+                key: "enroll.host",
+                message: format!("`{h}` is not a host's FQDN such as hv01.contoso.com"),
+            });
+        }
+    }
+    if !(1..=MAX_INTERVAL_SECS).contains(&raw.retry_secs) {
+        return Err(ConfigError::Invalid {
+            key: "enroll.retry_secs",
+            message: format!("must be 1 to {MAX_INTERVAL_SECS} seconds, not {}", raw.retry_secs),
+        });
+    }
+    Ok(EnrollConfig {
+        service_principal: raw.service_principal,
+        host: raw.host.map(|h| h.to_ascii_lowercase()),
+        creds: kcdsync_gss::ClientCreds {
+            principal: raw.principal,
+            keytab: raw.keytab_file.map(abs),
+            ccache: raw.ccache,
+        },
+        retry: Duration::from_secs(raw.retry_secs),
+    })
 }
 
 /// The service's log directory when the config does not say: `logs` beside the config file
@@ -113,6 +199,7 @@ pub struct AgentConfig {
     pub resend_after: Duration,
     pub purge_min_interval: Duration,
     pub log_dir: PathBuf,
+    pub enroll: Option<EnrollConfig>,
 }
 
 impl AgentConfig {
@@ -149,6 +236,17 @@ impl AgentConfig {
             ("key_file", &raw.key_file),
         ] {
             let p = abs(p.clone());
+            // An agent that enrolls writes its certificate and key itself: their directory
+            // must be there, the files not yet.
+            if raw.enroll.is_some() && key != "ca_file" {
+                if !p.parent().is_some_and(Path::is_dir) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("the directory of {} does not exist", p.display()),
+                    });
+                }
+                continue;
+            }
             if !p.is_file() {
                 return Err(ConfigError::Invalid {
                     key,
@@ -200,7 +298,9 @@ impl AgentConfig {
                 ),
             });
         }
+        let enroll = raw.enroll.clone().map(|e| validate_enroll(e, abs)).transpose()?;
         Ok(AgentConfig {
+            enroll,
             controller_url: raw.controller_url,
             tls_server_name: raw.tls_server_name,
             ca_file: abs(raw.ca_file),

@@ -10,6 +10,7 @@ mod calendar;
 pub mod cert;
 pub mod client;
 pub mod config;
+pub mod enroll;
 pub mod identity;
 pub mod logfile;
 pub mod outbox;

@@ -50,6 +50,16 @@ enum Cmd {
     CheckConfig,
     /// Print one report as JSON, as the controller would receive it.
     Probe,
+    /// Enroll now by Kerberos ([enroll] in the config): prove to the controller that this
+    /// agent is its host's computer account and write the certificate and key it issues into
+    /// cert_file and key_file. One attempt; exit 1 with the controller's reason when refused.
+    /// `run` enrolls by itself when it has no usable certificate: use this to check a new
+    /// host's setup, or with --force to replace a certificate that still works.
+    Enroll {
+        /// Enroll even when the current certificate is still valid.
+        #[arg(long)]
+        force: bool,
+    },
     /// Simulated hosts only: perform a live migration (with Kerberos
     /// configured, a real S4U2Self + S4U2Proxy check against the KDC) and
     /// record it in the host's event log, where the running agent picks it up.
@@ -154,6 +164,42 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{report:#?}");
             Ok(())
         }
+        Cmd::Enroll { force } => {
+            let e = cfg.enroll.as_ref().with_context(|| {
+                format!(
+                    "{} has no [enroll] section: add one with service_principal = \"kcdsync/<controller host>\"",
+                    cli.config.display()
+                )
+            })?;
+            let host = match cfg.probe {
+                ProbeKind::Simulated => enroll_host(&cli.config, e, &simulated(&cfg)?).await?,
+                ProbeKind::Windows => enroll_host(&cli.config, e, &windows_probe(&cfg)).await?,
+            };
+            let files = kcdsync_agent::identity::IdentityFiles {
+                cert_file: cfg.cert_file.clone(),
+                key_file: cfg.key_file.clone(),
+            };
+            if !force && kcdsync_agent::enroll::needed(&files).is_none() {
+                println!(
+                    "{} holds a valid certificate: nothing to do (--force enrolls anyway)",
+                    cfg.cert_file.display()
+                );
+                return Ok(());
+            }
+            let l = kcdsync_agent::enroll::enroll(&cfg, e, &host)
+                .await
+                .with_context(|| format!("enrolling {host}"))?;
+            let until = l
+                .not_after
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            println!(
+                "enrolled {host}: certificate in {} until {until} (unix time), key in {}",
+                cfg.cert_file.display(),
+                cfg.key_file.display()
+            );
+            Ok(())
+        }
         Cmd::Migrate { vm, peer, account } => {
             anyhow::ensure!(
                 cfg.probe == ProbeKind::Simulated,
@@ -179,11 +225,50 @@ async fn run(cli: Cli) -> Result<()> {
 /// Runs the agent until `stop` turns true.
 async fn run_agent(config: &std::path::Path, stop: watch::Receiver<bool>) -> Result<()> {
     let cfg = AgentConfig::load(config).with_context(|| format!("invalid configuration in {}", config.display()))?;
-    let settings = Settings::from_config(&cfg)?;
     match cfg.probe {
-        ProbeKind::Simulated => client::run(settings, Arc::new(simulated(&cfg)?), &cfg.outbox_dir, stop).await?,
-        ProbeKind::Windows => client::run(settings, Arc::new(windows_probe(&cfg)), &cfg.outbox_dir, stop).await?,
+        ProbeKind::Simulated => run_with(config, &cfg, Arc::new(simulated(&cfg)?), stop).await,
+        ProbeKind::Windows => run_with(config, &cfg, Arc::new(windows_probe(&cfg)), stop).await,
     }
+}
+
+/// The FQDN to enroll: `enroll.host`, else the one the probe reads (the computer's dNSHostName).
+async fn enroll_host<P: HostProbe>(
+    config: &std::path::Path,
+    e: &kcdsync_agent::config::EnrollConfig,
+    probe: &P,
+) -> Result<String> {
+    if let Some(h) = &e.host {
+        return Ok(h.clone());
+    }
+    let fqdn = probe.report().await.identity.map(|i| i.fqdn).unwrap_or_default();
+    anyhow::ensure!(
+        !fqdn.is_empty(),
+        "enrollment needs this host's FQDN and the probe could not read it: set enroll.host in {}",
+        config.display()
+    );
+    Ok(fqdn.to_ascii_lowercase())
+}
+
+/// Enrolls first when `[enroll]` says so and the agent has no usable certificate, then runs.
+async fn run_with<P: HostProbe>(
+    config: &std::path::Path,
+    cfg: &AgentConfig,
+    probe: Arc<P>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut settings = None;
+    if let Some(e) = &cfg.enroll {
+        let host = enroll_host(config, e, probe.as_ref()).await?;
+        if !kcdsync_agent::enroll::until_enrolled(cfg, e, &host, &mut stop).await {
+            return Ok(());
+        }
+        settings = Some(Settings::from_config(cfg)?.enrolling(cfg, e, &host));
+    }
+    let settings = match settings {
+        Some(s) => s,
+        None => Settings::from_config(cfg)?,
+    };
+    client::run(settings, probe, &cfg.outbox_dir, stop).await?;
     Ok(())
 }
 

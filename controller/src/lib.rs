@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod config;
 pub mod diagnose;
+pub mod enrollment;
 pub mod exposure;
 pub mod grpc;
 pub mod ldap;

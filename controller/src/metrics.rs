@@ -24,6 +24,9 @@ pub struct Metrics {
     /// (`not_configured`, `too_soon`, `bad_csr`, `wrong_name`, `revoked`, `ca_expired`,
     /// `unavailable`).
     pub agent_renewals: Counter<u64>,
+    /// Agents enrolling by Kerberos, by result: `issued`, or why not (`unauthenticated`,
+    /// `not_in_scope`, `untrusted`, `wrong_name`, `revoked`, … see `crate::enrollment`).
+    pub agent_enrollments: Counter<u64>,
     /// Values the observable gauges report: (name, attribute) -> value.
     gauges: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
 }
@@ -112,6 +115,10 @@ pub fn get() -> &'static Metrics {
                 .with_description(
                     "agent certificate renewals asked over the stream, by result (issued, or why they were refused)",
                 )
+                .build(),
+            agent_enrollments: meter
+                .u64_counter("kcdsync.agents.enrollments")
+                .with_description("agent enrollments by Kerberos, by result (issued, or why they were refused)")
                 .build(),
             gauges,
         }

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use tonic::Code;
 
 use crate::certs::{Ca, CsrError, Validity, check_csr};
-use crate::store::{EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, Store};
+use crate::store::{EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLLED, Store};
 
 /// `agents.cert_lifetime_hours` when unset.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -105,7 +105,32 @@ impl Refusal {
     }
 }
 
-/// A certificate issued by renewal.
+/// How a host came to ask: what its audit event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Over its stream, authenticated by its current certificate.
+    Renewal,
+    /// By enrollment, authenticated as its computer account by Kerberos (`crate::enrollment`).
+    Enrollment,
+}
+
+impl Via {
+    fn event(self) -> &'static str {
+        match self {
+            Via::Renewal => EVENT_CERT_RENEWED,
+            Via::Enrollment => EVENT_ENROLLED,
+        }
+    }
+
+    fn says(self) -> &'static str {
+        match self {
+            Via::Renewal => "renewed over the agent's stream",
+            Via::Enrollment => "enrolled as its computer account by Kerberos",
+        }
+    }
+}
+
+/// A certificate issued by renewal or enrollment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     pub chain_pem: String,
@@ -155,7 +180,7 @@ impl Renewer {
     /// certificate for the key in `csr`; logs, counts and audits what it decided.
     pub async fn renew(&self, store: &Store, host: &str, remote: &str, csr: &[u8]) -> Result<Issued, Refusal> {
         let actor = format!("agent at {remote}");
-        let result = self.decide(store, host, &actor, csr).await;
+        let result = self.certify(store, host, &actor, csr, Via::Renewal).await;
         let outcome = match &result {
             Ok(_) => "issued",
             Err(r) => r.metric(),
@@ -186,7 +211,17 @@ impl Renewer {
         result
     }
 
-    async fn decide(&self, store: &Store, host: &str, actor: &str, csr: &[u8]) -> Result<Issued, Refusal> {
+    /// Issues `host` a certificate for the key in `csr` if the policy allows it (see the module
+    /// documentation), audited as `via` says; `host` is already authenticated by the caller (the
+    /// stream's certificate, or enrollment's Kerberos proof).
+    pub async fn certify(
+        &self,
+        store: &Store,
+        host: &str,
+        actor: &str,
+        csr: &[u8],
+        via: Via,
+    ) -> Result<Issued, Refusal> {
         let policy = self.policy();
         let Some(ca) = &policy.ca else {
             return Err(Refusal::NotConfigured(host.to_owned()));
@@ -218,12 +253,13 @@ impl Renewer {
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let serial = crate::certs::serial_hex(pem.as_bytes()).map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let detail = format!(
-            "certificate serial {serial} issued by \"{}\" until {} (renewed over the agent's stream)",
+            "certificate serial {serial} issued by \"{}\" until {} ({})",
             ca.name(),
-            crate::certs::fmt_rfc3339(validity.not_after)
+            crate::certs::fmt_rfc3339(validity.not_after),
+            via.says()
         );
         store
-            .record_audit_event(EVENT_CERT_RENEWED, host, actor, &detail)
+            .record_audit_event(via.event(), host, actor, &detail)
             .await
             .map_err(|e| Refusal::Unavailable(format!("cannot write the audit event: {e}")))?;
         Ok(Issued {

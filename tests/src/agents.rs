@@ -93,6 +93,7 @@ impl Pki {
             max_message_bytes: 1 << 20,
             issuing_ca: None,
             cert_lifetime: Duration::from_secs(24 * 3600),
+            enroll: None,
         }
     }
 }
@@ -240,6 +241,7 @@ pub fn settings(url: &str, tls: ClientTlsConfig) -> Settings {
         certified_name: None,
         identity: None,
         renew_retry: Duration::from_secs(1),
+        enroll: None,
     }
 }
 

@@ -100,6 +100,16 @@ pub struct Settings {
     pub identity: Option<IdentityFiles>,
     /// The first wait after a renewal was refused or failed (doubling, up to an hour).
     pub renew_retry: Duration,
+    /// How to enroll again when the certificate has expired (`[enroll]`); `None`: the
+    /// certificate is re-issued by hand.
+    pub enroll: Option<Arc<Reenroll>>,
+}
+
+/// What enrolling again takes: the config it came from and the host's name.
+pub struct Reenroll {
+    cfg: AgentConfig,
+    enroll: crate::config::EnrollConfig,
+    host: String,
 }
 
 impl Settings {
@@ -141,7 +151,19 @@ impl Settings {
             certified_name,
             identity: Some(files),
             renew_retry: Duration::from_secs(60),
+            enroll: None,
         })
+    }
+
+    /// These settings, enrolling `host` again by Kerberos as `e` says when its certificate has
+    /// expired (a controller away longer than half a lifetime, a host off for days).
+    pub fn enrolling(mut self, cfg: &AgentConfig, e: &crate::config::EnrollConfig, host: &str) -> Settings {
+        self.enroll = Some(Arc::new(Reenroll {
+            cfg: cfg.clone(),
+            enroll: e.clone(),
+            host: host.to_owned(),
+        }));
+        self
     }
 }
 
@@ -171,6 +193,13 @@ pub async fn run<P: HostProbe>(
     };
     loop {
         if *shutdown.borrow() {
+            return Ok(());
+        }
+        if let Some(again) = settings.enroll.clone()
+            && let Some(files) = &settings.identity
+            && crate::enroll::needed(files).is_some()
+            && !crate::enroll::until_enrolled(&again.cfg, &again.enroll, &again.host, &mut shutdown).await
+        {
             return Ok(());
         }
         across.renewal.reload(&mut settings);

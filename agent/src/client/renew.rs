@@ -281,6 +281,7 @@ mod tests {
             certified_name: None,
             identity: Some(files.clone()),
             renew_retry: Duration::from_secs(60),
+            enroll: None,
             purge_min_interval: Duration::from_secs(10),
         }
     }

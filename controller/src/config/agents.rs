@@ -38,6 +38,15 @@ pub(super) struct RawAgents {
     issuing_ca_key_file: Option<PathBuf>,
     #[serde(default = "default_lifetime_hours")]
     cert_lifetime_hours: u64,
+    enroll: Option<RawEnroll>,
+}
+
+/// `[agents.enroll]`: agents without a certificate enroll as their computer account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnroll {
+    keytab_file: PathBuf,
+    service_principal: String,
 }
 
 /// `agents.cert_lifetime_hours`: an hour to 30 days.
@@ -74,6 +83,9 @@ pub struct AgentsConfig {
     pub issuing_ca: Option<Arc<Ca>>,
     /// How long a renewed certificate lives (never past the CA's own end).
     pub cert_lifetime: Duration,
+    /// Kerberos enrollment (`[agents.enroll]`): the controller's service principal and its
+    /// keytab. `None`: agents need certificates made by hand (`certs agent`).
+    pub enroll: Option<kcdsync_gss::Acceptor>,
 }
 
 pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsConfig, ConfigError> {
@@ -139,7 +151,12 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
             ));
         }
     };
+    let enroll = match raw.enroll {
+        None => None,
+        Some(e) => Some(validate_enroll(e, base_dir, issuing_ca.is_some())?),
+    };
     Ok(AgentsConfig {
+        enroll,
         listen,
         cert_file,
         key_file,
@@ -150,6 +167,48 @@ pub(super) fn validate_agents(raw: RawAgents, base_dir: &Path) -> Result<AgentsC
         issuing_ca,
         cert_lifetime: Duration::from_secs(raw.cert_lifetime_hours * 3600),
     })
+}
+
+/// `[agents.enroll]`: a keytab private to the controller that really holds keys for a
+/// principal in a realm (checked by acquiring the acceptor's credentials, as enrollment will),
+/// and an issuing CA to certify the hosts that enroll.
+fn validate_enroll(raw: RawEnroll, base_dir: &Path, has_ca: bool) -> Result<kcdsync_gss::Acceptor, ConfigError> {
+    if !has_ca {
+        return Err(invalid(
+            "agents.enroll",
+            "enrolling agents issues them certificates: set agents.issuing_ca_cert_file and \
+             agents.issuing_ca_key_file too",
+        ));
+    }
+    if kcdsync_gss::split_principal(&raw.service_principal).is_none() {
+        return Err(invalid(
+            "agents.enroll.service_principal",
+            format!(
+                "`{}` needs its realm: e.g. kcdsync/ctl.contoso.com@CONTOSO.COM (the realm is also the only one \
+                 whose computer accounts may enroll)",
+                raw.service_principal
+            ),
+        ));
+    }
+    let keytab = resolve(base_dir, raw.keytab_file);
+    super::secret::check_private("agents.enroll.keytab_file", &keytab)?;
+    let acceptor = kcdsync_gss::Acceptor {
+        principal: raw.service_principal,
+        keytab,
+    };
+    acceptor.check().map_err(|e| {
+        invalid(
+            "agents.enroll.keytab_file",
+            format!(
+                "{} cannot accept Kerberos for {}: {e} (export the service account's keys, e.g. \
+                 `ktpass /princ {} /mapuser <account> /crypto AES256-SHA1 /ptype KRB5_NT_PRINCIPAL /out …`)",
+                acceptor.keytab.display(),
+                acceptor.principal,
+                acceptor.principal
+            ),
+        )
+    })?;
+    Ok(acceptor)
 }
 
 /// The issuing CA: its key private to its owner (mode 600), the key the certificate's, and the

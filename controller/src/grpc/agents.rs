@@ -33,7 +33,8 @@ use kcdsync_proto::v1::*;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::renewal::{RenewalPolicy, Renewer};
+use crate::enrollment::{EnrollRefusal, Enrollable, Enroller, Proof as EnrollProof};
+use crate::renewal::{Issued, RenewalPolicy, Renewer};
 use crate::revocation;
 use crate::store::{IngestBatch, Revocation, Store};
 
@@ -61,6 +62,8 @@ pub struct HubOptions {
     pub hello_timeout: Duration,
     /// Whether and how agents' certificates are renewed over their streams.
     pub renewal: RenewalPolicy,
+    /// Kerberos enrollment (`[agents.enroll]`); `None`: Enroll answers FAILED_PRECONDITION.
+    pub enroll: Option<kcdsync_gss::Acceptor>,
 }
 
 impl Default for HubOptions {
@@ -71,6 +74,7 @@ impl Default for HubOptions {
             max_message_bytes: 1 << 20,
             hello_timeout: Duration::from_secs(10),
             renewal: RenewalPolicy::default(),
+            enroll: None,
         }
     }
 }
@@ -152,6 +156,7 @@ struct Live {
 struct Inner {
     opts: HubOptions,
     renewer: Renewer,
+    enroller: Enroller,
     /// Attempts as they are stored, for the fleet event stream.
     attempts: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
     ingest: mpsc::Sender<Ingest>,
@@ -183,6 +188,7 @@ impl AgentHub {
         tokio::spawn(writer(store.clone(), rx, triggers, attempts.clone()));
         let inner = Arc::new(Inner {
             renewer: Renewer::new(opts.renewal.clone()),
+            enroller: Enroller::new(opts.enroll.clone()),
             opts,
             attempts,
             ingest: tx,
@@ -209,6 +215,22 @@ impl AgentHub {
     /// Renews certificates as `policy` says from the next request on (SIGHUP).
     pub fn set_renewal(&self, policy: RenewalPolicy) {
         self.inner.renewer.set_policy(policy);
+    }
+
+    /// Enrolls with `acceptor` from the next request on, or not at all (SIGHUP).
+    pub fn set_enrollment(&self, acceptor: Option<kcdsync_gss::Acceptor>) {
+        self.inner.enroller.set_acceptor(acceptor);
+    }
+
+    /// Who may enroll, from the latest read of AD.
+    pub fn set_enrollable(&self, enrollable: Enrollable) {
+        self.inner.enroller.set_directory(enrollable);
+    }
+
+    /// Answers an enrollment (`super::enroll`): the host and its new certificate, or why not.
+    pub async fn enroll(&self, remote: &str, proof: EnrollProof<'_>) -> Result<(String, Issued), EnrollRefusal> {
+        let inner = &self.inner;
+        inner.enroller.enroll(&inner.renewer, &inner.store, remote, proof).await
     }
 
     /// Attempts (host, attempt) as they are committed.
@@ -821,6 +843,7 @@ pub async fn serve(
     super::limits::server(&super::limits::AGENTS)
         .trace_fn(kcdsync_telemetry::grpc_server_span)
         .add_service(hub.service())
+        .add_service(super::enroll::service(&hub))
         .serve_with_incoming_shutdown(
             super::tls::incoming(
                 listener,

@@ -17,6 +17,7 @@ pub mod agents;
 pub mod auth;
 mod cache;
 pub mod convert;
+pub mod enroll;
 mod exposure;
 pub mod fleet;
 mod hosts;

@@ -68,3 +68,10 @@ mod tests {
         );
     }
 }
+
+/// An enrollment refused (`crate::enrollment`): its code, and words that say what to do.
+impl From<&crate::enrollment::EnrollRefusal> for Status {
+    fn from(r: &crate::enrollment::EnrollRefusal) -> Status {
+        Status::new(r.code(), r.to_string())
+    }
+}

@@ -71,14 +71,16 @@ impl ServerTls {
     }
 }
 
-/// The agent endpoint: client certificates required, from the agents' CA.
+/// The agent endpoint: client certificates from the agents' CA, required — unless agents
+/// enroll (`[agents.enroll]`): an agent without a certificate must reach `Enroll`, so one is
+/// then optional at the handshake and `Session` refuses a stream without one itself.
 pub fn for_agents(cfg: &AgentsConfig) -> Result<Arc<ServerTls>, TlsError> {
     Ok(Arc::new(ServerTls::new(server_config(
         "agents",
         &cfg.cert_file,
         &cfg.key_file,
         Some(&cfg.client_ca_file),
-        true,
+        cfg.enroll.is_none(),
     )?)))
 }
 

@@ -56,6 +56,10 @@ impl Effects {
     }
 
     pub async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: (Observed, Arc<Index>), o: &Outcome) {
+        if let Some(hub) = &self.hub {
+            // Who may enroll follows every read of AD, like delegation does.
+            hub.set_enrollable(crate::enrollment::Enrollable::of(&observed.0, &observed.1, now_ms()));
+        }
         self.purge(o).await;
         self.plan_events(o).await;
         if self.api.is_none() && self.events.receiver_count() == 0 {

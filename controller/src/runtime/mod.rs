@@ -92,6 +92,7 @@ impl Running {
         }
         if let (Some(hub), Some(a)) = (&self.hub, &cfg.agents) {
             hub.set_renewal(renewal_policy(a));
+            hub.set_enrollment(a.enroll.clone());
         }
         if self.agents_tls.is_some() != cfg.agents.is_some() || self.api_tls.is_some() != cfg.api.is_some() {
             tracing::warn!("[agents] or [api] was added or removed: that takes a restart");
@@ -182,6 +183,7 @@ async fn start_agents(
             stale_after: a.stale_after,
             max_message_bytes: a.max_message_bytes,
             renewal: renewal_policy(a),
+            enroll: a.enroll.clone(),
             ..Default::default()
         },
         Some(triggers),

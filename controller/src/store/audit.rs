@@ -189,7 +189,8 @@ pub(super) fn audit_from_row(r: &sqlx::any::AnyRow) -> Result<AuditRecord, Store
 pub struct AuditEvent {
     pub id: i64,
     pub time_ms: i64,
-    /// `agent-revoked`, `agent-unrevoked`, `agent-certificate-renewed`, `agent-certificate-refused`.
+    /// `agent-revoked`, `agent-unrevoked`, `agent-certificate-renewed`, `agent-certificate-refused`,
+    /// `agent-enrolled`, `agent-enrollment-refused`.
     pub kind: String,
     pub host: String,
     pub actor: String,
@@ -199,6 +200,10 @@ pub struct AuditEvent {
 /// Audit event kinds of certificate renewal over the agent stream (`crate::renewal`).
 pub const EVENT_CERT_RENEWED: &str = "agent-certificate-renewed";
 pub const EVENT_CERT_REFUSED: &str = "agent-certificate-refused";
+/// … and of enrollment (`crate::enrollment`): a certificate issued to a host that proved by
+/// Kerberos that it is its computer account, and an authenticated account refused.
+pub const EVENT_ENROLLED: &str = "agent-enrolled";
+pub const EVENT_ENROLL_REFUSED: &str = "agent-enrollment-refused";
 
 impl Store {
     /// Records an audit event on its own (the deny-list writes its events in the transaction

@@ -22,7 +22,9 @@ mod revocations;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use audit::{AuditEvent, AuditRecord, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED};
+pub use audit::{
+    AuditEvent, AuditRecord, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLL_REFUSED, EVENT_ENROLLED,
+};
 pub use ingest::{IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};

@@ -40,6 +40,7 @@ pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
             max_message_bytes: 1 << 20,
             issuing_ca: None,
             cert_lifetime: Duration::from_secs(24 * 3600),
+            enroll: None,
         };
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
