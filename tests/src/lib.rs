@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod keytabs;
 pub mod logs;
 pub mod otlp;
 pub mod proxy;
@@ -533,7 +534,7 @@ impl Fleet {
 }
 
 /// unicodePwd wants the quoted password in UTF-16LE.
-fn unicode_pwd(pw: &str) -> Vec<u8> {
+pub(crate) fn unicode_pwd(pw: &str) -> Vec<u8> {
     format!("\"{pw}\"")
         .encode_utf16()
         .flat_map(|u| u.to_le_bytes())

@@ -21,7 +21,10 @@ pub enum CsrError {
     #[error("the CSR's signature does not verify with the key it carries")]
     Signature,
     /// The names asked for are not exactly the stream's host.
-    #[error("the CSR asks for {asked:?}; this stream may only ask for [\"{host}\"] (the host in its certificate)")]
+    #[error(
+        "the CSR asks for {asked:?}; only [\"{host}\"] may be asked for (the host this request is authenticated \
+         as: its stream's certificate, or its computer account when enrolling)"
+    )]
     Names { host: String, asked: Vec<String> },
 }
 
@@ -118,7 +121,7 @@ mod tests {
         assert!(e.is_overreach());
         assert_eq!(
             e.to_string(),
-            "the CSR asks for [\"hv02.contoso.com\"]; this stream may only ask for [\"hv01.contoso.com\"] (the host in its certificate)"
+            "the CSR asks for [\"hv02.contoso.com\"]; only [\"hv01.contoso.com\"] may be asked for (the host this request is authenticated as: its stream's certificate, or its computer account when enrolling)"
         );
     }
 

@@ -34,6 +34,13 @@ impl From<StoreError> for Status {
     }
 }
 
+/// An enrollment refused (`crate::enrollment`): its code, and words that say what to do.
+impl From<&crate::enrollment::EnrollRefusal> for Status {
+    fn from(r: &crate::enrollment::EnrollRefusal) -> Status {
+        Status::new(r.code(), r.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,12 +73,5 @@ mod tests {
             }),
             Code::Internal
         );
-    }
-}
-
-/// An enrollment refused (`crate::enrollment`): its code, and words that say what to do.
-impl From<&crate::enrollment::EnrollRefusal> for Status {
-    fn from(r: &crate::enrollment::EnrollRefusal) -> Status {
-        Status::new(r.code(), r.to_string())
     }
 }
