@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod enrolling;
 pub mod keytabs;
 pub mod logs;
 pub mod otlp;

@@ -15,13 +15,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kcdsync_controller::config::Config;
 use kcdsync_controller::store::{EVENT_ENROLL_REFUSED, EVENT_ENROLLED, Store};
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use kcdsync_proto::v1::{EnrollRequest, KerberosProof, enroll_request};
 use kcdsync_tests::agents::*;
-use kcdsync_tests::{BindAs, FleetSpec, Lab, run_with_room, token, workspace_bin};
+use kcdsync_tests::enrolling::EnrollingController;
+use kcdsync_tests::{FleetSpec, Lab, run_with_room, token, workspace_bin};
 use tonic::transport::Endpoint;
 
 /// An agent's directory: its config, keytab and simulated host; no certificate.
@@ -123,65 +123,23 @@ async fn events(store: &Store, kind: &str) -> Vec<(String, String, String)> {
 fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() {
     run_with_room(async {
         let lab = Lab::start();
-        let tag = &token()[..6];
-        let fleet = FleetSpec::new("t-enroll", &["ENR01", "ENR02", "ENR03", "ENR04"])
-            .create(lab)
-            .await
-            .unwrap();
+        let hosts = ["ENR01", "ENR02", "ENR03", "ENR04"];
+        let ctl = EnrollingController::start(lab, "t-enroll", &hosts).await.unwrap();
+        let (pki, spn, store, port) = (&ctl.pki, ctl.spn.as_str(), &ctl.store, ctl.port);
         // Same domain, same kind of object, but in an OU the controller does not manage.
         let outside = FleetSpec::new("t-enroll-out", &["ENRX01"]).create(lab).await.unwrap();
-        let pki = Pki::new();
         let keytab = |name: &str| pki.path(&format!("{name}.keytab"));
-        let spn = format!("kcdsync/enr-{tag}.lab.test");
-        let service = lab
-            .account_with_keytab(
-                &fleet.ou_dn,
-                &format!("enr-svc-{tag}"),
-                Some(&spn),
-                &keytab("controller"),
-            )
-            .await
-            .unwrap();
+        let tag = &token()[..6];
         let user = lab
-            .account_with_keytab(&fleet.ou_dn, &format!("enr-usr-{tag}"), None, &keytab("user"))
+            .account_with_keytab(&ctl.fleet.ou_dn, &format!("enr-usr-{tag}"), None, &keytab("user"))
             .await
             .unwrap();
-        for h in ["ENR01", "ENR02", "ENR03", "ENR04"] {
-            lab.host_keytab(fleet.host(h), &keytab(h)).unwrap();
-        }
         lab.host_keytab(outside.host("ENRX01"), &keytab("ENRX01")).unwrap();
         lab.dc_keytab(&keytab("dc")).unwrap();
 
-        kcdsync_tests::write_private(&pki.path("ca.key"), pki.ca.key_pem());
-        let db = pki.path("kcdsync.db");
-        let extra = format!(
-            "[reconcile]\ninterval_secs = 3600\nwatch = false\n\n[store]\nurl = \"sqlite://{}?mode=rwc\"\n\n\
-             [agents]\nlisten = \"127.0.0.1:0\"\ncert_file = \"controller.pem\"\nkey_file = \"controller.key\"\n\
-             client_ca_file = \"ca.pem\"\nissuing_ca_cert_file = \"ca.pem\"\nissuing_ca_key_file = \"ca.key\"\n\
-             cert_lifetime_hours = 1\nheartbeat_secs = 1\nstale_after_secs = 5\n\n\
-             [agents.enroll]\nkeytab_file = \"controller.keytab\"\nservice_principal = \"{service}\"\n",
-            db.display()
-        );
-        let text = fleet.config(
-            lab,
-            BindAs::Svc,
-            "observe",
-            &["ENR01", "ENR02", "ENR03", "ENR04"],
-            &extra,
-        );
-        let path = pki.path("kcdsync.toml");
-        std::fs::write(&path, text).unwrap();
-        let running = kcdsync_controller::runtime::start(Config::load(&path).expect("valid config"))
-            .await
-            .unwrap();
-        let port = running.agents_addr.unwrap().port();
-        let store = Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
-            .await
-            .unwrap();
-
         // ENR01 enrolls with its keytab; until the controller's first read of AD it is told to
         // ask again.
-        let enr01 = AgentDir::new(&pki, port, &spn, "enr01.lab.test", &keytab("ENR01"), None, None);
+        let enr01 = AgentDir::new(pki, port, spn, "enr01.lab.test", &keytab("ENR01"), None, None);
         let mut said = String::new();
         for _ in 0..60 {
             let (ok, s) = enr01.enroll(lab).await;
@@ -194,7 +152,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         assert!(said.contains("enrolled enr01.lab.test"), "{said}");
         let pem = std::fs::read(enr01.cert()).unwrap();
         assert_eq!(names(&pem), vec!["enr01.lab.test"]);
-        let enrolled = events(&store, EVENT_ENROLLED).await;
+        let enrolled = events(store, EVENT_ENROLLED).await;
         assert_eq!(enrolled.len(), 1, "{enrolled:?}");
         assert_eq!(enrolled[0].0, "enr01.lab.test");
         assert!(
@@ -206,7 +164,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         assert!(ok && said.contains("nothing to do"), "{said}");
 
         // ENR02's agent starts with nothing but its keytab: it enrolls and streams.
-        let enr02 = AgentDir::new(&pki, port, &spn, "enr02.lab.test", &keytab("ENR02"), None, None);
+        let enr02 = AgentDir::new(pki, port, spn, "enr02.lab.test", &keytab("ENR02"), None, None);
         let mut agent = enr02
             .command(lab)
             .arg("run")
@@ -229,7 +187,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         agent.kill().await.unwrap();
 
         // Refusals: each says why, and no certificate is written.
-        kcdsync_controller::revocation::revoke(&store, "enr04.lab.test", "lost in transit", "test")
+        kcdsync_controller::revocation::revoke(store, "enr04.lab.test", "lost in transit", "test")
             .await
             .unwrap();
         let dc_principal = format!(
@@ -253,7 +211,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             ),
             (
                 "a user principal",
-                AgentDir::new(&pki, port, &spn, "enr05.lab.test", &keytab("user"), Some(&user), None),
+                AgentDir::new(pki, port, spn, "enr05.lab.test", &keytab("user"), Some(&user), None),
                 "is not a computer account",
             ),
             (
@@ -271,12 +229,12 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             ),
             (
                 "a computer outside the scope",
-                AgentDir::new(&pki, port, &spn, "enrx01.lab.test", &keytab("ENRX01"), None, None),
+                AgentDir::new(pki, port, spn, "enrx01.lab.test", &keytab("ENRX01"), None, None),
                 "is not a computer in the managed scope",
             ),
             (
                 "a revoked host",
-                AgentDir::new(&pki, port, &spn, "enr04.lab.test", &keytab("ENR04"), None, None),
+                AgentDir::new(pki, port, spn, "enr04.lab.test", &keytab("ENR04"), None, None),
                 "revoked",
             ),
         ];
@@ -290,7 +248,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             );
             assert!(!agent.cert().exists(), "{what}: no certificate written");
         }
-        let refused = events(&store, EVENT_ENROLL_REFUSED).await;
+        let refused = events(store, EVENT_ENROLL_REFUSED).await;
         for who in ["ENR03$@LAB.TEST", &user, &dc_principal, "ENRX01$@LAB.TEST"] {
             assert!(
                 refused
@@ -299,7 +257,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
                 "{who} audited as refused: {refused:?}"
             );
         }
-        assert_eq!(events(&store, EVENT_ENROLLED).await.len(), 2, "ENR01 and ENR02 only");
+        assert_eq!(events(store, EVENT_ENROLLED).await.len(), 2, "ENR01 and ENR02 only");
 
         // Without Kerberos at all.
         let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
@@ -329,6 +287,6 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
         assert!(e.message().contains("a client certificate is required"), "{e:?}");
 
-        running.stop().await;
+        ctl.running.stop().await;
     });
 }
