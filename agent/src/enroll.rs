@@ -53,6 +53,14 @@ impl EnrollError {
     }
 }
 
+/// A time as the agent's logs print it (UTC, `YYYYMMDDTHHMMSSZ`).
+pub fn stamp(t: std::time::SystemTime) -> String {
+    crate::calendar::utc_stamp(
+        t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    )
+}
+
 /// Why the agent needs a certificate now, if it does: none on disk (or unreadable), or expired.
 pub fn needed(files: &IdentityFiles) -> Option<&'static str> {
     let Ok(id) = identity::load(files) else {
@@ -144,9 +152,7 @@ pub async fn until_enrolled(cfg: &AgentConfig, e: &EnrollConfig, host: &str, sto
             Ok(l) => {
                 tracing::info!(
                     %host,
-                    not_after = %crate::calendar::utc_stamp(
-                        l.not_after.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-                    ),
+                    not_after = %stamp(l.not_after),
                     "enrolled: certificate installed"
                 );
                 return true;

@@ -189,13 +189,10 @@ async fn run(cli: Cli) -> Result<()> {
             let l = kcdsync_agent::enroll::enroll(&cfg, e, &host)
                 .await
                 .with_context(|| format!("enrolling {host}"))?;
-            let until = l
-                .not_after
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             println!(
-                "enrolled {host}: certificate in {} until {until} (unix time), key in {}",
+                "enrolled {host}: certificate in {} until {} (UTC), key in {}",
                 cfg.cert_file.display(),
+                kcdsync_agent::enroll::stamp(l.not_after),
                 cfg.key_file.display()
             );
             Ok(())

@@ -7,10 +7,10 @@ use std::ffi::c_void;
 use std::ptr;
 
 use windows_sys::Win32::Security::Authentication::Identity::{
-    AcquireCredentialsHandleW, DeleteSecurityContext, FreeContextBuffer, FreeCredentialsHandle,
-    ISC_REQ_ALLOCATE_MEMORY, ISC_REQ_INTEGRITY, ISC_REQ_REPLAY_DETECT, InitializeSecurityContextW, MakeSignature,
-    QueryContextAttributesW, SECBUFFER_DATA, SECBUFFER_TOKEN, SECBUFFER_VERSION, SECPKG_ATTR_SIZES,
-    SECPKG_CRED_OUTBOUND, SECURITY_NATIVE_DREP, SecBuffer, SecBufferDesc, SecPkgContext_Sizes,
+    AcquireCredentialsHandleW, DeleteSecurityContext, FreeCredentialsHandle, ISC_REQ_INTEGRITY, ISC_REQ_REPLAY_DETECT,
+    InitializeSecurityContextW, MakeSignature, QueryContextAttributesW, SECBUFFER_DATA, SECBUFFER_TOKEN,
+    SECBUFFER_VERSION, SECPKG_ATTR_SIZES, SECPKG_CRED_OUTBOUND, SECURITY_NATIVE_DREP, SecBuffer, SecBufferDesc,
+    SecPkgContext_Sizes,
 };
 use windows_sys::Win32::Security::Credentials::SecHandle;
 
@@ -79,10 +79,14 @@ pub(crate) fn initiate(service: &str, message: &[u8]) -> Result<Proof, GssError>
     }
     let cred = Cred(cred);
     let target = wide(service);
+    // The token goes into a buffer of ours, as large as a Kerberos token may be (MaxTokenSize is
+    // at most 64 KiB), rather than one SSPI allocates: Wine's Kerberos package ignores
+    // ISC_REQ_ALLOCATE_MEMORY and answers SEC_E_INCOMPLETE_MESSAGE for an empty buffer.
+    let mut token = vec![0u8; crate::MAX_TOKEN];
     let mut out_buf = SecBuffer {
-        cbBuffer: 0,
+        cbBuffer: token.len() as u32,
         BufferType: SECBUFFER_TOKEN,
-        pvBuffer: ptr::null_mut(),
+        pvBuffer: token.as_mut_ptr() as *mut c_void,
     };
     let mut out = SecBufferDesc {
         ulVersion: SECBUFFER_VERSION,
@@ -91,13 +95,14 @@ pub(crate) fn initiate(service: &str, message: &[u8]) -> Result<Proof, GssError>
     };
     let mut handle = SecHandle::default();
     let mut attrs = 0u32;
-    // SAFETY: valid credential and buffers; SSPI allocates the token (freed below).
+    // SAFETY: valid credential and buffers that outlive the call; SSPI writes the token and
+    // its length into `out_buf`.
     let status = unsafe {
         InitializeSecurityContextW(
             &cred.0,
             ptr::null(),
             target.as_ptr(),
-            ISC_REQ_INTEGRITY | ISC_REQ_REPLAY_DETECT | ISC_REQ_ALLOCATE_MEMORY,
+            ISC_REQ_INTEGRITY | ISC_REQ_REPLAY_DETECT,
             0,
             SECURITY_NATIVE_DREP,
             ptr::null(),
@@ -108,15 +113,7 @@ pub(crate) fn initiate(service: &str, message: &[u8]) -> Result<Proof, GssError>
             &mut expiry,
         )
     };
-    let token = if out_buf.pvBuffer.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: SSPI wrote cbBuffer bytes at pvBuffer, freed right after the copy.
-        let t =
-            unsafe { std::slice::from_raw_parts(out_buf.pvBuffer as *const u8, out_buf.cbBuffer as usize) }.to_vec();
-        unsafe { FreeContextBuffer(out_buf.pvBuffer) };
-        t
-    };
+    token.truncate((out_buf.cbBuffer as usize).min(crate::MAX_TOKEN));
     if status == SEC_I_CONTINUE_NEEDED {
         let _ = Ctx(Some(handle));
         return Err(GssError::invalid(

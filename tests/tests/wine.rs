@@ -326,3 +326,85 @@ async fn renewal_scenario() {
     println!("agent log under Wine:\n{}", agent_log());
     endpoint.stop().await;
 }
+
+/// The Windows agent enrolls through SSPI: under Wine, whose Kerberos security package runs on
+/// MIT Kerberos with the credential cache of the Unix session (here a TGT of the host's computer
+/// account, `kinit -k`), as SYSTEM's is on Windows. The agent's code path is the Windows one —
+/// AcquireCredentialsHandleW, InitializeSecurityContextW and MakeSignature of the "Kerberos"
+/// package — and the controller's MIT acceptor verifies the token and the MIC it made.
+#[test]
+fn the_windows_agent_enrolls_by_kerberos_through_sspi_under_wine() {
+    run_with_room(enrollment_scenario())
+}
+
+async fn enrollment_scenario() {
+    let lab = Lab::start();
+    let ctl = kcdsync_tests::enrolling::EnrollingController::start(lab, "t-wine-enroll", &["WENR01"])
+        .await
+        .unwrap();
+    let host = "wenr01.lab.test";
+    let dir = tempfile::tempdir().unwrap();
+    // The host's TGT, as the machine account's logon session holds it on Windows.
+    let ccache = dir.path().join("ccache");
+    let kinit = Command::new("kinit")
+        .args(["-k", "-t"])
+        .arg(ctl.keytab("WENR01"))
+        .arg(format!("WENR01$@{}", lab.realm()))
+        .env("KRB5_CONFIG", lab.krb5_conf())
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .output()
+        .unwrap();
+    assert!(
+        kinit.status.success(),
+        "kinit: {}",
+        String::from_utf8_lossy(&kinit.stderr)
+    );
+
+    let prefix = wine_prefix(dir.path());
+    let home = prefix.join("drive_c/kcdsync");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(ctl.pki.path("ca.pem"), home.join("ca.pem")).unwrap();
+    // No certificate, no keytab: the host name (PowerShell is missing under Wine) and the
+    // controller's service principal are all it is told.
+    std::fs::write(
+        home.join("agent.toml"),
+        format!(
+            "controller_url = \"https://127.0.0.1:{}\"\ntls_server_name = \"localhost\"\nca_file = 'C:\\kcdsync\\ca.pem'\ncert_file = 'C:\\kcdsync\\agent.pem'\nkey_file = 'C:\\kcdsync\\agent.key'\noutbox_dir = 'C:\\kcdsync\\outbox'\n\n[enroll]\nservice_principal = \"{}\"\nhost = \"{host}\"\n",
+            ctl.port, ctl.spn
+        ),
+    )
+    .unwrap();
+    let out = wine(&prefix)
+        .arg(agent_exe())
+        .args(["--config", "C:\\kcdsync\\agent.toml", "enroll"])
+        .env("KRB5_CONFIG", lab.krb5_conf())
+        .env("KRB5CCNAME", format!("FILE:{}", ccache.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let _ = Command::new(WINESERVER).env("WINEPREFIX", &prefix).arg("-k").status();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("kcdsync-agent.exe enroll under Wine:\n{said}");
+    assert!(
+        out.status.success() && said.contains("enrolled wenr01.lab.test"),
+        "{said}"
+    );
+    let pem = std::fs::read(home.join("agent.pem")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
+        .unwrap();
+    assert_eq!(kcdsync_controller::certs::peer_host_names(&der).unwrap(), vec![host]);
+    let events = ctl.store.audit_events(Some(host), 10).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == kcdsync_controller::store::EVENT_ENROLLED && e.actor.starts_with("WENR01$@LAB.TEST")),
+        "{events:?}"
+    );
+    ctl.running.stop().await;
+}
