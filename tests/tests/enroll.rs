@@ -5,7 +5,8 @@
 //!
 //! - a host of the scope enrolls with its keytab (`kcdsync-agent enroll`) and gets a
 //!   certificate naming exactly it, from the agents' CA, audited as enrolled by its account;
-//! - another host's agent starts with no certificate at all, enrolls by itself and streams;
+//! - another host's agent starts with no certificate at all, enrolls by itself and streams; one
+//!   whose certificate expired while it was off enrolls again by itself;
 //! - refused, with the reason, and nothing written: a host's keytab asking for another host's
 //!   name, a user principal, the DC's own principal, a computer outside the scope, a revoked
 //!   host; authenticated refusals are audited;
@@ -123,7 +124,7 @@ async fn events(store: &Store, kind: &str) -> Vec<(String, String, String)> {
 fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() {
     run_with_room(async {
         let lab = Lab::start();
-        let hosts = ["ENR01", "ENR02", "ENR03", "ENR04"];
+        let hosts = ["ENR01", "ENR02", "ENR03", "ENR04", "ENR05"];
         let ctl = EnrollingController::start(lab, "t-enroll", &hosts).await.unwrap();
         let (pki, spn, store, port) = (&ctl.pki, ctl.spn.as_str(), &ctl.store, ctl.port);
         // Same domain, same kind of object, but in an OU the controller does not manage.
@@ -186,6 +187,47 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         assert_eq!(names(&std::fs::read(enr02.cert()).unwrap()), vec!["enr02.lab.test"]);
         agent.kill().await.unwrap();
 
+        // ENR05's certificate expired while the host was off: the agent enrolls again on its own
+        // (it could no longer renew over a stream) and streams with the new one.
+        let enr05 = AgentDir::new(pki, port, spn, "enr05.lab.test", &keytab("ENR05"), None, None);
+        let now = time::OffsetDateTime::now_utc();
+        let (old, key) = pki
+            .ca
+            .issue_agent(
+                "enr05.lab.test",
+                kcdsync_controller::certs::Validity::between(
+                    now - time::Duration::hours(2),
+                    now - time::Duration::hours(1),
+                ),
+            )
+            .unwrap();
+        std::fs::write(enr05.cert(), &old).unwrap();
+        kcdsync_tests::write_private(&enr05.dir.path().join("agent.key"), key);
+        let mut agent = enr05
+            .command(lab)
+            .arg("run")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = store.clone();
+        eventually(Duration::from_secs(30), "enr05 enrolled again and reporting", || {
+            let s = s.clone();
+            async move {
+                s.reporting_hosts()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|(h, _)| h == "enr05.lab.test")
+            }
+        })
+        .await;
+        assert_ne!(
+            std::fs::read(enr05.cert()).unwrap(),
+            old.into_bytes(),
+            "a new certificate"
+        );
+        agent.kill().await.unwrap();
+
         // Refusals: each says why, and no certificate is written.
         kcdsync_controller::revocation::revoke(store, "enr04.lab.test", "lost in transit", "test")
             .await
@@ -211,7 +253,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             ),
             (
                 "a user principal",
-                AgentDir::new(pki, port, spn, "enr05.lab.test", &keytab("user"), Some(&user), None),
+                AgentDir::new(pki, port, spn, "enr09.lab.test", &keytab("user"), Some(&user), None),
                 "is not a computer account",
             ),
             (
@@ -257,7 +299,11 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
                 "{who} audited as refused: {refused:?}"
             );
         }
-        assert_eq!(events(store, EVENT_ENROLLED).await.len(), 2, "ENR01 and ENR02 only");
+        assert_eq!(
+            events(store, EVENT_ENROLLED).await.len(),
+            3,
+            "ENR01, ENR02 and ENR05 only"
+        );
 
         // Without Kerberos at all.
         let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
