@@ -448,6 +448,14 @@ fn check_config(path: &std::path::Path) -> Result<()> {
                 a.listen
             ),
         }
+        match &a.enroll {
+            Some(e) => println!(
+                "agents enroll by Kerberos as {} (keytab {}): computers of the scope that pass the identity checks",
+                e.principal,
+                e.keytab.display()
+            ),
+            None => println!("agents do not enroll: their certificates are made by hand ([agents.enroll] unset)"),
+        }
     }
     for g in &cfg.groups {
         println!(

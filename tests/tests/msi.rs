@@ -492,6 +492,70 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         toml_text,
         "agent.toml was not kept"
     );
+
+    // Installed again for agents that enroll by Kerberos: ENROLL_SPN adds the [enroll] table,
+    // and the agent accepts the config without any certificate file (it makes them itself).
+    let (code, log, trace) = msiexec(
+        &prefix,
+        &dir,
+        &msi2,
+        &[
+            "CONTROLLER_URL=https://kcdsync.lab.test:7443",
+            "ENROLL_SPN=kcdsync/bad name",
+        ],
+        "bad-spn",
+    );
+    assert_eq!(
+        code & 0xff,
+        1603 & 0xff,
+        "a bad ENROLL_SPN was installed ({code}); log:\n{log}"
+    );
+    assert!(
+        trace.contains("0 <- L\"Installed OR NOT ENROLL_SPN"),
+        "the ENROLL_SPN check did not fail; log:\n{log}"
+    );
+    let (code, log, _) = msiexec(
+        &prefix,
+        &dir,
+        &msi2,
+        &[
+            "CONTROLLER_URL=https://kcdsync.lab.test:7443",
+            "ENROLL_SPN=kcdsync/kcdsync.lab.test",
+        ],
+        "enroll",
+    );
+    assert_eq!(code, 0, "msiexec /i with ENROLL_SPN exited {code}; its log:\n{log}");
+    // The controller's CA is the one file an enrolling agent needs (distributed beside the
+    // MSI); no certificate or key.
+    for f in ["agent.pem", "agent.key"] {
+        assert!(!data.join("tls").join(f).exists(), "{f} left from before");
+    }
+    std::fs::write(data.join("tls").join("ca.pem"), "placeholder").unwrap();
+    let toml_text = std::fs::read_to_string(data.join("agent.toml")).unwrap();
+    let config: toml::Table = toml::from_str(&toml_text).unwrap_or_else(|e| panic!("agent.toml: {e}\n{toml_text}"));
+    assert_eq!(
+        config
+            .get("enroll")
+            .and_then(|e| e.get("service_principal"))
+            .and_then(|v| v.as_str()),
+        Some("kcdsync/kcdsync.lab.test"),
+        "{toml_text}"
+    );
+    let check = wine(&prefix)
+        .arg(&installed)
+        .args(["--config", r"C:\ProgramData\kcdsync\agent.toml", "check-config"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "check-config refused the enrolling agent.toml (no certificate files):\n{toml_text}\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    server.kill();
+
     println!(
         "MSI checked in {tables_done:?}, installed under Wine in {:?} in all",
         started.elapsed()
