@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 mod agents;
 mod api;
 mod drift;
+mod enroll;
 mod replication;
 mod ui;
 
@@ -136,6 +137,20 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// N agents enrolling by Kerberos at once (lab KDC + `serve` in its own process): time to
+    /// all enrolled next to the Kerberos floor (N TGTs + service tickets alone), the controller's
+    /// CPU per enrollment and the KDC's share, in the same run.
+    Enroll {
+        /// Agent counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        agents: Vec<usize>,
+        /// Agents asking at the same time (client threads).
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// The controller binary (default: beside this one).
+        #[arg(long)]
+        controller: Option<PathBuf>,
+    },
     /// (internal) Runs no-op reconciles in-process and prints their median (ms).
     #[command(hide = true)]
     OtelChild {
@@ -203,6 +218,18 @@ fn main() -> Result<()> {
             rounds,
             group_size,
             keep,
+        }),
+        Cmd::Enroll {
+            agents,
+            concurrency,
+            controller,
+        } => enroll::run(enroll::Args {
+            sizes: agents,
+            concurrency,
+            controller: match controller {
+                Some(c) => c,
+                None => controller_bin()?,
+            },
         }),
         Cmd::OtelOverhead { hosts, rounds } => otel_overhead(hosts, rounds),
         Cmd::OtelChild { config, rounds } => otel_child(&config, rounds),
