@@ -330,8 +330,8 @@ async fn measure(
     let retries = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for i in 1..=n {
-        let (sem, spn, csr) = (sem.clone(), spn.to_owned(), csrs[i].clone());
+    for (i, csr) in csrs.iter().enumerate().take(n + 1).skip(1) {
+        let (sem, spn, csr) = (sem.clone(), spn.to_owned(), csr.clone());
         let (url, tls, retries) = (url.clone(), tls.clone(), retries.clone());
         let c = creds(i, &realm, keytab, "enroll");
         tasks.push(tokio::spawn(async move {
