@@ -26,11 +26,18 @@
 
 .PARAMETER CertFile
     PEM file of this host's client certificate. Its name must be this host's name:
-    the controller binds the stream to the host named in the certificate.
+    the controller binds the stream to the host named in the certificate. Not needed
+    with -EnrollSpn.
 
 .PARAMETER KeyFile
     PEM file of the private key of -CertFile. It is copied into -DataDir; delete the
-    original afterwards if it was left anywhere less protected.
+    original afterwards if it was left anywhere less protected. Not needed with
+    -EnrollSpn.
+
+.PARAMETER EnrollSpn
+    Optional. The controller's service principal (agents.enroll.service_principal,
+    e.g. kcdsync/kcdsync.contoso.com): the agent then enrolls by Kerberos as this
+    computer's account and writes its certificate and key itself (docs/enrollment.md).
 
 .PARAMETER TlsServerName
     Optional. Name to verify in the controller's certificate when -ControllerUrl holds
@@ -58,6 +65,11 @@
     Installs (or updates) the agent and starts it.
 
 .EXAMPLE
+    .\install-agent.ps1 -ControllerUrl https://kcdsync.contoso.com:7443 -CaFile .\ca.pem -EnrollSpn kcdsync/kcdsync.contoso.com
+
+    Installs the agent without a certificate: it enrolls as the computer account.
+
+.EXAMPLE
     .\install-agent.ps1 -Uninstall
 
     Removes the service and the binary, keeps C:\ProgramData\kcdsync.
@@ -79,11 +91,15 @@ param(
     [Parameter(Mandatory = $true, ParameterSetName = 'Install')]
     [string] $CaFile,
 
-    [Parameter(Mandatory = $true, ParameterSetName = 'Install')]
+    [Parameter(ParameterSetName = 'Install')]
     [string] $CertFile,
 
-    [Parameter(Mandatory = $true, ParameterSetName = 'Install')]
+    [Parameter(ParameterSetName = 'Install')]
     [string] $KeyFile,
+
+    [Parameter(ParameterSetName = 'Install')]
+    [ValidatePattern('^[A-Za-z0-9.\-]+/[A-Za-z0-9.\-]+(@[A-Za-z0-9.\-]+)?$')]
+    [string] $EnrollSpn,
 
     [Parameter(ParameterSetName = 'Install')]
     [ValidatePattern('^[A-Za-z0-9.\-]+$')]
@@ -146,7 +162,20 @@ function Copy-IfDifferent([string] $From, [string] $To) {
     if (-not (Test-SamePath $From $To)) { Copy-Item -LiteralPath $From -Destination $To -Force }
 }
 
+function Assert-NotReparsePoint([string] $Path) {
+    # A junction or symbolic link planted in C:\ProgramData (any user may create folders
+    # there): the ACL changes and writes below, run elevated, would land on its target.
+    $item = Get-Item -LiteralPath $Path -Force
+    if ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) {
+        throw "$Path is a reparse point (junction or symbolic link); remove it, or give -DataDir a real directory"
+    }
+}
+
 function Protect-DataDir([string] $Path) {
+    Assert-NotReparsePoint $Path
+    # Someone else's directory stays theirs (an owner may always rewrite the DACL):
+    # Administrators become the owner of it and of everything in it.
+    Invoke-Native icacls.exe @($Path, '/setowner', "*$SidAdministrators", '/T', '/C', '/Q') | Out-Null
     # Children back to inherited-only ACEs, then the directory itself: inheritance off,
     # full control for SYSTEM and Administrators, nothing else.
     if (Get-ChildItem -LiteralPath $Path -Force) {
@@ -196,7 +225,13 @@ if ($Uninstall) {
 
 # --- install or update -------------------------------------------------------
 
-foreach ($f in @($CaFile, $CertFile, $KeyFile)) {
+if (-not $EnrollSpn -and (-not $CertFile -or -not $KeyFile)) {
+    throw "give -CertFile and -KeyFile (a certificate made with kcdsync-controller certs agent), or -EnrollSpn to enroll by Kerberos"
+}
+$files = @($CaFile)
+if ($CertFile) { $files += $CertFile }
+if ($KeyFile) { $files += $KeyFile }
+foreach ($f in $files) {
     if (-not (Test-Path -LiteralPath $f -PathType Leaf)) { throw "$f does not exist or is not a file" }
 }
 $exe = Join-Path $InstallDir $ExeName
@@ -222,8 +257,8 @@ $ca = Join-Path $tlsDir 'ca.pem'
 $cert = Join-Path $tlsDir 'agent.pem'
 $key = Join-Path $tlsDir 'agent.key'
 Copy-IfDifferent $CaFile $ca
-Copy-IfDifferent $CertFile $cert
-Copy-IfDifferent $KeyFile $key
+if ($CertFile) { Copy-IfDifferent $CertFile $cert }
+if ($KeyFile) { Copy-IfDifferent $KeyFile $key }
 Protect-DataDir $DataDir
 
 # Configuration (UTF-8 without BOM).
@@ -240,6 +275,9 @@ $lines += @(
     "outbox_dir = $(ConvertTo-TomlLiteral $outboxDir)",
     'probe = "windows"'
 )
+if ($EnrollSpn) {
+    $lines += @('', '[enroll]', "service_principal = $(ConvertTo-TomlLiteral $EnrollSpn)")
+}
 [System.IO.File]::WriteAllText($config, (($lines -join "`r`n") + "`r`n"), (New-Object System.Text.UTF8Encoding($false)))
 Invoke-Native $exe @('check-config', '--config', $config) | Write-Host
 
