@@ -89,6 +89,27 @@ impl AgentDir {
         cmd
     }
 
+    /// `kcdsync-agent run` until the store has a report from `host` (it must enroll first).
+    async fn runs_until_reporting(&self, lab: &Lab, store: &Store, host: &str) {
+        let mut agent = self
+            .command(lab)
+            .arg("run")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = store.clone();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{host} enrolled and reporting"),
+            || {
+                let s = s.clone();
+                async move { s.reporting_hosts().await.unwrap().iter().any(|(h, _)| h == host) }
+            },
+        )
+        .await;
+        agent.kill().await.unwrap();
+    }
+
     /// `kcdsync-agent enroll`: (success, what it printed).
     async fn enroll(&self, lab: &Lab) -> (bool, String) {
         let out = self.command(lab).arg("enroll").output().await.unwrap();
@@ -166,26 +187,8 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
 
         // ENR02's agent starts with nothing but its keytab: it enrolls and streams.
         let enr02 = AgentDir::new(pki, port, spn, "enr02.lab.test", &keytab("ENR02"), None, None);
-        let mut agent = enr02
-            .command(lab)
-            .arg("run")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = store.clone();
-        eventually(Duration::from_secs(30), "enr02 enrolled and reporting", || {
-            let s = s.clone();
-            async move {
-                s.reporting_hosts()
-                    .await
-                    .unwrap()
-                    .iter()
-                    .any(|(h, _)| h == "enr02.lab.test")
-            }
-        })
-        .await;
+        enr02.runs_until_reporting(lab, store, "enr02.lab.test").await;
         assert_eq!(names(&std::fs::read(enr02.cert()).unwrap()), vec!["enr02.lab.test"]);
-        agent.kill().await.unwrap();
 
         // ENR05's certificate expired while the host was off: the agent enrolls again on its own
         // (it could no longer renew over a stream) and streams with the new one.
@@ -203,30 +206,12 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             .unwrap();
         std::fs::write(enr05.cert(), &old).unwrap();
         kcdsync_tests::write_private(&enr05.dir.path().join("agent.key"), key);
-        let mut agent = enr05
-            .command(lab)
-            .arg("run")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = store.clone();
-        eventually(Duration::from_secs(30), "enr05 enrolled again and reporting", || {
-            let s = s.clone();
-            async move {
-                s.reporting_hosts()
-                    .await
-                    .unwrap()
-                    .iter()
-                    .any(|(h, _)| h == "enr05.lab.test")
-            }
-        })
-        .await;
+        enr05.runs_until_reporting(lab, store, "enr05.lab.test").await;
         assert_ne!(
             std::fs::read(enr05.cert()).unwrap(),
             old.into_bytes(),
             "a new certificate"
         );
-        agent.kill().await.unwrap();
 
         // Refusals: each says why, and no certificate is written.
         kcdsync_controller::revocation::revoke(store, "enr04.lab.test", "lost in transit", "test")

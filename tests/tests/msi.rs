@@ -123,6 +123,17 @@ impl Drop for Wineserver {
 
 /// `msiexec /i MSI /qn PROPS /l*v LOG` under Wine, with Wine's msi trace in `trace`: the
 /// exit code, the log and the trace.
+/// The installed agent's own check of the installed agent.toml.
+fn check_config(prefix: &Path, installed: &Path) -> std::process::Output {
+    wine(prefix)
+        .arg(installed)
+        .args(["--config", r"C:\ProgramData\kcdsync\agent.toml", "check-config"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
 fn msiexec(prefix: &Path, dir: &Path, msi: &Path, props: &[&str], name: &str) -> (i32, String, String) {
     let log = dir.join(format!("{name}.log"));
     let trace = dir.join(format!("{name}.trace"));
@@ -386,13 +397,7 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
     for f in ["ca.pem", "agent.pem", "agent.key"] {
         std::fs::write(data.join("tls").join(f), "placeholder").unwrap();
     }
-    let check = wine(&prefix)
-        .arg(&installed)
-        .args(["--config", r"C:\ProgramData\kcdsync\agent.toml", "check-config"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let check = check_config(&prefix, &installed);
     assert!(
         check.status.success(),
         "kcdsync-agent.exe check-config refused the written agent.toml:\n{toml_text}\n{}{}",
@@ -541,13 +546,7 @@ fn the_agent_msi_registers_the_service_and_writes_its_config() {
         Some("kcdsync/kcdsync.lab.test"),
         "{toml_text}"
     );
-    let check = wine(&prefix)
-        .arg(&installed)
-        .args(["--config", r"C:\ProgramData\kcdsync\agent.toml", "check-config"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+    let check = check_config(&prefix, &installed);
     assert!(
         check.status.success(),
         "check-config refused the enrolling agent.toml (no certificate files):\n{toml_text}\n{}{}",
