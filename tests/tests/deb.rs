@@ -212,6 +212,25 @@ impl Root {
     }
 }
 
+/// Every path under `dir`, relative, directories with a trailing '/'.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(dir).unwrap().to_str().unwrap().to_owned();
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                found.push(rel + "/");
+                todo.push(path);
+            } else {
+                found.push(rel);
+            }
+        }
+    }
+    found
+}
+
 /// The installed binary on a config: exit code, stdout + stderr.
 fn check_config(binary: &Path, config: &Path) -> (Option<i32>, String) {
     let out = Command::new(binary)
@@ -578,6 +597,39 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
         text(&purge.stderr)
     );
     assert_eq!(root.entries("passwd", "kcdsync"), user);
+    // Nothing else is left: what dpkg tracks goes with it, and the scripts made no file of
+    // their own but the user's entries.
+    let left: BTreeSet<String> = files_under(&root.root)
+        .into_iter()
+        // dpkg's own database.
+        .filter(|p| !p.starts_with("var/lib/dpkg/"))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "etc/",
+        "etc/.pwd.lock",
+        "etc/group",
+        "etc/gshadow",
+        "etc/passwd",
+        "etc/shadow",
+        "etc/kcdsync/",
+        "etc/kcdsync/ad-ca.pem",
+        "etc/kcdsync/api-tokens.toml",
+        "etc/kcdsync/bind.pass",
+        "etc/kcdsync/ca.key",
+        "etc/kcdsync/ca.pem",
+        "etc/kcdsync/controller.key",
+        "etc/kcdsync/controller.pem",
+        // Made by the test, as `systemctl enable` would.
+        "etc/systemd/",
+        "etc/systemd/system/",
+        "etc/systemd/system/multi-user.target.wants/",
+        "var/",
+        "var/lib/",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(left, expected, "after purge the root holds other files than expected");
 
     // --- And the host was left alone. ---
     assert_eq!(
