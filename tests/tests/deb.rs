@@ -14,8 +14,10 @@
 //!
 //! What this cannot show: the unit under a running systemd (not PID 1 here; `systemctl
 //! start` with the template config fails in its ExecStartPre, which is the `check-config`
-//! run below), and apt's dependency resolution (dpkg runs with --force-depends: the
-//! throwaway root has no libc6 package).
+//! run below), the scripts' branches for a real system (DPKG_ROOT unset: adduser where
+//! systemd-sysusers is missing, daemon-reload, try-restart on upgrade, stop on remove), and
+//! apt's dependency resolution (dpkg runs with --force-depends: the throwaway root has no
+//! libc6 package).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -485,6 +487,9 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
         std::fs::read(&installed).unwrap() == std::fs::read(&binary).unwrap(),
         "the installed binary is not the one built"
     );
+    // The package's md5sums match what was installed (dpkg --verify reads them).
+    let verify = root.dpkg(&["--verify", PACKAGE]);
+    assert_eq!(text(&verify.stdout), "", "dpkg --verify after install");
     // Nothing started or enabled: no unit symlink anywhere in the root.
     assert!(
         !root.path("/etc/systemd/system").exists(),
