@@ -214,6 +214,16 @@ impl Root {
     }
 }
 
+/// The bytes of one section of an ELF file.
+fn section(elf: &Path, name: &str) -> Vec<u8> {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    ok(Command::new("objcopy")
+        .args(["-O", "binary", "--only-section", name])
+        .arg(elf)
+        .arg(out.path()));
+    std::fs::read(out.path()).unwrap()
+}
+
 /// Every path under `dir`, relative, directories with a trailing '/'.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -321,12 +331,6 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
             && description.contains("README.Debian"),
         "the description does not say what the package is for and where to start:\n{description}"
     );
-    let installed_kib: u64 = field(&deb, "Installed-Size").parse().unwrap();
-    let binary_kib = std::fs::metadata(&binary).unwrap().len() / 1024;
-    assert!(
-        (binary_kib..binary_kib + 256).contains(&installed_kib),
-        "Installed-Size {installed_kib} KiB for a {binary_kib} KiB binary"
-    );
 
     // --- The files: exactly these, owned by root in the archive (postinst hands two
     //     directories and the conffile to kcdsync), the private ones 0750/0640. ---
@@ -376,6 +380,16 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
         expected.difference(&listed).collect::<Vec<_>>(),
         Vec::<&String>::new(),
         "missing from the package:\n{contents}"
+    );
+    // Installed-Size: what the files take, in KiB (directories count a little).
+    let bytes: u64 = contents
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap())
+        .sum();
+    let installed_kib: u64 = field(&deb, "Installed-Size").parse().unwrap();
+    assert!(
+        (bytes / 1024..bytes / 1024 + 256).contains(&installed_kib),
+        "Installed-Size {installed_kib} KiB for {bytes} bytes of files"
     );
 
     // --- The control archive: the conffile, the scripts (valid sh, executable). ---
@@ -483,9 +497,24 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
     assert_eq!(root.owner_mode("/etc/kcdsync/controller.toml"), format!("0:{gid} 640"));
     assert_eq!(root.owner_mode("/usr/bin/kcdsync-controller"), "0:0 755");
     let installed = root.path("/usr/bin/kcdsync-controller");
+    // The binary built, its debug sections (line tables) compressed: the same code.
+    assert_eq!(
+        section(&installed, ".text"),
+        section(&binary, ".text"),
+        "the installed binary's code is not the built one's"
+    );
+    let sections = ok(Command::new("readelf").args(["-S", "-W"]).arg(&installed));
+    let debug_line = sections
+        .lines()
+        .find(|l| l.contains(" .debug_line "))
+        .unwrap_or_else(|| panic!("the installed binary has no line tables:\n{sections}"));
     assert!(
-        std::fs::read(&installed).unwrap() == std::fs::read(&binary).unwrap(),
-        "the installed binary is not the one built"
+        debug_line
+            .split_whitespace()
+            .rev()
+            .nth(3)
+            .is_some_and(|flags| flags.contains('C')),
+        "the installed binary's line tables are not compressed: {debug_line}"
     );
     // The package's md5sums match what was installed (dpkg --verify reads them).
     let verify = root.dpkg(&["--verify", PACKAGE]);
