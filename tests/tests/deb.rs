@@ -317,7 +317,7 @@ fn the_controller_deb_installs_unstarted_and_purges_its_state() {
         depends.contains(&"systemd-sysusers | adduser"),
         "Depends lacks what postinst creates the user with: {depends:?}"
     );
-    // GSSAPI only if the binary links it (it does not today: rustls, no Kerberos library).
+    // libgssapi-krb5-2 exactly when the binary links MIT's GSS-API (kcdsync-gss, enrollment).
     let ldd = ok(Command::new("ldd").arg(&binary));
     assert_eq!(
         ldd.contains("libgssapi_krb5"),
