@@ -50,8 +50,8 @@ pub struct ClientCreds {
     pub principal: Option<String>,
     /// A keytab holding the principal's keys (MIT's `client_keytab`); Unix only.
     pub keytab: Option<PathBuf>,
-    /// A credential cache (`FILE:/…`, `MEMORY:…`); `None`: a private in-memory one when a
-    /// keytab is given, else the default. Unix only.
+    /// A credential cache (`FILE:/…`, `MEMORY:…`); `None`: with a keytab, a fresh in-memory
+    /// one per initiation, destroyed after it; without, the default. Unix only.
     pub ccache: Option<String>,
 }
 

@@ -144,6 +144,50 @@ unsafe extern "C" {
     ) -> OM_uint32;
 }
 
+// MIT's krb5 library, for one thing GSS-API cannot do: destroy a credential cache.
+#[link(name = "krb5")]
+unsafe extern "C" {
+    fn krb5_init_context(ctx: *mut *mut c_void) -> i32;
+    fn krb5_free_context(ctx: *mut c_void);
+    fn krb5_cc_resolve(ctx: *mut c_void, name: *const c_char, cache: *mut *mut c_void) -> i32;
+    fn krb5_cc_destroy(ctx: *mut c_void, cache: *mut c_void) -> i32;
+}
+
+/// A MEMORY credential cache of one initiation, destroyed on drop. A fresh one each time: a
+/// TGT cached from an earlier attempt would be used again, and after the computer account's
+/// password is reset (or the account re-created) the KDC refuses it as revoked until it expires
+/// (10 h); and a cache per attempt that is never destroyed would grow with every retry.
+struct TempCache(CString);
+
+impl TempCache {
+    fn new() -> TempCache {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TempCache(CString::new(format!("MEMORY:kcdsync-enroll-{}-{n}", std::process::id())).expect("no NUL"))
+    }
+
+    fn name(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let mut ctx = ptr::null_mut();
+        // SAFETY: a context of our own, freed below; the cache handle is consumed by destroy.
+        unsafe {
+            if krb5_init_context(&mut ctx) != 0 {
+                return;
+            }
+            let mut cache = ptr::null_mut();
+            if krb5_cc_resolve(ctx, self.0.as_ptr(), &mut cache) == 0 {
+                krb5_cc_destroy(ctx, cache);
+            }
+            krb5_free_context(ctx);
+        }
+    }
+}
+
 fn oid(bytes: &'static [u8]) -> gss_OID_desc {
     gss_OID_desc {
         length: bytes.len() as OM_uint32,
@@ -301,11 +345,16 @@ pub(crate) fn initiate(creds: &ClientCreds, service: &str, message: &[u8]) -> Re
     if let Some(kt) = &creds.keytab {
         store.push(("client_keytab", kt.display().to_string()));
     }
+    // With a keytab and no cache named, tickets go to a cache of this initiation only: nothing
+    // of the host's identity is left on disk or in memory, and no other program's is touched.
+    let mut _temp = None;
     match (&creds.ccache, &creds.keytab) {
         (Some(cc), _) => store.push(("ccache", cc.clone())),
-        // With a keytab, tickets go to a cache of this process only: nothing of the host's
-        // identity is left on disk, and no other program's cache is touched.
-        (None, Some(_)) => store.push(("ccache", format!("MEMORY:kcdsync-enroll-{}", std::process::id()))),
+        (None, Some(_)) => {
+            let t = TempCache::new();
+            store.push(("ccache", t.name()));
+            _temp = Some(t);
+        }
         (None, None) => {}
     }
     let me = creds.principal.as_deref().map(Name::import).transpose()?;

@@ -53,7 +53,10 @@ pub fn run(args: Args) -> Result<()> {
         .build()?;
     let mut reports = Vec::new();
     for &n in &args.sizes {
-        reports.push(one_size(lab, &rt, &args, n)?);
+        let r = one_size(lab, &rt, &args, n)?;
+        // Each size's row as soon as it is measured: a later size may fail.
+        eprintln!("{}\n{}", Report::header(), r.line());
+        reports.push(r);
     }
     println!("\n{}", Report::header());
     for r in &reports {
@@ -268,7 +271,8 @@ fn creds(i: usize, realm: &str, keytab: &Path, round: &str) -> kcdsync_gss::Clie
     kcdsync_gss::ClientCreds {
         principal: Some(format!("{}$@{realm}", name(i))),
         keytab: Some(keytab.to_owned()),
-        // A cache per principal and round: every ask goes to the KDC.
+        // A cache per principal, round and size: every ask goes to the KDC (a TGT cached for a
+        // previous size's account of the same name is "revoked": the account was re-created).
         ccache: Some(format!("MEMORY:bench-{round}-{i}")),
     }
 }
@@ -307,7 +311,12 @@ async fn measure(
     // Host 0 enrolls first, as soon as the controller has read AD (not measured).
     let first = Instant::now();
     loop {
-        let proof = initiate(creds(0, &realm, keytab, "warm"), spn.to_owned(), csrs[0].clone()).await?;
+        let proof = initiate(
+            creds(0, &realm, keytab, &format!("warm{n}")),
+            spn.to_owned(),
+            csrs[0].clone(),
+        )
+        .await?;
         match enroll(&url, &tls, csrs[0].clone(), proof).await {
             Ok(()) => break,
             Err(e) if first.elapsed() < Duration::from_secs(120) => {
@@ -321,7 +330,7 @@ async fn measure(
 
     // Floor: the Kerberos part alone, before and after the enrollment (the mean is quoted:
     // the first pass also warms the KDC's and the keytab's caches).
-    let floor_before = floor(&realm, keytab, spn, &csrs, n, concurrency, "floor1").await?;
+    let floor_before = floor(&realm, keytab, spn, &csrs, n, concurrency, &format!("floor1-{n}")).await?;
     eprintln!("floor: {n} TGT + service ticket in {:.2} s", floor_before.as_secs_f64());
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
 
@@ -333,7 +342,7 @@ async fn measure(
     for (i, csr) in csrs.iter().enumerate().take(n + 1).skip(1) {
         let (sem, spn, csr) = (sem.clone(), spn.to_owned(), csr.clone());
         let (url, tls, retries) = (url.clone(), tls.clone(), retries.clone());
-        let c = creds(i, &realm, keytab, "enroll");
+        let c = creds(i, &realm, keytab, &format!("enroll{n}"));
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await?;
             let proof = initiate(c, spn, csr.clone()).await?;
@@ -356,7 +365,7 @@ async fn measure(
     }
     let all = t.elapsed();
     let (cpu1, samba1) = (cpu_of(pid), samba_cpu());
-    let floor_after = floor(&realm, keytab, spn, &csrs, n, concurrency, "floor2").await?;
+    let floor_after = floor(&realm, keytab, spn, &csrs, n, concurrency, &format!("floor2-{n}")).await?;
     eprintln!(
         "enrolled in {:.2} s; floor again {:.2} s",
         all.as_secs_f64(),
