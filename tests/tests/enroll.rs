@@ -226,9 +226,9 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             (
                 "ENR03's keytab asking for enr02's name",
                 AgentDir::new(
-                    &pki,
+                    pki,
                     port,
-                    &spn,
+                    spn,
                     "enr03.lab.test",
                     &keytab("ENR03"),
                     None,
@@ -243,15 +243,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             ),
             (
                 "the DC's own principal",
-                AgentDir::new(
-                    &pki,
-                    port,
-                    &spn,
-                    "dc1.lab.test",
-                    &keytab("dc"),
-                    Some(&dc_principal),
-                    None,
-                ),
+                AgentDir::new(pki, port, spn, "dc1.lab.test", &keytab("dc"), Some(&dc_principal), None),
                 "is not a computer in the managed scope",
             ),
             (
