@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use tonic::Code;
 
 use crate::certs::{Ca, CsrError, Validity, check_csr};
-use crate::store::{EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, Store};
+use crate::store::{AuditRow, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, Store};
 
 /// `agents.cert_lifetime_hours` when unset.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -154,8 +154,32 @@ impl Renewer {
     /// Answers `host`'s request (the host its stream is bound to, from its certificate) for a
     /// certificate for the key in `csr`; logs, counts and audits what it decided.
     pub async fn renew(&self, store: &Store, host: &str, remote: &str, csr: &[u8]) -> Result<Issued, Refusal> {
+        self.renew_audited(store, host, remote, csr, |row| async move {
+            store
+                .record_audit_event(row.kind, &row.host, &row.actor, &row.detail)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// [`Renewer::renew`] with the audit event of an issued certificate written by `audit`,
+    /// which returns once it is committed (the agent hub hands it to its ingest writer, so that
+    /// a storm of renewals shares commits with the ingest instead of one commit each).
+    pub async fn renew_audited<A, F>(
+        &self,
+        store: &Store,
+        host: &str,
+        remote: &str,
+        csr: &[u8],
+        audit: A,
+    ) -> Result<Issued, Refusal>
+    where
+        A: FnOnce(AuditRow) -> F,
+        F: Future<Output = Result<(), String>>,
+    {
         let actor = format!("agent at {remote}");
-        let result = self.decide(store, host, &actor, csr).await;
+        let result = self.decide(store, host, &actor, csr, audit).await;
         let outcome = match &result {
             Ok(_) => "issued",
             Err(r) => r.metric(),
@@ -186,7 +210,18 @@ impl Renewer {
         result
     }
 
-    async fn decide(&self, store: &Store, host: &str, actor: &str, csr: &[u8]) -> Result<Issued, Refusal> {
+    async fn decide<A, F>(
+        &self,
+        store: &Store,
+        host: &str,
+        actor: &str,
+        csr: &[u8],
+        audit: A,
+    ) -> Result<Issued, Refusal>
+    where
+        A: FnOnce(AuditRow) -> F,
+        F: Future<Output = Result<(), String>>,
+    {
         let policy = self.policy();
         let Some(ca) = &policy.ca else {
             return Err(Refusal::NotConfigured(host.to_owned()));
@@ -222,10 +257,14 @@ impl Renewer {
             ca.name(),
             crate::certs::fmt_rfc3339(validity.not_after)
         );
-        store
-            .record_audit_event(EVENT_CERT_RENEWED, host, actor, &detail)
-            .await
-            .map_err(|e| Refusal::Unavailable(format!("cannot write the audit event: {e}")))?;
+        audit(AuditRow {
+            kind: EVENT_CERT_RENEWED,
+            host: host.to_owned(),
+            actor: actor.to_owned(),
+            detail,
+        })
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("cannot write the audit event: {e}")))?;
         Ok(Issued {
             chain_pem: pem,
             serial,

@@ -76,8 +76,18 @@ pub fn endpoint(dir: &Path, store_url: &str, renew: bool) -> Result<()> {
 /// Starts the `agent-endpoint` child serving from `dir`: its guard (kills it when dropped),
 /// its pid and its URL.
 pub(crate) fn spawn_endpoint(dir: &Path, store_url: &str, renew: bool) -> Result<(Guard, u32, String)> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(&exe);
+    spawn_endpoint_from(&std::env::current_exe()?, dir, store_url, renew)
+}
+
+/// [`spawn_endpoint`] with the `agent-endpoint` of another kcdsync-bench binary `exe` (an
+/// older build, for a before/after in one run).
+pub(crate) fn spawn_endpoint_from(
+    exe: &Path,
+    dir: &Path,
+    store_url: &str,
+    renew: bool,
+) -> Result<(Guard, u32, String)> {
+    let mut cmd = Command::new(exe);
     cmd.args(["agent-endpoint", "--dir"])
         .arg(dir)
         .args(["--store", store_url])

@@ -104,6 +104,10 @@ enum Cmd {
         /// TLS handshakes in flight while connecting (the endpoint allows 64 per client IP).
         #[arg(long, default_value_t = 64)]
         connect_parallel: usize,
+        /// Run the storm against the agent endpoint of this kcdsync-bench binary (an older
+        /// build); repeat for several, one after the other (default: this one).
+        #[arg(long = "endpoint-exe")]
+        endpoint_exes: Vec<PathBuf>,
     },
     /// CheckMigration p99 and ReadinessMatrix latency over the real API with
     /// N hosts known while N agents keep reporting.
@@ -222,12 +226,14 @@ fn main() -> Result<()> {
             spread_secs,
             ingest_rate,
             connect_parallel,
+            endpoint_exes,
         } => storm::run(storm::Args {
             agents,
             phase_secs,
             spread_secs,
             ingest_rate,
             connect_parallel,
+            endpoint_exes,
         }),
         Cmd::AgentEndpoint { dir, store, renew } => agents::endpoint(&dir, &store, renew),
         Cmd::Replication {

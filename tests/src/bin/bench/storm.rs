@@ -22,6 +22,7 @@
 //! Both processes share the machine: the controller's CPU (its `/proc/<pid>/stat`, utime +
 //! stime of the child process) and the bench's own (`/proc/self/stat`) are reported per phase.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +45,9 @@ pub struct Args {
     pub ingest_rate: u64,
     /// TLS handshakes in flight while connecting (the endpoint takes 64 per client IP).
     pub connect_parallel: usize,
+    /// kcdsync-bench binaries whose `agent-endpoint` to run the storm against, one after the
+    /// other (an older build first, for a before/after); empty: this one.
+    pub endpoint_exes: Vec<PathBuf>,
 }
 
 /// Why a renewal was refused (a gRPC code and the message; -1: the answer was unusable), or
@@ -147,6 +151,30 @@ impl Meter {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let exes = if args.endpoint_exes.is_empty() {
+        vec![std::env::current_exe()?]
+    } else {
+        args.endpoint_exes.clone()
+    };
+    let mut summaries = Vec::new();
+    for (k, exe) in exes.iter().enumerate() {
+        if k > 0 {
+            println!();
+        }
+        println!("endpoint: {}", exe.display());
+        summaries.push((exe.clone(), run_one(&args, exe)?));
+    }
+    if summaries.len() > 1 {
+        println!();
+        println!("summary, one run, endpoints in this order:");
+        for (exe, s) in &summaries {
+            println!("  {}: {s}", exe.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_one(args: &Args, exe: &Path) -> Result<String> {
     let n = args.agents;
     ensure!(n > 0, "--agents 0");
     let work = tempfile::tempdir()?;
@@ -158,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::write(dir.join("controller.pem"), c)?;
     std::fs::write(dir.join("controller.key"), k)?;
     let store_url = format!("sqlite://{}?mode=rwc", dir.join("bench.db").display());
-    let (_guard, pid, url) = crate::agents::spawn_endpoint(dir, &store_url, true)?;
+    let (_guard, pid, url) = crate::agents::spawn_endpoint_from(exe, dir, &store_url, true)?;
     eprintln!("agent endpoint: pid {pid}, {url}");
     let meter = Meter {
         pid: pid.to_string(),
@@ -386,8 +414,7 @@ pub fn run(args: Args) -> Result<()> {
         })
     })?;
     rt.shutdown_timeout(Duration::from_secs(1));
-    print_report(&args, &sh, certs_s, csrs_s, &report);
-    Ok(())
+    Ok(print_report(args, &sh, certs_s, csrs_s, &report))
 }
 
 struct Report {
@@ -405,7 +432,8 @@ fn code_name(c: i32) -> String {
     format!("{:?}", tonic::Code::from_i32(c))
 }
 
-fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report) {
+/// Prints the run's figures; returns them in one line.
+fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report) -> String {
     let n = args.agents;
     let answers = sh.answers.lock().unwrap();
     let mut issued: Vec<Duration> = answers.iter().filter(|a| a.1.is_none()).map(|a| a.0).collect();
@@ -437,6 +465,7 @@ fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report)
     );
     println!("  ingest load: {load}");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut summary = String::new();
     if all.is_empty() {
         println!("  renewals: {} sent, none answered", sh.sent.load(Ordering::Relaxed));
     } else {
@@ -458,6 +487,13 @@ fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report)
         );
         println!(
             "  renewal latency (request handed to the stream -> CertificateRenewal read), all answers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
+        summary = format!(
+            "renewals {} issued of {n}, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; ",
+            issued.len(),
             ms(p50),
             ms(p99),
             ms(max)
@@ -506,6 +542,14 @@ fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report)
         sh.sent.load(Ordering::Relaxed),
         extra * 1e3 / n as f64
     );
+    summary.push_str(&format!(
+        "ingest before {:.0}/s, storm {:.0}/s, after {:.0}/s -> storm/before {:.3}, storm/after {:.3}",
+        r.before.rate(),
+        r.storm.rate(),
+        r.after.rate(),
+        r.storm.rate() / r.before.rate(),
+        r.storm.rate() / r.after.rate()
+    ));
     let ended = sh.ended.load(Ordering::Relaxed);
     let to = sh.ack_timeouts.load(Ordering::Relaxed);
     if ended > 0 || to > 0 {
@@ -514,6 +558,7 @@ fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report)
             sh.end_reasons.lock().unwrap().first()
         );
     }
+    summary
 }
 
 /// One agent: connects with its certificate, says Hello, waits for Welcome. Returns its stream's
