@@ -69,6 +69,8 @@ struct Shared {
     ended: AtomicU64,
     end_reasons: Mutex<Vec<String>>,
     ack_timeouts: AtomicU64,
+    /// Per ack: when it was read (ns since `base`) and its attempt's latency (µs since sent).
+    ack_lat: Mutex<Vec<(u64, u32)>>,
     stop: AtomicBool,
 }
 
@@ -106,6 +108,9 @@ fn shuffled(n: usize) -> Vec<usize> {
 
 /// A phase's figures: acks and CPU over its window.
 struct Window {
+    /// ns since `Shared::base`.
+    from_ns: u64,
+    to_ns: u64,
     secs: f64,
     acks: u64,
     ctl_cpu: f64,
@@ -142,6 +147,8 @@ impl Meter {
     fn since(&self, a: &Mark, sh: &Shared) -> Result<Window> {
         let b = self.mark(sh)?;
         Ok(Window {
+            from_ns: (a.t - sh.base).as_nanos() as u64,
+            to_ns: (b.t - sh.base).as_nanos() as u64,
             secs: (b.t - a.t).as_secs_f64(),
             acks: b.acks - a.acks,
             ctl_cpu: b.ctl - a.ctl,
@@ -225,6 +232,7 @@ fn run_one(args: &Args, exe: &Path) -> Result<String> {
         ended: AtomicU64::new(0),
         end_reasons: Mutex::new(Vec::new()),
         ack_timeouts: AtomicU64::new(0),
+        ack_lat: Mutex::new(Vec::with_capacity(1 << 20)),
         stop: AtomicBool::new(false),
     });
 
@@ -298,6 +306,7 @@ fn run_one(args: &Args, exe: &Path) -> Result<String> {
                         seq: m + 2,
                         body: Some(Body::Attempts(MigrationAttempts { attempts: vec![a] })),
                     };
+                    let sent = Instant::now();
                     if tx.send(msg).await.is_err() {
                         break;
                     }
@@ -307,6 +316,10 @@ fn run_one(args: &Args, exe: &Path) -> Result<String> {
                         .is_err()
                     {
                         sh.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let at = sh.base.elapsed().as_nanos() as u64;
+                        let lat = sent.elapsed().as_micros() as u32;
+                        sh.ack_lat.lock().unwrap().push((at, lat));
                     }
                     if let Some(p) = pace {
                         next += p;
@@ -509,12 +522,21 @@ fn print_report(args: &Args, sh: &Shared, certs_s: f64, csrs_s: f64, r: &Report)
             println!("    refused {code}: {count} (e.g. \"{msg}\")");
         }
     }
+    let acks = sh.ack_lat.lock().unwrap();
     let line = |name: &str, w: &Window| {
+        let mut lat: Vec<i64> = acks
+            .iter()
+            .filter(|(at, _)| (w.from_ns..w.to_ns).contains(at))
+            .map(|&(_, l)| i64::from(l))
+            .collect();
+        lat.sort_unstable();
         println!(
-            "  {name:<7} {:>6.1} s: {:>9} acks -> {:>7.0} attempt messages/s acknowledged after commit; controller CPU {:>5.1} s ({:>3.0}% of one core), bench CPU {:>5.1} s ({:>3.0}%)",
+            "  {name:<7} {:>6.1} s: {:>9} acks -> {:>7.0} attempt messages/s acknowledged after commit (send -> ack p50 {:.0} ms, p99 {:.0} ms); controller CPU {:>5.1} s ({:>3.0}% of one core), bench CPU {:>5.1} s ({:>3.0}%)",
             w.secs,
             w.acks,
             w.rate(),
+            crate::percentile(&lat, 0.5) as f64 / 1e3,
+            crate::percentile(&lat, 0.99) as f64 / 1e3,
             w.ctl_cpu,
             w.ctl_cpu / w.secs * 100.0,
             w.bench_cpu,
