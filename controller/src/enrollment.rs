@@ -274,7 +274,9 @@ impl Enroller {
         let host = self.directory().host_of(&client.principal, account)?;
         let actor = format!("{} at {remote}", client.principal);
         let issued = renewer
-            .certify(store, &host, &actor, proof.csr, Via::Enrollment)
+            .certify(store, &host, &actor, proof.csr, Via::Enrollment, |row| {
+                crate::renewal::record(store, row)
+            })
             .await
             .map_err(EnrollRefusal::Issue)?;
         Ok((host, issued))

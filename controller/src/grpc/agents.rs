@@ -30,13 +30,13 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use kcdsync_proto::v1::controller_message::Body as Down;
 use kcdsync_proto::v1::*;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::enrollment::{EnrollRefusal, Enrollable, Enroller, Proof as EnrollProof};
 use crate::renewal::{Issued, RenewalPolicy, Renewer};
 use crate::revocation;
-use crate::store::{IngestBatch, Revocation, Store};
+use crate::store::{AuditRow, IngestBatch, Revocation, Store};
 
 /// HRESULTs that mean "Kerberos delegation did not work" in a migration.
 pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
@@ -116,6 +116,12 @@ enum Ingest {
         reply: Downlink,
     },
     Seen(String),
+    /// An audit event (a renewed certificate's) to commit with the next batch; `done` is told
+    /// once it is, or why not.
+    Audit {
+        row: AuditRow,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The stream a host's commands go to (its newest).
@@ -632,7 +638,25 @@ impl AgentHub {
     /// The answer to `host`'s RenewCertificate (message `seq`): the new certificate, or why not.
     async fn renewal(&self, host: &str, remote: &str, seq: u64, csr: &[u8]) -> ControllerMessage {
         use certificate_renewal::Result as Answer;
-        let result = match self.inner.renewer.renew(&self.inner.store, host, remote, csr).await {
+        let ingest = &self.inner.ingest;
+        // The audit event goes through the ingest writer: one commit for it and whatever else
+        // is queued, not a commit of its own between the batches.
+        let audit = |row| async move {
+            let (done, committed) = oneshot::channel();
+            ingest
+                .send(Ingest::Audit { row, done })
+                .await
+                .map_err(|_| "the controller is shutting down".to_owned())?;
+            committed
+                .await
+                .map_err(|_| "the controller is shutting down".to_owned())?
+        };
+        let renewed = self
+            .inner
+            .renewer
+            .renew_audited(&self.inner.store, host, remote, csr, audit)
+            .await;
+        let result = match renewed {
             Ok(issued) => Answer::CertificateChainPem(issued.chain_pem),
             Err(refusal) => Answer::Refused(RenewalRefused {
                 code: refusal.code() as i32,
@@ -717,8 +741,13 @@ async fn writer(
         let mut batch = IngestBatch::default();
         let mut acks: Vec<(Downlink, u64, Vec<String>)> = Vec::new();
         let mut failed: Vec<Trigger> = Vec::new();
+        let (mut audits, mut audited) = (Vec::new(), Vec::new());
         for item in items.drain(..) {
             match item {
+                Ingest::Audit { row, done } => {
+                    audits.push(row);
+                    audited.push(done);
+                }
                 Ingest::Report(h, r) => batch.reports.push((h, r)),
                 Ingest::Seen(h) => batch.seen.push(h),
                 Ingest::Attempts {
@@ -763,10 +792,16 @@ async fn writer(
         }
         batch.seen.sort();
         batch.seen.dedup();
-        if let Err(e) = store.ingest(&batch).await {
+        if let Err(e) = store.ingest_audited(&batch, &audits).await {
             // No ack: the agents keep the attempts and send them again.
             tracing::error!(error = %e, "could not store agent reports; they will be resent");
+            for done in audited {
+                let _ = done.send(Err(e.to_string()));
+            }
             continue;
+        }
+        for done in audited {
+            let _ = done.send(Ok(()));
         }
         if events.receiver_count() > 0 {
             for (host, a) in &batch.attempts {

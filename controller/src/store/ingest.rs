@@ -23,6 +23,16 @@ pub struct IngestBatch {
     pub seen: Vec<String>,
 }
 
+/// An audit event written in the transaction of an ingest batch (`Store::ingest_audited`):
+/// many events, one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub kind: &'static str,
+    pub host: String,
+    pub actor: String,
+    pub detail: String,
+}
+
 impl IngestBatch {
     pub fn is_empty(&self) -> bool {
         self.reports.is_empty() && self.attempts.is_empty() && self.seen.is_empty()
@@ -49,8 +59,16 @@ impl Store {
     /// the same id from another host is that host's own attempt), and when
     /// each host was last heard from.
     pub async fn ingest(&self, batch: &IngestBatch) -> Result<(), StoreError> {
+        self.ingest_audited(batch, &[]).await
+    }
+
+    /// [`Store::ingest`] with `audits` written in the same transaction: all or nothing.
+    pub async fn ingest_audited(&self, batch: &IngestBatch, audits: &[AuditRow]) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        for a in audits {
+            super::revocations::insert_event(&mut tx, now, a.kind, &a.host, &a.actor, &a.detail).await?;
+        }
         for (host, report) in &batch.reports {
             sqlx::query(
                 "INSERT INTO host_reports (host, report, received_at, last_seen) VALUES ($1, $2, $3, $3) ON CONFLICT (host) DO UPDATE SET report = excluded.report, received_at = excluded.received_at, last_seen = excluded.last_seen",

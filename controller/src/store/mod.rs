@@ -25,7 +25,7 @@ pub mod testing;
 pub use audit::{
     AuditEvent, AuditRecord, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLL_REFUSED, EVENT_ENROLLED,
 };
-pub use ingest::{IngestBatch, StoredAttempt};
+pub use ingest::{AuditRow, IngestBatch, StoredAttempt};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
 pub use purges::UndeliveredPurge;

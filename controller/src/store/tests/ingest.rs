@@ -292,3 +292,37 @@ pub(super) async fn the_failure_poll_finds_auth_failures_behind_a_flood_of_other
             .is_empty()
     );
 }
+
+pub(super) async fn audit_rows_are_committed_with_an_ingest_batch(db: &TestDb) {
+    let s = db.open().await;
+    let t0 = now_ms();
+    let row = |host: &str, serial: &str| AuditRow {
+        kind: EVENT_CERT_RENEWED,
+        host: host.into(),
+        actor: "agent at 127.0.0.1:50000".into(),
+        detail: format!("certificate serial {serial}"),
+    };
+    s.ingest_audited(
+        &IngestBatch {
+            attempts: vec![("hv01.lab.test".into(), attempt("a1", Some(t0), true, "ok"))],
+            ..Default::default()
+        },
+        &[row("hv01.lab.test", "01"), row("hv02.lab.test", "02")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.attempt_count().await.unwrap(), 1);
+    let events = s.audit_events(Some("hv02.lab.test"), 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (e.kind.as_str(), e.actor.as_str(), e.detail.as_str()),
+        (EVENT_CERT_RENEWED, "agent at 127.0.0.1:50000", "certificate serial 02")
+    );
+    assert!(e.time_ms >= t0, "{} >= {t0}", e.time_ms);
+    // Audit rows alone (no attempt queued) are a batch too.
+    s.ingest_audited(&IngestBatch::default(), &[row("hv01.lab.test", "03")])
+        .await
+        .unwrap();
+    assert_eq!(s.audit_events(Some("hv01.lab.test"), 10).await.unwrap().len(), 2);
+}

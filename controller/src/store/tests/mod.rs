@@ -64,6 +64,7 @@ store_tests!(
     audit_lists_newest_first_by_host_and_limit_and_counts,
     last_change_per_host_is_the_newest_audit_time,
     reports_are_upserted_and_last_seen_moves,
+    audit_rows_are_committed_with_an_ingest_batch,
     attempts_are_stored_once_even_when_resent,
     attempts_list_newest_first_by_host_and_limit,
     one_hosts_attempt_ids_never_shadow_anothers,

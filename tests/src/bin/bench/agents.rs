@@ -15,6 +15,7 @@ use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_controller::config::AgentsConfig;
 use kcdsync_controller::grpc::agents::{self, AgentHub, HubOptions};
 use kcdsync_controller::grpc::tls;
+use kcdsync_controller::renewal::RenewalPolicy;
 use kcdsync_controller::store::Store;
 use kcdsync_controller::store::testing::PgTestDb;
 use kcdsync_proto::v1::agent_message::Body;
@@ -26,7 +27,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The child process: serves the agent endpoint from files in `dir`, prints
 /// `listening <addr>`, runs until killed.
-pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
+/// With `renew`, it renews agents' certificates with the CA in `ca.pem` + `ca.key` (the
+/// agents' CA), one request a host a minute as `serve` does by default.
+pub fn endpoint(dir: &Path, store_url: &str, renew: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -45,12 +48,23 @@ pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
         let store = Store::open(store_url).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         println!("listening {}", listener.local_addr()?);
+        let renewal = if renew {
+            let key = std::fs::read_to_string(dir.join("ca.key")).context("ca.key")?;
+            let ca = Ca::load(&std::fs::read_to_string(dir.join("ca.pem"))?, &key)?;
+            RenewalPolicy {
+                ca: Some(Arc::new(ca)),
+                ..Default::default()
+            }
+        } else {
+            RenewalPolicy::default()
+        };
         let hub = AgentHub::new(
             store,
             HubOptions {
                 heartbeat: cfg.heartbeat,
                 stale_after: cfg.stale_after,
                 max_message_bytes: cfg.max_message_bytes,
+                renewal,
                 ..Default::default()
             },
             None,
@@ -60,7 +74,44 @@ pub fn endpoint(dir: &Path, store_url: &str) -> Result<()> {
     })
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+/// Starts the `agent-endpoint` child serving from `dir`: its guard (kills it when dropped),
+/// its pid and its URL.
+pub(crate) fn spawn_endpoint(dir: &Path, store_url: &str, renew: bool) -> Result<(Guard, u32, String)> {
+    spawn_endpoint_from(&std::env::current_exe()?, dir, store_url, renew)
+}
+
+/// [`spawn_endpoint`] with the `agent-endpoint` of another kcdsync-bench binary `exe` (an
+/// older build, for a before/after in one run).
+pub(crate) fn spawn_endpoint_from(
+    exe: &Path,
+    dir: &Path,
+    store_url: &str,
+    renew: bool,
+) -> Result<(Guard, u32, String)> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["agent-endpoint", "--dir"])
+        .arg(dir)
+        .args(["--store", store_url])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped());
+    if renew {
+        cmd.arg("--renew");
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let guard = Guard(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .context("endpoint did not start")?
+        .to_owned();
+    Ok((guard, pid, format!("https://{addr}")))
+}
+
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -69,7 +120,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -116,25 +167,7 @@ fn run_one(n: usize, messages: usize, agent_bin: Option<PathBuf>, kind: StoreKin
         None => format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
         Some(db) => db.url.clone(),
     };
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(&exe)
-        .args(["agent-endpoint", "--dir"])
-        .arg(dir)
-        .args(["--store", &store_url])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().unwrap();
-    let pid = child.id();
-    let _guard = Guard(child);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .context("endpoint did not start")?
-        .to_owned();
-    let url = format!("https://{addr}");
+    let (_guard, pid, url) = spawn_endpoint(dir, &store_url, false)?;
 
     eprintln!("issuing {n} agent certificates ...");
     let t = Instant::now();

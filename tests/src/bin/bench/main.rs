@@ -17,6 +17,7 @@ mod api;
 mod drift;
 mod enroll;
 mod replication;
+mod storm;
 mod ui;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -84,6 +85,30 @@ enum Cmd {
         /// Stores to run the ingest against, one after the other in this run.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "sqlite")]
         stores: Vec<agents::StoreKind>,
+    },
+    /// N agents keep sending attempts, then all renew their certificates over their streams
+    /// within --spread-secs: renewal latency p50/p99/max, refusals, and the ingest rate during
+    /// the storm vs without renewals (before and after, same run). No AD needed.
+    RenewalStorm {
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Length of each ingest-only phase (before and after the storm).
+        #[arg(long, default_value_t = 60)]
+        phase_secs: u64,
+        /// The renewal requests are spread uniformly over this.
+        #[arg(long, default_value_t = 60)]
+        spread_secs: u64,
+        /// Total attempt messages/s the agents offer; 0: each agent sends the next as soon as
+        /// the previous is acknowledged (saturates the ingest).
+        #[arg(long, default_value_t = 0)]
+        ingest_rate: u64,
+        /// TLS handshakes in flight while connecting (the endpoint allows 64 per client IP).
+        #[arg(long, default_value_t = 64)]
+        connect_parallel: usize,
+        /// Run the storm against the agent endpoint of this kcdsync-bench binary (an older
+        /// build); repeat for several, one after the other (default: this one).
+        #[arg(long = "endpoint-exe")]
+        endpoint_exes: Vec<PathBuf>,
     },
     /// CheckMigration p99 and ReadinessMatrix latency over the real API with
     /// N hosts known while N agents keep reporting.
@@ -166,6 +191,9 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         store: String,
+        /// Renew agents' certificates with `ca.pem` + `ca.key` in `dir`.
+        #[arg(long)]
+        renew: bool,
     },
 }
 
@@ -207,7 +235,22 @@ fn main() -> Result<()> {
             });
             agents::run(agents, messages, bin, &stores)
         }
-        Cmd::AgentEndpoint { dir, store } => agents::endpoint(&dir, &store),
+        Cmd::RenewalStorm {
+            agents,
+            phase_secs,
+            spread_secs,
+            ingest_rate,
+            connect_parallel,
+            endpoint_exes,
+        } => storm::run(storm::Args {
+            agents,
+            phase_secs,
+            spread_secs,
+            ingest_rate,
+            connect_parallel,
+            endpoint_exes,
+        }),
+        Cmd::AgentEndpoint { dir, store, renew } => agents::endpoint(&dir, &store, renew),
         Cmd::Replication {
             hosts,
             rounds,
