@@ -126,7 +126,7 @@ fn revocation_from_row(r: &sqlx::any::AnyRow) -> Result<Revocation, StoreError> 
     })
 }
 
-async fn insert_event(
+pub(super) async fn insert_event(
     conn: &mut sqlx::AnyConnection,
     at: i64,
     kind: &str,
