@@ -236,13 +236,13 @@ pub fn table(tokens: &[JoinToken], now_ms: i64) -> String {
         return "no join tokens (create one with `kcdsync-controller agents token create HOST`)\n".to_owned();
     }
     let mut out = format!(
-        "{:<15}  {:<30}  {:<20}  {:<20}  {:<12}  STATE\n",
+        "{:<15}  {:<30}  {:<24}  {:<24}  {:<12}  STATE\n",
         "ID", "HOST", "CREATED", "EXPIRES", "BY"
     );
     for t in tokens {
         let _ = writeln!(
             out,
-            "{:<15}  {:<30}  {:<20}  {:<20}  {:<12}  {}",
+            "{:<15}  {:<30}  {:<24}  {:<24}  {:<12}  {}",
             t.id,
             t.host,
             crate::report::format_ms(t.created_at_ms),
