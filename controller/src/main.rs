@@ -220,14 +220,18 @@ enum TokenCommand {
         #[arg(long, env = "USER", default_value = "operator")]
         by: String,
     },
-    /// Every join token, newest first: its id, host, when created and by whom, when it
-    /// expires, and whether it was used (when, from where) or revoked. Never the secret: the
-    /// store does not have it.
+    /// Every join token, newest first (never a secret: the store has none).
+    ///
+    /// Its id, host, when it was created and by whom, when it expires, and its state: unused,
+    /// expired, used (when, from which address) or revoked (when, by whom).
     List {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Revoke an unused join token (by the id `token list` shows): it is refused from now on.
+    /// Revoke an unused join token (by the id `token list` shows).
+    ///
+    /// It is refused from now on, on every controller sharing this store; audited as
+    /// agent-join-token-revoked. A token already used or revoked is left as it is.
     Revoke {
         /// The token's id, e.g. jt-0123456789ab.
         id: String,
