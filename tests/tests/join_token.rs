@@ -8,7 +8,8 @@
 //! - the same token again, an expired one, a revoked one (`agents token revoke`), one for
 //!   another host's name, and a made-up one are refused, with one message for all; a token
 //!   used with another host's CSR is not spent by the refusal;
-//! - two agents racing with one token: exactly one gets a certificate;
+//! - two agents racing with one token: exactly one gets a certificate; an agent started with
+//!   only its token enrolls by itself and streams;
 //! - Kerberos configured but unable to get a ticket: the agent falls back to its token;
 //! - `agents token list` shows every token's state, and no secret is anywhere in the store's
 //!   files; the refusals are counted per reason in `kcdsync.agents.enrollments`.
@@ -183,7 +184,7 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
         // Before the controller starts: its metrics go to this process's receiver.
         observed();
         let lab = Lab::start();
-        let hosts = ["JT01", "JT02", "JT03", "JT04", "JT05", "JT06"];
+        let hosts = ["JT01", "JT02", "JT03", "JT04", "JT05", "JT06", "JT07"];
         let ctl = EnrollingController::start(lab, "t-jointoken", &hosts).await.unwrap();
         let (pki, store, port) = (&ctl.pki, &ctl.store, ctl.port);
         let config = pki.path("kcdsync.toml");
@@ -313,6 +314,37 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
             enrolled(store).await.iter().any(|(_, _, d)| d.contains(&id6)),
             "audited as the token's"
         );
+
+        // An agent started with nothing but its token (the service's path): it enrolls, deletes
+        // the token file and streams.
+        let (s7, _) = create(&config, "jt07.lab.test", &[]);
+        secrets.push(s7.clone());
+        let jt07 = AgentDir::new(pki, port, "jt07.lab.test", "");
+        jt07.give(&s7);
+        let mut agent = tokio::process::Command::new(workspace_bin("kcdsync-agent"))
+            .arg("--config")
+            .arg(&jt07.config)
+            .arg("run")
+            .env_remove("KRB5CCNAME")
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let s = store.clone();
+        eventually(Duration::from_secs(30), "jt07 enrolled and reporting", || {
+            let s = s.clone();
+            async move {
+                s.reporting_hosts()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|(h, _)| h == "jt07.lab.test")
+            }
+        })
+        .await;
+        assert_eq!(names(&std::fs::read(jt07.cert()).unwrap()), ["jt07.lab.test"]);
+        assert!(!jt07.token_file().exists(), "spent, deleted");
+        agent.kill().await.unwrap();
 
         // The operator's list: every token and its state, never a secret.
         let o = cli(&config, &["agents", "token", "list"]);
