@@ -193,15 +193,15 @@ async fn run(cli: Cli) -> Result<()> {
             let l = kcdsync_agent::enroll::enroll(&cfg, e, &host)
                 .await
                 .with_context(|| format!("enrolling {host}"))?;
-            if let Some(p) = token_before.filter(|p| !p.exists()) {
-                println!("enrolled with the join token: it is spent, {} deleted", p.display());
-            }
             println!(
                 "enrolled {host}: certificate in {} until {} (UTC), key in {}",
                 cfg.cert_file.display(),
                 kcdsync_agent::enroll::stamp(l.not_after),
                 cfg.key_file.display()
             );
+            if let Some(p) = token_before.filter(|p| !p.exists()) {
+                println!("enrolled with the join token: it is spent, {} deleted", p.display());
+            }
             Ok(())
         }
         Cmd::Migrate { vm, peer, account } => {
