@@ -276,12 +276,14 @@ impl Enroller {
             .try_acquire_owned()
             .map_err(|_| EnrollRefusal::Busy)?;
         let refuse = |p: TokenProblem, who: &Caller| {
-            tracing::warn!(
-                token = who.name.as_deref().unwrap_or("(unknown)"),
-                %remote,
-                problem = p.says(),
-                "join token refused"
-            );
+            let token = who.name.as_deref().unwrap_or("(unknown)");
+            // A real token used again, late or after its revocation is worth a warning (a
+            // copy, a replay); garbage is the noise of anyone who reaches the port.
+            if matches!(p, TokenProblem::Malformed | TokenProblem::Unknown) {
+                tracing::info!(token, %remote, problem = p.says(), "join token refused");
+            } else {
+                tracing::warn!(token, %remote, problem = p.says(), "join token refused");
+            }
             EnrollRefusal::Token(p)
         };
         if !well_formed(secret) {
