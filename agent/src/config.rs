@@ -62,17 +62,23 @@ struct Raw {
     /// Where the Windows service writes its log (`agent.log`, rotated by size); default
     /// `logs` beside this file. A console run logs to stderr.
     log_dir: Option<PathBuf>,
-    /// Enrollment by Kerberos: without it, cert_file and key_file are made by hand.
+    /// Enrollment (by Kerberos, or once by a join token): without it, cert_file and key_file
+    /// are made by hand.
     enroll: Option<RawEnroll>,
 }
 
 /// `[enroll]`: get a certificate by proving, with Kerberos, that this agent is its host's
-/// computer account — when there is none yet, or it has expired.
+/// computer account — when there is none yet, or it has expired. A host that cannot reach its
+/// KDC proves it once with a join token instead (`join_token_file`). One of the two at least.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEnroll {
     /// The controller's service principal, e.g. `kcdsync/ctl.contoso.com` (realm: the host's).
-    service_principal: String,
+    service_principal: Option<String>,
+    /// A file holding a one-time join token (`kcdsync-controller agents token create HOST`),
+    /// readable only by the agent (Unix: mode 600; Windows: SYSTEM and Administrators). Used
+    /// when it exists and Kerberos is not configured or cannot get a ticket; deleted once spent.
+    join_token_file: Option<PathBuf>,
     /// The FQDN to ask a certificate for; default the probe's (the computer's dNSHostName).
     host: Option<String>,
     /// Unix only (SSPI uses the logon session's): the host's keytab, its principal
@@ -85,10 +91,13 @@ struct RawEnroll {
     retry_secs: u64,
 }
 
-/// `[enroll]`, validated.
+/// `[enroll]`, validated: `service_principal`, `join_token_file` or both.
 #[derive(Debug, Clone)]
 pub struct EnrollConfig {
-    pub service_principal: String,
+    /// Enrollment by Kerberos, to this service principal.
+    pub service_principal: Option<String>,
+    /// Enrollment by a one-time join token, read from this file when it exists.
+    pub join_token_file: Option<PathBuf>,
     pub host: Option<String>,
     pub creds: kcdsync_gss::ClientCreds,
     pub retry: Duration,
@@ -106,16 +115,26 @@ fn validate_enroll(raw: RawEnroll, abs: impl Fn(PathBuf) -> PathBuf) -> Result<E
             })
         }
     };
-    principal_like("enroll.service_principal", &raw.service_principal)?;
-    if !raw.service_principal.contains('/') {
+    if raw.service_principal.is_none() && raw.join_token_file.is_none() {
         return Err(ConfigError::Invalid {
-            key: "enroll.service_principal",
-            message: format!(
-                "`{}` is not a service principal: it is SERVICE/HOST, e.g. kcdsync/ctl.contoso.com, as the \
-                 controller's agents.enroll.service_principal says",
-                raw.service_principal
-            ),
+            key: "enroll",
+            message: "say how to enroll: service_principal (Kerberos, as the controller's \
+                      agents.enroll.service_principal says), join_token_file (a one-time token from \
+                      `kcdsync-controller agents token create HOST`), or both"
+                .into(),
         });
+    }
+    if let Some(spn) = &raw.service_principal {
+        principal_like("enroll.service_principal", spn)?;
+        if !spn.contains('/') {
+            return Err(ConfigError::Invalid {
+                key: "enroll.service_principal",
+                message: format!(
+                    "`{spn}` is not a service principal: it is SERVICE/HOST, e.g. kcdsync/ctl.contoso.com, as the \
+                     controller's agents.enroll.service_principal says"
+                ),
+            });
+        }
     }
     if let Some(p) = &raw.principal {
         principal_like("enroll.principal", p)?;
@@ -140,6 +159,7 @@ fn validate_enroll(raw: RawEnroll, abs: impl Fn(PathBuf) -> PathBuf) -> Result<E
     }
     Ok(EnrollConfig {
         service_principal: raw.service_principal,
+        join_token_file: raw.join_token_file.map(&abs),
         host: raw.host.map(|h| h.to_ascii_lowercase()),
         creds: kcdsync_gss::ClientCreds {
             principal: raw.principal,
@@ -318,5 +338,38 @@ impl AgentConfig {
             purge_min_interval: Duration::from_secs(raw.purge_min_interval_secs),
             log_dir: raw.log_dir.map(abs).unwrap_or_else(|| default_log_dir(path)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(enroll: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let text = format!(
+            "controller_url = \"https://ctl:7443\"\nca_file = \"ca.pem\"\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n\
+             outbox_dir = \"outbox\"\n\n[enroll]\n{enroll}"
+        );
+        AgentConfig::parse(&text, &dir.path().join("agent.toml"))
+    }
+
+    #[test]
+    fn enroll_takes_kerberos_a_join_token_or_both_but_not_neither() {
+        let k = parse("service_principal = \"kcdsync/ctl.lab.test\"\n").unwrap();
+        let e = k.enroll.unwrap();
+        assert_eq!(e.service_principal.as_deref(), Some("kcdsync/ctl.lab.test"));
+        assert_eq!(e.join_token_file, None);
+        let t = parse("join_token_file = \"join-token.txt\"\n").unwrap();
+        let e = t.enroll.unwrap();
+        assert_eq!(e.service_principal, None);
+        let f = e.join_token_file.unwrap();
+        assert!(f.is_absolute() && f.ends_with("join-token.txt"), "{}", f.display());
+        let both = parse("service_principal = \"kcdsync/ctl.lab.test\"\njoin_token_file = \"t\"\n").unwrap();
+        assert!(both.enroll.unwrap().join_token_file.is_some());
+        let e = parse("retry_secs = 5\n").unwrap_err().to_string();
+        assert!(e.contains("service_principal") && e.contains("join_token_file"), "{e}");
+        assert!(parse("service_principal = \"kcdsync\"\n").is_err());
     }
 }

@@ -50,8 +50,10 @@ enum Cmd {
     CheckConfig,
     /// Print one report as JSON, as the controller would receive it.
     Probe,
-    /// Enroll now by Kerberos ([enroll] in the config): prove to the controller that this
-    /// agent is its host's computer account and write the certificate and key it issues into
+    /// Enroll now ([enroll] in the config): prove to the controller by Kerberos that this
+    /// agent is its host's computer account, or with the one-time join token in
+    /// join_token_file (used when Kerberos is not configured or cannot get a ticket; the file
+    /// is deleted once the token is spent), and write the certificate and key it issues into
     /// cert_file and key_file. One attempt; exit 1 with the controller's reason when refused.
     /// `run` enrolls by itself when it has no usable certificate: use this to check a new
     /// host's setup, or with --force to replace a certificate that still works.
@@ -167,7 +169,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Enroll { force } => {
             let e = cfg.enroll.as_ref().with_context(|| {
                 format!(
-                    "{} has no [enroll] section: add one with service_principal = \"kcdsync/<controller host>\"",
+                    "{} has no [enroll] section: add one with service_principal = \"kcdsync/<controller host>\" \
+                     (Kerberos) or join_token_file = \"join-token.txt\" (a one-time token)",
                     cli.config.display()
                 )
             })?;
@@ -186,6 +189,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 return Ok(());
             }
+            let token_before = e.join_token_file.as_ref().filter(|p| p.exists());
             let l = kcdsync_agent::enroll::enroll(&cfg, e, &host)
                 .await
                 .with_context(|| format!("enrolling {host}"))?;
@@ -195,6 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
                 kcdsync_agent::enroll::stamp(l.not_after),
                 cfg.key_file.display()
             );
+            if let Some(p) = token_before.filter(|p| !p.exists()) {
+                println!("enrolled with the join token: it is spent, {} deleted", p.display());
+            }
             Ok(())
         }
         Cmd::Migrate { vm, peer, account } => {

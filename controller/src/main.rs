@@ -185,6 +185,60 @@ enum AgentsCommand {
         #[arg(long, env = "USER", default_value = "operator")]
         by: String,
     },
+    /// One-time join tokens: how a host that cannot reach its KDC enrolls.
+    ///
+    /// Agents normally enroll by Kerberos, as their computer account. A host that cannot
+    /// (no route to a KDC yet, a broken secure channel) can enroll once with a join token
+    /// instead: a secret bound to that one host, spent by its first enrollment, expiring
+    /// after --ttl. The store keeps only its SHA-256; creating, revoking and using one are
+    /// audited. The host must still be a trusted computer of the managed scope, and the
+    /// controller must enroll ([agents.enroll]). See docs/join-tokens.md.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token for HOST and print its secret, once.
+    ///
+    /// The secret (`kcdj_` and 64 hex digits) is printed to stdout and kept nowhere: put it
+    /// in a file only SYSTEM and Administrators may read (Unix: mode 600) on HOST, and name
+    /// that file in the agent's config as `[enroll] join_token_file`. The agent enrolls with
+    /// it when Kerberos is not configured or fails, and deletes the file once it is spent.
+    ///
+    /// Example: kcdsync-controller agents token create hv01.contoso.com --ttl 4h
+    Create {
+        /// The host's FQDN, e.g. hv01.contoso.com: the only name the token can get a
+        /// certificate for.
+        host: String,
+        /// How long the token may be used: 90s, 30m, 1h (default), 2d; at most 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Who creates it (recorded with the token and in the audit); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
+    /// Every join token, newest first (never a secret: the store has none).
+    ///
+    /// Its id, host, when it was created and by whom, when it expires, and its state: unused,
+    /// expired, used (when, from which address) or revoked (when, by whom).
+    List {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Revoke an unused join token (by the id `token list` shows).
+    ///
+    /// It is refused from now on, on every controller sharing this store; audited as
+    /// agent-join-token-revoked. A token already used or revoked is left as it is.
+    Revoke {
+        /// The token's id, e.g. jt-0123456789ab.
+        id: String,
+        /// Who revokes (recorded in the audit); defaults to $USER.
+        #[arg(long, env = "USER", default_value = "operator")]
+        by: String,
+    },
 }
 
 #[tokio::main]
@@ -375,8 +429,56 @@ async fn agents(path: &std::path::Path, command: AgentsCommand) -> Result<()> {
                 None => println!("{} is not revoked; nothing changed.", revocation::host(&host)?),
             }
         }
+        AgentsCommand::Token { command } => join_token(&store, command).await?,
     }
     store.close().await;
+    Ok(())
+}
+
+/// `agents token`: one-time join tokens, in the store only.
+async fn join_token(store: &Store, command: TokenCommand) -> Result<()> {
+    use kcdsync_controller::enrollment::token;
+    use kcdsync_controller::store::TokenRevoked;
+    match command {
+        TokenCommand::Create { host, ttl, by } => {
+            let ttl = token::parse_ttl(&ttl)?;
+            let (t, secret) = token::create(store, &host, ttl, &by)
+                .await
+                .context("no join token was created")?;
+            println!("{secret}");
+            eprintln!(
+                "join token {id} for {host}, usable once until {exp} (UTC).\n\
+                 The line above is its secret, shown only now. On {host}, write it to a file readable only by\n\
+                 SYSTEM and Administrators (Unix: mode 600) and name that file in the agent's config:\n\
+                 \n  [enroll]\n  join_token_file = \"join-token.txt\"\n\n\
+                 The agent enrolls with it and deletes the file once it is spent.\n\
+                 Revoke it before then with: kcdsync-controller agents token revoke {id}",
+                id = t.id,
+                host = t.host,
+                exp = report::format_ms(t.expires_at_ms),
+            );
+        }
+        TokenCommand::List { output } => {
+            let tokens = store.join_tokens().await?;
+            match output {
+                Output::Json => print_json(&tokens)?,
+                Output::Table => print!("{}", token::table(&tokens, kcdsync_controller::store::now_ms())),
+            }
+        }
+        TokenCommand::Revoke { id, by } => match token::revoke(store, &id, &by).await.context("nothing was revoked")? {
+            Some(TokenRevoked::Now(t)) => println!(
+                "join token {} for {} is revoked: it enrolls nothing from now on.",
+                t.id, t.host
+            ),
+            Some(TokenRevoked::Unchanged(t)) => println!(
+                "join token {} for {} is {}; nothing changed.",
+                t.id,
+                t.host,
+                token::state(&t, kcdsync_controller::store::now_ms())
+            ),
+            None => bail!("no join token {id}: `agents token list` shows them"),
+        },
+    }
     Ok(())
 }
 

@@ -120,25 +120,28 @@ pub async fn record(store: &Store, row: AuditRow) -> Result<(), String> {
 
 /// How a host came to ask: what its audit event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub enum Via<'a> {
     /// Over its stream, authenticated by its current certificate.
     Renewal,
     /// By enrollment, authenticated as its computer account by Kerberos (`crate::enrollment`).
     Enrollment,
+    /// By enrollment with the one-time join token of this id (`crate::enrollment::token`).
+    JoinToken(&'a str),
 }
 
-impl Via {
+impl Via<'_> {
     fn event(self) -> &'static str {
         match self {
             Via::Renewal => EVENT_CERT_RENEWED,
-            Via::Enrollment => EVENT_ENROLLED,
+            Via::Enrollment | Via::JoinToken(_) => EVENT_ENROLLED,
         }
     }
 
-    fn says(self) -> &'static str {
+    fn says(self) -> String {
         match self {
-            Via::Renewal => "renewed over the agent's stream",
-            Via::Enrollment => "enrolled as its computer account by Kerberos",
+            Via::Renewal => "renewed over the agent's stream".to_owned(),
+            Via::Enrollment => "enrolled as its computer account by Kerberos".to_owned(),
+            Via::JoinToken(id) => format!("enrolled with the one-time join token {id}"),
         }
     }
 }
@@ -253,7 +256,7 @@ impl Renewer {
         host: &str,
         actor: &str,
         csr: &[u8],
-        via: Via,
+        via: Via<'_>,
         audit: A,
     ) -> Result<Issued, Refusal>
     where

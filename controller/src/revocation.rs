@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::certs::CertError;
 use crate::store::{
-    AuditEvent, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLL_REFUSED, EVENT_ENROLLED, EVENT_REVOKED,
-    EVENT_UNREVOKED, Revocation, Revoked, Store, StoreError,
+    AuditEvent, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLL_REFUSED, EVENT_ENROLLED, EVENT_JOIN_TOKEN_CREATED,
+    EVENT_JOIN_TOKEN_REVOKED, EVENT_REVOKED, EVENT_UNREVOKED, Revocation, Revoked, Store, StoreError,
 };
 
 /// The longest reason kept (characters): enough to say why and name a ticket.
@@ -160,6 +160,8 @@ pub async fn agent(store: &Store, host_input: &str) -> Result<Option<AgentDetail
                     EVENT_CERT_REFUSED,
                     EVENT_ENROLLED,
                     EVENT_ENROLL_REFUSED,
+                    EVENT_JOIN_TOKEN_CREATED,
+                    EVENT_JOIN_TOKEN_REVOKED,
                 ],
                 SHOWN_CERTIFICATE_EVENTS,
             )

@@ -337,6 +337,86 @@ fn the_windows_agent_enrolls_by_kerberos_through_sspi_under_wine() {
     run_with_room(enrollment_scenario())
 }
 
+#[test]
+fn the_windows_agent_enrolls_with_a_join_token_under_wine() {
+    run_with_room(join_token_scenario())
+}
+
+/// No Kerberos at all: `[enroll]` holds only `join_token_file`; the Windows agent enrolls with
+/// the token and deletes its file.
+async fn join_token_scenario() {
+    let lab = Lab::start();
+    let ctl = kcdsync_tests::enrolling::EnrollingController::start(lab, "t-wine-jtok", &["WJT01"])
+        .await
+        .unwrap();
+    let host = "wjt01.lab.test";
+    let (token, secret) = kcdsync_controller::enrollment::token::create(
+        &ctl.store,
+        host,
+        kcdsync_controller::enrollment::token::DEFAULT_TTL,
+        "test",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = wine_prefix(dir.path());
+    let home = prefix.join("drive_c/kcdsync");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(ctl.pki.path("ca.pem"), home.join("ca.pem")).unwrap();
+    kcdsync_tests::write_private(&home.join("join-token.txt"), format!("{secret}\r\n"));
+    std::fs::write(
+        home.join("agent.toml"),
+        format!(
+            "controller_url = \"https://127.0.0.1:{}\"\ntls_server_name = \"localhost\"\nca_file = 'C:\\kcdsync\\ca.pem'\ncert_file = 'C:\\kcdsync\\agent.pem'\nkey_file = 'C:\\kcdsync\\agent.key'\noutbox_dir = 'C:\\kcdsync\\outbox'\n\n[enroll]\njoin_token_file = 'C:\\kcdsync\\join-token.txt'\nhost = \"{host}\"\n",
+            ctl.port
+        ),
+    )
+    .unwrap();
+    let mut said = String::new();
+    let mut ok = false;
+    for _ in 0..10 {
+        let out = wine(&prefix)
+            .arg(agent_exe())
+            .args(["--config", "C:\\kcdsync\\agent.toml", "enroll"])
+            .env_remove("KRB5CCNAME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ok = out.status.success();
+        if ok || !said.contains("has not read AD yet") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let _ = Command::new(WINESERVER).env("WINEPREFIX", &prefix).arg("-k").status();
+    println!("kcdsync-agent.exe enroll with a join token under Wine:\n{said}");
+    assert!(ok && said.contains("enrolled wjt01.lab.test"), "{said}");
+    assert!(
+        !home.join("join-token.txt").exists(),
+        "the spent token's file is deleted"
+    );
+    let pem = std::fs::read(home.join("agent.pem")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
+        .unwrap();
+    assert_eq!(kcdsync_controller::certs::peer_host_names(&der).unwrap(), vec![host]);
+    let events = ctl.store.audit_events(Some(host), 10).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == kcdsync_controller::store::EVENT_ENROLLED
+                && e.detail.contains(&format!("join token {}", token.id))),
+        "{events:?}"
+    );
+    ctl.running.stop().await;
+}
+
 async fn enrollment_scenario() {
     let lab = Lab::start();
     let ctl = kcdsync_tests::enrolling::EnrollingController::start(lab, "t-wine-enroll", &["WENR01"])

@@ -35,15 +35,19 @@ impl EnrollmentService for Enrollment {
                 "csr is empty: send a PKCS#10 request for a fresh key",
             ));
         }
-        let Some(Proof::Kerberos(k)) = &body.proof else {
-            return Err(Status::invalid_argument(
-                "no proof: send kerberos (a GSS-API token for the controller's service principal and its MIC over the csr)",
-            ));
-        };
-        let proof = EnrollProof {
-            csr: &body.csr,
-            token: &k.token,
-            mic: &k.csr_mic,
+        let proof = match &body.proof {
+            Some(Proof::Kerberos(k)) => EnrollProof::Kerberos {
+                csr: &body.csr,
+                token: &k.token,
+                mic: &k.csr_mic,
+            },
+            Some(Proof::JoinToken(secret)) => EnrollProof::JoinToken { csr: &body.csr, secret },
+            None => {
+                return Err(Status::invalid_argument(
+                    "no proof: send kerberos (a GSS-API token for the controller's service principal and its MIC over \
+                     the csr) or join_token (from `kcdsync-controller agents token create HOST`)",
+                ));
+            }
         };
         let (host, issued) = self.hub.enroll(&remote, proof).await.map_err(|r| Status::from(&r))?;
         Ok(Response::new(EnrollResponse {

@@ -3,7 +3,7 @@
 //! set per dialect, applied at start-up. The methods live by job: `plans`, `audit` (write-ahead
 //! intents included, and the events that are not AD modifies), `ingest` (what agents send),
 //! `purges` (ticket purges an agent has not received yet), `revocations` (the agents'
-//! deny-list), `replication` (when a write reached each other DC) and `lease` (the leader
+//! deny-list), `join_tokens` (one-time enrollment tokens), `replication` (when a write reached each other DC) and `lease` (the leader
 //! lease).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +14,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 mod audit;
 mod ingest;
+mod join_tokens;
 mod lease;
 mod plans;
 mod purges;
@@ -26,6 +27,7 @@ pub use audit::{
     AuditEvent, AuditRecord, EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, EVENT_ENROLL_REFUSED, EVENT_ENROLLED,
 };
 pub use ingest::{AuditRow, IngestBatch, StoredAttempt};
+pub use join_tokens::{EVENT_JOIN_TOKEN_CREATED, EVENT_JOIN_TOKEN_REVOKED, JoinToken, TokenRevoked};
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
 pub use purges::UndeliveredPurge;

@@ -14,6 +14,7 @@ use crate::model::HostChange;
 
 mod audit;
 mod ingest;
+mod join_tokens;
 mod lease;
 mod plans;
 mod purges;
@@ -21,6 +22,7 @@ mod replication;
 mod revocations;
 use audit::*;
 use ingest::*;
+use join_tokens::*;
 use lease::*;
 use plans::*;
 use purges::*;
@@ -82,6 +84,7 @@ store_tests!(
     writes_still_awaited_are_found_again_with_their_audit_rows,
     a_revoked_host_stays_listed_with_who_when_and_why_until_unrevoked,
     two_stores_revoking_one_host_at_once_write_it_once,
+    a_join_token_is_spent_once_by_two_replicas_racing,
 );
 
 /// The store of one test: where it lives, and what removes it afterwards.

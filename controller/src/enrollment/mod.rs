@@ -18,6 +18,9 @@
 //!   CSR's only name is that host's FQDN, the host is not revoked; the certificate is audited
 //!   (`agent-enrolled`) before it is handed out.
 //!
+//! The fallback for a host that cannot reach its KDC is a one-time join token bound to the
+//! host (`token`, created by `kcdsync-controller agents token create HOST`).
+//!
 //! Nothing here writes to AD.
 
 use std::collections::HashMap;
@@ -29,6 +32,10 @@ use tonic::Code;
 use crate::model::{Index, Observed};
 use crate::renewal::{Issued, Refusal, Renewer, Via};
 use crate::store::{EVENT_ENROLL_REFUSED, Store};
+
+pub mod token;
+
+pub use token::TokenProblem;
 
 /// Enrollments verified at once at most; more are refused with RESOURCE_EXHAUSTED (the agents
 /// ask again later). Each takes a blocking thread for the keytab read and the replay cache.
@@ -88,6 +95,43 @@ impl Enrollable {
     }
 }
 
+impl Enrollable {
+    /// The FQDN a join token for `fqdn` may have a certificate for: a computer of the scope
+    /// whose dNSHostName is `fqdn` and that the identity checks trust, as Kerberos enrollment
+    /// would find it by its account (NetBIOS name: the first label, upper case).
+    fn host_named(&self, fqdn: &str) -> Result<String, EnrollRefusal> {
+        let Some(read_ms) = self.read_ms else {
+            return Err(EnrollRefusal::NotReadYet);
+        };
+        let who = format!("the join token's host {fqdn}");
+        if self
+            .hosts
+            .values()
+            .any(|v| v.as_ref().is_ok_and(|f| f.eq_ignore_ascii_case(fqdn)))
+        {
+            return Ok(fqdn.to_ascii_lowercase());
+        }
+        let netbios = fqdn.split('.').next().unwrap_or_default().to_ascii_uppercase();
+        match self.hosts.get(&netbios) {
+            Some(Err(why)) => Err(EnrollRefusal::Untrusted {
+                principal: who,
+                why: why.clone(),
+            }),
+            Some(Ok(other)) => Err(EnrollRefusal::Untrusted {
+                principal: who,
+                why: format!("the computer {netbios} of the scope is {other}, not {fqdn}"),
+            }),
+            None => Err(EnrollRefusal::NotInScope {
+                principal: who,
+                read_at: crate::certs::fmt_rfc3339(
+                    time::OffsetDateTime::from_unix_timestamp(read_ms / 1000)
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                ),
+            }),
+        }
+    }
+}
+
 /// Why an enrollment was refused; the agent is told [`EnrollRefusal`]'s text with its code.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollRefusal {
@@ -116,6 +160,13 @@ pub enum EnrollRefusal {
     Untrusted { principal: String, why: String },
     #[error("the controller has not read AD yet; ask again shortly")]
     NotReadYet,
+    /// The same words whatever the problem, so a caller learns nothing about which tokens
+    /// exist; the log and the metric say which.
+    #[error(
+        "the join token is not valid (unknown, expired, already used or revoked): create a new one with \
+         `kcdsync-controller agents token create HOST`"
+    )]
+    Token(TokenProblem),
     #[error("{0}")]
     Issue(Refusal),
 }
@@ -125,7 +176,7 @@ impl EnrollRefusal {
         match self {
             EnrollRefusal::NotConfigured => Code::FailedPrecondition,
             EnrollRefusal::Busy => Code::ResourceExhausted,
-            EnrollRefusal::Unauthenticated(_) => Code::Unauthenticated,
+            EnrollRefusal::Unauthenticated(_) | EnrollRefusal::Token(_) => Code::Unauthenticated,
             EnrollRefusal::NotAComputer { .. }
             | EnrollRefusal::WrongRealm { .. }
             | EnrollRefusal::NotInScope { .. }
@@ -146,6 +197,7 @@ impl EnrollRefusal {
             EnrollRefusal::NotInScope { .. } => "not_in_scope",
             EnrollRefusal::Untrusted { .. } => "untrusted",
             EnrollRefusal::NotReadYet => "not_read_yet",
+            EnrollRefusal::Token(p) => p.metric(),
             EnrollRefusal::Issue(r) => r.metric(),
         }
     }
@@ -164,11 +216,25 @@ impl EnrollRefusal {
     }
 }
 
-/// The proof an enrollment request carries.
-pub struct Proof<'a> {
-    pub csr: &'a [u8],
-    pub token: &'a [u8],
-    pub mic: &'a [u8],
+/// The proof an enrollment request carries, with its CSR.
+pub enum Proof<'a> {
+    /// A GSS-API token for the controller's service principal and its MIC over the CSR.
+    Kerberos {
+        csr: &'a [u8],
+        token: &'a [u8],
+        mic: &'a [u8],
+    },
+    /// A one-time join token's secret (`token`).
+    JoinToken { csr: &'a [u8], secret: &'a str },
+}
+
+/// Who asked, as far as the proof says: what logs and refusal audits name.
+#[derive(Default)]
+struct Caller {
+    /// The principal, or the join token (`join token jt-…`).
+    name: Option<String>,
+    /// The audit event's host: the principal, or the join token's host.
+    audit_host: Option<String>,
 }
 
 /// Enrollment on one controller: its service principal and the directory of who may enroll.
@@ -210,8 +276,14 @@ impl Enroller {
         remote: &str,
         proof: Proof<'_>,
     ) -> Result<(String, Issued), EnrollRefusal> {
-        let mut who = None;
-        let result = self.decide(renewer, store, remote, proof, &mut who).await;
+        let mut who = Caller::default();
+        let result = match proof {
+            Proof::Kerberos { csr, token, mic } => {
+                self.decide(renewer, store, remote, csr, token, mic, &mut who.name)
+                    .await
+            }
+            Proof::JoinToken { csr, secret } => self.decide_token(renewer, store, remote, csr, secret, &mut who).await,
+        };
         let outcome = match &result {
             Ok(_) => "issued",
             Err(r) => r.metric(),
@@ -219,7 +291,8 @@ impl Enroller {
         crate::metrics::get()
             .agent_enrollments
             .add(1, &[opentelemetry::KeyValue::new("result", outcome)]);
-        let principal = who.as_deref().unwrap_or("(unauthenticated)");
+        let principal = who.name.as_deref().unwrap_or("(unauthenticated)");
+        let audit_host = who.audit_host.as_deref().unwrap_or(principal);
         match &result {
             Ok((host, issued)) => tracing::info!(
                 %host, %principal, %remote, serial = issued.serial,
@@ -230,7 +303,7 @@ impl Enroller {
                 tracing::warn!(%principal, %remote, reason = %r, "agent enrollment refused");
                 let actor = format!("{principal} at {remote}");
                 if let Err(e) = store
-                    .record_audit_event(EVENT_ENROLL_REFUSED, principal, &actor, &r.to_string())
+                    .record_audit_event(EVENT_ENROLL_REFUSED, audit_host, &actor, &r.to_string())
                     .await
                 {
                     tracing::error!(%principal, error = %e, "could not audit a refused enrollment");
@@ -241,12 +314,15 @@ impl Enroller {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         renewer: &Renewer,
         store: &Store,
         remote: &str,
-        proof: Proof<'_>,
+        csr_in: &[u8],
+        token: &[u8],
+        mic: &[u8],
         who: &mut Option<String>,
     ) -> Result<(String, Issued), EnrollRefusal> {
         let acceptor = self
@@ -260,7 +336,7 @@ impl Enroller {
             .clone()
             .try_acquire_owned()
             .map_err(|_| EnrollRefusal::Busy)?;
-        let (csr, token, mic) = (proof.csr.to_vec(), proof.token.to_vec(), proof.mic.to_vec());
+        let (csr, token, mic) = (csr_in.to_vec(), token.to_vec(), mic.to_vec());
         let realm = kcdsync_gss::split_principal(&acceptor.principal)
             .map(|(_, r)| r.to_owned())
             .unwrap_or_default();
@@ -274,7 +350,7 @@ impl Enroller {
         let host = self.directory().host_of(&client.principal, account)?;
         let actor = format!("{} at {remote}", client.principal);
         let issued = renewer
-            .certify(store, &host, &actor, proof.csr, Via::Enrollment, |row| {
+            .certify(store, &host, &actor, csr_in, Via::Enrollment, |row| {
                 crate::renewal::record(store, row)
             })
             .await
@@ -349,5 +425,28 @@ mod tests {
         let e = d.host_of("HV03$@LAB.TEST", "HV03$").unwrap_err();
         assert_eq!(e.metric(), "not_in_scope");
         assert!(e.to_string().contains("1970-01-01T00:00:00Z"), "{e}");
+    }
+
+    #[test]
+    fn a_join_tokens_host_is_found_by_its_fqdn_as_kerberos_would_find_its_account() {
+        let d = Enrollable {
+            read_ms: Some(0),
+            hosts: HashMap::from([
+                ("HV01".to_owned(), Ok("hv01.lab.test".to_owned())),
+                ("HV02".to_owned(), Err("HV02 claims dc1.lab.test".to_owned())),
+                ("HV04".to_owned(), Ok("hv04.other.test".to_owned())),
+            ]),
+        };
+        assert_eq!(d.host_named("hv01.lab.test").unwrap(), "hv01.lab.test");
+        assert_eq!(d.host_named("HV01.Lab.Test").unwrap(), "hv01.lab.test");
+        let e = d.host_named("hv02.lab.test").unwrap_err();
+        assert_eq!((e.code(), e.metric()), (Code::PermissionDenied, "untrusted"));
+        let e = d.host_named("hv04.lab.test").unwrap_err();
+        assert_eq!(e.metric(), "untrusted", "HV04 of the scope is another name: {e}");
+        assert_eq!(d.host_named("hv03.lab.test").unwrap_err().metric(), "not_in_scope");
+        assert_eq!(
+            Enrollable::default().host_named("hv01.lab.test").unwrap_err().code(),
+            Code::Unavailable
+        );
     }
 }
