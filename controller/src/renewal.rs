@@ -155,6 +155,13 @@ pub struct Issued {
     pub not_after: OffsetDateTime,
 }
 
+/// Whether a certificate issued at `now` ends with its CA rather than after `lifetime`. Asked of
+/// the same `now` the validity was computed from: comparing the issued end with a later clock
+/// reading said so of every certificate.
+fn cut_short_by_ca(now: OffsetDateTime, lifetime: Duration, ca_not_after: OffsetDateTime) -> bool {
+    ca_not_after < now + lifetime
+}
+
 /// The validity of a renewed certificate issued at `now`: `lifetime` from now, never past the
 /// CA's `ca_not_after`, backdated a tenth of the lifetime (at most five minutes) for hosts whose
 /// clock is a little behind. `None` when the CA has expired.
@@ -275,14 +282,12 @@ impl Renewer {
             // Fail closed: a host whose revocation cannot be read gets nothing.
             Err(e) => return Err(Refusal::Unavailable(format!("cannot read the revocation list: {e}"))),
         }
-        let validity =
-            renewal_validity(OffsetDateTime::now_utc(), policy.lifetime, ca.not_after()).ok_or_else(|| {
-                Refusal::CaExpired {
-                    name: ca.name().to_owned(),
-                    at: crate::certs::fmt_rfc3339(ca.not_after()),
-                }
-            })?;
-        if validity.not_after < OffsetDateTime::now_utc() + policy.lifetime {
+        let now = OffsetDateTime::now_utc();
+        let validity = renewal_validity(now, policy.lifetime, ca.not_after()).ok_or_else(|| Refusal::CaExpired {
+            name: ca.name().to_owned(),
+            at: crate::certs::fmt_rfc3339(ca.not_after()),
+        })?;
+        if cut_short_by_ca(now, policy.lifetime, ca.not_after()) {
             tracing::warn!(
                 ca = ca.name(), %host,
                 ca_not_after = %crate::certs::fmt_rfc3339(ca.not_after()),
@@ -386,6 +391,15 @@ mod tests {
         assert_eq!(v.not_before, now - time::Duration::seconds(6));
         // An expired CA issues nothing.
         assert_eq!(renewal_validity(now, day, now), None);
+    }
+
+    #[test]
+    fn only_a_ca_ending_within_the_lifetime_cuts_a_certificate_short() {
+        let now = datetime!(2026-06-01 12:00 UTC);
+        let day = Duration::from_secs(86_400);
+        assert!(!cut_short_by_ca(now, day, datetime!(2036-12-01 00:00 UTC)));
+        assert!(!cut_short_by_ca(now, day, datetime!(2026-06-02 12:00 UTC)));
+        assert!(cut_short_by_ca(now, day, datetime!(2026-06-02 11:59:59 UTC)));
         assert_eq!(renewal_validity(now, day, datetime!(2026-01-01 00:00 UTC)), None);
     }
 
