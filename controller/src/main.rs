@@ -12,6 +12,7 @@ use kcdsync_controller::ldap::Ad;
 use kcdsync_controller::leader::{self, Writer};
 use kcdsync_controller::reconcile::{self, Approval, Progress, RunOptions};
 use kcdsync_controller::report;
+use kcdsync_controller::runtime;
 use kcdsync_controller::store::{PlanState, Store, redact_url};
 
 /// Keeps Kerberos constrained delegation for Hyper-V live migration right
@@ -282,9 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig => check_config(&cli.config),
         Command::Plan { output } => {
             let cfg = load(&cli.config)?;
-            let ad = Ad::connect(&cfg.ad)
-                .await
-                .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
+            let (ad, _) = connect(&cfg).await?;
             let observed = reconcile::observe(&cfg, &ad).await?;
             let decision = reconcile::decide(&cfg, &observed);
             match output {
@@ -482,6 +481,22 @@ async fn join_token(store: &Store, command: TokenCommand) -> Result<()> {
     Ok(())
 }
 
+/// A one-shot command's connection: `[ad] url`, else the next `[[ad.dc]]` that answers as the
+/// DC it names, as serve chooses; and that DC's name.
+async fn connect(cfg: &Config) -> Result<(Ad, String)> {
+    runtime::connect_writer(&cfg.ad).await.with_context(|| {
+        format!(
+            "connecting to AD as {}: [ad] url {}{}",
+            cfg.ad.bind_dn,
+            cfg.ad.url,
+            match cfg.ad.dcs.len() {
+                0 => String::new(),
+                n => format!(" and the {n} [[ad.dc]] after it"),
+            }
+        )
+    })
+}
+
 /// `apply`: one reconcile under the writer lease, so it never runs beside `serve` (or another
 /// apply) as a second AD writer; refused, it says who writes instead and writes nothing.
 async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, output: Output) -> Result<()> {
@@ -491,15 +506,9 @@ async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, o
         .await
         .with_context(|| format!("taking the AD write lease in {}", redact_url(&cfg.store_url)))?;
     let result = async {
-        let ad = Ad::connect(&cfg.ad)
-            .await
-            .with_context(|| format!("connecting to AD at {} as {}", cfg.ad.url, cfg.ad.bind_dn))?;
-        // The audit names the DC each write went to. The one-shot apply writes to `[ad] url`
-        // only (no failover: an operator running it sees the error and can point it elsewhere).
-        let dc = ad
-            .dns_host_name()
-            .await
-            .with_context(|| format!("reading the rootDSE dnsHostName of {}", cfg.ad.url))?;
+        // The audit names the DC each write went to. A DC lost in the middle of the run fails
+        // it (no failover mid-run): the next apply settles what was written and writes the rest.
+        let (ad, dc) = connect(&cfg).await?;
         let (tx, rx) = watch::channel(Progress::default());
         let printer = tokio::spawn(show_progress(rx));
         let opts = RunOptions {

@@ -4,16 +4,21 @@
 //! passes over both — saying why — and writes everything on the next `[[ad.dc]]`, dc2; every
 //! audit row says so, and the change reaches dc1 by replication.
 //!
-//! One test in this binary: the log capture is a process-global subscriber.
+//! The one-shot `kcdsync-controller apply` makes the same choice (its real binary, the same
+//! config shape).
+//!
+//! The log capture is a process-global subscriber: only serve's test installs it; the CLI's
+//! test reads its process's stderr.
 
 use std::time::{Duration, Instant};
 
 use kcdsync_controller::config::Config;
 use kcdsync_controller::runtime;
+use kcdsync_controller::store::Store;
 use kcdsync_tests::agents::eventually;
 use kcdsync_tests::logs::Captured;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
-use kcdsync_tests::{FleetSpec, T2A4D, delete_subtree, run_with_room, token, write_config};
+use kcdsync_tests::{FleetSpec, T2A4D, controller_bin, delete_subtree, run_with_room, token, write_config};
 
 /// What runtime/connection.rs logs for a DC it cannot use, and when it writes elsewhere.
 const PASSED_OVER: &str = "cannot reach this domain controller; passing it over";
@@ -120,5 +125,75 @@ async fn scenario(logs: Captured) {
     }
 
     running.stop().await;
+    delete_subtree(&mut dc1, &fleet.ou_dn).await.unwrap();
+}
+
+#[test]
+fn when_ad_url_refuses_connections_cli_apply_writes_on_the_next_dc_and_audits_it_there() {
+    run_with_room(cli_scenario());
+}
+
+async fn cli_scenario() {
+    let lab = TwoDcLab::start();
+    let tag = &token()[..6];
+    let names: Vec<String> = ["A", "B"].iter().map(|x| format!("FC{tag}{x}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fleet = FleetSpec::new(&format!("kcdsync-failover-cli-{tag}"), &refs)
+        .kerberos_only_mesh()
+        .create_in(lab.admin(Dc::Dc1).await.unwrap(), lab.base_dn(), lab.var("LAB_REALM"))
+        .await
+        .expect("creating the fleet through dc1");
+    let mut dc2 = lab.admin(Dc::Dc2).await.unwrap();
+    let t = Instant::now();
+    for h in &fleet.hosts {
+        wait_until(&mut dc2, &h.dn, "objectGUID", t, Duration::from_secs(60), |v| {
+            v.is_some()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the fleet did not reach dc2: {e:#}"));
+    }
+
+    let refused = format!("ldaps://127.0.0.1:{}", closed_port());
+    let ad = lab.ad_section(Dc::Dc1, "").replace(lab.ldaps_url(Dc::Dc1), &refused);
+    let hosts: Vec<String> = fleet.hosts.iter().map(|h| format!("\"{}\"", h.fqdn)).collect();
+    let text = format!(
+        "{ad}[[ad.dc]]\nname = \"{}\"\nurl = \"{}\"\n[scope]\nbase_dns = [\"{}\"]\n\
+         [[group]]\nname = \"g\"\nmode = \"enforce\"\nfirst_grants = \"auto\"\nhosts = [{}]\n",
+        lab.dc_var(Dc::Dc2, "HOST"),
+        lab.ldaps_url(Dc::Dc2),
+        fleet.ou_dn,
+        hosts.join(", ")
+    );
+    let (_dir, path) = write_config(&text);
+    let out = std::process::Command::new(controller_bin())
+        .arg("--config")
+        .arg(&path)
+        .args(["apply", "--output", "json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kcdsync-controller apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "apply failed:\n{stderr}");
+    assert!(
+        stderr.contains(PASSED_OVER) && stderr.contains(&refused),
+        "the refused [ad] url is passed over, named:\n{stderr}"
+    );
+    assert!(stderr.contains(ON_DC2), "{stderr}");
+
+    // Audited as written on dc2, by the CLI's run.
+    let store = Store::open(&Config::load(&path).unwrap().store_url).await.unwrap();
+    let rows = store.audit(None, 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    for r in &rows {
+        assert_eq!(r.dc, "dc2.lab.test", "{}: written on {:?}", r.host, r.dc);
+        assert_eq!(r.trigger, "cli");
+    }
+    for h in &fleet.hosts {
+        let uac = read_attr(&mut dc2, &h.dn, "userAccountControl").await.unwrap();
+        let uac = uac.and_then(|v| v.first()?.parse::<u32>().ok()).unwrap_or(0);
+        assert_ne!(uac & T2A4D, 0, "{} on dc2: uac {uac:#x}", h.netbios);
+    }
+
+    let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
     delete_subtree(&mut dc1, &fleet.ou_dn).await.unwrap();
 }

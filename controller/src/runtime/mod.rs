@@ -33,6 +33,17 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 pub use scheduler::Reason;
 
+/// Connects as `serve`'s first run does: `[ad] url`, else the next `[[ad.dc]]` in config order
+/// that answers as the DC it names (one that cannot be reached, or answers as another DC, is
+/// passed over, saying why; one that answers but refuses the bind ends the search). For the
+/// one-shot CLI: the connection and the DC's dNSHostName, which its audit rows name.
+pub async fn connect_writer(
+    cfg: &crate::config::AdConfig,
+) -> Result<(crate::ldap::Ad, String), crate::ldap::LdapError> {
+    let w = connection::Kept::default().take(cfg).await?;
+    Ok((w.ad, w.dc))
+}
+
 use crate::config::Config;
 use crate::grpc::agents::{self, AgentHub, HubOptions, Trigger};
 use crate::grpc::convert::event;
