@@ -455,16 +455,35 @@ pub async fn open_stream(
     ),
     tonic::Status,
 > {
+    open_session(url, tls, host, 4).await
+}
+
+/// [`open_stream`] whose sender holds `capacity` messages before `send` waits (the benches'
+/// agents keep more in flight). UNAVAILABLE when the connection fails, the endpoint's status
+/// when it refuses the Hello, INTERNAL when it answers anything but Welcome.
+pub async fn open_session(
+    url: &str,
+    tls: ClientTlsConfig,
+    host: &str,
+    capacity: usize,
+) -> Result<
+    (
+        mpsc::Sender<kcdsync_proto::v1::AgentMessage>,
+        tonic::Streaming<kcdsync_proto::v1::ControllerMessage>,
+    ),
+    tonic::Status,
+> {
     use kcdsync_proto::v1::{ControllerMessage, agent_service_client::AgentServiceClient, controller_message};
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
+        .and_then(|e| e.tls_config(tls))
+        .map_err(|e| tonic::Status::invalid_argument(format!("{url}: {e:?}")))?
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(hello_msg(host)).await.unwrap();
+    let (tx, rx) = mpsc::channel(capacity);
+    tx.send(hello_msg(host))
+        .await
+        .map_err(|_| tonic::Status::internal("the stream's receiver is gone"))?;
     let mut inbound = AgentServiceClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
@@ -473,6 +492,8 @@ pub async fn open_stream(
         Some(ControllerMessage {
             body: Some(controller_message::Body::Welcome(_)),
         }) => Ok((tx, inbound)),
-        other => panic!("expected Welcome, got {other:?}"),
+        other => Err(tonic::Status::internal(format!(
+            "{host}: expected Welcome, got {other:?}"
+        ))),
     }
 }

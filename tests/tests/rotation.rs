@@ -14,7 +14,6 @@ use kcdsync_controller::renewal::RenewalPolicy;
 use kcdsync_controller::revocation;
 use kcdsync_controller::store::{EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, Store};
 use kcdsync_proto::v1::agent_message::Body;
-use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::otlp::{Observed, observe_process};
@@ -22,7 +21,6 @@ use kcdsync_tests::run_with_room;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::Streaming;
-use tonic::transport::{ClientTlsConfig, Endpoint};
 
 const HV01: &str = "hv01.lab.test";
 
@@ -175,7 +173,7 @@ fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_re
             String::from_utf8(old_key).unwrap(),
         )));
         assert!(
-            try_open_stream(&ep.url(), old, HV01).await.is_err(),
+            open_stream(&ep.url(), old, HV01).await.is_err(),
             "the first certificate has expired: whoever gets in now holds the renewed one"
         );
         let store = ep.store.clone();
@@ -197,56 +195,6 @@ fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_re
         agent.stop().await;
         ep.stop().await;
     });
-}
-
-fn hello(host: &str) -> AgentMessage {
-    AgentMessage {
-        seq: 1,
-        body: Some(Body::Hello(Hello {
-            identity: Some(HostIdentity {
-                fqdn: host.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    }
-}
-
-/// A stream opened by hand for `host`: Hello sent, Welcome received.
-async fn open_stream(
-    url: &str,
-    tls: ClientTlsConfig,
-    host: &str,
-) -> (mpsc::Sender<AgentMessage>, Streaming<ControllerMessage>) {
-    try_open_stream(url, tls, host).await.expect("a stream")
-}
-
-/// [`open_stream`], or why not (a refused handshake, a refused Hello).
-async fn try_open_stream(
-    url: &str,
-    tls: ClientTlsConfig,
-    host: &str,
-) -> Result<(mpsc::Sender<AgentMessage>, Streaming<ControllerMessage>), String> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(hello(host)).await.unwrap();
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("session: {s:?}"))?
-        .into_inner();
-    match inbound.message().await.map_err(|s| format!("welcome: {s:?}"))? {
-        Some(ControllerMessage {
-            body: Some(controller_message::Body::Welcome(_)),
-        }) => Ok((tx, inbound)),
-        other => Err(format!("expected Welcome, got {other:?}")),
-    }
 }
 
 fn renew_request(seq: u64, csr_pem: &str) -> AgentMessage {
@@ -287,7 +235,9 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
             .await
             .unwrap();
-        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01).await;
+        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
+            .await
+            .expect("a stream");
 
         let for_hv02 = identity::request("hv02.lab.test").unwrap();
         tx.send(renew_request(2, &for_hv02.csr_pem)).await.unwrap();
@@ -362,7 +312,9 @@ fn a_controller_without_an_issuing_ca_says_how_to_configure_one() {
         let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01).await;
+        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
+            .await
+            .expect("a stream");
         tx.send(renew_request(2, &identity::request(HV01).unwrap().csr_pem))
             .await
             .unwrap();
@@ -384,7 +336,9 @@ fn a_revoked_host_cannot_renew() {
         let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
             .await
             .unwrap();
-        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01).await;
+        let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
+            .await
+            .expect("a stream");
         revocation::revoke(&ep.store, HV01, "key leaked", "alice")
             .await
             .unwrap();

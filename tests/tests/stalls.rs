@@ -18,19 +18,6 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
-fn hello(fqdn: &str) -> pb::AgentMessage {
-    pb::AgentMessage {
-        seq: 1,
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            identity: Some(pb::HostIdentity {
-                fqdn: fqdn.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    }
-}
-
 /// One successful migration, which the controller acknowledges.
 fn attempts(fqdn: &str, seq: u64) -> pb::AgentMessage {
     let now = std::time::SystemTime::now()
@@ -72,7 +59,7 @@ async fn deaf_agent(url: &str, tls: ClientTlsConfig, fqdn: &str) -> DeafAgent {
         .await
         .expect("connect");
     let (uplink, rx) = mpsc::channel(DOWN_QUEUE + 4);
-    uplink.send(hello(fqdn)).await.unwrap();
+    uplink.send(hello_msg(fqdn)).await.unwrap();
     let downlink = AgentServiceClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -352,7 +339,7 @@ async fn clients_that_never_finish_a_handshake_cannot_exhaust_either_port() {
     let shk01 = &fleet.host("SHK01").fqdn;
     let channel = other_client(agents, pki.agent_tls(shk01)).await;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(hello(shk01)).await.unwrap();
+    tx.send(hello_msg(shk01)).await.unwrap();
     let mut down = AgentServiceClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

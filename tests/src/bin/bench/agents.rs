@@ -19,11 +19,10 @@ use kcdsync_controller::renewal::RenewalPolicy;
 use kcdsync_controller::store::Store;
 use kcdsync_controller::store::testing::PgTestDb;
 use kcdsync_proto::v1::agent_message::Body;
-use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::controller_message::Body as Down;
 use kcdsync_proto::v1::*;
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The child process: serves the agent endpoint from files in `dir`, prints
 /// `listening <addr>`, runs until killed.
@@ -311,32 +310,9 @@ async fn connect(
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        seq: 1,
-        body: Some(Body::Hello(Hello {
-            identity: Some(HostIdentity {
-                fqdn: host.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match inbound.message().await? {
-        Some(ControllerMessage {
-            body: Some(Down::Welcome(_)),
-        }) => {}
-        other => bail!("{host}: expected Welcome, got {other:?}"),
-    }
+    let (tx, mut inbound) = kcdsync_tests::agents::open_session(url, tls, host, 16)
+        .await
+        .map_err(|s| anyhow!("{host}: {:?}: {}", s.code(), s.message()))?;
     tokio::spawn(async move {
         while let Ok(Some(m)) = inbound.message().await {
             if let Some(Down::Ack(a)) = m.body {

@@ -27,15 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_proto::v1::agent_message::Body;
-use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::certificate_renewal::Result as Answer;
 use kcdsync_proto::v1::controller_message::Body as Down;
 use kcdsync_proto::v1::*;
 use tokio::sync::{Notify, mpsc};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub struct Args {
     pub agents: usize,
@@ -598,32 +597,9 @@ async fn connect(
         .ca_certificate(Certificate::from_pem(ca_pem))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        seq: 1,
-        body: Some(Body::Hello(Hello {
-            identity: Some(HostIdentity {
-                fqdn: host.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = AgentServiceClient::new(channel)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match inbound.message().await? {
-        Some(ControllerMessage {
-            body: Some(Down::Welcome(_)),
-        }) => {}
-        other => bail!("{host}: expected Welcome, got {other:?}"),
-    }
+    let (tx, mut inbound) = kcdsync_tests::agents::open_session(url, tls, host, 16)
+        .await
+        .map_err(|s| anyhow!("{host}: {:?}: {}", s.code(), s.message()))?;
     let acked = Arc::new(Notify::new());
     let a = acked.clone();
     tokio::spawn(async move {
