@@ -18,7 +18,8 @@ use kcdsync_controller::store::Store;
 use kcdsync_tests::agents::eventually;
 use kcdsync_tests::logs::Captured;
 use kcdsync_tests::two_dcs::{Dc, TwoDcLab, read_attr, wait_until};
-use kcdsync_tests::{FleetSpec, T2A4D, controller_bin, delete_subtree, run_with_room, token, write_config};
+use kcdsync_tests::{Fleet, FleetSpec, T2A4D, controller_bin, delete_subtree, run_with_room, token, write_config};
+use ldap3::Ldap;
 
 /// What runtime/connection.rs logs for a DC it cannot use, and when it writes elsewhere.
 const PASSED_OVER: &str = "cannot reach this domain controller; passing it over";
@@ -30,18 +31,13 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-#[test]
-fn when_ad_url_refuses_connections_serve_writes_everything_on_the_next_dc_that_is_the_one_it_names() {
-    let logs = Captured::install("kcdsync-failover-start-test", "info");
-    run_with_room(scenario(logs));
-}
-
-async fn scenario(logs: Captured) {
-    let lab = TwoDcLab::start();
+/// Two "Kerberos only" hosts made through dc1 in an OU of their own, waited for on dc2; and a
+/// connection to dc2.
+async fn fleet_on_both_dcs(lab: &TwoDcLab, prefix: &str, ou: &str) -> (Fleet, Ldap) {
     let tag = &token()[..6];
-    let names: Vec<String> = ["A", "B"].iter().map(|x| format!("FS{tag}{x}")).collect();
+    let names: Vec<String> = ["A", "B"].iter().map(|x| format!("{prefix}{tag}{x}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fleet = FleetSpec::new(&format!("kcdsync-failover-start-{tag}"), &refs)
+    let fleet = FleetSpec::new(&format!("{ou}-{tag}"), &refs)
         .kerberos_only_mesh()
         .create_in(lab.admin(Dc::Dc1).await.unwrap(), lab.base_dn(), lab.var("LAB_REALM"))
         .await
@@ -55,6 +51,18 @@ async fn scenario(logs: Captured) {
         .await
         .unwrap_or_else(|e| panic!("the fleet did not reach dc2: {e:#}"));
     }
+    (fleet, dc2)
+}
+
+#[test]
+fn when_ad_url_refuses_connections_serve_writes_everything_on_the_next_dc_that_is_the_one_it_names() {
+    let logs = Captured::install("kcdsync-failover-start-test", "info");
+    run_with_room(scenario(logs));
+}
+
+async fn scenario(logs: Captured) {
+    let lab = TwoDcLab::start();
+    let (fleet, mut dc2) = fleet_on_both_dcs(lab, "FS", "kcdsync-failover-start").await;
 
     // [ad] url: refused. [[ad.dc]] #1: dc1's real URL, named as dc3 (a typo'd config): refused
     // by kcdsync, since writes audited as dc3's would be dc1's. #2: dc2.
@@ -135,23 +143,7 @@ fn when_ad_url_refuses_connections_cli_apply_writes_on_the_next_dc_and_audits_it
 
 async fn cli_scenario() {
     let lab = TwoDcLab::start();
-    let tag = &token()[..6];
-    let names: Vec<String> = ["A", "B"].iter().map(|x| format!("FC{tag}{x}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fleet = FleetSpec::new(&format!("kcdsync-failover-cli-{tag}"), &refs)
-        .kerberos_only_mesh()
-        .create_in(lab.admin(Dc::Dc1).await.unwrap(), lab.base_dn(), lab.var("LAB_REALM"))
-        .await
-        .expect("creating the fleet through dc1");
-    let mut dc2 = lab.admin(Dc::Dc2).await.unwrap();
-    let t = Instant::now();
-    for h in &fleet.hosts {
-        wait_until(&mut dc2, &h.dn, "objectGUID", t, Duration::from_secs(60), |v| {
-            v.is_some()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("the fleet did not reach dc2: {e:#}"));
-    }
+    let (fleet, mut dc2) = fleet_on_both_dcs(lab, "FC", "kcdsync-failover-cli").await;
 
     let refused = format!("ldaps://127.0.0.1:{}", closed_port());
     let ad = lab.ad_section(Dc::Dc1, "").replace(lab.ldaps_url(Dc::Dc1), &refused);
