@@ -573,6 +573,11 @@ pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
     f.write_all(contents.as_ref()).expect("write secret");
 }
 
+/// The URL of a SQLite store, `kcdsync.db` in `dir`, created on first use.
+pub fn sqlite_in(dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", dir.join("kcdsync.db").display())
+}
+
 /// Writes `text` as a config file in a fresh temp dir (which also holds the
 /// SQLite store by default) and returns both.
 pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {

@@ -11,17 +11,14 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::agent_service_client::AgentServiceClient;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
+use kcdsync_tests::sqlite_in;
 use tonic::transport::Endpoint;
-
-fn sqlite(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}?mode=rwc", dir.path().join("kcdsync.db").display())
-}
 
 #[tokio::test]
 async fn three_simulated_agents_report_over_mtls_and_are_queryable() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let hosts = ["hv01.lab.test", "hv02.lab.test", "hv03.lab.test"];
@@ -90,7 +87,7 @@ async fn three_simulated_agents_report_over_mtls_and_are_queryable() {
 async fn a_thousand_attempts_recorded_during_a_controller_outage_are_stored_exactly_once() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = ep.addr;
@@ -124,7 +121,7 @@ async fn a_thousand_attempts_recorded_during_a_controller_outage_are_stored_exac
         settings(&url, pki.agent_tls("hv01.lab.test")),
     );
 
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), addr).await.unwrap();
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), addr).await.unwrap();
     let store = ep.store.clone();
     eventually(Duration::from_secs(30), "1000 attempts stored", || {
         let store = store.clone();
@@ -152,7 +149,7 @@ async fn a_thousand_attempts_recorded_during_a_controller_outage_are_stored_exac
 async fn an_agent_restarted_mid_send_loses_and_duplicates_nothing() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +247,7 @@ async fn hello(url: &str, tls: tonic::transport::ClientTlsConfig, claimed: &str)
 async fn hostile_messages_get_a_clear_error_and_the_controller_stays_up() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let url = ep.url();
@@ -340,7 +337,7 @@ async fn hostile_messages_get_a_clear_error_and_the_controller_stays_up() {
 async fn impostors_and_bad_certificates_are_refused() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let url = ep.url();
@@ -514,7 +511,7 @@ fn outbox_files(outbox: &std::path::Path, suffix: &str) -> Vec<String> {
 async fn an_agent_killed_between_storing_attempts_and_moving_its_cursor_loses_and_duplicates_nothing() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let mut received = ep.hub.subscribe_attempts();
@@ -596,7 +593,7 @@ async fn messages_the_controller_refuses_as_too_large_are_split_and_an_attempt_t
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
     // The controller takes messages of 16 KiB; the agent believes 1 MiB.
-    let ep = AgentEndpoint::spawn_limited(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), 16 * 1024)
+    let ep = AgentEndpoint::spawn_limited(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap(), 16 * 1024)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -683,7 +680,7 @@ impl HostProbe for CountingPurges {
 async fn a_burst_of_purges_from_the_controller_runs_once_per_interval_on_the_host() {
     let pki = Pki::new();
     let db = tempfile::tempdir().unwrap();
-    let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+    let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let host = "hv01.lab.test";

@@ -27,10 +27,6 @@ fn refused_count(stage: &str) -> f64 {
         .last_value("kcdsync.agents.revoked_refused", "stage", stage)
 }
 
-fn sqlite(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}?mode=rwc", dir.path().join("kcdsync.db").display())
-}
-
 /// Reads `inbound` until it ends; the status it ended with.
 async fn ending(inbound: &mut Streaming<ControllerMessage>) -> tonic::Status {
     loop {
@@ -59,7 +55,7 @@ fn a_revoked_agent_is_cut_within_a_second_refused_while_revoked_and_back_after_u
         let logs = &observed().logs;
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+        let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let (host, other) = ("hv01.lab.test", "hv02.lab.test");

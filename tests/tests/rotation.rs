@@ -17,7 +17,7 @@ use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::*;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::otlp::{Observed, observe_process};
-use kcdsync_tests::run_with_room;
+use kcdsync_tests::{run_with_room, sqlite_in};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -34,10 +34,6 @@ fn renewals(result: &str) -> f64 {
     observed().otlp.last_value("kcdsync.agents.renewals", "result", result)
 }
 
-fn sqlite(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}?mode=rwc", dir.path().join("kcdsync.db").display())
-}
-
 /// Renewals as a controller configured with the test CA does them, an hour each, and a host
 /// may ask again after a second (the tests' agents retry after one).
 fn renewing(pki: &Pki) -> RenewalPolicy {
@@ -46,6 +42,13 @@ fn renewing(pki: &Pki) -> RenewalPolicy {
         lifetime: Duration::from_secs(3600),
         min_interval: Duration::from_secs(1),
     }
+}
+
+/// The agent endpoint, renewing as [`renewing`] says, its store in `db`, on `addr`.
+async fn renewing_endpoint(pki: &Pki, db: &tempfile::TempDir, addr: std::net::SocketAddr) -> AgentEndpoint {
+    AgentEndpoint::spawn_renewing(pki, &sqlite_in(db.path()), addr, renewing(pki))
+        .await
+        .unwrap()
 }
 
 /// Valid from a second ago for `secs` seconds: half-life comes quickly.
@@ -106,9 +109,7 @@ fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_re
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, "127.0.0.1:0".parse().unwrap()).await;
         let addr = ep.addr;
         let dir = tempfile::tempdir().unwrap();
         // Issued by hand for 8 seconds: the agent asks for the next one after about 4.
@@ -165,9 +166,7 @@ fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_re
         tokio::time::sleep(Duration::from_secs(9)).await;
         // A fresh connection proves which certificate is in use: the old one no longer gets in.
         ep.stop().await;
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), addr, renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, addr).await;
         let old = pki.client_tls(Some((
             String::from_utf8(old_cert).unwrap(),
             String::from_utf8(old_key).unwrap(),
@@ -232,9 +231,7 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, "127.0.0.1:0".parse().unwrap()).await;
         let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
             .await
             .expect("a stream");
@@ -309,7 +306,7 @@ fn a_controller_without_an_issuing_ca_says_how_to_configure_one() {
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap())
+        let ep = AgentEndpoint::spawn(&pki, &sqlite_in(db.path()), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
@@ -333,9 +330,7 @@ fn a_revoked_host_cannot_renew() {
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, "127.0.0.1:0".parse().unwrap()).await;
         let (tx, mut inbound) = open_stream(&ep.url(), pki.agent_tls(HV01), HV01)
             .await
             .expect("a stream");
@@ -378,9 +373,7 @@ fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, "127.0.0.1:0".parse().unwrap()).await;
         let addr = ep.addr;
         let dir = tempfile::tempdir().unwrap();
         // Half-life after 10 s; the controller is away from about 1 s to 12 s.
@@ -411,9 +404,7 @@ fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
         );
         assert!(agent.outbox_depth() >= 5, "the attempts wait in the outbox");
 
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), addr, renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, addr).await;
         let store = ep.store.clone();
         let f = files.clone();
         eventually(
@@ -444,9 +435,7 @@ fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
         // After the first certificate's end the agent still gets in (with the renewed one).
         tokio::time::sleep(Duration::from_secs(9)).await;
         ep.stop().await;
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), addr, renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, addr).await;
         let store = ep.store.clone();
         agent.probe.migrate("vm6", "hv02.lab.test", "alice", Some(true)).await;
         eventually(
@@ -540,9 +529,7 @@ fn a_real_agent_process_renews_its_files_and_one_whose_certificate_expired_says_
         let _ = observed();
         let pki = Pki::new();
         let db = tempfile::tempdir().unwrap();
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), "127.0.0.1:0".parse().unwrap(), renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, "127.0.0.1:0".parse().unwrap()).await;
         let addr = ep.addr;
         let dir = tempfile::tempdir().unwrap();
         let (mut child, files) = agent_process(&pki, dir.path(), &ep.url(), short(8));
@@ -568,9 +555,7 @@ fn a_real_agent_process_renews_its_files_and_one_whose_certificate_expired_says_
         // Past the first certificate's end, a restarted controller lets the process in again.
         tokio::time::sleep(Duration::from_secs(8)).await;
         ep.stop().await;
-        let ep = AgentEndpoint::spawn_renewing(&pki, &sqlite(&db), addr, renewing(&pki))
-            .await
-            .unwrap();
+        let ep = renewing_endpoint(&pki, &db, addr).await;
         let h = ep.hub.clone();
         eventually(Duration::from_secs(15), "the agent process streams again", || {
             let n = h.open_streams(HV01);

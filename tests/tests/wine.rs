@@ -134,7 +134,7 @@ async fn scenario() {
     // The controller's agent endpoint: a real mTLS gRPC server and SQLite store, restarted
     // below on the same address and store.
     let db = tempfile::tempdir().unwrap();
-    let store_url = format!("sqlite://{}?mode=rwc", db.path().join("kcdsync.db").display());
+    let store_url = sqlite_in(db.path());
     let endpoint = AgentEndpoint::spawn(&pki, &store_url, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -236,7 +236,7 @@ async fn renewal_scenario() {
         min_interval: Duration::from_secs(1),
     };
     let db = tempfile::tempdir().unwrap();
-    let store_url = format!("sqlite://{}?mode=rwc", db.path().join("kcdsync.db").display());
+    let store_url = sqlite_in(db.path());
     let endpoint = AgentEndpoint::spawn_renewing(&pki, &store_url, "127.0.0.1:0".parse().unwrap(), renewing())
         .await
         .unwrap();
