@@ -14,6 +14,7 @@ pub mod logs;
 pub mod otlp;
 pub mod proxy;
 pub mod two_dcs;
+pub mod wine;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

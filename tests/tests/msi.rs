@@ -28,17 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use kcdsync_tests::repo_root;
-
-const WINE: &str = "/usr/lib/wine/wine64";
-const WINESERVER: &str = "/usr/lib/wine/wineserver64";
-const MINGW: &str = "x86_64-w64-mingw32-gcc";
-
-/// The agent as `deploy/test.sh` cross-builds it; None (the test is skipped) when missing.
-fn agent_exe() -> Option<PathBuf> {
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), PathBuf::from);
-    let exe = target.join("x86_64-pc-windows-gnu/debug/kcdsync-agent.exe");
-    exe.exists().then_some(exe)
-}
+use kcdsync_tests::wine::{WINE, WINESERVER, agent_exe, prefix as wine_prefix, wine};
 
 /// `msiinfo export MSI TABLE`: the rows, each a list of columns (the three header lines
 /// — names, types, key — dropped).
@@ -66,42 +56,6 @@ fn row<'a>(rows: &'a [Vec<String>], key: &str) -> &'a [String] {
     rows.iter()
         .find(|r| r[0] == key)
         .unwrap_or_else(|| panic!("no row {key} in {rows:?}"))
-}
-
-/// A Wine prefix of the test's own, with the ProcessPrng shim Wine 8 lacks (the service
-/// the MSI starts is the real agent); as in wine.rs.
-fn wine_prefix(dir: &Path) -> PathBuf {
-    let prefix = dir.join("prefix");
-    let _ = wine(&prefix).arg("wineboot").arg("--init").status().unwrap();
-    let _ = Command::new(WINESERVER).env("WINEPREFIX", &prefix).arg("-w").status();
-    let system32 = prefix.join("drive_c/windows/system32");
-    assert!(
-        system32.join("kernel32.dll").is_file(),
-        "wineboot --init left no complete prefix in {}",
-        prefix.display()
-    );
-    let ok = Command::new(MINGW)
-        .args(["-shared", "-O2", "-o"])
-        .arg(system32.join("bcryptprimitives.dll"))
-        .arg(repo_root().join("deploy/windows/wine/bcryptprimitives.c"))
-        .arg("-ladvapi32")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "building the bcryptprimitives shim failed");
-    prefix
-}
-
-fn wine(prefix: &Path) -> Command {
-    let mut c = Command::new(WINE);
-    c.env("WINEPREFIX", prefix)
-        .env("WINEDEBUG", "-all")
-        // No Mono/Gecko installers, no display.
-        .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
-        .env_remove("DISPLAY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
 }
 
 /// Kills the prefix's wineserver (and the service Wine started) when dropped.

@@ -18,73 +18,46 @@ use kcdsync_controller::store::Store;
 use kcdsync_proto::v1::HostReport;
 use kcdsync_tests::agents::*;
 use kcdsync_tests::logs::Captured;
+use kcdsync_tests::wine::{WINESERVER, prefix as wine_prefix, wine};
 use kcdsync_tests::*;
-
-const WINE: &str = "/usr/lib/wine/wine64";
-const WINESERVER: &str = "/usr/lib/wine/wineserver64";
-const MINGW: &str = "x86_64-w64-mingw32-gcc";
 
 /// The agent as `deploy/test.sh` cross-builds it.
 fn agent_exe() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), PathBuf::from);
-    let exe = target.join("x86_64-pc-windows-gnu/debug/kcdsync-agent.exe");
-    assert!(
-        exe.exists(),
-        "{} is missing: `cargo build -p kcdsync-agent --target x86_64-pc-windows-gnu` (deploy/test.sh does)",
-        exe.display()
-    );
-    exe
-}
-
-/// A Wine prefix of the test's own, with the ProcessPrng shim Wine 8 lacks.
-fn wine_prefix(dir: &Path) -> PathBuf {
-    for tool in [WINE, "/usr/bin/x86_64-w64-mingw32-gcc"] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: apt-get install wine64 gcc-mingw-w64-x86-64 (.ci/run does)"
-        );
-    }
-    let prefix = dir.join("prefix");
-    // wineboot's exit status says nothing useful (it reports the missing 32-bit half of a
-    // wine64-only install as a failure): the prefix is judged by its system32.
-    let _ = wine(&prefix).arg("wineboot").arg("--init").status().unwrap();
-    // wineboot may return before the prefix is complete: wait for its wineserver to finish.
-    let _ = Command::new(WINESERVER).env("WINEPREFIX", &prefix).arg("-w").status();
-    let system32 = prefix.join("drive_c/windows/system32");
-    assert!(
-        system32.join("kernel32.dll").is_file(),
-        "wineboot --init left no complete prefix in {}",
-        prefix.display()
-    );
-    let dll = system32.join("bcryptprimitives.dll");
-    let ok = Command::new(MINGW)
-        .args(["-shared", "-O2", "-o"])
-        .arg(&dll)
-        .arg(repo_root().join("deploy/windows/wine/bcryptprimitives.c"))
-        .arg("-ladvapi32")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "building the bcryptprimitives shim failed");
-    prefix
-}
-
-fn wine(prefix: &Path) -> Command {
-    let mut c = Command::new(WINE);
-    c.env("WINEPREFIX", prefix)
-        .env("WINEDEBUG", "-all")
-        // No Mono/Gecko installers, no display: a console program needs neither.
-        .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
-        .env_remove("DISPLAY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
+    wine::agent_exe().unwrap_or_else(|| {
+        panic!("the Windows agent is missing: `cargo build -p kcdsync-agent --target x86_64-pc-windows-gnu` (deploy/test.sh does)")
+    })
 }
 
 /// The agent process under Wine, killed with its wineserver when dropped.
 struct WineAgent {
     child: Child,
     prefix: PathBuf,
+    /// Where its stdout (`agent.log`) and stderr (`agent.err`) go.
+    logs: PathBuf,
+}
+
+impl WineAgent {
+    /// `kcdsync-agent.exe --config C:\kcdsync\agent.toml run` in `prefix`, logging into `logs`.
+    fn run(prefix: &Path, logs: &Path) -> WineAgent {
+        let child = wine(prefix)
+            .arg(agent_exe())
+            .args(["--config", "C:\\kcdsync\\agent.toml", "run"])
+            .stdout(std::fs::File::create(logs.join("agent.log")).unwrap())
+            .stderr(std::fs::File::create(logs.join("agent.err")).unwrap())
+            .spawn()
+            .unwrap();
+        WineAgent {
+            child,
+            prefix: prefix.to_owned(),
+            logs: logs.to_owned(),
+        }
+    }
+
+    /// What it has printed so far, stdout then stderr.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.join("agent.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.logs.join("agent.err")).unwrap_or_default()
+    }
 }
 
 impl Drop for WineAgent {
@@ -156,22 +129,8 @@ async fn scenario() {
         ),
     )
     .unwrap();
-    let log = dir.path().join("agent.log");
-    let child = wine(&prefix)
-        .arg(agent_exe())
-        .args(["--config", "C:\\kcdsync\\agent.toml", "run"])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let _agent = WineAgent {
-        child,
-        prefix: prefix.clone(),
-    };
-    let agent_log = || {
-        std::fs::read_to_string(&log).unwrap_or_default()
-            + &std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default()
-    };
+    let agent = WineAgent::run(&prefix, dir.path());
+    let agent_log = || agent.log();
 
     // It connects and reports, and says why its report is thin.
     let store = endpoint.store.clone();
@@ -266,22 +225,8 @@ async fn renewal_scenario() {
     std::fs::write(home.join("agent.pem"), &cert).unwrap();
     std::fs::write(home.join("agent.key"), key).unwrap();
     let first = serial_hex(cert.as_bytes()).unwrap();
-    let log = dir.path().join("agent.log");
-    let child = wine(&prefix)
-        .arg(agent_exe())
-        .args(["--config", "C:\\kcdsync\\agent.toml", "run"])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let _agent = WineAgent {
-        child,
-        prefix: prefix.clone(),
-    };
-    let agent_log = || {
-        std::fs::read_to_string(&log).unwrap_or_default()
-            + &std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default()
-    };
+    let agent = WineAgent::run(&prefix, dir.path());
+    let agent_log = || agent.log();
 
     let cert_file = home.join("agent.pem");
     let t = Instant::now();
