@@ -428,6 +428,27 @@ pub fn kerberized_probe(lab: &crate::Lab, host: &crate::TestHost, dir: &Path) ->
 pub use kcdsync_controller::store::testing::PgTestDb;
 
 /// The Hello an agent of `claimed` opens its stream with.
+/// The store's audit events of `kind` (the newest 1,000): (host, actor, detail) each.
+pub async fn audit_events_of(store: &kcdsync_controller::store::Store, kind: &str) -> Vec<(String, String, String)> {
+    store
+        .audit_events(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| (e.host, e.actor, e.detail))
+        .collect()
+}
+
+/// The DNS names of the first certificate in the PEM file at `path`.
+pub fn cert_file_names(path: &std::path::Path) -> Vec<String> {
+    let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
+        .unwrap();
+    kcdsync_controller::certs::peer_host_names(&der).unwrap()
+}
+
 pub fn hello_msg(claimed: &str) -> kcdsync_proto::v1::AgentMessage {
     use kcdsync_proto::v1::{AgentMessage, Hello, HostIdentity, agent_message::Body};
     AgentMessage {

@@ -122,25 +122,6 @@ impl AgentDir {
     }
 }
 
-/// The DNS names of the first certificate in `pem`.
-fn names(pem: &[u8]) -> Vec<String> {
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem)
-        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
-        .unwrap();
-    kcdsync_controller::certs::peer_host_names(&der).unwrap()
-}
-
-async fn events(store: &Store, kind: &str) -> Vec<(String, String, String)> {
-    store
-        .audit_events(None, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == kind)
-        .map(|e| (e.host, e.actor, e.detail))
-        .collect()
-}
-
 #[test]
 fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() {
     run_with_room(async {
@@ -172,9 +153,8 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         assert!(said.contains("enrolled enr01.lab.test"), "{said}");
-        let pem = std::fs::read(enr01.cert()).unwrap();
-        assert_eq!(names(&pem), vec!["enr01.lab.test"]);
-        let enrolled = events(store, EVENT_ENROLLED).await;
+        assert_eq!(cert_file_names(&enr01.cert()), vec!["enr01.lab.test"]);
+        let enrolled = audit_events_of(store, EVENT_ENROLLED).await;
         assert_eq!(enrolled.len(), 1, "{enrolled:?}");
         assert_eq!(enrolled[0].0, "enr01.lab.test");
         assert!(
@@ -188,7 +168,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
         // ENR02's agent starts with nothing but its keytab: it enrolls and streams.
         let enr02 = AgentDir::new(pki, port, spn, "enr02.lab.test", &keytab("ENR02"), None, None);
         enr02.runs_until_reporting(lab, store, "enr02.lab.test").await;
-        assert_eq!(names(&std::fs::read(enr02.cert()).unwrap()), vec!["enr02.lab.test"]);
+        assert_eq!(cert_file_names(&enr02.cert()), vec!["enr02.lab.test"]);
 
         // ENR05's certificate expired while the host was off: the agent enrolls again on its own
         // (it could no longer renew over a stream) and streams with the new one.
@@ -267,7 +247,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             );
             assert!(!agent.cert().exists(), "{what}: no certificate written");
         }
-        let refused = events(store, EVENT_ENROLL_REFUSED).await;
+        let refused = audit_events_of(store, EVENT_ENROLL_REFUSED).await;
         for who in ["ENR03$@LAB.TEST", &user, &dc_principal, "ENRX01$@LAB.TEST"] {
             assert!(
                 refused
@@ -277,7 +257,7 @@ fn hosts_enroll_as_their_computer_accounts_and_nobody_else_gets_a_certificate() 
             );
         }
         assert_eq!(
-            events(store, EVENT_ENROLLED).await.len(),
+            audit_events_of(store, EVENT_ENROLLED).await.len(),
             3,
             "ENR01, ENR02 and ENR05 only"
         );

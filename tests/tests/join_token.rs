@@ -19,7 +19,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use kcdsync_controller::enrollment::token;
-use kcdsync_controller::store::{EVENT_ENROLLED, JoinToken, Store, now_ms};
+use kcdsync_controller::store::{EVENT_ENROLLED, JoinToken, now_ms};
 use kcdsync_tests::agents::*;
 use kcdsync_tests::enrolling::EnrollingController;
 use kcdsync_tests::otlp::{Observed, observe_process};
@@ -153,25 +153,6 @@ fn create(config: &Path, host: &str, extra: &[&str]) -> (String, String) {
     (secret, id)
 }
 
-/// The DNS names of the first certificate in `pem`.
-fn names(pem: &[u8]) -> Vec<String> {
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem)
-        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
-        .unwrap();
-    kcdsync_controller::certs::peer_host_names(&der).unwrap()
-}
-
-async fn enrolled(store: &Store) -> Vec<(String, String, String)> {
-    store
-        .audit_events(None, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == EVENT_ENROLLED)
-        .map(|e| (e.host, e.actor, e.detail))
-        .collect()
-}
-
 fn count(result: &str) -> f64 {
     observed()
         .otlp
@@ -199,8 +180,8 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
         assert!(ok && said.contains("enrolled jt01.lab.test"), "{said}");
         assert!(said.contains("join token: it is spent"), "{said}");
         assert!(!jt01.token_file().exists(), "the spent token's file is deleted");
-        assert_eq!(names(&std::fs::read(jt01.cert()).unwrap()), ["jt01.lab.test"]);
-        let e = enrolled(store).await;
+        assert_eq!(cert_file_names(&jt01.cert()), ["jt01.lab.test"]);
+        let e = audit_events_of(store, EVENT_ENROLLED).await;
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].0, "jt01.lab.test");
         assert!(e[0].1.starts_with(&format!("join token {id1} at 127.0.0.1:")), "{e:?}");
@@ -265,7 +246,7 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
         jt02.give(&s2);
         let (ok, said) = jt02.enroll(lab).await;
         assert!(ok && said.contains("enrolled jt02.lab.test"), "{said}");
-        assert_eq!(names(&std::fs::read(jt02.cert()).unwrap()), ["jt02.lab.test"]);
+        assert_eq!(cert_file_names(&jt02.cert()), ["jt02.lab.test"]);
 
         // A revoked token: refused.
         let (s4, id4) = create(&config, "jt04.lab.test", &["--ttl", "2h", "--by", "carol"]);
@@ -311,7 +292,10 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
         assert!(ok && said.contains("enrolled jt06.lab.test"), "{said}");
         assert!(!jt06.token_file().exists());
         assert!(
-            enrolled(store).await.iter().any(|(_, _, d)| d.contains(&id6)),
+            audit_events_of(store, EVENT_ENROLLED)
+                .await
+                .iter()
+                .any(|(_, _, d)| d.contains(&id6)),
             "audited as the token's"
         );
 
@@ -342,7 +326,7 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
             }
         })
         .await;
-        assert_eq!(names(&std::fs::read(jt07.cert()).unwrap()), ["jt07.lab.test"]);
+        assert_eq!(cert_file_names(&jt07.cert()), ["jt07.lab.test"]);
         assert!(!jt07.token_file().exists(), "spent, deleted");
         agent.kill().await.unwrap();
 

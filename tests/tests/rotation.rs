@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kcdsync_agent::identity::{self, IdentityFiles};
-use kcdsync_controller::certs::{Validity, peer_host_names, serial_hex};
+use kcdsync_controller::certs::{Validity, serial_hex};
 use kcdsync_controller::renewal::RenewalPolicy;
 use kcdsync_controller::revocation;
 use kcdsync_controller::store::{EVENT_CERT_REFUSED, EVENT_CERT_RENEWED, Store};
@@ -74,14 +74,6 @@ fn serial(files: &IdentityFiles) -> String {
     serial_hex(&std::fs::read(&files.cert_file).unwrap()).unwrap()
 }
 
-fn cert_names(files: &IdentityFiles) -> Vec<String> {
-    let pem = std::fs::read(&files.cert_file).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
-        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
-        .unwrap();
-    peer_host_names(&der).unwrap()
-}
-
 async fn renewed_events(store: &Store, host: &str, kind: &str) -> Vec<String> {
     store
         .audit_events(Some(host), 100)
@@ -137,7 +129,7 @@ fn an_agent_renews_at_half_life_reconnects_with_the_new_certificate_and_keeps_re
         .await;
         let second = serial(&files);
         println!("renewed: serial {first} -> {second}");
-        assert_eq!(cert_names(&files), [HV01], "the same name, and only it");
+        assert_eq!(cert_file_names(&files.cert_file), [HV01], "the same name, and only it");
         let lifetime = identity::Lifetime::of(&std::fs::read(&files.cert_file).unwrap()).unwrap();
         let left = lifetime.not_after.duration_since(std::time::SystemTime::now()).unwrap();
         assert!(
@@ -273,7 +265,7 @@ fn a_stream_for_hv01_asking_for_an_hv02_certificate_is_refused_and_stays_open() 
             key_file: dir.path().join("c.key"),
         };
         std::fs::write(&files.cert_file, &chain).unwrap();
-        assert_eq!(cert_names(&files), [HV01]);
+        assert_eq!(cert_file_names(&files.cert_file), [HV01]);
         // The test CA outlives the lifetime by years: nothing to warn an operator about (every
         // issuance used to warn that the CA "ends before a full certificate lifetime").
         let cut_short = observed()
@@ -425,7 +417,7 @@ fn renewal_across_a_controller_restart_succeeds_and_no_report_is_lost() {
             },
         )
         .await;
-        assert_eq!(cert_names(&files), [HV01]);
+        assert_eq!(cert_file_names(&files.cert_file), [HV01]);
         assert_eq!(renewed_events(&store, HV01, EVENT_CERT_RENEWED).await.len(), 1);
         eventually(Duration::from_secs(5), "the outbox is empty", || {
             let n = agent.outbox_depth();
@@ -548,7 +540,7 @@ fn a_real_agent_process_renews_its_files_and_one_whose_certificate_expired_says_
         )
         .await;
         assert_ne!(serial(&files), first);
-        assert_eq!(cert_names(&files), [HV01]);
+        assert_eq!(cert_file_names(&files.cert_file), [HV01]);
         #[cfg(unix)]
         assert_eq!(mode(&files.key_file), 0o600);
 

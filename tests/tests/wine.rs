@@ -182,10 +182,8 @@ fn the_windows_agent_renews_its_certificate_under_wine() {
 /// write-through renames, and after the first certificate's end a restarted controller still
 /// lets it in.
 async fn renewal_scenario() {
-    use kcdsync_controller::certs::{peer_host_names, serial_hex};
+    use kcdsync_controller::certs::serial_hex;
     use kcdsync_controller::renewal::RenewalPolicy;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
 
     let host = "wine02.lab.test";
     let pki = Pki::new();
@@ -242,9 +240,7 @@ async fn renewal_scenario() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pem = std::fs::read(&cert_file).unwrap();
-    let der = CertificateDer::from_pem_slice(&pem).unwrap();
-    assert_eq!(peer_host_names(&der).unwrap(), [host]);
+    assert_eq!(cert_file_names(&cert_file), [host]);
     let leftovers: Vec<String> = std::fs::read_dir(&home)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -346,11 +342,7 @@ async fn join_token_scenario() {
         !home.join("join-token.txt").exists(),
         "the spent token's file is deleted"
     );
-    let pem = std::fs::read(home.join("agent.pem")).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
-        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
-        .unwrap();
-    assert_eq!(kcdsync_controller::certs::peer_host_names(&der).unwrap(), vec![host]);
+    assert_eq!(cert_file_names(&home.join("agent.pem")), vec![host]);
     let events = ctl.store.audit_events(Some(host), 10).await.unwrap();
     assert!(
         events
@@ -419,11 +411,7 @@ async fn enrollment_scenario() {
         out.status.success() && said.contains("enrolled wenr01.lab.test"),
         "{said}"
     );
-    let pem = std::fs::read(home.join("agent.pem")).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
-        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
-        .unwrap();
-    assert_eq!(kcdsync_controller::certs::peer_host_names(&der).unwrap(), vec![host]);
+    assert_eq!(cert_file_names(&home.join("agent.pem")), vec![host]);
     let events = ctl.store.audit_events(Some(host), 10).await.unwrap();
     assert!(
         events
