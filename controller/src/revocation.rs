@@ -1,6 +1,6 @@
 //! Revoking an agent: what an operator's `agents revoke HOST` means, checked before anything
 //! is written. The deny-list itself is in the store (`store::revocations`), so every replica
-//! sharing it refuses the host; the agent endpoint (grpc/agents.rs) refuses a revoked host's
+//! sharing it refuses the host; the agent endpoint (grpc/agents) refuses a revoked host's
 //! Hello with PERMISSION_DENIED and cuts a live stream within [`POLL`] plus a moment.
 //!
 //! A revocation is by host, not by certificate: whatever certificate the host holds (or is

@@ -1,5 +1,5 @@
 //! The agents' deny-list: hosts whose agents every controller sharing this store refuses
-//! (grpc/agents.rs reads it at each Hello and polls it to cut live streams). A revocation and
+//! (grpc/agents reads it at each Hello and polls it to cut live streams). A revocation and
 //! its lifting are each written with their audit event in one transaction, so the list never
 //! changes without a trace. Hosts are FQDNs, lower-case (the caller validates them:
 //! `crate::revocation`).

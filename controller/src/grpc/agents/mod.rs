@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kcdsync_proto::v1::agent_message::Body;
@@ -36,7 +36,14 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::enrollment::{EnrollRefusal, Enrollable, Enroller, Proof as EnrollProof};
 use crate::renewal::{Issued, RenewalPolicy, Renewer};
 use crate::revocation;
-use crate::store::{AuditRow, IngestBatch, Revocation, Store};
+use crate::store::{Revocation, Store};
+
+mod downstream;
+mod ingest;
+
+pub use downstream::Downstream;
+use downstream::{Cut, not_reading, watch_revocations};
+use ingest::{Ingest, MAX_BATCH, writer};
 
 /// HRESULTs that mean "Kerberos delegation did not work" in a migration.
 pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
@@ -44,8 +51,6 @@ pub const AUTH_FAILURES: [u32; 2] = [0x8009030E, 0x8009030D];
 /// Messages queued towards one agent; a command that finds them all still
 /// waiting disconnects the agent.
 pub const DOWN_QUEUE: usize = 32;
-/// Items the writer takes per transaction at most.
-const MAX_BATCH: usize = 4096;
 /// How long a revoked agent's connection stays open after its stream was ended, so that the
 /// PERMISSION_DENIED saying why reaches it before the connection is closed.
 const REVOKED_GRACE: Duration = Duration::from_millis(200);
@@ -107,45 +112,10 @@ pub enum CommandError {
     NotReading(String),
 }
 
-enum Ingest {
-    Report(String, HostReport),
-    Attempts {
-        host: String,
-        seq: u64,
-        attempts: Vec<MigrationAttempt>,
-        reply: Downlink,
-    },
-    Seen(String),
-    /// An audit event (a renewed certificate's) to commit with the next batch; `done` is told
-    /// once it is, or why not.
-    Audit {
-        row: AuditRow,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-}
-
 /// The stream a host's commands go to (its newest).
 struct Conn {
     id: u64,
     tx: Downlink,
-}
-
-/// Why the hub ends a stream.
-#[derive(Debug, Clone)]
-enum Cut {
-    /// Its agent does not read (a command found its queue full).
-    NotReading,
-    /// Its host was revoked while it streamed; what it is told.
-    Revoked(String),
-}
-
-impl Cut {
-    fn status(&self) -> Status {
-        match self {
-            Cut::NotReading => not_reading(),
-            Cut::Revoked(why) => Status::permission_denied(why.clone()),
-        }
-    }
 }
 
 /// Every open stream, by id: a host may have more than one (a reconnect before the old
@@ -668,193 +638,6 @@ impl AgentHub {
                 seq,
                 result: Some(result),
             })),
-        }
-    }
-}
-
-/// What an agent cut off for not reading is told (if it ever reads again).
-fn not_reading() -> Status {
-    Status::resource_exhausted(format!(
-        "this agent did not read its stream ({DOWN_QUEUE} messages were waiting): disconnected; reconnect to get the purges it missed"
-    ))
-}
-
-/// One agent's downlink as tonic sends it: the queued messages, until the hub
-/// cuts the agent off — then RESOURCE_EXHAUSTED (not reading) or PERMISSION_DENIED
-/// (revoked) and the end, whatever is still queued (the purges among it are
-/// recorded for the next connection).
-pub struct Downstream {
-    rx: mpsc::Receiver<Result<ControllerMessage, Status>>,
-    cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send + Sync>>,
-    ended: bool,
-}
-
-impl Downstream {
-    fn new(rx: mpsc::Receiver<Result<ControllerMessage, Status>>, mut cut: watch::Receiver<Option<Cut>>) -> Downstream {
-        // A hub that drops the connection without cutting it (the agent left)
-        // ends the stream by closing the queue instead.
-        let cut = Box::pin(async move {
-            let why = cut
-                .wait_for(|c| c.is_some())
-                .await
-                .ok()
-                .map(|c| c.as_ref().map_or_else(not_reading, Cut::status));
-            match why {
-                Some(status) => status,
-                // The hub dropped the stream without cutting it: the queue's end ends it.
-                None => std::future::pending().await,
-            }
-        });
-        Downstream { rx, cut, ended: false }
-    }
-}
-
-impl tokio_stream::Stream for Downstream {
-    type Item = Result<ControllerMessage, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(status) = self.cut.as_mut().poll(cx) {
-            self.ended = true;
-            return Poll::Ready(Some(Err(status)));
-        }
-        self.rx.poll_recv(cx)
-    }
-}
-
-/// The one writer: batches whatever is queued into one transaction, then
-/// acknowledges the attempts it stored.
-async fn writer(
-    store: Store,
-    mut rx: mpsc::Receiver<Ingest>,
-    triggers: Option<mpsc::Sender<Trigger>>,
-    events: tokio::sync::broadcast::Sender<(String, MigrationAttempt)>,
-) {
-    let mut items = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
-        let mut batch = IngestBatch::default();
-        let mut acks: Vec<(Downlink, u64, Vec<String>)> = Vec::new();
-        let mut failed: Vec<Trigger> = Vec::new();
-        let (mut audits, mut audited) = (Vec::new(), Vec::new());
-        for item in items.drain(..) {
-            match item {
-                Ingest::Audit { row, done } => {
-                    audits.push(row);
-                    audited.push(done);
-                }
-                Ingest::Report(h, r) => batch.reports.push((h, r)),
-                Ingest::Seen(h) => batch.seen.push(h),
-                Ingest::Attempts {
-                    host,
-                    seq,
-                    attempts,
-                    reply,
-                } => {
-                    acks.push((reply, seq, attempts.iter().map(|a| a.attempt_id.clone()).collect()));
-                    for a in attempts {
-                        crate::metrics::get().attempts.add(
-                            1,
-                            &[
-                                opentelemetry::KeyValue::new("result", if a.success { "success" } else { "failure" }),
-                                opentelemetry::KeyValue::new("error_code", format!("0x{:08X}", a.error_code)),
-                            ],
-                        );
-                        if !a.success && AUTH_FAILURES.contains(&a.error_code) {
-                            // The diagnosis continues the agent's trace of the attempt.
-                            let span = tracing::info_span!(
-                                "diagnose",
-                                host = %host,
-                                attempt = %a.attempt_id,
-                                error_code = %format!("0x{:08X}", a.error_code),
-                                verdict = "authentication failure: reconcile the source host"
-                            );
-                            kcdsync_telemetry::set_parent(&span, &a.traceparent);
-                            failed.push(Trigger {
-                                host: host.clone(),
-                                reason: format!("attempt:{}", a.attempt_id),
-                                at_ms: a
-                                    .time
-                                    .as_ref()
-                                    .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
-                                traceparent: kcdsync_telemetry::traceparent(&span).unwrap_or_default(),
-                            });
-                        }
-                        batch.attempts.push((host.clone(), a));
-                    }
-                }
-            }
-        }
-        batch.seen.sort();
-        batch.seen.dedup();
-        if let Err(e) = store.ingest_audited(&batch, &audits).await {
-            // No ack: the agents keep the attempts and send them again.
-            tracing::error!(error = %e, "could not store agent reports; they will be resent");
-            for done in audited {
-                let _ = done.send(Err(e.to_string()));
-            }
-            continue;
-        }
-        for done in audited {
-            let _ = done.send(Ok(()));
-        }
-        if events.receiver_count() > 0 {
-            for (host, a) in &batch.attempts {
-                let _ = events.send((host.clone(), a.clone()));
-            }
-        }
-        for (reply, seq, ids) in acks {
-            // A full or closed downlink loses only the ack: the agent resends
-            // and the store ignores the duplicate.
-            let _ = reply.try_send(Ok(ControllerMessage {
-                body: Some(Down::Ack(Ack { seq, attempt_ids: ids })),
-            }));
-        }
-        if let Some(t) = &triggers {
-            for f in failed {
-                tracing::info!(host = %f.host, reason = %f.reason, "authentication failure reported: reconcile requested");
-                let _ = t.try_send(f);
-            }
-        }
-    }
-}
-
-/// Re-reads the deny-list every [`revocation::POLL`] while any stream is open and cuts the
-/// streams of hosts on it: a host revoked on any replica loses its live stream here within
-/// that. Stops when the hub is gone.
-async fn watch_revocations(hub: Weak<Inner>) {
-    let mut tick = tokio::time::interval(revocation::POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        let Some(inner) = hub.upgrade() else { return };
-        let hub = AgentHub { inner };
-        // Nothing to cut: no need to ask the store (an idle replica stays quiet).
-        if hub.inner.streams.lock().unwrap().is_empty() {
-            continue;
-        }
-        match hub.inner.store.agent_revocations().await {
-            Ok(list) => {
-                if failing {
-                    tracing::info!("the agent revocation list is readable again");
-                }
-                failing = false;
-                hub.cut_revoked(&list);
-            }
-            Err(e) => {
-                // Once per outage, not twice a second; new streams are refused meanwhile
-                // (their Hello cannot be checked), live ones are cut once it reads again.
-                if !failing {
-                    tracing::error!(error = %e, "cannot read the agent revocation list: streams of hosts revoked now are cut once it can be read");
-                }
-                failing = true;
-            }
         }
     }
 }
