@@ -205,6 +205,26 @@ pub const EVENT_CERT_REFUSED: &str = "agent-certificate-refused";
 pub const EVENT_ENROLLED: &str = "agent-enrolled";
 pub const EVENT_ENROLL_REFUSED: &str = "agent-enrollment-refused";
 
+/// Inserts one audit event on `conn` (in the caller's transaction, when it has one).
+pub(super) async fn insert_event(
+    conn: &mut sqlx::AnyConnection,
+    at: i64,
+    kind: &str,
+    host: &str,
+    actor: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_events (time, kind, host, actor, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(at)
+        .bind(kind)
+        .bind(text(host))
+        .bind(text(actor))
+        .bind(text(detail))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Records an audit event on its own (the deny-list writes its events in the transaction
     /// of its change instead).
@@ -215,15 +235,8 @@ impl Store {
         actor: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_events (time, kind, host, actor, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(super::now_ms())
-            .bind(kind)
-            .bind(text(host))
-            .bind(text(actor))
-            .bind(text(detail))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_event(&mut conn, super::now_ms(), kind, host, actor, detail).await
     }
 
     /// Audit events, newest first; `host` filters by host name.

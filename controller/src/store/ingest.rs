@@ -67,7 +67,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         for a in audits {
-            super::revocations::insert_event(&mut tx, now, a.kind, &a.host, &a.actor, &a.detail).await?;
+            super::audit::insert_event(&mut tx, now, a.kind, &a.host, &a.actor, &a.detail).await?;
         }
         for (host, report) in &batch.reports {
             sqlx::query(

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::revocations::insert_event;
+use super::audit::insert_event;
 use super::{Store, StoreError, now_ms, text};
 
 /// Audit event kinds of join tokens.

@@ -7,6 +7,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::audit::insert_event;
 use super::{Store, StoreError, now_ms, text};
 
 /// A host on the deny-list.
@@ -124,23 +125,4 @@ fn revocation_from_row(r: &sqlx::any::AnyRow) -> Result<Revocation, StoreError> 
         reason: r.try_get(2)?,
         revoked_by: r.try_get(3)?,
     })
-}
-
-pub(super) async fn insert_event(
-    conn: &mut sqlx::AnyConnection,
-    at: i64,
-    kind: &str,
-    host: &str,
-    actor: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_events (time, kind, host, actor, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(at)
-        .bind(kind)
-        .bind(text(host))
-        .bind(text(actor))
-        .bind(text(detail))
-        .execute(conn)
-        .await?;
-    Ok(())
 }
