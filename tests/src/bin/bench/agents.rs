@@ -227,19 +227,7 @@ fn run_one(n: usize, messages: usize, agent_bin: Option<PathBuf>, kind: StoreKin
             let host = idents[i].0.clone();
             tasks.push(tokio::spawn(async move {
                 for m in 0..messages {
-                    let a = MigrationAttempt {
-                        attempt_id: format!("{host}:{m}"),
-                        vm_name: format!("vm{m}"),
-                        peer: "hv00000.bench.test".into(),
-                        role: MigrationRole::Source as i32,
-                        success: true,
-                        event_id: 20415,
-                        ..Default::default()
-                    };
-                    let msg = AgentMessage {
-                        seq: m as u64 + 2,
-                        body: Some(Body::Attempts(MigrationAttempts { attempts: vec![a] })),
-                    };
+                    let msg = attempt_msg(&host, m as u64);
                     if tx.send(msg).await.is_err() {
                         break;
                     }
@@ -296,6 +284,23 @@ fn run_one(n: usize, messages: usize, agent_bin: Option<PathBuf>, kind: StoreKin
         None => {}
     }
     Ok(())
+}
+
+/// `host`'s `m`-th message: one successful migration (stream seq `m` + 2, after the Hello).
+pub fn attempt_msg(host: &str, m: u64) -> AgentMessage {
+    let a = MigrationAttempt {
+        attempt_id: format!("{host}:{m}"),
+        vm_name: format!("vm{m}"),
+        peer: "hv00000.bench.test".into(),
+        role: MigrationRole::Source as i32,
+        success: true,
+        event_id: 20415,
+        ..Default::default()
+    };
+    AgentMessage {
+        seq: m + 2,
+        body: Some(Body::Attempts(MigrationAttempts { attempts: vec![a] })),
+    }
 }
 
 async fn connect(

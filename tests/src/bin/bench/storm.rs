@@ -292,19 +292,7 @@ fn run_one(args: &Args, exe: &Path) -> Result<String> {
                 let mut next = start;
                 let mut m: u64 = 0;
                 while !sh.stop.load(Ordering::Relaxed) {
-                    let a = MigrationAttempt {
-                        attempt_id: format!("{host}:{m}"),
-                        vm_name: format!("vm{m}"),
-                        peer: "hv00000.bench.test".into(),
-                        role: MigrationRole::Source as i32,
-                        success: true,
-                        event_id: 20415,
-                        ..Default::default()
-                    };
-                    let msg = AgentMessage {
-                        seq: m + 2,
-                        body: Some(Body::Attempts(MigrationAttempts { attempts: vec![a] })),
-                    };
+                    let msg = crate::agents::attempt_msg(&host, m);
                     let sent = Instant::now();
                     if tx.send(msg).await.is_err() {
                         break;
