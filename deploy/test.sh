@@ -8,6 +8,8 @@
 # The store tests also run on PostgreSQL: deploy/pg/pg.sh brings up a throwaway
 # cluster on 127.0.0.1 (installing postgresql when missing), stopped again at
 # the end if this script started it; KCDSYNC_KEEP_PG=1 leaves it running.
+# RBCD is proven against Samba 4.22's KDC (Debian bookworm-backports, which honours it; 4.17's
+# ignores it): deploy/lab/samba422.sh runs it from an isolated root, built here when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,17 @@ started_lab2=0
 if ! bash "$lab" status --dcs 2 >/dev/null 2>&1; then
     started_lab2=1
 fi
+# The Samba 4.22 lab (deploy/lab/samba422.sh), started by tests/tests/samba422.rs: its root is
+# built here when missing (downloads Debian packages, ~1 min), and the lab stopped at the end
+# when this run started it.
+lab422=deploy/lab/samba422.sh
+if [[ ! -x ${KCDSYNC_SAMBA422_ROOT:-/var/tmp/samba422-root}/usr/sbin/samba ]]; then
+    bash "$lab422" root
+fi
+started_lab422=0
+if ! bash "$lab422" status >/dev/null 2>&1; then
+    started_lab422=1
+fi
 pg=deploy/pg/pg.sh
 started_pg=0
 if ! bash "$pg" status >/dev/null 2>&1; then
@@ -31,6 +44,7 @@ log=$(mktemp)
 trap 'rm -f "$log"
       [[ $started_lab == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab" down >/dev/null 2>&1 || true; }
       [[ $started_lab2 == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab" down --dcs 2 >/dev/null 2>&1 || true; }
+      [[ $started_lab422 == 1 && ${KCDSYNC_KEEP_LAB:-0} != 1 ]] && { bash "$lab422" down --purge >/dev/null 2>&1 || true; }
       [[ $started_pg == 1 && ${KCDSYNC_KEEP_PG:-0} != 1 ]] && { bash "$pg" down >/dev/null 2>&1 || true; }
       true' EXIT
 bash "$lab" up
@@ -53,6 +67,9 @@ if rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu &
 else
     echo "notice: x86_64-pc-windows-gnu target or mingw missing: Windows agent build skipped (.ci/run installs both)" >&2
 fi
+# Which Samba proves what, said in the log: the suite runs on the system's, RBCD on 4.22's.
+echo "Samba: the suite's lab runs $(/usr/sbin/samba --version) (the system's); tests/tests/samba422.rs runs \
+$(chroot "${KCDSYNC_SAMBA422_ROOT:-/var/tmp/samba422-root}" samba --version) (bookworm-backports), whose KDC honours RBCD"
 set +e
 cargo test --workspace --locked 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}

@@ -10,10 +10,15 @@
 #   samba422.sh hostexec -- CMD      CMD with the SYSTEM's tools (MIT kinit/kvno 1.20.1, ldapsearch:
 #                                    what the tests run) in the lab's namespace and fence
 #
+# Tests in the host namespace reach the DC through a forwarder `up` starts (nsfwd.py, as for
+# lab.sh's two-DC lab): LDAPS on 127.0.0.1:17636, LDAP 17389, the KDC 17088 and kpasswd 17464
+# (TCP). $KCDSYNC_LAB422_DIR/host.env is lab.env with those URLs and a krb5.conf for them.
+#
 # Environment: KCDSYNC_SAMBA422_ROOT (default /var/tmp/samba422-root; "/" runs the system's samba,
 # e.g. a private 4.17 lab for comparisons), KCDSYNC_LAB422_DIR (/var/tmp/kcdsync-lab422),
 # KCDSYNC_LAB422_NETNS (/var/tmp/kcdsync-lab422.netns), KCDSYNC_LAB422_LOCK
-# (/var/tmp/kcdsync-lab422.lock), KCDSYNC_DEBIAN_MIRROR / KCDSYNC_DEBIAN_SECURITY_MIRROR.
+# (/var/tmp/kcdsync-lab422.lock), KCDSYNC_LAB422_PORT_BASE (17000: host port = base + DC port),
+# KCDSYNC_DEBIAN_MIRROR / KCDSYNC_DEBIAN_SECURITY_MIRROR.
 #
 # How: this script sources lab.sh (which only defines functions when sourced) and reuses its
 # one-DC code as is: the provision options, certificate with SANs, krb5.conf, accounts, privilege,
@@ -60,7 +65,11 @@ s422_build_root() {
     require_root
     local t0 t
     t0=$(now)
-    command -v debootstrap >/dev/null || s422_die "debootstrap missing (apt-get install debootstrap)"
+    if ! command -v debootstrap >/dev/null; then
+        log "installing debootstrap (the only package this installs on the system)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-upgrade debootstrap >/dev/null ||
+            s422_die "cannot install debootstrap (apt-get install debootstrap)"
+    fi
     if [[ ! -x $S422_ROOT/usr/bin/apt-get ]]; then
         t=$(now)
         debootstrap --variant=minbase --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
@@ -163,6 +172,80 @@ cmd_hostexec() {
 }
 
 # --------------------------------------------------------------------------------------------
+# The host side: tests, the controller they start and `kvno` live in the host namespace and reach
+# the DC through nsfwd.py (lab.sh's two-DC forwarder): listening on host 127.0.0.1:BASE+PORT,
+# connecting to 127.0.0.1:PORT inside the namespace. The DC keeps its address, so its
+# certificate (SANs dc1.lab.test, 127.0.0.1) verifies. $LAB_DIR/host.env is lab.env with the
+# URLs and krb5.conf of that side; the tests read it (tests/src/lib.rs, Lab::samba422).
+# --------------------------------------------------------------------------------------------
+S422_PORT_BASE=${KCDSYNC_LAB422_PORT_BASE:-17000}
+S422_PORTS=(88 389 464 636)
+FWD_PID=$LAB_DIR/nsfwd.pid
+FWD_LOG=$LAB_DIR/nsfwd.log
+FWD_PY=$LAB_DIR/bin/nsfwd.py
+S422_HOST_ENV=$LAB_DIR/host.env
+
+s422_forwarder_up() {
+    local specs=() port busy='' i
+    if ! [[ $S422_PORT_BASE =~ ^[0-9]+$ ]] || ((S422_PORT_BASE < 1024 || S422_PORT_BASE > 60000)); then
+        s422_die "KCDSYNC_LAB422_PORT_BASE must be a number in 1024..60000 (got '$S422_PORT_BASE')"
+    fi
+    fwd_pid >/dev/null && return 0
+    for port in "${S422_PORTS[@]}"; do
+        specs+=("127.0.0.1:$((S422_PORT_BASE + port))=127.0.0.1:$port")
+        if ss -Htln "src 127.0.0.1:$((S422_PORT_BASE + port))" 2>/dev/null | grep -q .; then
+            busy+=" 127.0.0.1:$((S422_PORT_BASE + port))"
+        fi
+    done
+    [[ -z $busy ]] || s422_die "ports the 4.22 lab's forwarder needs are in use:$busy (choose another KCDSYNC_LAB422_PORT_BASE)"
+    mkdir -p "$LAB_DIR/bin"
+    cp "$S422_HERE/nsfwd.py" "$FWD_PY"
+    rm -f "$FWD_PID"
+    : >"$FWD_LOG"
+    # shellcheck disable=SC2016
+    (
+        exec setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-fwd "$FWD_PID" \
+            python3 "$FWD_PY" "$S422_NETNS" "${specs[@]}"
+    ) </dev/null >>"$FWD_LOG" 2>&1 9>&- &
+    disown $! 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        grep -q '^nsfwd: ready' "$FWD_LOG" 2>/dev/null && return 0
+        [[ -s $FWD_PID ]] && ! fwd_pid >/dev/null && break
+        sleep 0.05
+    done
+    cat "$FWD_LOG" >&2 || true
+    s422_die "the forwarder (nsfwd.py) did not start; log above ($FWD_LOG)"
+}
+
+s422_write_host_env() {
+    local p=$S422_PORT_BASE version
+    lab2_krb5_conf "$LAB_DIR/host-krb5.conf" "127.0.0.1:$((p + 464))" "127.0.0.1:$((p + 88))"
+    version=$(chroot "$S422_ROOT" samba --version)
+    {
+        cat "$LAB_ENV"
+        printf '# The host side (through nsfwd.py), written by samba422.sh up after lab.env:
+'
+        printf "export KRB5_CONFIG='%s'\n" "$LAB_DIR/host-krb5.conf"
+        printf "export LAB_LDAPS_URL='ldaps://127.0.0.1:%s'\n" $((p + 636))
+        printf "export LAB_LDAP_URL='ldap://127.0.0.1:%s'\n" $((p + 389))
+        printf "export LAB_SAMBA_VERSION='%s'\n" "${version#Version }"
+        printf "export LAB_SCRIPT='samba422.sh'\n"
+    } >"$S422_HOST_ENV.tmp"
+    mv "$S422_HOST_ENV.tmp" "$S422_HOST_ENV"
+}
+
+# Under the lab's lock (taken after the DC's own `up`/`down` released it: flock is per open file).
+s422_host_side() {
+    take_lock
+    case $1 in
+        up) s422_forwarder_up; s422_write_host_env ;;
+        down) lab2_stop_forwarder; rm -f "$S422_HOST_ENV" ;;
+        status) fwd_pid >/dev/null || { echo "4.22 lab unhealthy: the forwarder (nsfwd.py) is not running" >&2; return 1; } ;;
+    esac
+    exec 9>&-
+}
+
+# --------------------------------------------------------------------------------------------
 s422_inside() {
     local cmd=${1:-help}
     (($# > 0)) && shift
@@ -182,7 +265,7 @@ s422_main() {
     local cmd=${1:-help}
     case $cmd in
         root) s422_build_root; return ;;
-        help | -h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return ;;
+        help | -h | --help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return ;;
         __inside) shift; s422_inside "$@"; return ;;
     esac
     require_root
@@ -193,11 +276,14 @@ s422_main() {
                 [[ $cmd == down ]] && { echo "4.22 lab down (no namespace $S422_NETNS)"; return 0; }
                 [[ $cmd == status ]] && { echo "4.22 lab down (no namespace $S422_NETNS)" >&2; return 1; }
                 s422_die "the 4.22 lab is not up (no namespace $S422_NETNS); run: $PROG up"
-            fi ;;
+            fi
+            # The forwarder first: it must not outlive the DC it forwards to.
+            if [[ $cmd == down ]]; then s422_host_side down; fi ;;
         *) s422_die "unknown command $cmd ($PROG --help)" ;;
     esac
     local rc=0
     nsenter --net="$S422_NETNS" -- "$(readlink -f "${BASH_SOURCE[0]}")" __inside "$@" || rc=$?
+    if [[ $rc == 0 && ( $cmd == up || $cmd == status ) ]]; then s422_host_side "$cmd" || rc=$?; fi
     # The namespace goes with the DC: after `down` nothing of the lab runs, nothing is mounted.
     if [[ $cmd == down && $rc == 0 ]]; then s422_remove_netns; fi
     return "$rc"

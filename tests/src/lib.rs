@@ -13,6 +13,7 @@ pub mod keytabs;
 pub mod logs;
 pub mod otlp;
 pub mod proxy;
+pub mod rbcd;
 pub mod two_dcs;
 pub mod wine;
 
@@ -79,8 +80,30 @@ impl Lab {
         LAB.get_or_init(|| Lab::up().unwrap_or_else(|e| panic!("the AD lab did not come up: {e:#}")))
     }
 
+    /// The one-DC lab of Samba 4.22 from Debian's bookworm-backports
+    /// (deploy/lab/samba422.sh: an isolated root, its own network namespace, reached through a
+    /// forwarder on 127.0.0.1:17xxx), for what Samba 4.17's KDC cannot prove: RBCD. Same domain,
+    /// accounts and seed as the shared lab; `LAB_SAMBA_VERSION` says which Samba answered.
+    pub fn samba422() -> &'static Lab {
+        static LAB: OnceLock<Lab> = OnceLock::new();
+        LAB.get_or_init(|| {
+            let dir = std::env::var("KCDSYNC_LAB422_DIR").unwrap_or_else(|_| "/var/tmp/kcdsync-lab422".into());
+            Lab::up_with("deploy/lab/samba422.sh", PathBuf::from(dir), "host.env").unwrap_or_else(|e| {
+                panic!(
+                    "the Samba 4.22 lab did not come up: {e:#}\n(its root is built once by \
+                     `deploy/lab/samba422.sh root`, which .ci/run and deploy/test.sh run when it is missing)"
+                )
+            })
+        })
+    }
+
     fn up() -> Result<Lab> {
-        let script = repo_root().join("deploy/lab/lab.sh");
+        let dir = std::env::var("KCDSYNC_LAB_DIR").unwrap_or_else(|_| "/var/tmp/kcdsync-lab".into());
+        Lab::up_with("deploy/lab/lab.sh", PathBuf::from(dir), "lab.env")
+    }
+
+    fn up_with(script: &str, dir: PathBuf, env_file: &str) -> Result<Lab> {
+        let script = repo_root().join(script);
         let out = Command::new("bash")
             .arg(&script)
             .arg("up")
@@ -96,9 +119,27 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let dir = PathBuf::from(std::env::var("KCDSYNC_LAB_DIR").unwrap_or_else(|_| "/var/tmp/kcdsync-lab".into()));
-        let env = read_lab_env(&dir.join("lab.env"))?;
+        let env = read_lab_env(&dir.join(env_file))?;
         Ok(Lab { dir, env })
+    }
+
+    /// The lab's own script in this worktree (lab.sh, or samba422.sh for the 4.22 lab).
+    pub fn script(&self) -> PathBuf {
+        repo_root()
+            .join("deploy/lab")
+            .join(self.env.get("LAB_SCRIPT").map_or("lab.sh", String::as_str))
+    }
+
+    /// Runs `args` inside the lab's fence, as the DC sees the world (`lab.sh exec --`): for what
+    /// only the DC's own database accepts.
+    pub fn exec_on_dc(&self, args: &[&std::ffi::OsStr]) -> std::process::Output {
+        Command::new("bash")
+            .arg(self.script())
+            .args(["exec", "--"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.script().display()))
     }
 
     pub fn var(&self, k: &str) -> &str {

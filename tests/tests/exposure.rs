@@ -7,74 +7,16 @@
 //!
 //! RBCD: Samba 4.17's KDC ignores msDS-AllowedToActOnBehalfOfOtherIdentity
 //! (LAB-NOTES), so for RBCD only the reading and classification are proven
-//! here, not what a Windows KDC would grant.
+//! here; tests/samba422.rs asks Samba 4.22's KDC, which honours it.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use kcdsync_controller::exposure::sd;
 use kcdsync_controller::runtime;
 use kcdsync_proto::v1 as pb;
 use kcdsync_tests::agents::*;
+use kcdsync_tests::rbcd::{object_sid, write_rbcd};
 use kcdsync_tests::*;
-use ldap3::{Scope, SearchEntry};
-
-/// objectSid of `dn`, read as Administrator.
-async fn object_sid(lab: &Lab, dn: &str) -> String {
-    let mut ldap = lab.admin().await.unwrap();
-    let (entries, _) = ldap
-        .search(dn, Scope::Base, "(objectClass=*)", vec!["objectSid"])
-        .await
-        .unwrap()
-        .success()
-        .unwrap();
-    let e = SearchEntry::construct(entries.into_iter().next().expect("the object"));
-    let raw = e
-        .bin_attrs
-        .get("objectSid")
-        .and_then(|v| v.first().cloned())
-        .or_else(|| {
-            e.attrs
-                .get("objectSid")
-                .and_then(|v| v.first())
-                .map(|s| s.clone().into_bytes())
-        })
-        .expect("objectSid");
-    let _ = ldap.unbind().await;
-    sd::sid_from_bytes(&raw).unwrap().0
-}
-
-/// Writes an RBCD descriptor allowing `sids` on `dn`. Over LDAP, Samba refuses
-/// this attribute even to Administrator (rc 19 "can only be modified as
-/// system"), so it goes through `ldbmodify` on the DC's own database, inside
-/// the lab's fence — what `samba-tool delegation add-principal` does.
-fn write_rbcd(lab: &Lab, dn: &str, sids: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let blob = dir.path().join("sd.bin");
-    std::fs::write(&blob, sd::rbcd_descriptor(sids).unwrap()).unwrap();
-    let ldif = dir.path().join("rbcd.ldif");
-    std::fs::write(
-        &ldif,
-        format!(
-            "dn: {dn}\nchangetype: modify\nreplace: msDS-AllowedToActOnBehalfOfOtherIdentity\nmsDS-AllowedToActOnBehalfOfOtherIdentity:< file://{}\n",
-            blob.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("deploy/lab/lab.sh"))
-        .args(["exec", "--", "ldbmodify", "-H"])
-        .arg(lab.dir.join("private/sam.ldb"))
-        .arg(&ldif)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ldbmodify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 async fn edges(c: &mut FleetClient) -> Vec<pb::DelegationEdge> {
     c.get_exposure(pb::GetExposureRequest::default())
