@@ -131,6 +131,10 @@ Two DCs (opt-in, for the tests that need them; its own directory and lock, besid
                    a forwarder on host loopback: 127.0.0.N:\$((KCDSYNC_LAB2_PORT_BASE+PORT)) (base 16000)
                    for PORT 88, 389, 464, 636 of DC N. Then: source \$KCDSYNC_LAB2_DIR/lab.env
   status --dcs 2, down --dcs 2 [--purge]
+  stop-dc --dcs 2 N, start-dc --dcs 2 N
+                   Stop DC N alone (by PID), start it again (waits for LDAPS). What it missed
+                   comes at the next notification or periodic pull, or at once by
+                   $PROG exec --dcs 2 --dc N -- sh -c 'samba-tool drs replicate ...'.
   exec --dcs 2 [--dc N] -- CMD [ARGS...]
                    Run CMD in the namespace and fence as DC N (default 1) sees it (its krb5.conf;
                    LAB_SMB_CONF is its smb.conf). Example:
@@ -1426,6 +1430,40 @@ cmd2_exec() {
     exec "$LAB_DIR/bin/dc$n-exec" "$@"
 }
 
+# stop-dc / start-dc N: one DC of a running two-DC lab stopped (by PID) and started again, the
+# other untouched: "DC2 is down" for the per-DC verify's proofs. start-dc returns once the DC
+# answers a verified LDAPS bind; it does not replicate by itself what it missed (dc1 notified it
+# while it was down): `exec --dcs 2 --dc 2 -- samba-tool drs replicate ...` pulls it at once.
+cmd2_dc_n() {
+    [[ ${1:-} == 1 || ${1:-} == 2 ]] || die "$2 needs the DC's number, 1 or 2 ($PROG $2 --dcs 2 N)"
+}
+
+cmd2_stop_dc() {
+    cmd2_dc_n "${1:-}" stop-dc
+    require_root
+    take_lock
+    [[ -f $LAB_ENV ]] && lab2_netns_up || die "the two-DC lab is not up; run: $PROG up --dcs 2"
+    use_dc "$1"
+    stop_samba
+    echo "$DC_NAME stopped"
+}
+
+cmd2_start_dc() {
+    local t0
+    t0=$(now)
+    cmd2_dc_n "${1:-}" start-dc
+    require_root
+    take_lock
+    [[ -f $LAB_ENV ]] && lab2_netns_up || die "the two-DC lab is not up; run: $PROG up --dcs 2"
+    use_dc "$1"
+    if samba_pid >/dev/null; then
+        echo "$DC_NAME already running (pid $(samba_pid))"
+        return 0
+    fi
+    lab2_start_dc "$1"
+    echo "$DC_NAME started in $(elapsed "$t0") s"
+}
+
 # --------------------------------------------------------------------------------------------
 main() {
     local cmd=${1:-help} dcs=1 args=()
@@ -1447,8 +1485,10 @@ main() {
             down) cmd2_down "${args[@]}" ;;
             status) cmd2_status ;;
             exec) cmd2_exec "${args[@]}" ;;
+            stop-dc) cmd2_stop_dc "${args[@]}" ;;
+            start-dc) cmd2_start_dc "${args[@]}" ;;
             help | -h | --help) usage ;;
-            *) die "$cmd is not available for the two-DC lab (up, down, status, exec, install are)" ;;
+            *) die "$cmd is not available for the two-DC lab (up, down, status, exec, stop-dc, start-dc, install are)" ;;
         esac
         return
     fi

@@ -157,6 +157,37 @@ impl TwoDcLab {
         })
     }
 
+    /// Stops `dc`'s samba (`lab.sh stop-dc --dcs 2 N`): its LDAP and KDC are gone, the other DC
+    /// runs on. Returns a guard that starts it again when dropped, so a failing test does not
+    /// leave the shared lab with one DC.
+    pub fn stop_dc(&self, dc: Dc) -> Result<DcStopped<'_>> {
+        self.lab_sh(&["stop-dc", "--dcs", "2", &dc.n().to_string()])?;
+        Ok(DcStopped {
+            lab: self,
+            dc,
+            stopped: true,
+        })
+    }
+
+    fn lab_sh(&self, args: &[&str]) -> Result<String> {
+        let script = repo_root().join("deploy/lab/lab.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "lab.sh {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// An LDAPS connection to `dc` bound as Administrator (certificate verified).
     pub async fn admin(&self, dc: Dc) -> Result<Ldap> {
         let pw = std::fs::read_to_string(self.var("LAB_ADMIN_PASS_FILE")).context("admin password file")?;
@@ -168,6 +199,43 @@ impl TwoDcLab {
         )
         .await
         .with_context(|| format!("binding to {} ({})", dc.name(), self.ldaps_url(dc)))
+    }
+}
+
+/// `dc` stopped until [`DcStopped::start`] or drop.
+pub struct DcStopped<'a> {
+    lab: &'a TwoDcLab,
+    dc: Dc,
+    stopped: bool,
+}
+
+impl DcStopped<'_> {
+    /// Starts the DC again (returns once it answers LDAPS), then pulls the domain partition from
+    /// the other DC: what it missed while down was notified to it then, and is not notified
+    /// again (without the pull it would wait for the periodic one).
+    pub fn start(mut self) -> Result<()> {
+        self.stopped = false;
+        let lab = self.lab;
+        lab.lab_sh(&["start-dc", "--dcs", "2", &self.dc.n().to_string()])?;
+        let from = if self.dc == Dc::Dc1 { Dc::Dc2 } else { Dc::Dc1 };
+        lab.drs(
+            self.dc,
+            &[&format!(
+                "replicate {} {} {}",
+                self.dc.name(),
+                from.name(),
+                lab.base_dn()
+            )],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for DcStopped<'_> {
+    fn drop(&mut self) {
+        if self.stopped {
+            let _ = self.lab.lab_sh(&["start-dc", "--dcs", "2", &self.dc.n().to_string()]);
+        }
     }
 }
 

@@ -586,3 +586,100 @@ async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants()
     drop(uplink);
     cleanup(lab, running, &fleet).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_dc_is_named_and_its_hosts_purges_wait_until_it_is_back_with_the_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    export_metrics();
+    let lab = TwoDcLab::start();
+    let (fleet, user) = fleet(lab).await;
+    let (src, peer) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let realm = lab.var("LAB_REALM").to_owned();
+    let pki = Pki::new();
+    let (_dir, path) = write_config(&config_with_agents(lab, &fleet, &pki, 5));
+    let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
+    let mut events = running.events.subscribe();
+    let mut api = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
+
+    // The source's tickets come from dc2's KDC.
+    let agents_url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
+    let (uplink, mut inbound) = open_stream(&agents_url, pki.agent_tls(&src.fqdn), &src.fqdn)
+        .await
+        .expect("the source's agent stream");
+    uplink
+        .send(report_with_tgt_from(src, &realm, "dc2.lab.test"))
+        .await
+        .unwrap();
+    let hub = running.hub.clone().unwrap();
+    eventually(Duration::from_secs(10), "the hub knows the source's KDC", || {
+        let kdc = hub.kdc_of(&src.fqdn);
+        async move { kdc.as_deref() == Some("dc2.lab.test") }
+    })
+    .await;
+
+    // dc2 goes down (its samba stopped: no LDAP, no KDC); the plan is approved and written
+    // through dc1.
+    let stopped = lab.stop_dc(Dc::Dc2).expect("stopping dc2");
+    let t = Instant::now();
+    let pending = loop {
+        let p = pending_plans(&mut api).await;
+        if !p.is_empty() {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no pending plan in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    api.approve_plan(pb::ApprovePlanRequest {
+        id: pending[0].id.clone(),
+        comment: String::new(),
+    })
+    .await
+    .expect("ApprovePlan");
+    let (plan, written_ms) = written(&running.store, &src.dn).await;
+    kdc_grants(lab, Dc::Dc1, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("dc1's KDC, where kcdsync wrote: {e}"));
+
+    // Past the deadline the finding names dc2; the source is not told to purge meanwhile.
+    let raised = next_finding_event(&mut events, DC2_FINDING, true).await;
+    let raised_after = kcdsync_controller::store::now_ms() - written_ms;
+    assert_eq!(raised.kind, pb::FindingKind::DcNotReplicating as i32);
+    assert!(raised.summary.contains("dc2.lab.test"), "{}", raised.summary);
+    assert!(raised.hosts.contains(&src.fqdn), "{:?}", raised.hosts);
+    let early = next_purge(&mut inbound, Duration::from_secs(2)).await;
+    assert!(early.is_none(), "purged while dc2 is down: {early:?}");
+    assert_eq!(recorded_on_dc2(&running.store, plan, &src.dn).await, None);
+    let v = check(&mut api, src, peer, &user).await;
+    assert_eq!(v.readiness, pb::Readiness::NotReady as i32, "{v:?}");
+    assert!(
+        v.summary.starts_with("ready once dc2.lab.test replicates"),
+        "{}",
+        v.summary
+    );
+
+    // dc2 is back and pulls what it missed: the purge goes out, dc2's KDC grants by then, and
+    // the finding clears.
+    let back = Instant::now();
+    stopped.start().expect("dc2 started again and replicated");
+    let purge = next_purge(&mut inbound, Duration::from_secs(90))
+        .await
+        .expect("no purge within 90 s of dc2 coming back");
+    let purged_ms = kcdsync_controller::store::now_ms();
+    let purge_after_back = back.elapsed();
+    assert!(purge.reason.contains(&format!("plan {plan}")), "{}", purge.reason);
+    kdc_grants(lab, Dc::Dc2, src, &user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("the purge went out, yet dc2's KDC refuses: {e}"));
+    let arrived = recorded_on_dc2(&running.store, plan, &src.dn)
+        .await
+        .expect("purged before kcdsync recorded dc2 has the change");
+    assert!(arrived <= purged_ms);
+    next_finding_event(&mut events, DC2_FINDING, false).await;
+    report(&format!(
+        "dc2 stopped: finding raised +{raised_after} ms after the write (deadline 5 s); purge {:.1} s after dc2's start began (start, pull, read), {} ms after kcdsync recorded dc2; finding cleared",
+        purge_after_back.as_secs_f64(),
+        purged_ms - arrived
+    ));
+    drop(uplink);
+    cleanup(lab, running, &fleet).await;
+}

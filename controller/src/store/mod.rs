@@ -31,7 +31,7 @@ pub use join_tokens::{EVENT_JOIN_TOKEN_CREATED, EVENT_JOIN_TOKEN_REVOKED, JoinTo
 pub use lease::Lease;
 pub use plans::{PlanChanged, PlanState, StoredPlan};
 pub use purges::UndeliveredPurge;
-pub use replication::ReplicationRecord;
+pub use replication::{HeldPurge, ReplicationRecord};
 pub use revocations::{EVENT_REVOKED, EVENT_UNREVOKED, Revocation, Revoked};
 
 #[derive(Debug, thiserror::Error)]

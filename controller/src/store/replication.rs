@@ -24,7 +24,80 @@ impl ReplicationRecord {
     }
 }
 
+/// A ticket purge held until `dc` has plan `plan_id`'s change to `dn` (the host's agent said its
+/// tickets come from `kdc`, which is `dc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldPurge {
+    pub plan_id: i64,
+    pub host: String,
+    pub dn: String,
+    pub dc: String,
+    pub kdc: String,
+    pub reason: String,
+    pub written_at_ms: i64,
+}
+
 impl Store {
+    /// Records that these purges wait on their (plan, object, DC) rows, recorded before by
+    /// [`Store::expect_replication`] (whose `written_at` stays; `written_at_ms` here is not
+    /// written); a row that has arrived already is left alone.
+    pub async fn hold_purges(&self, held: &[HeldPurge]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for h in held {
+            sqlx::query(
+                "UPDATE replication SET purge_kdc = $1, purge_reason = $2 WHERE plan_id = $3 AND dn = $4 AND dc = $5 AND arrived_at IS NULL",
+            )
+            .bind(text(&h.kdc))
+            .bind(text(&h.reason))
+            .bind(h.plan_id)
+            .bind(text(&h.dn))
+            .bind(text(&h.dc))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// These held purges were sent without their row arriving (too old to be watched again):
+    /// no longer held.
+    pub async fn purges_sent(&self, held: &[HeldPurge]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for h in held {
+            sqlx::query("UPDATE replication SET purge_kdc = NULL, purge_reason = NULL WHERE plan_id = $1 AND dn = $2 AND dc = $3")
+                .bind(h.plan_id)
+                .bind(text(&h.dn))
+                .bind(text(&h.dc))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The purges still held: their row has not arrived. What a restarted (or newly elected)
+    /// writer holds again, oldest first.
+    pub async fn held_purges(&self) -> Result<Vec<HeldPurge>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT plan_id, host, dn, dc, purge_kdc, purge_reason, written_at FROM replication WHERE arrived_at IS NULL AND purge_kdc IS NOT NULL ORDER BY written_at, plan_id, dn",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HeldPurge {
+                    plan_id: r.try_get(0)?,
+                    host: r.try_get(1)?,
+                    dn: r.try_get(2)?,
+                    dc: r.try_get(3)?,
+                    kdc: r.try_get(4)?,
+                    reason: r.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
+                    written_at_ms: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
     /// Records that `rows` are awaited (their `arrived_at_ms` is ignored); a row already
     /// recorded is kept as it is.
     pub async fn expect_replication(&self, rows: &[ReplicationRecord]) -> Result<(), StoreError> {

@@ -85,7 +85,7 @@ pub(super) async fn run(
 }
 
 /// How far back a write still awaited on a DC is watched again after a restart.
-const RESUME_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(super) const RESUME_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Hands the workers what an earlier run of the controller (or a deposed leader) left
 /// awaited: a restart must not forget a DC that is behind.

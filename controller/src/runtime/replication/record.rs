@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{DcFindings, Event, Outputs, Overdue, Purge};
 use crate::diagnose::{Finding, FindingKind, Severity};
 use crate::grpc::convert::{event, finding_to_pb};
-use crate::store::now_ms;
+use crate::store::{HeldPurge, now_ms};
 
 /// At most this many arrivals are recorded in one commit.
 const ARRIVALS_PER_COMMIT: usize = 1000;
@@ -31,6 +31,8 @@ pub(super) struct Recorder {
 
 impl Recorder {
     pub async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
+        // Before any event: an arrival the resumed workers read must find its purge held.
+        self.reload_held().await;
         while let Some(e) = events.recv().await {
             // Arrivals already queued behind this one are recorded together (one commit), in
             // order with the other events.
@@ -50,6 +52,48 @@ impl Recorder {
                 next = events.try_recv().ok();
             }
             self.arrived(arrived).await;
+        }
+    }
+
+    /// The purges an earlier run (this process before a restart, or another replica) held and
+    /// did not send: held again, to go out when their DC has the change. One written before the
+    /// workers' resume horizon goes out now: no worker will read its object again.
+    async fn reload_held(&self) {
+        let held = match self.out.store.held_purges().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the purges an earlier run held; they go out when their hosts' tickets expire");
+                return;
+            }
+        };
+        if held.is_empty() {
+            return;
+        }
+        let horizon = now_ms() - super::discover::RESUME_HORIZON.as_millis() as i64;
+        let (late, again): (Vec<HeldPurge>, Vec<HeldPurge>) = held.into_iter().partition(|h| h.written_at_ms < horizon);
+        let purge = |h: &HeldPurge| Purge {
+            host: h.host.clone(),
+            dn: h.dn.clone(),
+            plan_id: h.plan_id,
+            kdc: h.kdc.clone(),
+            reason: h.reason.clone(),
+        };
+        {
+            let mut map = self.held.lock().unwrap();
+            for h in &again {
+                tracing::info!(host = %h.host, plan = h.plan_id, dc = %h.dc,
+                    "{}'s purge, held by an earlier run, still waits until {} has plan {}'s change", h.host, h.dc, h.plan_id);
+                map.entry((h.plan_id, h.dn.clone(), h.dc.clone()))
+                    .or_default()
+                    .push(purge(h));
+            }
+        }
+        self.republish_awaiting();
+        for h in &late {
+            self.purge(&purge(h)).await;
+        }
+        if let Err(e) = self.out.store.purges_sent(&late).await {
+            tracing::warn!(error = %e, "cannot record that the held purges past the resume horizon were sent");
         }
     }
 
@@ -95,6 +139,22 @@ impl Recorder {
                     tracing::warn!(error = %e, "cannot record the per-DC verify's rows");
                 }
                 if !held.is_empty() {
+                    // In the store too: a restart (or the next leader) holds them again.
+                    let rows: Vec<HeldPurge> = held
+                        .iter()
+                        .map(|(dc, p)| HeldPurge {
+                            plan_id: p.plan_id,
+                            host: p.host.clone(),
+                            dn: p.dn.clone(),
+                            dc: dc.clone(),
+                            kdc: p.kdc.clone(),
+                            reason: p.reason.clone(),
+                            written_at_ms: 0,
+                        })
+                        .collect();
+                    if let Err(e) = self.out.store.hold_purges(&rows).await {
+                        tracing::warn!(error = %e, "cannot record the held purges: a restart before their DC catches up forgets them");
+                    }
                     let mut map = self.held.lock().unwrap();
                     for (dc, p) in held {
                         tracing::info!(host = %p.host, plan = p.plan_id, dc = %dc,

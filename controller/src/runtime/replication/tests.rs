@@ -19,6 +19,7 @@ use super::*;
 use crate::config::DcConfig;
 use crate::ldap::LdapError;
 use crate::model::Computer;
+use crate::store::HeldPurge;
 
 const DN: &str = "CN=HV01,OU=Hyper-V,DC=lab,DC=test";
 const T2A4D: u32 = 0x1000000;
@@ -519,4 +520,119 @@ async fn the_recorder_records_arrivals_queued_together_in_one_commit() {
     times.sort();
     times.dedup();
     assert!(times.len() <= 2, "{} distinct arrival times", times.len());
+}
+
+/// A recorder on `store`, as `start` makes one, with the fleet events it announces.
+fn recorder_on(store: &Store) -> (Recorder, broadcast::Receiver<pb::FleetEvent>) {
+    let (events, fleet) = broadcast::channel(16);
+    let recorder = Recorder {
+        out: Outputs {
+            store: store.clone(),
+            api: None,
+            events,
+            hub: None,
+        },
+        findings: DcFindings::default(),
+        held: Default::default(),
+        awaiting: super::AwaitingFindings::default(),
+    };
+    (recorder, fleet)
+}
+
+/// A purge held when the controller stops is held again by the next run (the process
+/// restarted, or the replica elected after it) — from the store, not from memory — and goes
+/// out when its DC has the change. One too old to be watched again goes out at once, once.
+#[tokio::test]
+async fn a_held_purge_survives_a_restart_and_waits_for_its_dc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let w = written(7, DN, 0x1000, 0x1000 | T2A4D);
+    let purge = super::Purge {
+        host: w.record.host.clone(),
+        dn: DN.into(),
+        plan_id: 7,
+        kdc: "dc2.lab.test".into(),
+        reason: "delegation changed by plan 7".into(),
+    };
+    let row = |plan_id: i64, written_at_ms: i64| ReplicationRecord {
+        plan_id,
+        host: w.record.host.clone(),
+        dn: DN.into(),
+        dc: "dc2.lab.test".into(),
+        written_at_ms,
+        arrived_at_ms: None,
+    };
+
+    // The first run holds the purge, then stops before dc2 has the change.
+    let (first, _) = recorder_on(&store);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let done = tokio::spawn(first.run(rx));
+    tx.send(Event::Expect {
+        rows: vec![row(7, w.record.time_ms)],
+        held: vec![("dc2.lab.test".into(), purge.clone())],
+    })
+    .unwrap();
+    drop(tx);
+    done.await.unwrap();
+    let held = store.held_purges().await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (
+            held[0].plan_id,
+            held[0].dc.as_str(),
+            held[0].kdc.as_str(),
+            held[0].reason.as_str()
+        ),
+        (7, "dc2.lab.test", "dc2.lab.test", "delegation changed by plan 7")
+    );
+
+    // The next run: the host waits again before anything arrives, and its wait ends with the
+    // arrival (the purge goes out); nothing is held after.
+    let (next, mut fleet) = recorder_on(&store);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let done = tokio::spawn(next.run(rx));
+    tx.send(Event::Arrived {
+        dc: "dc2.lab.test".into(),
+        expected: w.clone(),
+        after: Duration::from_secs(30),
+    })
+    .unwrap();
+    drop(tx);
+    done.await.unwrap();
+    let raised = fleet.try_recv().unwrap().event.unwrap();
+    let pb::fleet_event::Event::FindingRaised(a) = raised else {
+        panic!("{raised:?}");
+    };
+    assert_eq!(a.kind, pb::FindingKind::AwaitingReplication as i32);
+    let ended = fleet.try_recv().unwrap().event.unwrap();
+    assert!(
+        matches!(ended, pb::fleet_event::Event::FindingCleared(ref c) if c.id == a.id),
+        "{ended:?}"
+    );
+    assert!(store.held_purges().await.unwrap().is_empty());
+
+    // Held by a run eight days ago: past the workers' resume horizon, so sent at start
+    // (no wait shown) and not held again by the run after.
+    let old = crate::store::now_ms() - 8 * 24 * 3600 * 1000;
+    store.expect_replication(&[row(6, old)]).await.unwrap();
+    store
+        .hold_purges(&[HeldPurge {
+            plan_id: 6,
+            host: purge.host.clone(),
+            dn: DN.into(),
+            dc: "dc2.lab.test".into(),
+            kdc: "dc2.lab.test".into(),
+            reason: "delegation changed by plan 6".into(),
+            written_at_ms: old,
+        }])
+        .await
+        .unwrap();
+    let (late, mut fleet) = recorder_on(&store);
+    let (tx, rx) = mpsc::unbounded_channel();
+    drop(tx);
+    late.run(rx).await;
+    assert!(fleet.try_recv().is_err(), "no wait shown for a purge sent at once");
+    assert!(store.held_purges().await.unwrap().is_empty());
 }
