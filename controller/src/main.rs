@@ -517,6 +517,8 @@ async fn apply(path: &std::path::Path, approve: Option<i64>, approver: String, o
             progress: Some(tx),
             fence: Some(held.fence.clone()),
             dc,
+            // A one-shot apply runs no per-DC verify and has no agents to tell.
+            audited: None,
         };
         let result = reconcile::reconcile(&cfg, &ad, &store, opts).await;
         printer.abort();

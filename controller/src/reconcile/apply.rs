@@ -6,7 +6,7 @@
 //! stops the run before its next write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -92,6 +92,9 @@ pub(super) struct Apply<'a, A> {
     pub dc: &'a str,
     abort: AtomicBool,
     lost: AtomicBool,
+    /// Progress over every `run` of this apply (a run applies one chunk of the work).
+    done: AtomicUsize,
+    total: usize,
 }
 
 impl<'a, A: AdClient> Apply<'a, A> {
@@ -115,13 +118,15 @@ impl<'a, A: AdClient> Apply<'a, A> {
             dc: "",
             abort: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            done: AtomicUsize::new(0),
+            total: work.len(),
         }
     }
 
-    /// Writes every change, at most `ad.max_in_flight` at once.
+    /// Writes every change of `work` (all of the work given to `new`, or a part of it), at most
+    /// `ad.max_in_flight` at once.
     pub async fn run(&self, work: Vec<Written>) -> Applied {
-        let total = work.len();
-        self.report(0, total);
+        self.report(self.done.load(Ordering::Relaxed));
         let mut results = futures::stream::iter(work)
             .map(|(c, before)| async move {
                 let r = self.one(c.clone(), before).await;
@@ -135,10 +140,8 @@ impl<'a, A: AdClient> Apply<'a, A> {
             fatal: None,
             fenced: false,
         };
-        let mut done = 0;
         while let Some((planned, result)) = results.next().await {
-            done += 1;
-            self.report(done, total);
+            self.report(self.done.fetch_add(1, Ordering::Relaxed) + 1);
             match result {
                 Ok(Some(w)) => out.written.push(w),
                 Ok(None) => {}
@@ -157,9 +160,12 @@ impl<'a, A: AdClient> Apply<'a, A> {
         out
     }
 
-    fn report(&self, done: usize, total: usize) {
+    fn report(&self, done: usize) {
         if let Some(p) = &self.progress {
-            let _ = p.send(Progress { done, total });
+            let _ = p.send(Progress {
+                done,
+                total: self.total,
+            });
         }
     }
 

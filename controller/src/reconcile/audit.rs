@@ -50,6 +50,22 @@ impl Context<'_> {
 pub(super) struct Intents(HashMap<String, i64>);
 
 impl Intents {
+    /// The intents of `dns` only (those this run recorded).
+    pub(super) fn of(&self, dns: &[String]) -> Intents {
+        Intents(
+            dns.iter()
+                .filter_map(|d| {
+                    let k = dn_key(d);
+                    self.0.get(&k).map(|id| (k, *id))
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn ids(&self) -> Vec<i64> {
+        self.0.values().copied().collect()
+    }
+
     /// The ids of the intents of every DN but `dns`.
     pub(super) fn all_but(&self, dns: &[&str]) -> Vec<i64> {
         let keep: BTreeSet<String> = dns.iter().map(|d| dn_key(d)).collect();

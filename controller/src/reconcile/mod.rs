@@ -23,7 +23,7 @@ mod verify;
 mod tests;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use apply::{MAX_CONFLICT_RETRIES, MAX_TRANSIENT_RETRIES};
 pub use approve::reject;
@@ -52,6 +52,10 @@ pub struct RunOptions {
     pub fence: Option<Fence>,
     /// The DC the run writes to (its dNSHostName), recorded with every audit row.
     pub dc: String,
+    /// Gets the audit rows of the run's writes as each chunk is verified and audited, before
+    /// the run ends (`serve`: the per-DC verify and the agents' purges start on them at once).
+    /// Every row also ends up in [`Outcome::applied`].
+    pub audited: Option<mpsc::UnboundedSender<Vec<AuditRecord>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -180,36 +184,68 @@ pub async fn execute(
     apply.fence = fence.map(|f| (store, f));
     apply.progress = opts.progress.clone();
     apply.dc = &opts.dc;
-    let applied = apply.run(work).await;
-    outcome.failures = applied.failures;
-    let written = applied.written.len();
-    if let Some(f) = fence
-        && (applied.fenced || !f.holds(store).await)
-    {
-        // Deposed: the new leader owns AD and the store now; write nothing more.
-        return Err(f.lost(written));
-    }
-    let fatal = match applied.fatal {
-        Some(lost) if lost.is_unreachable() => {
-            let open = (&applied.written[..], &applied.uncertain[..]);
-            return cut_off(store, &ctx, &intents, open, lost, to_apply.len()).await;
+    // Applied, verified and audited a chunk at a time: each chunk's audit rows go to
+    // `opts.audited` (the per-DC verify, the purges) as soon as they exist, not at the end of
+    // a run that may last minutes. A chunk is several times the writes in flight, so the
+    // pipeline drains rarely.
+    let chunk = (cfg.ad.max_in_flight * 4).max(MIN_CHUNK);
+    let mut rest = work;
+    let mut fatal = None;
+    let mut written = 0;
+    while !rest.is_empty() && fatal.is_none() {
+        let tail = rest.split_off(chunk.min(rest.len()));
+        let this = std::mem::replace(&mut rest, tail);
+        let dns: Vec<String> = this.iter().map(|(c, _)| c.dn.clone()).collect();
+        let applied = apply.run(this).await;
+        outcome.failures.extend(applied.failures);
+        written += applied.written.len();
+        if let Some(f) = fence
+            && (applied.fenced || !f.holds(store).await)
+        {
+            // Deposed: the new leader owns AD and the store now; write nothing more.
+            return Err(f.lost(written));
         }
-        other => other,
-    };
-
-    let verified = verify::verify(ad, cfg.ad.max_in_flight, applied.written, &mut outcome.failures).await?;
-    outcome.after = verified.iter().map(|(_, _, now)| now.clone()).collect();
-    if written > 0 {
-        fence::check(fence, store, written).await?;
+        fatal = match applied.fatal {
+            Some(lost) if lost.is_unreachable() => {
+                let open = (&applied.written[..], &applied.uncertain[..]);
+                return cut_off(store, &ctx, &intents, open, lost, to_apply.len()).await;
+            }
+            other => other,
+        };
+        let verified = verify::verify(ad, cfg.ad.max_in_flight, applied.written, &mut outcome.failures).await?;
+        outcome.after.extend(verified.iter().map(|(_, _, now)| now.clone()));
+        if !verified.is_empty() {
+            fence::check(fence, store, written).await?;
+        }
+        let rows = audit::settle(store, &ctx, &intents.of(&dns), &verified).await?;
+        hand_over(&opts, &rows);
+        outcome.applied.extend(rows);
     }
-    outcome.applied = audit::settle(store, &ctx, &intents, &verified).await?;
+    if !rest.is_empty() {
+        // Stopped by an error every other write would meet too: the rest was never sent.
+        let unsent: Vec<String> = rest.iter().map(|(c, _)| c.dn.clone()).collect();
+        store.settle_intents(&[], &intents.of(&unsent).ids()).await?;
+    }
     let audited: Vec<String> = outcome.applied.iter().map(|r| r.dn.clone()).collect();
     let made_by_the_lost_dc = audit::settle_cut_off(ad, store, epoch, Some(plan_id), &audited).await?;
+    hand_over(&opts, &made_by_the_lost_dc);
     outcome.applied.extend(made_by_the_lost_dc);
     crate::metrics::get()
         .drift_repaired
         .add(outcome.applied.len() as u64, &[]);
     finish(store, plan_id, outcome, fatal, to_apply.len()).await
+}
+
+/// The smallest chunk a run audits at once.
+const MIN_CHUNK: usize = 32;
+
+/// Audit rows, to whoever follows the run's writes (`RunOptions::audited`).
+fn hand_over(opts: &RunOptions, rows: &[AuditRecord]) {
+    if let Some(tx) = &opts.audited
+        && !rows.is_empty()
+    {
+        let _ = tx.send(rows.to_vec());
+    }
 }
 
 /// Settles what earlier writers left open before this run writes anything: a write of theirs

@@ -1,14 +1,13 @@
-//! What follows a reconcile: agents of changed hosts are told to purge their
-//! SYSTEM tickets (so the next migration asks the KDC again instead of
-//! waiting for expiry), plan events go out, and a fresh view — findings,
-//! readiness, metrics — is published to the API and the event stream.
+//! What follows a reconcile: plan events go out, and a fresh view — findings,
+//! readiness, metrics — is published to the API and the event stream. (The
+//! agents' purges and the per-DC verify start earlier, per audited chunk of
+//! the run: `runtime::handover`.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kcdsync_proto::v1 as pb;
 use tokio::sync::broadcast;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::diagnose::{self, Finding, Severity};
@@ -21,7 +20,7 @@ use crate::reconcile::Outcome;
 use crate::store::{Store, now_ms};
 use crate::view::{Snapshot, View};
 
-use super::replication::{Batch, Purge, Replication};
+use super::replication::Replication;
 
 pub struct Effects {
     pub store: Store,
@@ -32,8 +31,7 @@ pub struct Effects {
     findings: BTreeMap<String, Finding>,
     /// The per-DC verify's findings: shown in the view, raised and cleared by it.
     pub dc_findings: super::replication::DcFindings,
-    /// The per-DC verify: gets each run's audit rows, and holds the purges of hosts whose KDC
-    /// is another DC until that DC has the change.
+    /// The per-DC verify, whose waits (`AwaitingReplication`) are shown in the view.
     pub replication: Replication,
 }
 
@@ -60,7 +58,8 @@ impl Effects {
             // Who may enroll follows every read of AD, like delegation does.
             hub.set_enrollable(crate::enrollment::Enrollable::of(&observed.0, &observed.1, now_ms()));
         }
-        self.purge(o).await;
+        // The purges and the per-DC verify of `o.applied` were handed over as the run
+        // audited them (`runtime::handover`).
         self.plan_events(o).await;
         if self.api.is_none() && self.events.receiver_count() == 0 {
             return;
@@ -81,44 +80,6 @@ impl Effects {
         self.metrics(cfg, &snapshot, &findings);
         if let Some(api) = &self.api {
             api.publish(View::new(cfg.clone(), snapshot, findings));
-        }
-    }
-
-    /// Changed hosts drop their SYSTEM tickets: at once, or — when the host's agent reported
-    /// that its tickets come from another DC — once that DC has the change (purging earlier
-    /// would only fetch the old answer again from that KDC).
-    async fn purge(&self, o: &Outcome) {
-        let mut now = Vec::new();
-        let mut batch = Batch {
-            records: o.applied.clone(),
-            purges: Vec::new(),
-        };
-        if let Some(hub) = &self.hub {
-            for r in &o.applied {
-                let p = Purge {
-                    host: r.host.clone(),
-                    dn: r.dn.clone(),
-                    plan_id: r.plan_id,
-                    kdc: hub.kdc_of(&r.host).unwrap_or_default(),
-                    reason: format!("delegation of {} changed by plan {}", r.host, r.plan_id),
-                };
-                if p.kdc.is_empty() {
-                    now.push(p)
-                } else {
-                    batch.purges.push(p)
-                }
-            }
-        }
-        // Those the per-DC verify does not take (it is not running) go out now too.
-        now.extend(self.replication.watch(batch));
-        let Some(hub) = &self.hub else { return };
-        for p in now {
-            let span = tracing::info_span!("purge_command", host = %p.host, plan = p.plan_id);
-            // Never waits on the agent: one that is away or not reading gets it on reconnect.
-            match hub.purge(&p.host, &p.reason).instrument(span).await {
-                Ok(id) => tracing::info!(host = %p.host, command = id, "asked the agent to purge SYSTEM tickets"),
-                Err(e) => tracing::info!(host = %p.host, "{e}; the purge is sent when the agent connects"),
-            }
         }
     }
 

@@ -17,6 +17,7 @@
 mod connection;
 mod effects;
 pub mod failover;
+mod handover;
 mod observer;
 pub mod policy;
 mod queue;
@@ -322,8 +323,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut effects = Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone());
     effects.dc_findings = replication.findings.clone();
     effects.replication = replication.clone();
+    let audited = handover::Handover {
+        hub: hub.clone(),
+        replication: replication.clone(),
+    }
+    .start();
     let reconciler = Reconciler {
         count,
+        audited,
         leadership: leadership.clone(),
         cfg,
         effects,

@@ -47,6 +47,8 @@ pub struct Reconciler {
     pub leadership: Leadership,
     pub cfg: Arc<Config>,
     pub effects: Effects,
+    /// Where each run sends its audit rows as it makes them (`runtime::handover`).
+    pub audited: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::AuditRecord>>,
     pub observer: Observer,
     pub ldap: Kept,
     pub queue: HostQueue,
@@ -249,6 +251,7 @@ impl Reconciler {
                 progress: None,
                 fence,
                 dc: w.dc.clone(),
+                audited: Some(self.audited.clone()),
             };
             let outcome = reconcile::execute(&cfg, ad, &self.effects.store, &observed, &decision, opts).await?;
             Ok::<_, ReconcileError>(Some((observed, index, outcome)))

@@ -985,3 +985,94 @@ async fn a_dc_lost_between_the_writes_and_their_verify_leaves_them_to_the_next_d
         ]
     );
 }
+
+/// 40 hosts in "Kerberos only", all in one group (each already lists the other 39).
+async fn forty_hosts() -> (Config, Store, tempfile::TempDir, FakeAd) {
+    let names: Vec<String> = (1..=40).map(|i| format!("HV{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (cfg, store, dir) = setup(&refs).await;
+    let ad = FakeAd::new(
+        refs.iter()
+            .map(|h| {
+                let peers: Vec<&str> = refs.iter().copied().filter(|p| p != h).collect();
+                delegating(h, KERBEROS_ONLY, &peers)
+            })
+            .collect(),
+    );
+    (cfg, store, dir, ad)
+}
+
+/// A run audits a chunk at a time (with one write in flight, 32 hosts) and hands each chunk's
+/// rows over as soon as they are audited: the per-DC verify and the purges of the first 32
+/// hosts do not wait for the last 8 to be written.
+#[tokio::test]
+async fn a_long_run_audits_and_hands_over_each_chunk_before_writing_the_next() {
+    let (cfg, store, _dir, mut ad) = forty_hosts().await;
+    let at_33rd = std::sync::Arc::new(Mutex::new(None));
+    let (seen, audit) = (at_33rd.clone(), store.clone());
+    ad.after = Some(Box::new(move |n| {
+        let (seen, audit) = (seen.clone(), audit.clone());
+        Box::pin(async move {
+            if n == 32 {
+                *seen.lock().unwrap() = Some(audit.audit(None, 100).await.unwrap().len());
+            }
+        })
+    }));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = RunOptions {
+        audited: Some(tx),
+        ..run_opts()
+    };
+    let out = reconcile(&cfg, &ad, &store, opts).await.unwrap();
+    assert_eq!(
+        *at_33rd.lock().unwrap(),
+        Some(32),
+        "the first chunk was audited when the 33rd host was written"
+    );
+    let mut handed = Vec::new();
+    while let Ok(rows) = rx.try_recv() {
+        handed.push(rows);
+    }
+    assert_eq!(handed.iter().map(Vec::len).collect::<Vec<_>>(), [32, 8]);
+    let mut all: Vec<_> = handed.concat().into_iter().map(|r| r.host).collect();
+    all.sort();
+    let mut applied: Vec<_> = out.applied.iter().map(|r| r.host.clone()).collect();
+    applied.sort();
+    assert_eq!(all, applied, "every row handed over once, and in the outcome");
+    assert_eq!(store.audit(None, 100).await.unwrap().len(), 40);
+    assert!(store.open_intents().await.unwrap().is_empty());
+}
+
+/// A write every other would fail the same way (the privilege is missing) in the second chunk:
+/// the first chunk stays audited and handed over, the rest is settled as never written.
+#[tokio::test]
+async fn an_error_in_a_later_chunk_keeps_the_earlier_chunks_audit_and_settles_the_rest_unwritten() {
+    let (cfg, store, _dir, ad) = forty_hosts().await;
+    *ad.before.lock().unwrap() = Some(Box::new(|n, _| {
+        (n == 33).then(|| LdapError::MissingPrivilege {
+            dn: "CN=HV34".into(),
+            text: "insufficient access".into(),
+        })
+    }));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = RunOptions {
+        audited: Some(tx),
+        ..run_opts()
+    };
+    let err = reconcile(&cfg, &ad, &store, opts).await.unwrap_err();
+    assert!(
+        matches!(err, ReconcileError::Ldap(LdapError::MissingPrivilege { .. })),
+        "{err}"
+    );
+    let mut handed = Vec::new();
+    while let Ok(rows) = rx.try_recv() {
+        handed.push(rows.len());
+    }
+    assert_eq!(handed, [32, 1], "the first chunk, and the one write of the second");
+    assert_eq!(store.audit(None, 100).await.unwrap().len(), 33);
+    assert!(
+        store.open_intents().await.unwrap().is_empty(),
+        "the rest settled: never written"
+    );
+    assert_eq!(ad.modifies.load(Ordering::SeqCst), 34, "nothing sent after the refusal");
+}
