@@ -104,6 +104,11 @@ Commands:
                    needed command is missing (apt-get). Then: source \$KCDSYNC_LAB_DIR/lab.env
   install          Install the Debian packages the lab needs, if any command is missing
                    (what \`up\` does first; CI calls it on its own).
+  install --samba backports
+                   Build the Samba 4.22 root (Debian bookworm-backports) that
+                   deploy/lab/samba422.sh runs a DC from, beside the system's samba, which it
+                   leaves alone (\`samba422.sh root\`; downloads Debian packages, installs only
+                   debootstrap). Its KDC honours RBCD; see deploy/lab/README.md.
   down [--purge]   Stop samba by its PID (TERM, up to 10 s, then KILL). --purge also removes
                    the lab directory. Idempotent.
   status           Exit 0 and print one line when the lab is up and answers LDAPS; else exit 1.
@@ -1499,7 +1504,14 @@ main() {
     esac
     case $cmd in
         up) ((${#args[@]} == 0)) || die "up takes no arguments"; cmd_up ;;
-        install) require_root; ensure_packages ;;
+        install)
+            case "${args[*]:-}" in
+                '') require_root; ensure_packages ;;
+                '--samba backports' | --samba=backports)
+                    exec bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/samba422.sh" root ;;
+                '--samba system' | --samba=system) require_root; ensure_packages ;;
+                *) die "install: unknown arguments '${args[*]}' (install [--samba system|backports])" ;;
+            esac ;;
         down) cmd_down "${args[@]}" ;;
         status) cmd_status ;;
         seed) cmd_seed "${args[@]}" ;;
