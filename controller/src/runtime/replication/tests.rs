@@ -260,6 +260,32 @@ async fn reads_in_flight_stay_within_the_bound() {
     assert!(dc.max_in_flight.load(Ordering::SeqCst) <= 4);
 }
 
+/// A run hands over a chunk of rows at once; the worker takes the whole chunk before reading,
+/// so one pass reads it `in_flight` at a time (one pass per object took 64 reads in a row:
+/// with a busy DC, the verify fell seconds behind a long run).
+#[tokio::test(start_paused = true)]
+async fn a_chunk_handed_over_at_once_is_read_in_one_pass() {
+    let dc = Arc::new(FakeDc::default());
+    let t0 = Instant::now();
+    let dns: Vec<String> = (0..64)
+        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
+        .collect();
+    for dn in &dns {
+        dc.shows(dn, 0x1000 | T2A4D, t0);
+    }
+    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 16);
+    for dn in &dns {
+        jobs.send(written(6, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
+    }
+    for _ in &dns {
+        assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
+    }
+    assert_eq!(dc.max_in_flight.load(Ordering::SeqCst), 16);
+    assert_eq!(dc.reads.load(Ordering::SeqCst), 64, "each object read once");
+    // 4 rounds of 16 reads of 5 ms, not 64 reads in a row.
+    assert!(t0.elapsed() < Duration::from_millis(100), "{:?}", t0.elapsed());
+}
+
 #[test]
 fn a_dc_without_a_url_is_not_guessed_and_the_write_dc_is_not_verified_against_itself() {
     let me = "CN=NTDS Settings,CN=DC1,CN=Servers,CN=Default-First-Site-Name,CN=Sites,CN=Configuration,DC=lab,DC=test";

@@ -38,6 +38,8 @@ pub struct Limits {
 
 struct Pending {
     expected: Expected,
+    /// `dn_key` of its DN, computed once: a chunk of thousands is matched against thousands.
+    key: String,
     /// When this write was handed over: its lag is measured from here.
     since: Instant,
     /// Since when the DC has been behind on this object (an older write it never showed, that
@@ -75,7 +77,14 @@ impl Worker {
                 .min();
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(e) => self.add(&mut pending, e),
+                    Some(e) => {
+                        self.add(&mut pending, e);
+                        // A run hands over a whole chunk at once: take all of it, so one pass
+                        // reads it with `in_flight` reads at a time, not one pass per object.
+                        while let Ok(e) = jobs.try_recv() {
+                            self.add(&mut pending, e);
+                        }
+                    }
                     None => return,
                 },
                 _ = sleep_until(wake), if !pending.is_empty() => {}
@@ -116,16 +125,14 @@ impl Worker {
         let age = Duration::from_millis((crate::store::now_ms() - e.record.time_ms).max(0) as u64);
         let written = now.checked_sub(age).unwrap_or(now);
         let mut behind = written;
-        if let Some(i) = pending
-            .iter()
-            .position(|p| crate::model::dn_key(&p.expected.record.dn) == key)
-        {
+        if let Some(i) = pending.iter().position(|p| p.key == key) {
             let old = pending.swap_remove(i);
             behind = old.behind.min(written);
             tracing::debug!(dc = %self.dc.name, dn = %key, plan = old.expected.record.plan_id, by = e.record.plan_id,
                 "a newer write replaced one not yet seen on this DC");
         }
         pending.push(Pending {
+            key,
             since: written,
             behind,
             next: now,
