@@ -13,8 +13,9 @@
 //! its lag from `written_at`, the audit row: the write verified on dc1); the floor's is its
 //! first sight. Compared: per object, how long after dc2 had the change kcdsync recorded it
 //! (what the verify adds); and time-to-all, from serve's start to the last object on dc2 vs
-//! to kcdsync's last record. The audit rows of a run are written after the whole run (every
-//! host applied and verified on dc1), so raw latency from the audit row is often negative.
+//! to kcdsync's last record. A run audits a chunk of hosts at a time (applied and verified on
+//! dc1), so raw latency from the audit row is small, and negative where dc2 had a change before
+//! its chunk was audited.
 //! Then the OU is set back to broken through dc1 and awaited on dc2 for the next round.
 
 use std::collections::HashMap;
