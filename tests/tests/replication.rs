@@ -683,3 +683,69 @@ async fn a_stopped_dc_is_named_and_its_hosts_purges_wait_until_it_is_back_with_t
     drop(uplink);
     cleanup(lab, running, &fleet).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dc_added_by_a_reload_is_verified_from_the_next_write_on() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    export_metrics();
+    let lab = TwoDcLab::start();
+    let (fleet, _user) = fleet(lab).await;
+    let src = &fleet.hosts[0];
+    // serve starts knowing dc1 only: its writes are verified on dc1 and nowhere else.
+    let with_dc2 = config(lab, &fleet, 900);
+    let dc2_block = format!(
+        "[[ad.dc]]\nname = \"{}\"\nurl = \"{}\"",
+        lab.dc_var(Dc::Dc2, "HOST"),
+        lab.ldaps_url(Dc::Dc2)
+    );
+    assert!(with_dc2.contains(&dc2_block), "{with_dc2}");
+    let (_dir, path) = write_config(&with_dc2.replace(&dc2_block, ""));
+    let running = runtime::start(Config::load(&path).unwrap()).await.unwrap();
+    let (first, _) = written(&running.store, &src.dn).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        running.store.replication_of_plans(first, first).await.unwrap(),
+        [],
+        "no DC to verify on yet"
+    );
+
+    // The operator adds dc2 and reloads (SIGHUP does exactly this); then AD drifts on src.
+    std::fs::write(&path, &with_dc2).unwrap();
+    running.reload(Config::load(&path).unwrap()).await.unwrap();
+    running.reconciled(2).await;
+    let mut dc1 = lab.admin(Dc::Dc1).await.unwrap();
+    dc1.modify(
+        &src.dn,
+        vec![ldap3::Mod::Replace("userAccountControl", ["4096"].into())],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let t = Instant::now();
+    let second = loop {
+        let rows = running.store.audit(None, 100).await.unwrap();
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.dn.eq_ignore_ascii_case(&src.dn) && r.plan_id > first)
+        {
+            break r.plan_id;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the drift was not repaired in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eventually(Duration::from_secs(60), "the repair recorded on dc2", || {
+        let store = running.store.clone();
+        let dn = src.dn.clone();
+        async move { recorded_on_dc2(&store, second, &dn).await.is_some() }
+    })
+    .await;
+    report(&format!(
+        "dc2 added by a reload: plan {second}'s repair recorded on dc2 {:.1} s after the drift",
+        t.elapsed().as_secs_f64()
+    ));
+    cleanup(lab, running, &fleet).await;
+}

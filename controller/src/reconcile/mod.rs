@@ -55,7 +55,15 @@ pub struct RunOptions {
     /// Gets the audit rows of the run's writes as each chunk is verified and audited, before
     /// the run ends (`serve`: the per-DC verify and the agents' purges start on them at once).
     /// Every row also ends up in [`Outcome::applied`].
-    pub audited: Option<mpsc::UnboundedSender<Vec<AuditRecord>>>,
+    pub audited: Option<mpsc::UnboundedSender<Audited>>,
+}
+
+/// Audit rows a run handed over while running (`RunOptions::audited`).
+#[derive(Debug)]
+pub struct Audited {
+    pub rows: Vec<AuditRecord>,
+    /// The run's span: what follows these rows (a purge command) is part of the run's trace.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug, Clone)]
@@ -244,7 +252,10 @@ fn hand_over(opts: &RunOptions, rows: &[AuditRecord]) {
     if let Some(tx) = &opts.audited
         && !rows.is_empty()
     {
-        let _ = tx.send(rows.to_vec());
+        let _ = tx.send(Audited {
+            rows: rows.to_vec(),
+            span: tracing::Span::current(),
+        });
     }
 }
 

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::replication::{Batch, Purge, Replication};
 use crate::grpc::agents::AgentHub;
+use crate::reconcile::Audited;
 use crate::store::AuditRecord;
 
 pub struct Handover {
@@ -19,11 +20,12 @@ pub struct Handover {
 impl Handover {
     /// Runs the handover on its own task; a run sends its audit rows into the returned sender
     /// (`RunOptions::audited`). The task ends when every sender is dropped.
-    pub fn start(self) -> mpsc::UnboundedSender<Vec<AuditRecord>> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<AuditRecord>>();
+    pub fn start(self) -> mpsc::UnboundedSender<Audited> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Audited>();
         tokio::spawn(async move {
-            while let Some(rows) = rx.recv().await {
-                self.rows(rows).await;
+            while let Some(Audited { rows, span }) = rx.recv().await {
+                // In the run's span: a purge command is part of the remediation's trace.
+                self.rows(rows).instrument(span).await;
             }
         });
         tx

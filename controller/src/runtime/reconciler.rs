@@ -5,16 +5,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use kcdsync_proto::v1 as pb;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::connection::Kept;
 use super::effects::Effects;
+use super::handover::Handover;
 use super::observer::Observer;
 use super::policy::{self, Action};
 use super::queue::HostQueue;
+use super::replication;
 use super::scheduler::{Reason, Scheduler, Wake};
 use crate::config::Config;
+use crate::grpc::convert::{event, finding_to_pb};
 use crate::leader::Leadership;
 use crate::reconcile::{self, Approval, Fence, Outcome, ReconcileError, RunOptions};
 use crate::store::now_ms;
@@ -48,7 +52,7 @@ pub struct Reconciler {
     pub cfg: Arc<Config>,
     pub effects: Effects,
     /// Where each run sends its audit rows as it makes them (`runtime::handover`).
-    pub audited: tokio::sync::mpsc::UnboundedSender<Vec<crate::store::AuditRecord>>,
+    pub audited: tokio::sync::mpsc::UnboundedSender<reconcile::Audited>,
     pub observer: Observer,
     pub ldap: Kept,
     pub queue: HostQueue,
@@ -70,9 +74,12 @@ impl Reconciler {
                 if let Some(r) = next.reply.take() {
                     let _ = r.send(Err(ReconcileError::Follower));
                 }
+                let before = self.cfg.clone();
                 if !scheduler.follow(&self.leadership, &mut self.cfg).await {
                     break;
                 }
+                // Reloaded while following: the verify must match the config it now leads with.
+                self.follow_dc_config(&before);
                 next = Next::because(Reason::Leadership);
             }
             let epoch = self.leadership.epoch();
@@ -115,7 +122,8 @@ impl Reconciler {
                     reply: Some(r.reply),
                 },
                 Wake::Reload(c) => {
-                    self.cfg = Arc::new(*c);
+                    let before = std::mem::replace(&mut self.cfg, Arc::new(*c));
+                    self.follow_dc_config(&before);
                     self.ldap.close().await;
                     Next::because(Reason::Config)
                 }
@@ -125,6 +133,40 @@ impl Reconciler {
             };
         }
         tracing::info!("reconciler stopped");
+    }
+
+    /// After a reload that changed the DCs (`[ad]`, `[[ad.dc]]`, the replication deadline), the
+    /// per-DC verify starts again with the new config: workers for the DCs it now names, the
+    /// writes still awaited and the purges still held resumed from the store. The old one stops
+    /// (its handles are dropped here); its findings are cleared on the event stream, and the new
+    /// one raises again whatever is still late.
+    fn follow_dc_config(&mut self, before: &Config) {
+        if replication::same_setup(before, &self.cfg) {
+            return;
+        }
+        tracing::info!("the domain controllers' config changed: the per-DC verify starts again with it");
+        let e = &self.effects;
+        let r = replication::start(
+            self.cfg.clone(),
+            replication::Outputs {
+                store: e.store.clone(),
+                api: e.api.clone(),
+                events: e.events.clone(),
+                hub: e.hub.clone(),
+            },
+        );
+        for f in e.dc_findings.lock().unwrap().values() {
+            let _ = e
+                .events
+                .send(event(pb::fleet_event::Event::FindingCleared(finding_to_pb(f))));
+        }
+        self.audited = Handover {
+            hub: e.hub.clone(),
+            replication: r.clone(),
+        }
+        .start();
+        self.effects.dc_findings = r.findings.clone();
+        self.effects.replication = r;
     }
 
     /// One traced run; losing the lease cancels it at once (the fence stops

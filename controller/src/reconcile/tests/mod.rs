@@ -1030,8 +1030,8 @@ async fn a_long_run_audits_and_hands_over_each_chunk_before_writing_the_next() {
         "the first chunk was audited when the 33rd host was written"
     );
     let mut handed = Vec::new();
-    while let Ok(rows) = rx.try_recv() {
-        handed.push(rows);
+    while let Ok(a) = rx.try_recv() {
+        handed.push(a.rows);
     }
     assert_eq!(handed.iter().map(Vec::len).collect::<Vec<_>>(), [32, 8]);
     let mut all: Vec<_> = handed.concat().into_iter().map(|r| r.host).collect();
@@ -1065,8 +1065,8 @@ async fn an_error_in_a_later_chunk_keeps_the_earlier_chunks_audit_and_settles_th
         "{err}"
     );
     let mut handed = Vec::new();
-    while let Ok(rows) = rx.try_recv() {
-        handed.push(rows.len());
+    while let Ok(a) = rx.try_recv() {
+        handed.push(a.rows.len());
     }
     assert_eq!(handed, [32, 1], "the first chunk, and the one write of the second");
     assert_eq!(store.audit(None, 100).await.unwrap().len(), 33);

@@ -129,6 +129,23 @@ impl Replication {
     }
 }
 
+/// Whether the per-DC verify started with `a` is the one `b` asks for: the same DCs, reached
+/// the same way, with the same deadline. A reload that changes any of this starts the verify
+/// again (`runtime::reconciler`); what it awaited and the purges it held are in the store.
+pub fn same_setup(a: &Config, b: &Config) -> bool {
+    let (a, b) = (&a.ad, &b.ad);
+    a.url == b.url
+        && a.starttls == b.starttls
+        && a.ca_file == b.ca_file
+        && a.bind_dn == b.bind_dn
+        && a.password.expose() == b.password.expose()
+        && a.timeout == b.timeout
+        && a.max_in_flight == b.max_in_flight
+        && a.domain_dn == b.domain_dn
+        && a.dcs == b.dcs
+        && a.replication_deadline == b.replication_deadline
+}
+
 /// Where the recorder reports to.
 pub struct Outputs {
     pub store: Store,

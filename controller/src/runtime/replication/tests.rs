@@ -662,3 +662,31 @@ async fn a_held_purge_survives_a_restart_and_waits_for_its_dc() {
     assert!(fleet.try_recv().is_err(), "no wait shown for a purge sent at once");
     assert!(store.held_purges().await.unwrap().is_empty());
 }
+
+/// What restarts the per-DC verify on a reload: a change of the DCs or of how they are
+/// reached; not a change of the groups.
+#[test]
+fn a_reload_restarts_the_verify_only_when_the_dcs_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        dir.path().join("pw"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let cfg = |ad_extra: &str, hosts: &str| {
+        let text = format!(
+            "[ad]\nurl = \"ldaps://127.0.0.1\"\nca_file = \"pw\"\nbind_dn = \"CN=svc,CN=Users,DC=lab,DC=test\"\npassword_file = \"pw\"\n{ad_extra}\n[scope]\nbase_dns = [\"OU=Hyper-V,DC=lab,DC=test\"]\n[[group]]\nname = \"g\"\nmode = \"enforce\"\nhosts = [{hosts}]\n"
+        );
+        Config::parse(&text, &dir.path().join("kcdsync.toml")).unwrap()
+    };
+    let dc2 = "[[ad.dc]]\nname = \"dc2.lab.test\"\nurl = \"ldaps://127.0.0.2\"";
+    let base = cfg("", "\"HV01\", \"HV02\"");
+    assert!(super::same_setup(&base, &cfg("", "\"HV01\", \"HV03\"")), "groups only");
+    assert!(!super::same_setup(&base, &cfg(dc2, "\"HV01\", \"HV02\"")), "a DC added");
+    assert!(!super::same_setup(
+        &base,
+        &cfg("replication_deadline_secs = 60", "\"HV01\", \"HV02\"")
+    ));
+}
