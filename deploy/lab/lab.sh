@@ -1126,18 +1126,26 @@ fwd_pid() {
 }
 
 lab2_start_forwarder() {
-    local specs=() n port i
+    local specs=() n port
     for n in 1 2; do
         for port in "${LAB2_PORTS[@]}"; do
             specs+=("127.0.0.$n:$((LAB2_PORT_BASE + port))=127.0.0.$n:$port")
         done
     done
+    fwd_launch "$NETNS" "${specs[@]}"
+}
+
+# fwd_launch NETNS LISTEN=TARGET...: starts $FWD_PY (nsfwd.py) detached, its PID in $FWD_PID and
+# its log in $FWD_LOG, and waits until it says it is ready. Also used by samba422.sh.
+fwd_launch() {
+    local netns=$1 i
+    shift
     rm -f "$FWD_PID"
     : >"$FWD_LOG"
     # shellcheck disable=SC2016
     (
         exec setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-fwd "$FWD_PID" \
-            python3 "$FWD_PY" "$NETNS" "${specs[@]}"
+            python3 "$FWD_PY" "$netns" "$@"
     ) </dev/null >>"$FWD_LOG" 2>&1 9>&- &
     disown $! 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do

@@ -186,7 +186,7 @@ FWD_PY=$LAB_DIR/bin/nsfwd.py
 S422_HOST_ENV=$LAB_DIR/host.env
 
 s422_forwarder_up() {
-    local specs=() port busy='' i
+    local specs=() port busy=''
     if ! [[ $S422_PORT_BASE =~ ^[0-9]+$ ]] || ((S422_PORT_BASE < 1024 || S422_PORT_BASE > 60000)); then
         s422_die "KCDSYNC_LAB422_PORT_BASE must be a number in 1024..60000 (got '$S422_PORT_BASE')"
     fi
@@ -200,21 +200,7 @@ s422_forwarder_up() {
     [[ -z $busy ]] || s422_die "ports the 4.22 lab's forwarder needs are in use:$busy (choose another KCDSYNC_LAB422_PORT_BASE)"
     mkdir -p "$LAB_DIR/bin"
     cp "$S422_HERE/nsfwd.py" "$FWD_PY"
-    rm -f "$FWD_PID"
-    : >"$FWD_LOG"
-    # shellcheck disable=SC2016
-    (
-        exec setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' lab-fwd "$FWD_PID" \
-            python3 "$FWD_PY" "$S422_NETNS" "${specs[@]}"
-    ) </dev/null >>"$FWD_LOG" 2>&1 9>&- &
-    disown $! 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        grep -q '^nsfwd: ready' "$FWD_LOG" 2>/dev/null && return 0
-        [[ -s $FWD_PID ]] && ! fwd_pid >/dev/null && break
-        sleep 0.05
-    done
-    cat "$FWD_LOG" >&2 || true
-    s422_die "the forwarder (nsfwd.py) did not start; log above ($FWD_LOG)"
+    fwd_launch "$S422_NETNS" "${specs[@]}"
 }
 
 s422_write_host_env() {

@@ -382,6 +382,15 @@ pub async fn fleet_client(
     )
 }
 
+/// Every delegation edge of the exposure (GetExposure's first page, unfiltered).
+pub async fn exposure_edges(api: &mut FleetClient) -> Vec<kcdsync_proto::v1::DelegationEdge> {
+    api.get_exposure(kcdsync_proto::v1::GetExposureRequest::default())
+        .await
+        .expect("GetExposure")
+        .into_inner()
+        .edges
+}
+
 /// The plans waiting for approval (the first page).
 pub async fn pending_plans(api: &mut FleetClient) -> Vec<kcdsync_proto::v1::Plan> {
     use kcdsync_proto::v1 as pb;

@@ -59,6 +59,11 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// The last line of a tool's error text (kvno's refusal, say), for a one-line report.
+pub fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or_default()
+}
+
 /// A unique-enough token for passwords and names; tests need no CSPRNG.
 pub fn token() -> String {
     use std::hash::{BuildHasher, Hasher};

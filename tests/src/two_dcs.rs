@@ -188,6 +188,17 @@ impl TwoDcLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `dc` pulls the domain partition from the other DC now (`samba-tool drs replicate`): what
+    /// it refused or missed was notified to it then, and is not notified again.
+    pub fn pull_domain(&self, dc: Dc) -> Result<()> {
+        let from = if dc == Dc::Dc1 { Dc::Dc2 } else { Dc::Dc1 };
+        self.drs(
+            dc,
+            &[&format!("replicate {} {} {}", dc.name(), from.name(), self.base_dn())],
+        )?;
+        Ok(())
+    }
+
     /// An LDAPS connection to `dc` bound as Administrator (certificate verified).
     pub async fn admin(&self, dc: Dc) -> Result<Ldap> {
         let pw = std::fs::read_to_string(self.var("LAB_ADMIN_PASS_FILE")).context("admin password file")?;
@@ -217,17 +228,7 @@ impl DcStopped<'_> {
         self.stopped = false;
         let lab = self.lab;
         lab.lab_sh(&["start-dc", "--dcs", "2", &self.dc.n().to_string()])?;
-        let from = if self.dc == Dc::Dc1 { Dc::Dc2 } else { Dc::Dc1 };
-        lab.drs(
-            self.dc,
-            &[&format!(
-                "replicate {} {} {}",
-                self.dc.name(),
-                from.name(),
-                lab.base_dn()
-            )],
-        )?;
-        Ok(())
+        lab.pull_domain(self.dc)
     }
 }
 
@@ -260,17 +261,7 @@ impl InboundHeld<'_> {
                 "--dsa-option=-DISABLE_INBOUND_REPL",
             ],
         )?;
-        let from = if self.dc == Dc::Dc1 { Dc::Dc2 } else { Dc::Dc1 };
-        lab.drs(
-            self.dc,
-            &[&format!(
-                "replicate {} {} {}",
-                self.dc.name(),
-                from.name(),
-                lab.base_dn()
-            )],
-        )?;
-        Ok(())
+        lab.pull_domain(self.dc)
     }
 }
 

@@ -18,14 +18,6 @@ use kcdsync_tests::agents::*;
 use kcdsync_tests::rbcd::{object_sid, write_rbcd};
 use kcdsync_tests::*;
 
-async fn edges(c: &mut FleetClient) -> Vec<pb::DelegationEdge> {
-    c.get_exposure(pb::GetExposureRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .edges
-}
-
 /// The edge `source -> target` of `class`, if the exposure has one.
 fn find<'a>(
     edges: &'a [pb::DelegationEdge],
@@ -78,7 +70,7 @@ async fn seeded_excess_and_dangerous_edges_are_classified_and_the_kdc_agrees() {
     let addr = running.api_addr.unwrap();
     let mut read = fleet_client(&pki, addr, Some(READ_TOKEN), None).await;
 
-    let all = edges(&mut read).await;
+    let all = exposure_edges(&mut read).await;
     for e in &all {
         println!(
             "{:<10} {:<16} -> {:<16} {:<22} {:?}",
@@ -250,7 +242,7 @@ async fn seeded_excess_and_dangerous_edges_are_classified_and_the_kdc_agrees() {
         let mut read = read.clone();
         let (dc, exp03) = (dc.clone(), exp03.fqdn.clone());
         async move {
-            let now = edges(&mut read).await;
+            let now = exposure_edges(&mut read).await;
             now.iter().all(|e| e.target != dc)
                 && !now
                     .iter()

@@ -199,7 +199,3 @@ async fn a_gateway_must_delegate_to_the_source_and_the_kdc_agrees() {
     }
     running.stop().await;
 }
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or_default()
-}

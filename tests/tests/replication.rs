@@ -446,6 +446,53 @@ async fn next_purge(inbound: &mut tonic::Streaming<pb::ControllerMessage>, withi
     }
 }
 
+/// The source's agent stream, after it reported that its SYSTEM tickets come from dc2's KDC and
+/// the hub knows it.
+async fn agent_with_tgt_from_dc2(
+    running: &Running,
+    pki: &Pki,
+    src: &TestHost,
+    realm: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    tonic::Streaming<pb::ControllerMessage>,
+) {
+    let agents_url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
+    let (uplink, inbound) = open_stream(&agents_url, pki.agent_tls(&src.fqdn), &src.fqdn)
+        .await
+        .expect("the source's agent stream");
+    uplink
+        .send(report_with_tgt_from(src, realm, "dc2.lab.test"))
+        .await
+        .unwrap();
+    let hub = running.hub.clone().unwrap();
+    eventually(Duration::from_secs(10), "the hub knows the source's KDC", || {
+        let kdc = hub.kdc_of(&src.fqdn);
+        async move { kdc.as_deref() == Some("dc2.lab.test") }
+    })
+    .await;
+    (uplink, inbound)
+}
+
+/// Approves the plan serve holds (`plan` mode), once it exists.
+async fn approve_the_plan(api: &mut FleetClient) {
+    let t = Instant::now();
+    let pending = loop {
+        let p = pending_plans(api).await;
+        if !p.is_empty() {
+            break p;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no pending plan in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    api.approve_plan(pb::ApprovePlanRequest {
+        id: pending[0].id.clone(),
+        comment: String::new(),
+    })
+    .await
+    .expect("ApprovePlan");
+}
+
 async fn check(api: &mut FleetClient, src: &TestHost, peer: &TestHost, user: &str) -> pb::CheckMigrationResponse {
     api.check_migration(pb::CheckMigrationRequest {
         source: src.fqdn.clone(),
@@ -474,38 +521,11 @@ async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants()
     let mut api = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
 
     // The source's agent reports that its tickets come from dc2's KDC.
-    let agents_url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
-    let (uplink, mut inbound) = open_stream(&agents_url, pki.agent_tls(&src.fqdn), &src.fqdn)
-        .await
-        .expect("the source's agent stream");
-    uplink
-        .send(report_with_tgt_from(src, &realm, "dc2.lab.test"))
-        .await
-        .unwrap();
-    let hub = running.hub.clone().unwrap();
-    eventually(Duration::from_secs(10), "the hub knows the source's KDC", || {
-        let kdc = hub.kdc_of(&src.fqdn);
-        async move { kdc.as_deref() == Some("dc2.lab.test") }
-    })
-    .await;
+    let (uplink, mut inbound) = agent_with_tgt_from_dc2(&running, &pki, src, &realm).await;
 
     // dc2 falls behind; the operator approves the plan, which kcdsync writes through dc1.
     let held = lab.hold_inbound(Dc::Dc2).expect("holding dc2's inbound replication");
-    let t = Instant::now();
-    let pending = loop {
-        let p = pending_plans(&mut api).await;
-        if !p.is_empty() {
-            break p;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no pending plan in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    api.approve_plan(pb::ApprovePlanRequest {
-        id: pending[0].id.clone(),
-        comment: String::new(),
-    })
-    .await
-    .expect("ApprovePlan");
+    approve_the_plan(&mut api).await;
     let (plan, written_ms) = written(&running.store, &src.dn).await;
     kdc_grants(lab, Dc::Dc1, src, &user, peer)
         .await
@@ -601,40 +621,13 @@ async fn a_stopped_dc_is_named_and_its_hosts_purges_wait_until_it_is_back_with_t
     let mut events = running.events.subscribe();
     let mut api = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
 
-    // The source's tickets come from dc2's KDC.
-    let agents_url = format!("https://127.0.0.1:{}", running.agents_addr.unwrap().port());
-    let (uplink, mut inbound) = open_stream(&agents_url, pki.agent_tls(&src.fqdn), &src.fqdn)
-        .await
-        .expect("the source's agent stream");
-    uplink
-        .send(report_with_tgt_from(src, &realm, "dc2.lab.test"))
-        .await
-        .unwrap();
-    let hub = running.hub.clone().unwrap();
-    eventually(Duration::from_secs(10), "the hub knows the source's KDC", || {
-        let kdc = hub.kdc_of(&src.fqdn);
-        async move { kdc.as_deref() == Some("dc2.lab.test") }
-    })
-    .await;
+    // The source's agent reports that its tickets come from dc2's KDC.
+    let (uplink, mut inbound) = agent_with_tgt_from_dc2(&running, &pki, src, &realm).await;
 
     // dc2 goes down (its samba stopped: no LDAP, no KDC); the plan is approved and written
     // through dc1.
     let stopped = lab.stop_dc(Dc::Dc2).expect("stopping dc2");
-    let t = Instant::now();
-    let pending = loop {
-        let p = pending_plans(&mut api).await;
-        if !p.is_empty() {
-            break p;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no pending plan in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    api.approve_plan(pb::ApprovePlanRequest {
-        id: pending[0].id.clone(),
-        comment: String::new(),
-    })
-    .await
-    .expect("ApprovePlan");
+    approve_the_plan(&mut api).await;
     let (plan, written_ms) = written(&running.store, &src.dn).await;
     kdc_grants(lab, Dc::Dc1, src, &user, peer)
         .await

@@ -20,18 +20,6 @@ use kcdsync_tests::rbcd::{object_sid, write_rbcd};
 use kcdsync_tests::*;
 use ldap3::Mod;
 
-async fn edges(c: &mut FleetClient) -> Vec<pb::DelegationEdge> {
-    c.get_exposure(pb::GetExposureRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .edges
-}
-
-fn last_line(s: &str) -> &str {
-    s.lines().last().unwrap_or_default()
-}
-
 /// The exposure's answer to "can `source` act as `user` towards `cifs/target`", and why: an
 /// edge to the target (by FQDN) from the source (by FQDN, or by SID for a principal outside the
 /// scope), and the user not sensitive.
@@ -82,7 +70,7 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
     running.reconciled(1).await;
     let mut read = fleet_client(&pki, running.api_addr.unwrap(), Some(READ_TOKEN), None).await;
     let mut write = fleet_client(&pki, running.api_addr.unwrap(), Some(WRITE_TOKEN), None).await;
-    let all = edges(&mut read).await;
+    let all = exposure_edges(&mut read).await;
     let rbcd = |source: &str, class: pb::EdgeClass| {
         all.iter()
             .find(|e| e.source == source && e.target == rb02.fqdn && e.class == class as i32)
@@ -147,14 +135,14 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
     eventually(Duration::from_secs(20), "the dangerous RBCD edge is gone", || {
         let mut read = read.clone();
         async move {
-            edges(&mut read)
+            exposure_edges(&mut read)
                 .await
                 .iter()
                 .all(|e| e.class != pb::EdgeClass::Dangerous as i32)
         }
     })
     .await;
-    let all = edges(&mut read).await;
+    let all = exposure_edges(&mut read).await;
     let (_, disagreements) = table(&all);
     assert!(
         disagreements.is_empty(),
@@ -169,7 +157,12 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
         .unwrap();
     eventually(Duration::from_secs(20), "no RBCD edge is left", || {
         let mut read = read.clone();
-        async move { edges(&mut read).await.iter().all(|e| e.via != pb::EdgeVia::Rbcd as i32) }
+        async move {
+            exposure_edges(&mut read)
+                .await
+                .iter()
+                .all(|e| e.via != pb::EdgeVia::Rbcd as i32)
+        }
     })
     .await;
     let refused = lab

@@ -324,20 +324,8 @@ async fn the_recorder_stores_arrivals_and_raises_and_clears_the_dcs_finding() {
     let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
         .await
         .unwrap();
-    let (events, mut fleet) = broadcast::channel(16);
-    let findings = DcFindings::default();
-    let awaiting = super::AwaitingFindings::default();
-    let recorder = Recorder {
-        out: Outputs {
-            store: store.clone(),
-            api: None,
-            events,
-            hub: None,
-        },
-        findings: findings.clone(),
-        held: Default::default(),
-        awaiting: awaiting.clone(),
-    };
+    let (recorder, mut fleet) = recorder_on(&store);
+    let (findings, awaiting) = (recorder.findings.clone(), recorder.awaiting.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let done = tokio::spawn(recorder.run(rx));
     let w = written(7, DN, 0x1000, 0x1000 | T2A4D);
@@ -490,18 +478,7 @@ async fn the_recorder_records_arrivals_queued_together_in_one_commit() {
     let store = Store::open(&format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()))
         .await
         .unwrap();
-    let (events, _fleet) = broadcast::channel(16);
-    let recorder = Recorder {
-        out: Outputs {
-            store: store.clone(),
-            api: None,
-            events,
-            hub: None,
-        },
-        findings: DcFindings::default(),
-        held: Default::default(),
-        awaiting: Default::default(),
-    };
+    let (recorder, _fleet) = recorder_on(&store);
     let (tx, rx) = mpsc::unbounded_channel();
     let writes: Vec<Expected> = (0..1500)
         .map(|i| {
