@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::{Config, ReplicaConfig, hostname};
 use crate::reconcile::Fence;
@@ -209,36 +210,80 @@ impl Leadership {
     }
 }
 
+/// How one attempt to renew the writer lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// The store says this process holds it, at this epoch.
+    Held(i64),
+    /// The store says another writer holds it.
+    Taken,
+    /// No answer: the store failed or was slower than a third of the TTL.
+    Failed,
+}
+
+/// What this process holds after a renewal attempt sent at `sent`: the epoch it publishes, and
+/// until when the lease is surely its own by this process's clock (`sent` + TTL: the store
+/// dates the lease no earlier than that). A failed renewal keeps a lease that has not lapsed:
+/// stepping down at the first slow answer would stop the work for nothing — what protects AD
+/// is the fence every write checks in the store, not this flag.
+fn after_renewal(
+    renewal: Renewal,
+    held: Option<(i64, Instant)>,
+    sent: Instant,
+    now: Instant,
+    ttl: Duration,
+) -> Option<(i64, Instant)> {
+    match renewal {
+        Renewal::Held(e) => Some((e, sent + ttl)),
+        Renewal::Taken => None,
+        Renewal::Failed => held.filter(|(_, until)| now < *until),
+    }
+}
+
 /// Takes and renews the writer lease as `w`, publishing the epoch held (`None` while another
 /// holds it). On a clean stop a held lease is released.
 pub async fn lease_loop(store: Store, w: Writer, leader: watch::Sender<Option<i64>>, mut stop: watch::Receiver<bool>) {
     let ttl_ms = w.ttl.as_millis() as i64;
     let every = (w.ttl / 3).max(Duration::from_millis(100));
+    let mut held: Option<(i64, Instant)> = None;
     loop {
+        let sent = Instant::now();
         let got = tokio::time::timeout(every, store.acquire_lease(LEADER_LEASE, &w.holder, &w.address, ttl_ms)).await;
-        let epoch = match got {
-            Ok(Ok(e)) => e,
+        let renewal = match got {
+            Ok(Ok(Some(e))) => Renewal::Held(e),
+            Ok(Ok(None)) => Renewal::Taken,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot renew the writer lease");
-                None
+                Renewal::Failed
             }
             Err(_) => {
                 tracing::warn!(
                     timeout_ms = every.as_millis() as u64,
                     "renewing the writer lease timed out"
                 );
-                None
+                Renewal::Failed
             }
         };
+        held = after_renewal(renewal, held, sent, Instant::now(), w.ttl);
+        let epoch = held.map(|(e, _)| e);
         if *leader.borrow() != epoch {
             match epoch {
                 Some(e) => tracing::info!(holder = %w.holder, epoch = e, "leading: this process writes AD"),
-                None => tracing::warn!(holder = %w.holder, "following: another writer holds the AD write lease"),
+                None => {
+                    tracing::warn!(holder = %w.holder, "following: another writer holds the AD write lease, or this one's lapsed")
+                }
             }
             leader.send_replace(epoch);
         }
+        // Kept through a failed renewal: try again soon, so the flag outlives the lease by at
+        // most one more attempt.
+        let pause = if renewal == Renewal::Failed && held.is_some() {
+            every / 4
+        } else {
+            every
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|v| *v) => break,
         }
     }
@@ -247,5 +292,53 @@ pub async fn lease_loop(store: Store, w: Writer, leader: watch::Sender<Option<i6
         if let Err(e) = store.release_lease(LEADER_LEASE, &w.holder).await {
             tracing::warn!(error = %e, "could not release the writer lease; it expires by itself");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_renewal_the_store_grants_holds_the_lease_for_a_ttl_from_when_it_was_sent() {
+        let sent = Instant::now();
+        let now = sent + Duration::from_secs(2);
+        assert_eq!(
+            after_renewal(Renewal::Held(7), None, sent, now, TTL),
+            Some((7, sent + TTL))
+        );
+    }
+
+    #[test]
+    fn one_slow_or_failed_renewal_keeps_a_lease_that_has_not_lapsed() {
+        let t0 = Instant::now();
+        let held = after_renewal(Renewal::Held(7), None, t0, t0, TTL);
+        // The next renewal, sent a third of the TTL later, times out after another third.
+        let slow = after_renewal(Renewal::Failed, held, t0 + TTL / 3, t0 + TTL * 2 / 3, TTL);
+        assert_eq!(
+            slow,
+            Some((7, t0 + TTL)),
+            "still leading, the lease still ends at t0 + TTL"
+        );
+        // A second failure, past the lease's end: step down.
+        let lapsed = after_renewal(Renewal::Failed, slow, t0 + TTL * 2 / 3, t0 + TTL, TTL);
+        assert_eq!(lapsed, None);
+        // Renewed after the hiccup: a fresh TTL from that renewal.
+        let again = after_renewal(Renewal::Held(7), slow, t0 + TTL * 2 / 3, t0 + TTL * 2 / 3, TTL);
+        assert_eq!(again, Some((7, t0 + TTL * 2 / 3 + TTL)));
+    }
+
+    #[test]
+    fn another_writer_holding_the_lease_means_stepping_down_at_once() {
+        let t0 = Instant::now();
+        let held = after_renewal(Renewal::Held(7), None, t0, t0, TTL);
+        assert_eq!(
+            after_renewal(Renewal::Taken, held, t0 + TTL / 3, t0 + TTL / 3, TTL),
+            None
+        );
+        // And a follower whose renewal fails stays a follower.
+        assert_eq!(after_renewal(Renewal::Failed, None, t0, t0, TTL), None);
     }
 }
