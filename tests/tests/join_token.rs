@@ -352,16 +352,18 @@ fn a_join_token_enrolls_its_host_once_and_nothing_else() {
             assert!(!out.contains(&s[5..]) && !json.contains(&s[5..]), "no secret listed");
         }
 
-        // Refusals counted by reason.
+        // Refusals counted by reason: the replay and the race's loser are two "used" (both made
+        // before this point; waited for as exported, which is periodic: a first export may fall
+        // between the two).
         eventually(Duration::from_secs(20), "the token refusals exported", || {
-            let seen = ["token_used", "token_expired", "token_unknown", "token_revoked"]
+            let seen = ["token_expired", "token_unknown", "token_revoked"]
                 .map(count)
                 .iter()
-                .all(|n| *n >= 1.0);
+                .all(|n| *n >= 1.0)
+                && count("token_used") >= 2.0;
             async move { seen }
         })
         .await;
-        assert!(count("token_used") >= 2.0, "the replay and the race's loser");
 
         ctl.running.stop().await;
         ctl.store.close().await;
