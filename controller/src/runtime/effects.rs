@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kcdsync_proto::v1 as pb;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::config::Config;
 use crate::diagnose::{self, Finding, Severity};
@@ -20,7 +20,9 @@ use crate::reconcile::Outcome;
 use crate::store::{Store, now_ms};
 use crate::view::{Snapshot, View};
 
-use super::replication::Replication;
+use super::handover::Handover;
+use super::replication::{self, Replication};
+use crate::reconcile::Audited;
 
 pub struct Effects {
     pub store: Store,
@@ -29,9 +31,8 @@ pub struct Effects {
     pub events: broadcast::Sender<pb::FleetEvent>,
     /// Findings of the last view, by id, to tell raised from cleared.
     findings: BTreeMap<String, Finding>,
-    /// The per-DC verify's findings: shown in the view, raised and cleared by it.
-    pub dc_findings: super::replication::DcFindings,
-    /// The per-DC verify, whose waits (`AwaitingReplication`) are shown in the view.
+    /// The per-DC verify, whose findings (`DcNotReplicating`, raised and cleared by it) and
+    /// waits (`AwaitingReplication`) are shown in the view.
     pub replication: Replication,
 }
 
@@ -48,9 +49,28 @@ impl Effects {
             api,
             events,
             findings: BTreeMap::new(),
-            dc_findings: Default::default(),
             replication: Replication::default(),
         }
+    }
+
+    /// Starts the per-DC verify for `cfg` (replacing one started before, which stops once its
+    /// handles are dropped) and the handover that feeds it; returns where a run sends its audit
+    /// rows (`RunOptions::audited`).
+    pub fn start_verify(&mut self, cfg: Arc<Config>) -> mpsc::UnboundedSender<Audited> {
+        self.replication = replication::start(
+            cfg,
+            replication::Outputs {
+                store: self.store.clone(),
+                api: self.api.clone(),
+                events: self.events.clone(),
+                hub: self.hub.clone(),
+            },
+        );
+        Handover {
+            hub: self.hub.clone(),
+            replication: self.replication.clone(),
+        }
+        .start()
     }
 
     pub async fn after(&mut self, cfg: &Arc<Config>, ad: &Ad, observed: (Observed, Arc<Index>), o: &Outcome) {
@@ -75,7 +95,7 @@ impl Effects {
         let mut findings = diagnose::fleet_findings(&snapshot.facts(cfg, now_ms()));
         self.finding_events(&findings);
         // Announced by the per-DC verify when they change; shown here with the rest.
-        findings.extend(self.dc_findings.lock().unwrap().values().cloned());
+        findings.extend(self.replication.findings.lock().unwrap().values().cloned());
         findings.extend(self.replication.awaiting.lock().unwrap().iter().cloned());
         self.metrics(cfg, &snapshot, &findings);
         if let Some(api) = &self.api {

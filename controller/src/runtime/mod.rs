@@ -311,23 +311,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // Change notifications wake the loop; a full queue already holds a wake-up.
     let (notice_tx, notices) = mpsc::channel(256);
     let debounce = cfg.watch.failure_debounce;
-    let replication = replication::start(
-        cfg.clone(),
-        replication::Outputs {
-            store: store.clone(),
-            api: api_state.clone(),
-            events: events.clone(),
-            hub: hub.clone(),
-        },
-    );
     let mut effects = Effects::new(store.clone(), hub.clone(), api_state.clone(), events.clone());
-    effects.dc_findings = replication.findings.clone();
-    effects.replication = replication.clone();
-    let audited = handover::Handover {
-        hub: hub.clone(),
-        replication: replication.clone(),
-    }
-    .start();
+    let audited = effects.start_verify(cfg.clone());
     let reconciler = Reconciler {
         count,
         audited,

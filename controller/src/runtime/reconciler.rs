@@ -11,7 +11,6 @@ use tracing::Instrument;
 
 use super::connection::Kept;
 use super::effects::Effects;
-use super::handover::Handover;
 use super::observer::Observer;
 use super::policy::{self, Action};
 use super::queue::HostQueue;
@@ -146,27 +145,12 @@ impl Reconciler {
         }
         tracing::info!("the domain controllers' config changed: the per-DC verify starts again with it");
         let e = &self.effects;
-        let r = replication::start(
-            self.cfg.clone(),
-            replication::Outputs {
-                store: e.store.clone(),
-                api: e.api.clone(),
-                events: e.events.clone(),
-                hub: e.hub.clone(),
-            },
-        );
-        for f in e.dc_findings.lock().unwrap().values() {
+        for f in e.replication.findings.lock().unwrap().values() {
             let _ = e
                 .events
                 .send(event(pb::fleet_event::Event::FindingCleared(finding_to_pb(f))));
         }
-        self.audited = Handover {
-            hub: e.hub.clone(),
-            replication: r.clone(),
-        }
-        .start();
-        self.effects.dc_findings = r.findings.clone();
-        self.effects.replication = r;
+        self.audited = self.effects.start_verify(self.cfg.clone());
     }
 
     /// One traced run; losing the lease cancels it at once (the fence stops
