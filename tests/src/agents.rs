@@ -391,6 +391,55 @@ pub async fn exposure_edges(api: &mut FleetClient) -> Vec<kcdsync_proto::v1::Del
         .edges
 }
 
+/// Polls the exposure (every 20 ms, up to `limit`) until its edges satisfy `holds`; returns them.
+pub async fn exposure_until(
+    api: &FleetClient,
+    limit: Duration,
+    what: &str,
+    holds: impl Fn(&[kcdsync_proto::v1::DelegationEdge]) -> bool,
+) -> Vec<kcdsync_proto::v1::DelegationEdge> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let edges = exposure_edges(&mut api.clone()).await;
+        if holds(&edges) {
+            return edges;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls CheckMigration with `req` (every 20 ms, up to `limit`) until its readiness is `want`,
+/// and returns that answer. (The controller keeps an initiator it read from AD for 10 s.)
+pub async fn check_until(
+    api: &FleetClient,
+    req: kcdsync_proto::v1::CheckMigrationRequest,
+    limit: Duration,
+    want: kcdsync_proto::v1::Readiness,
+) -> kcdsync_proto::v1::CheckMigrationResponse {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = api
+            .clone()
+            .check_migration(req.clone())
+            .await
+            .expect("CheckMigration")
+            .into_inner();
+        if r.readiness == want as i32 {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {want:?} from {req:?}; last: {}",
+            r.summary
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The plans waiting for approval (the first page).
 pub async fn pending_plans(api: &mut FleetClient) -> Vec<kcdsync_proto::v1::Plan> {
     use kcdsync_proto::v1 as pb;

@@ -238,17 +238,17 @@ async fn seeded_excess_and_dangerous_edges_are_classified_and_the_kdc_agrees() {
         .trigger_reconcile(pb::TriggerReconcileRequest::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "the exposure shows the remediation", || {
-        let mut read = read.clone();
-        let (dc, exp03) = (dc.clone(), exp03.fqdn.clone());
-        async move {
-            let now = exposure_edges(&mut read).await;
+    exposure_until(
+        &read,
+        Duration::from_secs(10),
+        "the exposure shows the remediation",
+        |now| {
             now.iter().all(|e| e.target != dc)
                 && !now
                     .iter()
-                    .any(|e| e.target == exp03 && e.via != pb::EdgeVia::Rbcd as i32)
-        }
-    })
+                    .any(|e| e.target == exp03.fqdn && e.via != pb::EdgeVia::Rbcd as i32)
+        },
+    )
     .await;
     let refused = lab
         .kvno(exp01, "exp-alice", &format!("cifs/{dc}"))

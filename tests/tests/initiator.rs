@@ -16,15 +16,19 @@ type Client = pb::fleet_service_client::FleetServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
 >;
 
-async fn check(c: &mut Client, account: &str, initiator: &str) -> Result<pb::CheckMigrationResponse, tonic::Status> {
-    c.check_migration(pb::CheckMigrationRequest {
+fn request(account: &str, initiator: &str) -> pb::CheckMigrationRequest {
+    pb::CheckMigrationRequest {
         source: "ini01.lab.test".into(),
         destination: "INI02".into(),
         account: account.into(),
         initiator: initiator.into(),
-    })
-    .await
-    .map(tonic::Response::into_inner)
+    }
+}
+
+async fn check(c: &mut Client, account: &str, initiator: &str) -> Result<pb::CheckMigrationResponse, tonic::Status> {
+    c.check_migration(request(account, initiator))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn kinds(fs: &[pb::Finding]) -> Vec<pb::FindingKind> {
@@ -38,15 +42,8 @@ fn evidence<'a>(f: &'a pb::Finding, key: &str) -> &'a str {
         .map_or("", |e| e.value.as_str())
 }
 
-/// Polls CheckMigration until its readiness is `want` (the controller keeps
-/// an initiator it read from AD for 10 s), and returns that answer.
 async fn until(c: &Client, initiator: &str, want: pb::Readiness) -> pb::CheckMigrationResponse {
-    eventually(Duration::from_secs(20), &format!("{initiator}: {want:?}"), || {
-        let mut c = c.clone();
-        async move { check(&mut c, "ini-alice", initiator).await.unwrap().readiness == want as i32 }
-    })
-    .await;
-    check(&mut c.clone(), "ini-alice", initiator).await.unwrap()
+    check_until(c, request("ini-alice", initiator), Duration::from_secs(20), want).await
 }
 
 #[tokio::test]

@@ -493,6 +493,31 @@ async fn approve_the_plan(api: &mut FleetClient) {
     .expect("ApprovePlan");
 }
 
+/// Waits (90 s at most) for the source's purge of plan `plan` once dc2 is back: when it comes,
+/// dc2's KDC must grant and kcdsync must have recorded dc2 already. Returns when the purge came
+/// and when kcdsync recorded dc2 (Unix ms).
+async fn purged_once_dc2_has_it(
+    lab: &TwoDcLab,
+    store: &Store,
+    inbound: &mut tonic::Streaming<pb::ControllerMessage>,
+    plan: i64,
+    (src, peer, user): (&TestHost, &TestHost, &str),
+) -> (i64, i64) {
+    let purge = next_purge(inbound, Duration::from_secs(90))
+        .await
+        .expect("no purge within 90 s of dc2 being back");
+    let purged_ms = kcdsync_controller::store::now_ms();
+    assert!(purge.reason.contains(&format!("plan {plan}")), "{}", purge.reason);
+    kdc_grants(lab, Dc::Dc2, src, user, peer)
+        .await
+        .unwrap_or_else(|e| panic!("the purge went out, yet dc2's KDC refuses: {e}"));
+    let arrived = recorded_on_dc2(store, plan, &src.dn)
+        .await
+        .expect("purged before kcdsync recorded dc2 has the change");
+    assert!(arrived <= purged_ms);
+    (purged_ms, arrived)
+}
+
 async fn check(api: &mut FleetClient, src: &TestHost, peer: &TestHost, user: &str) -> pb::CheckMigrationResponse {
     api.check_migration(pb::CheckMigrationRequest {
         source: src.fqdn.clone(),
@@ -584,18 +609,8 @@ async fn a_host_whose_kdc_is_behind_is_told_to_purge_only_once_that_kdc_grants()
 
     // dc2 catches up: the purge goes out, and by then dc2's KDC grants.
     held.release().expect("dc2's inbound replication back on");
-    let purge = next_purge(&mut inbound, Duration::from_secs(90))
-        .await
-        .expect("no purge within 90 s of dc2's replication coming back");
-    let purged_ms = kcdsync_controller::store::now_ms();
-    assert!(purge.reason.contains(&format!("plan {plan}")), "{}", purge.reason);
-    kdc_grants(lab, Dc::Dc2, src, &user, peer)
-        .await
-        .unwrap_or_else(|e| panic!("the purge went out, yet dc2's KDC refuses: {e}"));
-    let arrived = recorded_on_dc2(&running.store, plan, &src.dn)
-        .await
-        .expect("purged before kcdsync recorded dc2 has the change");
-    assert!(arrived <= purged_ms);
+    let (purged_ms, arrived) =
+        purged_once_dc2_has_it(lab, &running.store, &mut inbound, plan, (src, peer, &user)).await;
     let v = check(&mut api, src, peer, &user).await;
     assert_eq!(v.readiness, pb::Readiness::Ready as i32, "{v:?}");
     report(&format!(
@@ -652,25 +667,14 @@ async fn a_stopped_dc_is_named_and_its_hosts_purges_wait_until_it_is_back_with_t
 
     // dc2 is back and pulls what it missed: the purge goes out, dc2's KDC grants by then, and
     // the finding clears.
-    let back = Instant::now();
+    let back_ms = kcdsync_controller::store::now_ms();
     stopped.start().expect("dc2 started again and replicated");
-    let purge = next_purge(&mut inbound, Duration::from_secs(90))
-        .await
-        .expect("no purge within 90 s of dc2 coming back");
-    let purged_ms = kcdsync_controller::store::now_ms();
-    let purge_after_back = back.elapsed();
-    assert!(purge.reason.contains(&format!("plan {plan}")), "{}", purge.reason);
-    kdc_grants(lab, Dc::Dc2, src, &user, peer)
-        .await
-        .unwrap_or_else(|e| panic!("the purge went out, yet dc2's KDC refuses: {e}"));
-    let arrived = recorded_on_dc2(&running.store, plan, &src.dn)
-        .await
-        .expect("purged before kcdsync recorded dc2 has the change");
-    assert!(arrived <= purged_ms);
+    let (purged_ms, arrived) =
+        purged_once_dc2_has_it(lab, &running.store, &mut inbound, plan, (src, peer, &user)).await;
     next_finding_event(&mut events, DC2_FINDING, false).await;
     report(&format!(
         "dc2 stopped: finding raised +{raised_after} ms after the write (deadline 5 s); purge {:.1} s after dc2's start began (start, pull, read), {} ms after kcdsync recorded dc2; finding cleared",
-        purge_after_back.as_secs_f64(),
+        (purged_ms - back_ms) as f64 / 1000.0,
         purged_ms - arrived
     ));
     drop(uplink);

@@ -132,17 +132,13 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
         .trigger_reconcile(pb::TriggerReconcileRequest::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "the dangerous RBCD edge is gone", || {
-        let mut read = read.clone();
-        async move {
-            exposure_edges(&mut read)
-                .await
-                .iter()
-                .all(|e| e.class != pb::EdgeClass::Dangerous as i32)
-        }
-    })
+    let all = exposure_until(
+        &read,
+        Duration::from_secs(20),
+        "the dangerous RBCD edge is gone",
+        |all| all.iter().all(|e| e.class != pb::EdgeClass::Dangerous as i32),
+    )
     .await;
-    let all = exposure_edges(&mut read).await;
     let (_, disagreements) = table(&all);
     assert!(
         disagreements.is_empty(),
@@ -155,14 +151,8 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
         .trigger_reconcile(pb::TriggerReconcileRequest::default())
         .await
         .unwrap();
-    eventually(Duration::from_secs(20), "no RBCD edge is left", || {
-        let mut read = read.clone();
-        async move {
-            exposure_edges(&mut read)
-                .await
-                .iter()
-                .all(|e| e.via != pb::EdgeVia::Rbcd as i32)
-        }
+    exposure_until(&read, Duration::from_secs(20), "no RBCD edge is left", |all| {
+        all.iter().all(|e| e.via != pb::EdgeVia::Rbcd as i32)
     })
     .await;
     let refused = lab
@@ -176,31 +166,24 @@ async fn rbcd_edges_in_the_exposure_are_the_ones_the_samba_4_22_kdc_grants() {
     running.stop().await;
 }
 
-async fn check(c: &mut FleetClient, account: &str, initiator: &str) -> pb::CheckMigrationResponse {
-    c.check_migration(pb::CheckMigrationRequest {
+fn request(account: &str, initiator: &str) -> pb::CheckMigrationRequest {
+    pb::CheckMigrationRequest {
         source: "rbi01.lab.test".into(),
         destination: "RBI02".into(),
         account: account.into(),
         initiator: initiator.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
+    }
 }
 
-/// Polls CheckMigration until its readiness is `want` (an initiator read from AD is kept
-/// 10 s), and returns that answer.
+async fn check(c: &mut FleetClient, account: &str, initiator: &str) -> pb::CheckMigrationResponse {
+    c.check_migration(request(account, initiator))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn until(c: &FleetClient, account: &str, initiator: &str, want: pb::Readiness) -> pb::CheckMigrationResponse {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{initiator} as {account}: {want:?}"),
-        || {
-            let mut c = c.clone();
-            async move { check(&mut c, account, initiator).await.readiness == want as i32 }
-        },
-    )
-    .await;
-    check(&mut c.clone(), account, initiator).await
+    check_until(c, request(account, initiator), Duration::from_secs(30), want).await
 }
 
 #[tokio::test]

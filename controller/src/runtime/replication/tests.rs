@@ -132,6 +132,28 @@ fn worker(
     (jobs, seen)
 }
 
+/// `n` hosts that `dc` shows protected from `from`, handed over at once (as a run hands over a
+/// chunk) to a worker reading at most `in_flight` at a time: its job sender (kept, or the
+/// worker stops) and what it sees.
+fn hand_over_many(
+    dc: &Arc<FakeDc>,
+    n: usize,
+    from: Instant,
+    in_flight: usize,
+) -> (mpsc::UnboundedSender<Expected>, mpsc::UnboundedReceiver<Event>) {
+    let dns: Vec<String> = (0..n)
+        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
+        .collect();
+    for dn in &dns {
+        dc.shows(dn, 0x1000 | T2A4D, from);
+    }
+    let (jobs, seen) = worker(connect(dc.clone(), Instant::now()), Duration::from_secs(900), in_flight);
+    for dn in &dns {
+        jobs.send(written(6, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
+    }
+    (jobs, seen)
+}
+
 async fn next(seen: &mut mpsc::UnboundedReceiver<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(3600), seen.recv())
         .await
@@ -244,17 +266,8 @@ async fn a_newer_write_replaces_one_the_dc_never_showed() {
 async fn reads_in_flight_stay_within_the_bound() {
     let dc = Arc::new(FakeDc::default());
     let t0 = Instant::now();
-    let dns: Vec<String> = (0..50)
-        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
-        .collect();
-    for dn in &dns {
-        dc.shows(dn, 0x1000 | T2A4D, t0 + Duration::from_secs(1));
-    }
-    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 4);
-    for dn in &dns {
-        jobs.send(written(6, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
-    }
-    for _ in &dns {
+    let (_jobs, mut seen) = hand_over_many(&dc, 50, t0 + Duration::from_secs(1), 4);
+    for _ in 0..50 {
         assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
     }
     assert!(dc.max_in_flight.load(Ordering::SeqCst) <= 4);
@@ -267,17 +280,8 @@ async fn reads_in_flight_stay_within_the_bound() {
 async fn a_chunk_handed_over_at_once_is_read_in_one_pass() {
     let dc = Arc::new(FakeDc::default());
     let t0 = Instant::now();
-    let dns: Vec<String> = (0..64)
-        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
-        .collect();
-    for dn in &dns {
-        dc.shows(dn, 0x1000 | T2A4D, t0);
-    }
-    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 16);
-    for dn in &dns {
-        jobs.send(written(6, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
-    }
-    for _ in &dns {
+    let (_jobs, mut seen) = hand_over_many(&dc, 64, t0, 16);
+    for _ in 0..64 {
         assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
     }
     assert_eq!(dc.max_in_flight.load(Ordering::SeqCst), 16);
@@ -447,18 +451,8 @@ fn a_reported_kdc_is_matched_to_the_dc_by_its_name_or_first_label() {
 #[tokio::test(start_paused = true)]
 async fn a_pass_reports_each_arrival_as_its_read_returns_not_after_the_last() {
     let dc = Arc::new(FakeDc::default());
-    let t0 = Instant::now();
-    let dns: Vec<String> = (0..50)
-        .map(|i| format!("CN=HV{i:02},OU=Hyper-V,DC=lab,DC=test"))
-        .collect();
-    for dn in &dns {
-        dc.shows(dn, 0x1000 | T2A4D, t0);
-    }
     // One read at a time, 5 ms each: the pass takes 250 ms.
-    let (jobs, mut seen) = worker(connect(dc.clone(), t0), Duration::from_secs(900), 1);
-    for dn in &dns {
-        jobs.send(written(8, dn, 0x1000, 0x1000 | T2A4D)).unwrap();
-    }
+    let (_jobs, mut seen) = hand_over_many(&dc, 50, Instant::now(), 1);
     let Event::Arrived { after, .. } = next(&mut seen).await else {
         panic!("expected an arrival");
     };
@@ -466,7 +460,7 @@ async fn a_pass_reports_each_arrival_as_its_read_returns_not_after_the_last() {
         after < Duration::from_millis(50),
         "the first arrival waited for the pass: {after:?}"
     );
-    for _ in 1..dns.len() {
+    for _ in 1..50 {
         assert!(matches!(next(&mut seen).await, Event::Arrived { .. }));
     }
     assert_eq!(dc.reads.load(Ordering::SeqCst), 50);

@@ -303,6 +303,24 @@ pub fn attempt_msg(host: &str, m: u64) -> AgentMessage {
     }
 }
 
+/// One bench agent's session with the agent endpoint (its certificate, 16 messages queued at
+/// most before `send` waits), after Hello and Welcome.
+pub(super) async fn session(
+    url: &str,
+    ca_pem: &str,
+    host: &str,
+    cert: &str,
+    key: &str,
+) -> Result<(mpsc::Sender<AgentMessage>, tonic::Streaming<ControllerMessage>)> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name("localhost");
+    kcdsync_tests::agents::open_session(url, tls, host, 16)
+        .await
+        .map_err(|s| anyhow!("{host}: {:?}: {}", s.code(), s.message()))
+}
+
 async fn connect(
     url: &str,
     ca_pem: &str,
@@ -311,13 +329,7 @@ async fn connect(
     key: &str,
     acks: Arc<AtomicU64>,
 ) -> Result<mpsc::Sender<AgentMessage>> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    let (tx, mut inbound) = kcdsync_tests::agents::open_session(url, tls, host, 16)
-        .await
-        .map_err(|s| anyhow!("{host}: {:?}: {}", s.code(), s.message()))?;
+    let (tx, mut inbound) = session(url, ca_pem, host, cert, key).await?;
     tokio::spawn(async move {
         while let Ok(Some(m)) = inbound.message().await {
             if let Some(Down::Ack(a)) = m.body {

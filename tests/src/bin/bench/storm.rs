@@ -27,14 +27,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use kcdsync_controller::certs::{Ca, Validity};
 use kcdsync_proto::v1::agent_message::Body;
 use kcdsync_proto::v1::certificate_renewal::Result as Answer;
 use kcdsync_proto::v1::controller_message::Body as Down;
 use kcdsync_proto::v1::*;
 use tokio::sync::{Notify, mpsc};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub struct Args {
     pub agents: usize,
@@ -581,13 +580,7 @@ async fn connect(
     key: &str,
     sh: Arc<Shared>,
 ) -> Result<(mpsc::Sender<AgentMessage>, Arc<Notify>)> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name("localhost");
-    let (tx, mut inbound) = kcdsync_tests::agents::open_session(url, tls, host, 16)
-        .await
-        .map_err(|s| anyhow!("{host}: {:?}: {}", s.code(), s.message()))?;
+    let (tx, mut inbound) = super::agents::session(url, ca_pem, host, cert, key).await?;
     let acked = Arc::new(Notify::new());
     let a = acked.clone();
     tokio::spawn(async move {
